@@ -1,0 +1,71 @@
+# aigw: build, run and test. Every target installs what it needs itself (wasm targets, cargo-component).
+
+CARGO            ?= cargo
+# Pinned: installing takes ~13 minutes, so it happens once per machine, only when missing.
+CARGO_COMPONENT_VERSION := 0.21.1
+
+PLUGINS          := openai-compatible
+PLUGIN_DIR       := target/plugins
+GUEST_DIR        := target/test-guests
+WASM_TARGET      := wasm32-wasip2
+GUEST_PROFILE    := guest
+
+.PHONY: all build run test lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+
+all: build
+
+## toolchain: the Wasm targets the plugins build for (no-op when present).
+toolchain:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+## cargo-component: installed once, pinned; skipped when the right version is already there.
+cargo-component:
+	@if ! cargo component --version 2>/dev/null | grep -q "cargo-component $(CARGO_COMPONENT_VERSION)"; then \
+		echo "installing cargo-component $(CARGO_COMPONENT_VERSION) (one time, ~13 minutes)"; \
+		$(CARGO) install cargo-component --version $(CARGO_COMPONENT_VERSION) --locked; \
+	fi
+
+## plugins: provider components into target/plugins/ (the default plugins directory).
+plugins: toolchain
+	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) $(addprefix -p ,$(PLUGINS))
+	@mkdir -p $(PLUGIN_DIR)
+	@for p in $(PLUGINS); do cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/$$(echo $$p | tr - _).wasm $(PLUGIN_DIR)/$$p.wasm; done
+
+## test-guests: purpose-built misbehaving components for the sandbox tests.
+test-guests: toolchain
+	@mkdir -p $(GUEST_DIR)
+	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest --features v2
+	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile-v2.wasm
+	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest
+	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile.wasm
+
+## component-artifacts: the openai-compatible plugin built by cargo-component too, to prove both
+## toolchains give components that behave the same.
+component-artifacts: toolchain cargo-component
+	$(CARGO) component build --release -p openai-compatible
+	@mkdir -p $(GUEST_DIR)
+	@cp target/wasm32-wasip1/release/openai_compatible.wasm $(GUEST_DIR)/openai-compatible.cargo-component.wasm
+
+## build: target/release/aigw, the mock model server, and the plugins.
+build: plugins
+	$(CARGO) build --release -p aigw -p aigw-mock
+
+## run: start the gateway in development mode on its embedded defaults (port 5052).
+run: build
+	./target/release/aigw serve --dev
+
+## test: the whole suite.
+test: build test-guests component-artifacts
+	$(CARGO) test --release --workspace
+
+## lint: formatting and clippy, warnings denied.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

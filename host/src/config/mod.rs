@@ -1,0 +1,146 @@
+//! Configuration: a TOML file and `AIGW_*` environment variables (GitLab's names where they exist),
+//! validated into one [`Config`] before anything starts.
+
+mod raw;
+
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use raw::RawConfig;
+
+/// A setting that cannot be used, with what would be valid.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {problem}")]
+pub struct ConfigError {
+    /// The setting's environment name (or TOML path when it only exists there).
+    pub setting: String,
+    /// What is wrong and what would be valid.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: &str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            setting: setting.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the API listens on (`AIGW_FASTAPI__API_HOST`, `AIGW_FASTAPI__API_PORT`).
+    pub listen: SocketAddr,
+    /// The GitLab instance whose tokens are trusted (`AIGW_GITLAB_URL`), without a trailing `/`.
+    /// `None` only in development mode, where the local development key is the only issuer.
+    pub gitlab_url: Option<String>,
+    /// Whether requests may name their own model endpoint and key (`AIGW_CUSTOM_MODELS__ENABLED`).
+    pub custom_models_enabled: bool,
+    /// Logging level filter (`AIGW_LOGGING__LEVEL`), e.g. `info` or `aigw=debug,warn`.
+    pub log_level: String,
+    /// JSON log lines (`AIGW_LOGGING__FORMAT_JSON`).
+    pub log_json: bool,
+    /// Plugin loading and sandbox settings.
+    pub plugins: PluginSettings,
+    /// Where model requests may go.
+    pub egress: EgressSettings,
+    /// Outbound HTTP timeouts.
+    pub upstream: UpstreamSettings,
+    /// Request body limit, bytes (`AIGW_SERVER__MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Shortest interval between two key-set refreshes triggered by unknown key ids
+    /// (`AIGW_AUTH__JWKS_MIN_REFRESH_MS`): bounds the load a stream of forged `kid`s can put on GitLab.
+    pub jwks_min_refresh: Duration,
+    /// Development mode: trust a locally generated signing key.
+    pub dev: Option<DevSettings>,
+}
+
+/// Plugin directory and sandbox limits.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Directory of `*.wasm` provider components (`AIGW_PLUGINS__DIR`).
+    pub dir: PathBuf,
+    /// Per-store linear memory cap (`AIGW_PLUGINS__MEMORY_LIMIT_MB`).
+    pub memory_bytes: usize,
+    /// Per-call deadline (`AIGW_PLUGINS__CALL_TIMEOUT_MS`).
+    pub call_deadline: Duration,
+    /// Plugin stores that may exist at once (`AIGW_PLUGINS__MAX_CONCURRENT`).
+    pub max_concurrent: u32,
+    /// Quiet period before a change in the directory triggers a reload (`AIGW_PLUGINS__RELOAD_DEBOUNCE_MS`).
+    pub reload_debounce: Duration,
+}
+
+/// Egress policy for model endpoints.
+#[derive(Debug, Clone)]
+pub struct EgressSettings {
+    /// Networks model endpoints may resolve to (`AIGW_EGRESS__ALLOW`, comma-separated CIDRs).
+    pub allow: Vec<IpNet>,
+}
+
+/// Outbound timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamSettings {
+    /// TCP (and TLS) connection establishment (`AIGW_UPSTREAM__CONNECT_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
+    /// From sending the request to the response head (`AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS`).
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two body chunks (`AIGW_UPSTREAM__IDLE_TIMEOUT_MS`).
+    pub idle_timeout: Duration,
+    /// Whole exchange, streams included (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`; GitLab uses 60 s for code).
+    pub total_timeout: Duration,
+}
+
+/// Development mode settings.
+#[derive(Debug, Clone)]
+pub struct DevSettings {
+    /// PEM file holding the local signing key; created on first use.
+    pub key_file: PathBuf,
+}
+
+/// Default networks for model endpoints: loopback and private ranges, where self-hosted model
+/// servers live. Public addresses must be allowed explicitly, so the gateway is never an open proxy
+/// by default.
+pub const DEFAULT_EGRESS_ALLOW: &str =
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
+
+impl Config {
+    /// Read the optional TOML file, overlay the environment and validate.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        dev: bool,
+    ) -> Result<Self, ConfigError> {
+        let mut raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<RawConfig>(&text)
+                    .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))?
+            }
+            None => RawConfig::default(),
+        };
+        raw.overlay_env(env)?;
+        raw.validate(dev)
+    }
+}
+
+pub(crate) fn parse_allowlist(setting: &str, text: &str) -> Result<Vec<IpNet>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<IpNet>()
+                .or_else(|_| part.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        setting,
+                        format!("{part:?} is not a CIDR such as 10.0.0.0/8 or an IP address"),
+                    )
+                })
+        })
+        .collect()
+}

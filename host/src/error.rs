@@ -1,0 +1,190 @@
+//! The gateway error: every module's error meets here, in one exhaustive mapping to the status
+//! and body GitLab's gateway would send.
+
+use crate::auth::AuthError;
+use crate::plugins::{PluginError, wit};
+use crate::prompts::PromptError;
+use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+/// One problem with a request body, in FastAPI's validation-error shape.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ValidationIssue {
+    /// Error kind, e.g. `missing`, `string_too_long`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Path to the offending field, starting with `body`.
+    pub loc: Vec<serde_json::Value>,
+    /// Human-readable message.
+    pub msg: String,
+}
+
+/// Everything that can end a request with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Authentication or authorisation failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The body does not match the endpoint's schema.
+    #[error("request validation failed")]
+    Validation(Vec<ValidationIssue>),
+    /// A well-formed request the gateway cannot serve as asked (e.g. a missing model endpoint).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The body exceeds the configured limit.
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// No such route.
+    #[error("not found")]
+    NotFound,
+    /// The route exists with another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Prompt registry failure.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// Plugin failure.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// Model server or network failure.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Generic body for plugin failures: the details (which may describe the request) go to the log.
+const PLUGIN_FAILED: &str = "The model provider plugin failed to handle this request";
+
+impl GatewayError {
+    /// Status code and JSON body. Upstream bodies and secrets are never echoed.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+        let detail = |status: StatusCode, message: String| (status, json!({ "detail": message }));
+        match self {
+            GatewayError::Auth(auth) => match auth {
+                AuthError::MissingHeader
+                | AuthError::InvalidHeader
+                | AuthError::WrongAuthenticationType
+                | AuthError::Forbidden { .. }
+                | AuthError::HeaderMismatch(_) => (
+                    StatusCode::UNAUTHORIZED,
+                    json!({ "error": auth.to_string() }),
+                ),
+                AuthError::MissingScope(_) => detail(StatusCode::FORBIDDEN, auth.to_string()),
+            },
+            GatewayError::Validation(issues) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "detail": issues }),
+            ),
+            GatewayError::Unprocessable(message) => {
+                detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone())
+            }
+            GatewayError::PayloadTooLarge(_) => {
+                detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string())
+            }
+            GatewayError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found".into()),
+            GatewayError::MethodNotAllowed => {
+                detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into())
+            }
+            GatewayError::Prompt(prompt) => match prompt {
+                PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } => {
+                    detail(StatusCode::UNPROCESSABLE_ENTITY, prompt.to_string())
+                }
+                PromptError::NotFound(id) => {
+                    detail(StatusCode::NOT_FOUND, format!("Prompt '{id}' not found"))
+                }
+                PromptError::BadFile { .. } => detail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Prompt registry error".into(),
+                ),
+            },
+            GatewayError::Plugin(plugin) => match plugin {
+                PluginError::UnknownProvider { .. } => {
+                    detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string())
+                }
+                PluginError::Capacity => detail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The gateway is at capacity; retry shortly".into(),
+                ),
+                PluginError::Guest(
+                    wit::PluginError::InvalidInput(_) | wit::PluginError::Unsupported(_),
+                ) => detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string()),
+                PluginError::Guest(wit::PluginError::MalformedResponse(_)) => detail(
+                    StatusCode::BAD_GATEWAY,
+                    "The model server's answer could not be understood".into(),
+                ),
+                PluginError::Invalid(_)
+                | PluginError::BadInfo(_)
+                | PluginError::Trap(_)
+                | PluginError::Deadline(_)
+                | PluginError::MemoryLimit(_) => {
+                    detail(StatusCode::BAD_GATEWAY, PLUGIN_FAILED.into())
+                }
+            },
+            GatewayError::Upstream(upstream) => match upstream {
+                UpstreamError::InvalidRequest(message) => {
+                    detail(StatusCode::BAD_GATEWAY, message.clone())
+                }
+                UpstreamError::Refused(refused) => {
+                    detail(StatusCode::FORBIDDEN, refused.to_string())
+                }
+                UpstreamError::Connect(_) => detail(
+                    StatusCode::BAD_GATEWAY,
+                    "The model server could not be reached".into(),
+                ),
+                UpstreamError::Timeout { .. } => detail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The model server did not answer in time".into(),
+                ),
+                UpstreamError::Status { status, .. }
+                    if *status == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    detail(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "The model server is rate limiting requests".into(),
+                    )
+                }
+                UpstreamError::Status { status, .. } => detail(
+                    StatusCode::BAD_GATEWAY,
+                    format!("The model server answered {status}"),
+                ),
+                UpstreamError::Body(_) => detail(
+                    StatusCode::BAD_GATEWAY,
+                    "The model server's answer could not be read".into(),
+                ),
+                UpstreamError::Tls(_) => detail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "TLS is unavailable".into(),
+                ),
+            },
+        }
+    }
+
+    /// Extra headers the answer carries (`Retry-After` of a rate-limited model server).
+    pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+        match self {
+            GatewayError::Upstream(UpstreamError::Status {
+                status,
+                retry_after: Some(value),
+            }) if *status == StatusCode::TOO_MANY_REQUESTS => {
+                vec![(header::RETRY_AFTER, value.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The complete HTTP response.
+    pub fn into_response(self) -> http::Response<crate::server::Body> {
+        let (status, body) = self.status_and_body();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        let mut response = crate::server::json_response(status, Bytes::from(body.to_string()));
+        for (name, value) in self.headers() {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}

@@ -1,0 +1,174 @@
+//! aigw: a self-hosted AI gateway for GitLab Duo whose provider wire formats run as sandboxed
+//! WebAssembly components. The binary is a thin CLI over [`Gateway`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod plugins;
+pub mod prompts;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+use crate::api::AppState;
+use crate::auth::{JwksCache, SigningKey, Verifier};
+use crate::config::Config;
+use crate::plugins::watcher::PluginWatcher;
+use crate::plugins::{PluginRegistry, PluginRuntime, SandboxLimits};
+use crate::upstream::{EgressPolicy, Upstream};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Issuer of development tokens when no GitLab URL is configured.
+pub const DEV_ISSUER: &str = "aigw-dev";
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Wasm runtime could not be created.
+    #[error("plugin runtime: {0}")]
+    Plugins(#[from] plugins::PluginError),
+    /// The plugins directory cannot be watched.
+    #[error("plugins directory {dir}: {source}")]
+    Watch {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: notify::Error,
+    },
+    /// The embedded prompts are broken (a build defect).
+    #[error("prompt registry: {0}")]
+    Prompts(#[from] prompts::PromptError),
+    /// Outbound client setup failed.
+    #[error("outbound client: {0}")]
+    Upstream(#[from] upstream::UpstreamError),
+    /// The listen address is unavailable.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Extra trust given at start-up besides the GitLab instance.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// Locally held key whose tokens are accepted, with their issuer (development mode).
+    pub local_key: Option<(SigningKey, String)>,
+}
+
+/// A running gateway. Dropping it without [`Gateway::shutdown`] stops accepting at once.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    _watcher: PluginWatcher,
+}
+
+impl Gateway {
+    /// Load plugins and prompts, bind the listener and start serving.
+    pub async fn start(config: Config, options: StartOptions) -> Result<Self, StartError> {
+        let runtime = PluginRuntime::new(SandboxLimits {
+            memory_bytes: config.plugins.memory_bytes,
+            call_deadline: config.plugins.call_deadline,
+            max_concurrent: config.plugins.max_concurrent,
+        })?;
+        let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dir.clone()));
+        let report = registry.reload().await;
+        tracing::info!(
+            dir = %config.plugins.dir.display(),
+            loaded = report.loaded.len(),
+            rejected = report.rejected.len(),
+            providers = %registry.snapshot().provider_names().join(","),
+            "plugins loaded"
+        );
+        let watcher = PluginWatcher::start(Arc::clone(&registry), config.plugins.reload_debounce)
+            .map_err(|source| StartError::Watch {
+            dir: config.plugins.dir.display().to_string(),
+            source,
+        })?;
+
+        let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
+        let upstream = Upstream::new(Some(policy), config.upstream)?;
+        let mut verifier = Verifier::new();
+        if let Some(gitlab_url) = &config.gitlab_url {
+            let mut gitlab_settings = config.upstream;
+            gitlab_settings.total_timeout = Duration::from_secs(10);
+            gitlab_settings.first_byte_timeout = Duration::from_secs(10);
+            let jwks = Arc::new(JwksCache::new(
+                gitlab_url.clone(),
+                Upstream::new(None, gitlab_settings)?,
+                config.jwks_min_refresh,
+            ));
+            let warm = Arc::clone(&jwks);
+            // Warm the cache without delaying start-up; an unreachable instance is retried on demand.
+            tokio::spawn(async move { warm.refresh_if_due().await });
+            verifier = verifier.trust_instance(gitlab_url, jwks);
+        }
+        if let Some((key, issuer)) = options.local_key {
+            verifier = verifier.trust_local_key(&issuer, key.kid(), key.decoding_key().clone());
+        }
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let state = Arc::new(AppState {
+            prompts: prompts::PromptRegistry::embedded()?,
+            config,
+            verifier,
+            plugins: registry,
+            upstream,
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(listener, Arc::clone(&state), async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%addr, "aigw listening");
+        Ok(Gateway {
+            addr,
+            state,
+            stop: Some(stop),
+            server,
+            _watcher: watcher,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The plugin registry (to reload or inspect).
+    pub fn plugins(&self) -> &Arc<PluginRegistry> {
+        &self.state.plugins
+    }
+
+    /// Stop accepting, let in-flight requests finish, then return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.server.abort();
+        }
+    }
+}

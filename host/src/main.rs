@@ -1,0 +1,184 @@
+//! The `aigw` command line: `serve`, `token mint`, `plugin check`.
+
+use aigw::auth::SigningKey;
+use aigw::auth::keys::DevClaims;
+use aigw::config::Config;
+use aigw::plugins::{PluginRuntime, SandboxLimits};
+use aigw::{DEV_ISSUER, Gateway, StartOptions};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "aigw",
+    version,
+    about = "Self-hosted AI gateway for GitLab Duo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// TOML settings file; `AIGW_*` environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Development mode: trust a locally generated signing key and print a ready-to-use token.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Development tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Provider plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a token signed with the development key (the one `serve --dev` trusts).
+    Mint {
+        /// TOML settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Compile and validate a component and print what it serves, or why it cannot load.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aigw: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config, dev } => serve(config, dev).await,
+            Command::Token {
+                command: TokenCommand::Mint { config, ttl },
+            } => {
+                let config = load_config(config, true)?;
+                let (key, issuer) = dev_key(&config)?;
+                println!(
+                    "{}",
+                    key.sign(&DevClaims::new(&issuer, Duration::from_secs(ttl)))?
+                );
+                Ok(())
+            }
+            Command::Plugin {
+                command: PluginCommand::Check { file },
+            } => check_plugin(file).await,
+        }
+    })
+}
+
+fn load_config(file: Option<PathBuf>, dev: bool) -> anyhow::Result<Config> {
+    Config::load(file.as_deref(), std::env::vars(), dev).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn dev_key(config: &Config) -> anyhow::Result<(SigningKey, String)> {
+    let dev = config.dev.as_ref().context("development mode is off")?;
+    let key = SigningKey::load_or_create(&dev.key_file)?;
+    let issuer = config
+        .gitlab_url
+        .clone()
+        .unwrap_or_else(|| DEV_ISSUER.to_string());
+    Ok((key, issuer))
+}
+
+async fn serve(config_file: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
+    let config = load_config(config_file, dev)?;
+    aigw::telemetry::init(&config);
+    let mut options = StartOptions::default();
+    let mut dev_token = None;
+    if dev {
+        let (key, issuer) = dev_key(&config)?;
+        dev_token = Some(key.sign(&DevClaims::new(&issuer, Duration::from_secs(24 * 3600)))?);
+        options.local_key = Some((key, issuer));
+    }
+    let gateway = Gateway::start(config, options).await?;
+    if let Some(token) = dev_token {
+        let addr = gateway.addr();
+        println!(
+            "\nDevelopment mode: tokens signed by the local key are accepted (valid 24 h):\n\n\
+             export AIGW_TOKEN={token}\n\n\
+             curl -s http://{addr}/v2/code/completions \\\n  \
+             -H \"Authorization: Bearer $AIGW_TOKEN\" -H 'X-Gitlab-Authentication-Type: oidc' \\\n  \
+             -H 'Content-Type: application/json' \\\n  \
+             -d '{{\"current_file\": {{\"file_name\": \"add.py\", \"content_above_cursor\": \"def add(a, b):\\n    \", \"content_below_cursor\": \"\"}},\n       \
+             \"model_provider\": \"litellm\", \"model_name\": \"codestral\", \"model_endpoint\": \"http://127.0.0.1:8000/v1\"}}'\n"
+        );
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down; finishing in-flight requests");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn check_plugin(file: PathBuf) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let runtime = PluginRuntime::new(SandboxLimits::default())?;
+    match runtime.load(bytes).await {
+        Ok(plugin) => {
+            let id = plugin.identity();
+            println!("{}: ok", file.display());
+            println!("  plugin:    {} {}", id.name, id.version);
+            println!("  providers: {}", id.providers.join(", "));
+            println!("  framing:   {:?}", id.framing);
+            println!("  sha256:    {}", plugin.digest());
+            Ok(())
+        }
+        Err(error) => anyhow::bail!("{}: cannot be loaded: {error}", file.display()),
+    }
+}

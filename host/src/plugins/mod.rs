@@ -1,0 +1,54 @@
+//! Provider plugins: the Wasm runtime that sandboxes them, the registry that routes to them, and
+//! the watcher that hot-reloads them.
+
+mod bindings;
+pub mod registry;
+pub mod runtime;
+pub mod watcher;
+
+pub use bindings::types as wit;
+pub use registry::{PluginRegistry, Snapshot};
+pub use runtime::{LoadedPlugin, PluginRuntime, PluginSession, SandboxLimits};
+
+/// Why a plugin could not be loaded or a plugin call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file is not a WebAssembly component this host can run.
+    #[error("not a loadable component: {0}")]
+    Invalid(String),
+    /// The component loaded, but its `info()` is unusable.
+    #[error("plugin info rejected: {0}")]
+    BadInfo(String),
+    /// No loaded plugin serves the requested provider name.
+    #[error("no plugin serves provider '{provider}' (loaded: {loaded})")]
+    UnknownProvider {
+        /// The provider name asked for.
+        provider: String,
+        /// Comma-separated provider names currently served.
+        loaded: String,
+    },
+    /// Every sandbox slot is in use.
+    #[error("all plugin sandboxes are busy")]
+    Capacity,
+    /// The plugin trapped (a bug or a deliberate abort in the guest).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The call ran past its epoch deadline.
+    #[error("plugin call exceeded its {0:?} deadline")]
+    Deadline(std::time::Duration),
+    /// The guest tried to grow its memory past the per-store cap.
+    #[error("plugin exceeded its {0}-byte memory cap")]
+    MemoryLimit(usize),
+    /// The plugin understood the input and refused it: a typed domain error.
+    #[error("{}", describe(.0))]
+    Guest(wit::PluginError),
+}
+
+/// A plugin's typed error as a sentence (the generated `Display` is the debug form).
+pub fn describe(error: &wit::PluginError) -> String {
+    match error {
+        wit::PluginError::InvalidInput(m) => format!("invalid input: {m}"),
+        wit::PluginError::Unsupported(m) => format!("unsupported: {m}"),
+        wit::PluginError::MalformedResponse(m) => format!("malformed model server answer: {m}"),
+    }
+}

@@ -1,0 +1,513 @@
+//! The Wasm sandbox: one engine, components compiled once, a fresh store per request with a memory
+//! cap and a per-call deadline.
+
+use super::bindings::{Provider, ProviderPre};
+use super::{PluginError, wit};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+/// Resource limits applied to every plugin store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// Linear memory a single store may grow to, in bytes. Past it, growth fails and the guest
+    /// (a Rust guest aborts on allocation failure) traps: that request fails, no other.
+    pub memory_bytes: usize,
+    /// Wall time one plugin call may run. Checked at epoch ticks (`deadline / 10` apart), so a
+    /// runaway call is stopped within about 110 % of the deadline, yielding to other tasks at
+    /// every tick meanwhile.
+    pub call_deadline: Duration,
+    /// Plugin stores that may exist at once (pooling allocator slots). One store lives for one
+    /// gateway request, streams included; past this, requests get 503.
+    pub max_concurrent: u32,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            memory_bytes: 64 << 20,
+            call_deadline: Duration::from_millis(100),
+            max_concurrent: 1024,
+        }
+    }
+}
+
+/// Bytes a plugin may print to stdout or stderr per request; more makes its writes fail.
+const GUEST_OUTPUT_CAPACITY: usize = 16 << 10;
+
+/// The shared Wasm engine and the inert WASI environment every plugin runs in.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: SandboxLimits,
+    ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Advances the engine's epoch on a fixed period; stops when the runtime is dropped.
+struct EpochTicker {
+    stop: AtomicBool,
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginRuntime {
+    /// Build the engine (Cranelift, pooling allocator, epoch interruption) and the WASI linker.
+    pub fn new(limits: SandboxLimits) -> Result<Arc<Self>, PluginError> {
+        let mut pool = PoolingAllocationConfig::new();
+        let slots = limits.max_concurrent.max(1);
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
+            .max_memory_size(limits.memory_bytes)
+            // Keep the first pages of a recycled slot resident: re-instantiating then costs a
+            // memset instead of page faults and an madvise per request.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let ticker = Arc::new(EpochTicker {
+            stop: AtomicBool::new(false),
+        });
+        spawn_epoch_ticker(&engine, &ticker, tick_period(limits.call_deadline))?;
+        Ok(Arc::new(PluginRuntime {
+            engine,
+            linker,
+            limits,
+            ticker,
+        }))
+    }
+
+    /// The limits every store gets.
+    pub fn limits(&self) -> SandboxLimits {
+        self.limits
+    }
+
+    /// Compile and validate a component: a binary component exporting the `provider` world whose
+    /// `info()` is sane. Compilation (Cranelift) runs on the blocking pool, off the async workers.
+    pub async fn load(self: &Arc<Self>, bytes: Vec<u8>) -> Result<LoadedPlugin, PluginError> {
+        check_component_header(&bytes)?;
+        let runtime = Arc::clone(self);
+        let (pre, digest) = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+            .await
+            .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
+        let mut plugin = LoadedPlugin {
+            runtime: Arc::clone(self),
+            pre,
+            info: Arc::new(PluginIdentity::placeholder()),
+            digest,
+        };
+        let info = plugin.call_info().await?;
+        plugin.info = Arc::new(PluginIdentity::validate(info)?);
+        Ok(plugin)
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<(ProviderPre<GuestState>, String), PluginError> {
+        let invalid = |e: wasmtime::Error| PluginError::Invalid(format!("{e:#}"));
+        let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        let pre = ProviderPre::new(instance_pre).map_err(invalid)?;
+        Ok((pre, sha256_hex(bytes)))
+    }
+
+    fn new_store(&self) -> Store<GuestState> {
+        let stdout = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        // Deny by default: no preopened directories, no environment or arguments, no sockets or
+        // name lookups, and frozen clocks so a plugin cannot observe time either.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                cap: self.limits.memory_bytes,
+                hit: false,
+            },
+            output: [(stdout, 0), (stderr, 0)],
+            call_started: Instant::now(),
+            deadline: self.limits.call_deadline,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            if state.call_started.elapsed() >= state.deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Let other tasks on this worker thread run while a slow call continues.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
+fn tick_period(deadline: Duration) -> Duration {
+    (deadline / 10).max(Duration::from_millis(1))
+}
+
+fn spawn_epoch_ticker(
+    engine: &Engine,
+    ticker: &Arc<EpochTicker>,
+    period: Duration,
+) -> Result<(), PluginError> {
+    let engine = engine.clone();
+    let ticker = Arc::clone(ticker);
+    std::thread::Builder::new()
+        .name("aigw-epoch".into())
+        .spawn(move || {
+            while !ticker.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(period);
+                engine.increment_epoch();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| PluginError::Invalid(format!("cannot start the epoch ticker: {e}")))
+}
+
+/// Rejects what is not a binary component before Cranelift sees it: text (WAT is never
+/// accepted), core modules, truncated files.
+fn check_component_header(bytes: &[u8]) -> Result<(), PluginError> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    match bytes.get(..8) {
+        Some(head) if &head[..4] == MAGIC && head[6..8] == [1, 0] => Ok(()),
+        Some(head) if &head[..4] == MAGIC => Err(PluginError::Invalid(
+            "this is a core Wasm module, not a component: build with `cargo component build` or \
+             `--target wasm32-wasip2`"
+                .into(),
+        )),
+        _ => Err(PluginError::Invalid("not a WebAssembly binary".into())),
+    }
+}
+
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A clock stuck at zero: plugins are pure functions and must not depend on time.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Enforces the per-store memory cap and remembers whether it was hit, so the resulting trap is
+/// reported as a memory-limit failure rather than a generic one.
+struct MemoryCap {
+    cap: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Per-store state: the inert WASI context and the sandbox bookkeeping.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    /// stdout and stderr, each with how many bytes were already forwarded to the log.
+    output: [(MemoryOutputPipe, usize); 2],
+    call_started: Instant,
+    deadline: Duration,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What a plugin says it is, validated.
+#[derive(Debug, Clone)]
+pub struct PluginIdentity {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// Provider names served.
+    pub providers: Vec<String>,
+    /// Stream framing.
+    pub framing: wit::Framing,
+}
+
+impl PluginIdentity {
+    fn placeholder() -> Self {
+        PluginIdentity {
+            name: "(loading)".into(),
+            version: String::new(),
+            providers: Vec::new(),
+            framing: wit::Framing::Sse,
+        }
+    }
+
+    fn validate(info: wit::PluginInfo) -> Result<Self, PluginError> {
+        let token_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+        };
+        if !token_ok(&info.name) {
+            return Err(PluginError::BadInfo(format!(
+                "invalid plugin name {:?}",
+                info.name
+            )));
+        }
+        if !token_ok(&info.version) {
+            return Err(PluginError::BadInfo(format!(
+                "invalid plugin version {:?}",
+                info.version
+            )));
+        }
+        if info.providers.is_empty() {
+            return Err(PluginError::BadInfo("the plugin serves no provider".into()));
+        }
+        if let Some(bad) = info
+            .providers
+            .iter()
+            .find(|p| !token_ok(p) || p.contains('/'))
+        {
+            return Err(PluginError::BadInfo(format!(
+                "invalid provider name {bad:?}"
+            )));
+        }
+        Ok(PluginIdentity {
+            name: info.name,
+            version: info.version,
+            providers: info.providers,
+            framing: info.framing,
+        })
+    }
+}
+
+/// A compiled, validated plugin: cheap to clone, instantiated afresh for every request.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    runtime: Arc<PluginRuntime>,
+    pre: ProviderPre<GuestState>,
+    info: Arc<PluginIdentity>,
+    digest: String,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("info", &self.info)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl LoadedPlugin {
+    /// Name, version, providers and framing, as validated at load time.
+    pub fn identity(&self) -> &PluginIdentity {
+        &self.info
+    }
+
+    /// SHA-256 of the component bytes, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// A fresh sandbox for one request: new store, new instance, nothing shared with any other.
+    pub async fn session(&self) -> Result<PluginSession, PluginError> {
+        let mut store = self.runtime.new_store();
+        let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+            let text = format!("{e:#}");
+            if text.contains("maximum concurrent") || text.contains("pooling") {
+                PluginError::Capacity
+            } else {
+                PluginError::Trap(text)
+            }
+        })?;
+        Ok(PluginSession {
+            store,
+            instance,
+            info: Arc::clone(&self.info),
+        })
+    }
+
+    async fn call_info(&self) -> Result<wit::PluginInfo, PluginError> {
+        let mut session = self.session().await?;
+        session.begin_call();
+        let result = session.instance.call_info(&mut session.store).await;
+        session.finish(result)
+    }
+}
+
+/// One request's sandbox. Dropping it frees the store and returns its slot to the pool.
+pub struct PluginSession {
+    store: Store<GuestState>,
+    instance: Provider,
+    info: Arc<PluginIdentity>,
+}
+
+impl std::fmt::Debug for PluginSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSession")
+            .field("plugin", &self.info.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginSession {
+    /// Identity of the plugin this session runs.
+    pub fn identity(&self) -> &PluginIdentity {
+        &self.info
+    }
+
+    /// `build-request`: canonical model request → upstream HTTP request.
+    pub async fn build_request(
+        &mut self,
+        request: &wit::ModelRequest,
+    ) -> Result<wit::UpstreamRequest, PluginError> {
+        self.begin_call();
+        let result = self
+            .instance
+            .call_build_request(&mut self.store, request)
+            .await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// `parse-response`: complete upstream body → completion.
+    pub async fn parse_response(&mut self, body: &[u8]) -> Result<wit::Completion, PluginError> {
+        self.begin_call();
+        let result = self
+            .instance
+            .call_parse_response(&mut self.store, body)
+            .await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// `parse-event`: one decoded stream event → stream chunk.
+    pub async fn parse_event(
+        &mut self,
+        event: Option<&str>,
+        data: &[u8],
+    ) -> Result<wit::StreamChunk, PluginError> {
+        self.begin_call();
+        let result = self
+            .instance
+            .call_parse_event(&mut self.store, event, data)
+            .await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    fn begin_call(&mut self) {
+        self.store.data_mut().call_started = Instant::now();
+        self.store.set_epoch_deadline(1);
+    }
+
+    /// Classify a call's outcome (trap, deadline, memory cap) and forward what the guest printed.
+    fn finish<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, PluginError> {
+        self.forward_guest_output();
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let state = self.store.data();
+        if state.limiter.hit {
+            return Err(PluginError::MemoryLimit(state.limiter.cap));
+        }
+        if matches!(
+            error.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
+            return Err(PluginError::Deadline(state.deadline));
+        }
+        Err(PluginError::Trap(format!("{error:#}")))
+    }
+
+    fn forward_guest_output(&mut self) {
+        let state = self.store.data_mut();
+        for (stream, (pipe, forwarded)) in ["stdout", "stderr"]
+            .into_iter()
+            .zip(state.output.iter_mut())
+        {
+            let printed = pipe.contents();
+            let Some(new) = printed.get(*forwarded..).filter(|new| !new.is_empty()) else {
+                continue;
+            };
+            *forwarded = printed.len();
+            for line in String::from_utf8_lossy(new).lines() {
+                tracing::info!(plugin = %self.info.name, version = %self.info.version, stream, "{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The HTTP server: accept loop (HTTP/1.1 and h2c), body limits, response helpers, graceful drain.
+
+use crate::api::pipeline::ChunkStream;
+use crate::api::{self, AppState};
+use crate::error::GatewayError;
+use bytes::Bytes;
+use http::{StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Response body type: a full body or a stream, boxed.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, GatewayError>;
+
+/// A JSON response (`application/json`, compact, as FastAPI sends it).
+pub fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
+    let mut response = http::Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Raw model text streamed as it arrives, under `text/event-stream` (no SSE framing: GitLab's
+/// code endpoints send the bare text). A failure after the head has gone out aborts the body,
+/// so the client sees an incomplete answer rather than a silently truncated one.
+pub fn text_stream_response(chunks: ChunkStream) -> http::Response<Body> {
+    let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
+        loop {
+            match chunks.next().await? {
+                Ok(chunk) if chunk.text.is_empty() => continue,
+                Ok(chunk) => return Some((Ok(Frame::data(Bytes::from(chunk.text))), chunks)),
+                Err(error) => {
+                    tracing::warn!(%error, "stream ended by an error after the response started");
+                    return Some((Err(error), chunks));
+                }
+            }
+        }
+    });
+    let mut response = http::Response::new(StreamBody::new(stream).boxed_unsync());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    response
+}
+
+/// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
+/// finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Head and body of small answers must not wait for the client's delayed ACK.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        let state = Arc::clone(&state);
+        let service = hyper::service::service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(&state, request).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
+
+async fn handle(state: &AppState, request: http::Request<Incoming>) -> http::Response<Body> {
+    let (parts, body) = request.into_parts();
+    let limit = state.config.max_body_bytes;
+    let body = read_body(body, &parts.headers, limit);
+    match api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(GatewayError::PayloadTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::PayloadTooLarge(limit))
+        }
+        Err(error) => Err(GatewayError::Validation(vec![
+            crate::error::ValidationIssue {
+                kind: "body_read",
+                loc: vec![serde_json::json!("body")],
+                msg: format!("the request body could not be read: {error}"),
+            },
+        ])),
+    }
+}

@@ -1,0 +1,338 @@
+//! The pooled HTTP client: sends what a plugin built to the model endpoint, with the credential
+//! injected here, under the egress policy and the four timeouts.
+
+use super::connector::{ConnectError, EgressConnector};
+use super::{EgressPolicy, TimeoutPhase, UpstreamError};
+use crate::config::UpstreamSettings;
+use crate::plugins::wit;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What OpenAI-compatible servers get as bearer token when the operator configured no key; they
+/// ignore it, but many reject a request without one. Same value as GitLab's gateway.
+pub const PLACEHOLDER_API_KEY: &str = "stubbed-api-key";
+
+/// Largest complete (non-streamed) answer read from a model server, bytes.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// Headers a plugin may not set: framing and hop-by-hop headers belong to the HTTP layer, and
+/// credentials only ever come from the host.
+const RESERVED_HEADERS: [&str; 12] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "authorization",
+    "api-key",
+    "x-api-key",
+];
+
+type HttpsConnector = hyper_rustls::HttpsConnector<EgressConnector>;
+
+/// One model call: where to, what, and with which key.
+#[derive(Debug)]
+pub struct ModelCall<'a> {
+    /// The model endpoint, already validated (http/https, no trailing `/`).
+    pub endpoint: &'a http::Uri,
+    /// What the plugin built.
+    pub request: wit::UpstreamRequest,
+    /// The operator's key for this model; empty when none was configured.
+    pub api_key: &'a str,
+}
+
+/// The gateway's outbound HTTP client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector, Full<Bytes>>,
+    settings: UpstreamSettings,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// A client whose connections obey `policy` (`None`: operator-configured destinations only).
+    pub fn new(
+        policy: Option<Arc<EgressPolicy>>,
+        settings: UpstreamSettings,
+    ) -> Result<Self, UpstreamError> {
+        let connector = EgressConnector {
+            policy,
+            connect_timeout: settings.connect_timeout,
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config()?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Ok(Upstream { client, settings })
+    }
+
+    /// Timeouts in force.
+    pub fn settings(&self) -> UpstreamSettings {
+        self.settings
+    }
+
+    /// Send a model call and wait for the response head. Error statuses become
+    /// [`UpstreamError::Status`]; redirects are never followed (a 3xx is an error status too).
+    pub async fn send(&self, call: ModelCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+        let request = build_http_request(call)?;
+        self.execute(request).await
+    }
+
+    /// GET a JSON document from an operator-configured URL (OIDC discovery, JWKS).
+    pub async fn get_json(
+        &self,
+        url: &str,
+        max_bytes: usize,
+    ) -> Result<serde_json::Value, UpstreamError> {
+        let request = http::Request::get(url)
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| UpstreamError::InvalidRequest(format!("{url}: {e}")))?;
+        let response = self.execute(request).await?;
+        let body = response.collect(max_bytes).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Body(format!("{url}: not JSON: {e}")))
+    }
+
+    async fn execute(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let started = Instant::now();
+        let deadline = started + self.settings.total_timeout;
+        let first_byte = self
+            .settings
+            .first_byte_timeout
+            .min(self.settings.total_timeout);
+        let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(classify_client_error(&error)),
+            Err(_) => {
+                let phase = if first_byte == self.settings.total_timeout {
+                    TimeoutPhase::Total
+                } else {
+                    TimeoutPhase::FirstByte
+                };
+                return Err(UpstreamError::Timeout {
+                    phase,
+                    after: first_byte,
+                });
+            }
+        };
+        let (parts, body) = response.into_parts();
+        if !parts.status.is_success() {
+            let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
+            return Err(UpstreamError::Status {
+                status: parts.status,
+                retry_after,
+            });
+        }
+        Ok(UpstreamResponse {
+            body,
+            deadline,
+            settings: self.settings,
+        })
+    }
+}
+
+/// TLS to model servers and the GitLab instance: the system's trust store, TLS 1.2+.
+fn tls_config() -> Result<rustls::ClientConfig, UpstreamError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "could not load a system CA certificate");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        tracing::warn!("no system CA certificates found: https endpoints will fail verification");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(connect) = current.downcast_ref::<ConnectError>() {
+            return match connect {
+                ConnectError::Refused(refused) => UpstreamError::Refused(refused.clone()),
+                ConnectError::Timeout(after) => UpstreamError::Timeout {
+                    phase: TimeoutPhase::Connect,
+                    after: *after,
+                },
+                other => UpstreamError::Connect(other.to_string()),
+            };
+        }
+        source = current.source();
+    }
+    UpstreamError::Connect(error.to_string())
+}
+
+/// Join the endpoint and the plugin's path, copy the plugin's headers (minus reserved ones) and
+/// inject the credential where the plugin said.
+fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+    let wit::UpstreamRequest {
+        method,
+        path,
+        headers,
+        body,
+        credential,
+    } = call.request;
+    if !path.starts_with('/')
+        || path.starts_with("//")
+        || path.contains(['\r', '\n', ' ', '#', '\\'])
+    {
+        return Err(UpstreamError::InvalidRequest(format!(
+            "plugin built an unusable path {path:?}"
+        )));
+    }
+    let uri: http::Uri = format!("{}{}", call.endpoint, path)
+        .parse()
+        .map_err(|e| UpstreamError::InvalidRequest(format!("plugin path {path:?}: {e}")))?;
+    if uri.authority() != call.endpoint.authority() || uri.scheme() != call.endpoint.scheme() {
+        return Err(UpstreamError::InvalidRequest(format!(
+            "plugin path {path:?} leaves the model endpoint"
+        )));
+    }
+    let method = match method {
+        wit::Method::Get => http::Method::GET,
+        wit::Method::Post => http::Method::POST,
+    };
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    let mut has_content_type = false;
+    for wit::Header { name, value } in headers {
+        let name = HeaderName::try_from(name.as_str()).map_err(|_| {
+            UpstreamError::InvalidRequest(format!("plugin header name {name:?} is invalid"))
+        })?;
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            tracing::debug!(header = %name, "dropping a reserved header set by the plugin");
+            continue;
+        }
+        let value = HeaderValue::try_from(value.as_str()).map_err(|_| {
+            UpstreamError::InvalidRequest(format!("plugin header {name} has an invalid value"))
+        })?;
+        has_content_type |= name == header::CONTENT_TYPE;
+        builder = builder.header(name, value);
+    }
+    if !has_content_type {
+        builder = builder.header(header::CONTENT_TYPE, "application/json");
+    }
+    builder = match credential {
+        wit::Credential::None => builder,
+        wit::Credential::Bearer => {
+            let key = if call.api_key.is_empty() {
+                PLACEHOLDER_API_KEY
+            } else {
+                call.api_key
+            };
+            builder.header(
+                header::AUTHORIZATION,
+                secret_value(&format!("Bearer {key}"))?,
+            )
+        }
+        wit::Credential::Header(name) => {
+            let name = HeaderName::try_from(name.as_str()).map_err(|_| {
+                UpstreamError::InvalidRequest(format!("credential header name {name:?} is invalid"))
+            })?;
+            builder.header(name, secret_value(call.api_key)?)
+        }
+    };
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| UpstreamError::InvalidRequest(e.to_string()))
+}
+
+/// A header value marked sensitive (never printed by `Debug`), without echoing the key on error.
+fn secret_value(text: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut value = HeaderValue::try_from(text).map_err(|_| {
+        UpstreamError::InvalidRequest(
+            "the model API key contains characters not allowed in a header".into(),
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// A successful response whose body is read under the idle and total timeouts.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    body: hyper::body::Incoming,
+    deadline: Instant,
+    settings: UpstreamSettings,
+}
+
+impl UpstreamResponse {
+    /// The next body chunk, `None` at the end. Dropping the response cancels the upstream request.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        let now = Instant::now();
+        let idle_deadline = now + self.settings.idle_timeout;
+        let (limit, phase, after) = if idle_deadline < self.deadline {
+            (
+                idle_deadline,
+                TimeoutPhase::Idle,
+                self.settings.idle_timeout,
+            )
+        } else {
+            (
+                self.deadline,
+                TimeoutPhase::Total,
+                self.settings.total_timeout,
+            )
+        };
+        loop {
+            let frame = match tokio::time::timeout_at(limit, self.body.frame()).await {
+                Err(_) => return Err(UpstreamError::Timeout { phase, after }),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(UpstreamError::Connect(format!("answer interrupted: {e}")));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// Read the whole body, up to `max_bytes`.
+    pub async fn collect(mut self, max_bytes: usize) -> Result<Bytes, UpstreamError> {
+        let mut collected = bytes::BytesMut::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            if collected.len() + chunk.len() > max_bytes {
+                return Err(UpstreamError::Body(format!(
+                    "answer larger than {max_bytes} bytes"
+                )));
+            }
+            collected.extend_from_slice(&chunk);
+        }
+        Ok(collected.freeze())
+    }
+}

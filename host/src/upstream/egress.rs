@@ -1,0 +1,130 @@
+//! Egress policy: which addresses model endpoints may connect to.
+
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A refused destination. Nothing was sent to it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum EgressError {
+    /// Link-local and cloud metadata addresses are never reachable, whatever the allowlist says.
+    #[error("model endpoint address {0} is link-local or a metadata address and is always refused")]
+    Metadata(IpAddr),
+    /// The unspecified address (`0.0.0.0`, `::`) is never a model server.
+    #[error("model endpoint address {0} is unspecified and is always refused")]
+    Unspecified(IpAddr),
+    /// Outside the operator's allowlist.
+    #[error("model endpoint address {0} is outside the egress allowlist (AIGW_EGRESS__ALLOW)")]
+    NotAllowed(IpAddr),
+    /// The host name resolved to nothing.
+    #[error("model endpoint host {0:?} did not resolve")]
+    Unresolved(String),
+}
+
+/// The operator's allowlist plus the ranges that are always refused.
+#[derive(Debug, Clone)]
+pub struct EgressPolicy {
+    allow: Vec<IpNet>,
+}
+
+/// The AWS/GCP/Azure IPv6 metadata address.
+const EC2_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+impl EgressPolicy {
+    /// A policy allowing exactly `allow`.
+    pub fn new(allow: Vec<IpNet>) -> Self {
+        EgressPolicy { allow }
+    }
+
+    /// Check one resolved address. IPv4-mapped and IPv4-compatible IPv6 forms are judged as the
+    /// IPv4 address they carry, so `::ffff:169.254.169.254` is the metadata address it is.
+    pub fn check(&self, addr: IpAddr) -> Result<(), EgressError> {
+        let addr = canonical(addr);
+        if addr.is_unspecified() {
+            return Err(EgressError::Unspecified(addr));
+        }
+        if is_metadata_or_link_local(addr) {
+            return Err(EgressError::Metadata(addr));
+        }
+        if self.allow.iter().any(|net| net.contains(&addr)) {
+            Ok(())
+        } else {
+            Err(EgressError::NotAllowed(addr))
+        }
+    }
+}
+
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+fn is_metadata_or_link_local(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => v4.is_link_local() || v4 == Ipv4Addr::new(100, 100, 100, 200),
+        IpAddr::V6(v6) => v6 == EC2_METADATA_V6 || (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(nets: &str) -> EgressPolicy {
+        EgressPolicy::new(crate::config::parse_allowlist("test", nets).unwrap())
+    }
+
+    #[test]
+    fn allowlist_admits_only_its_networks() {
+        let p = policy("10.0.0.0/8,::1/128");
+        assert_eq!(p.check("10.1.2.3".parse().unwrap()), Ok(()));
+        assert_eq!(p.check("::1".parse().unwrap()), Ok(()));
+        assert!(matches!(
+            p.check("11.0.0.1".parse().unwrap()),
+            Err(EgressError::NotAllowed(_))
+        ));
+        assert!(matches!(
+            p.check("127.0.0.1".parse().unwrap()),
+            Err(EgressError::NotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn metadata_is_refused_even_when_allowed() {
+        let p = policy("0.0.0.0/0,::/0");
+        for addr in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fd00:ec2::254",
+            "fe80::1",
+        ] {
+            assert!(
+                matches!(
+                    p.check(addr.parse().unwrap()),
+                    Err(EgressError::Metadata(_))
+                ),
+                "{addr}"
+            );
+        }
+        for addr in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+            assert!(
+                matches!(
+                    p.check(addr.parse().unwrap()),
+                    Err(EgressError::Unspecified(_))
+                ),
+                "{addr}"
+            );
+        }
+    }
+
+    #[test]
+    fn mapped_addresses_are_judged_as_ipv4() {
+        let p = policy("10.0.0.0/8");
+        assert_eq!(p.check("::ffff:10.0.0.5".parse().unwrap()), Ok(()));
+        assert!(p.check("::ffff:127.0.0.1".parse().unwrap()).is_err());
+    }
+}

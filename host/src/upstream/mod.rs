@@ -1,0 +1,61 @@
+//! The way out: one pooled HTTP client, the egress policy checked on the address actually
+//! connected to, credential injection, timeouts, and stream frame decoding.
+
+pub mod client;
+mod connector;
+pub mod egress;
+pub mod framing;
+
+pub use client::{ModelCall, Upstream, UpstreamResponse};
+pub use egress::{EgressError, EgressPolicy};
+
+use std::time::Duration;
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Establishing the TCP/TLS connection.
+    Connect,
+    /// Waiting for the response head.
+    FirstByte,
+    /// Silence between two body chunks.
+    Idle,
+    /// The whole exchange.
+    Total,
+}
+
+/// Why a call to a model server (or to the GitLab instance) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The endpoint is not a usable http(s) URL, or the plugin built an unusable request.
+    #[error("invalid model request: {0}")]
+    InvalidRequest(String),
+    /// The egress policy refused the destination; nothing was sent.
+    #[error(transparent)]
+    Refused(#[from] EgressError),
+    /// The connection could not be established or broke.
+    #[error("model server unreachable: {0}")]
+    Connect(String),
+    /// A timeout fired.
+    #[error("model server timed out ({phase:?}, {after:?})")]
+    Timeout {
+        /// Which one.
+        phase: TimeoutPhase,
+        /// Its configured length.
+        after: Duration,
+    },
+    /// The model server answered with an HTTP error status.
+    #[error("model server answered {status}")]
+    Status {
+        /// The status it sent.
+        status: http::StatusCode,
+        /// Its `Retry-After`, passed on for 429.
+        retry_after: Option<http::HeaderValue>,
+    },
+    /// The TLS client could not be set up (start-up only).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The answer body was larger than allowed or a frame could not be decoded.
+    #[error("model server answer unusable: {0}")]
+    Body(String),
+}

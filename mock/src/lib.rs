@@ -1,0 +1,325 @@
+//! A mock model server speaking the OpenAI chat completions wire format over loopback, for tests,
+//! benchmarks and the quick start. It records every request it receives and answers with a
+//! scripted reply, whole or streamed as SSE.
+
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// What the mock answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Generated text.
+    pub text: String,
+    /// Number of stream chunks the text is split into (by characters).
+    pub chunks: usize,
+    /// Pause before each stream chunk.
+    pub chunk_delay: Duration,
+    /// Pause before the response head.
+    pub head_delay: Duration,
+    /// Status code; non-2xx answers carry an OpenAI-style error body.
+    pub status: u16,
+    /// `Retry-After` sent with the status, if any.
+    pub retry_after: Option<String>,
+    /// Reported (prompt, completion) tokens.
+    pub usage: (u32, u32),
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply {
+            text: "return a + b".to_string(),
+            chunks: 3,
+            chunk_delay: Duration::ZERO,
+            head_delay: Duration::ZERO,
+            status: 200,
+            retry_after: None,
+            usage: (12, 5),
+        }
+    }
+}
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// HTTP method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body parsed as JSON (`Value::Null` when it is not JSON).
+    pub body: Value,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    reply: Mutex<Reply>,
+    requests: Mutex<Vec<Recorded>>,
+    open_streams: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+/// A running mock model server; stops when dropped.
+#[derive(Debug)]
+pub struct MockModelServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockModelServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Decrements the open-stream count when a streamed body is dropped (finished or cancelled).
+struct StreamGuard(Arc<State>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl MockModelServer {
+    /// Start on `127.0.0.1` with an ephemeral port.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    /// Start on `addr`.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
+        Ok(MockModelServer { addr, state, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The OpenAI-compatible base URL, `http://127.0.0.1:<port>/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Replace the scripted reply.
+    pub fn set_reply(&self, reply: Reply) {
+        *self.state.reply.lock().unwrap_or_else(|p| p.into_inner()) = reply;
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Streamed answers still being sent.
+    pub fn open_streams(&self) -> usize {
+        self.state.open_streams.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        state.connections.fetch_add(1, Ordering::SeqCst);
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(answer(state, request).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type MockBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, content_type: &'static str, body: String) -> Response<MockBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockBody> {
+    let (parts, body) = request.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Recorded {
+            method: parts.method.clone(),
+            path: path.clone(),
+            headers: parts.headers,
+            body: json.clone(),
+        });
+    let reply = state
+        .reply
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !reply.head_delay.is_zero() {
+        tokio::time::sleep(reply.head_delay).await;
+    }
+    if parts.method != Method::POST || !parts.uri.path().ends_with("/v1/chat/completions") {
+        return full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            json!({"detail": "Not Found"}).to_string(),
+        );
+    }
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !status.is_success() {
+        let mut response = full(
+            status,
+            "application/json",
+            json!({"error": {"message": "mock error", "type": "mock", "code": reply.status}})
+                .to_string(),
+        );
+        if let Some(retry_after) = reply
+            .retry_after
+            .as_deref()
+            .and_then(|v| http::HeaderValue::from_str(v).ok())
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
+        }
+        return response;
+    }
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_string();
+    if json.get("stream").and_then(Value::as_bool) == Some(true) {
+        let include_usage = json
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        return stream_answer(state, reply, model, include_usage);
+    }
+    let body = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": reply.usage.0, "completion_tokens": reply.usage.1,
+                  "total_tokens": reply.usage.0 + reply.usage.1},
+    });
+    full(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// Split `text` into `n` pieces of about equal character counts.
+pub fn split_text(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let n = n.max(1).min(chars.len().max(1));
+    let size = chars.len().div_ceil(n).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+fn stream_answer(
+    state: Arc<State>,
+    reply: Reply,
+    model: String,
+    include_usage: bool,
+) -> Response<MockBody> {
+    let chunk = |delta: Value, finish: Value| {
+        let event = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {event}\n\n")
+    };
+    let mut events: Vec<String> = split_text(&reply.text, reply.chunks)
+        .into_iter()
+        .map(|piece| chunk(json!({"content": piece}), Value::Null))
+        .collect();
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                           "choices": [], "usage": {"prompt_tokens": reply.usage.0, "completion_tokens": reply.usage.1,
+                           "total_tokens": reply.usage.0 + reply.usage.1}});
+        events.push(format!("data: {usage}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    state.open_streams.fetch_add(1, Ordering::SeqCst);
+    let guard = StreamGuard(state);
+    let delay = reply.chunk_delay;
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), guard),
+        move |(mut events, guard)| async move {
+            let event = events.next()?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
+                (events, guard),
+            ))
+        },
+    );
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_text;
+
+    #[test]
+    fn split_covers_the_text() {
+        assert_eq!(split_text("return a + b", 3).concat(), "return a + b");
+        assert_eq!(split_text("abc", 10).len(), 3);
+        assert!(split_text("", 3).is_empty());
+    }
+}

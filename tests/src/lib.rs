@@ -1,0 +1,475 @@
+//! Test harness: the gateway in-process on port 0, a mock GitLab instance (OIDC discovery + JWKS
+//! with RSA keys generated here), the mock model server, and real tokens minted with those keys.
+
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: failing loudly is the point"
+)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use aigw_mock::{MockModelServer, Recorded, Reply};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A built component: `target/plugins/<name>.wasm` or `target/test-guests/<name>.wasm`.
+pub fn component(relative: &str) -> PathBuf {
+    let path = workspace().join("target").join(relative);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make test`, which builds the components first",
+        path.display()
+    );
+    path
+}
+
+/// An RSA signing key generated for the test, with its JWK.
+#[derive(Clone)]
+pub struct TestKey {
+    /// Key id.
+    pub kid: String,
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+impl TestKey {
+    /// A fresh 2048-bit key with key id `kid`.
+    pub fn generate(kid: &str) -> Self {
+        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let der = private.to_pkcs1_der().unwrap();
+        let public = private.to_public_key();
+        let jwk = json!({
+            "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+            "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+        });
+        TestKey {
+            kid: kid.to_string(),
+            encoding: EncodingKey::from_rsa_der(der.as_bytes()),
+            jwk,
+        }
+    }
+
+    /// The same key material under another key id (a forged or stale `kid`).
+    pub fn with_kid(&self, kid: &str) -> Self {
+        let mut jwk = self.jwk.clone();
+        jwk["kid"] = json!(kid);
+        TestKey {
+            kid: kid.to_string(),
+            encoding: self.encoding.clone(),
+            jwk,
+        }
+    }
+
+    /// Sign `claims` (RS256, this key's kid).
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+
+    /// This key's public JWK.
+    pub fn jwk(&self) -> &Value {
+        &self.jwk
+    }
+}
+
+/// Unix time now, seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The instance id used in tokens and headers.
+pub const INSTANCE_ID: &str = "8c5f6d0e-2a7b-4c1d-9e3f-5a6b7c8d9e0f";
+
+/// Claims shaped like those a GitLab instance puts in the tokens it sends to its AI gateway.
+pub fn instance_claims(issuer: &str, scopes: &[&str]) -> Value {
+    let now = now();
+    json!({
+        "iss": issuer,
+        "aud": ["gitlab-ai-gateway"],
+        "sub": INSTANCE_ID,
+        "iat": now,
+        "nbf": now - 5,
+        "exp": now + 3600,
+        "jti": format!("jti-{}", rand::random::<u64>()),
+        "gitlab_realm": "self-managed",
+        "gitlab_instance_id": INSTANCE_ID,
+        "scopes": scopes,
+    })
+}
+
+#[derive(Default)]
+struct GitLabState {
+    keys: Mutex<Vec<Value>>,
+    jwks_fetches: AtomicUsize,
+    down: AtomicBool,
+    url: Mutex<String>,
+}
+
+/// A mock GitLab instance: OIDC discovery and the JWKS endpoint.
+pub struct MockGitLab {
+    addr: SocketAddr,
+    state: Arc<GitLabState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockGitLab {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockGitLab {
+    /// Start on loopback, publishing `keys`.
+    pub async fn start(keys: &[&TestKey]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(GitLabState::default());
+        *state.url.lock().unwrap() = format!("http://{addr}");
+        *state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk().clone()).collect();
+        let task_state = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&task_state);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(gitlab_answer(&state, &request)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        MockGitLab { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:<port>`: the instance URL (and token issuer).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replace the published keys (key rotation).
+    pub fn publish(&self, keys: &[&TestKey]) {
+        *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk().clone()).collect();
+    }
+
+    /// Make the instance answer 503 to everything (or recover).
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// How often the JWKS document was served.
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+}
+
+fn gitlab_answer(state: &GitLabState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let json_answer = |status: StatusCode, value: Value| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(value.to_string())))
+            .unwrap()
+    };
+    if state.down.load(Ordering::SeqCst) {
+        return json_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"message": "down for maintenance"}),
+        );
+    }
+    let url = state.url.lock().unwrap().clone();
+    match request.uri().path() {
+        "/.well-known/openid-configuration" => json_answer(
+            StatusCode::OK,
+            json!({"issuer": url, "jwks_uri": format!("{url}/oauth/discovery/keys"),
+                   "id_token_signing_alg_values_supported": ["RS256"]}),
+        ),
+        "/oauth/discovery/keys" => {
+            state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            json_answer(StatusCode::OK, json!({"keys": *state.keys.lock().unwrap()}))
+        }
+        _ => json_answer(StatusCode::NOT_FOUND, json!({"message": "404 Not Found"})),
+    }
+}
+
+/// An HTTP answer as a test sees it.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Everything a scenario needs: GitLab, model server, gateway, a key, a client.
+pub struct TestGateway {
+    /// The gateway under test.
+    pub gateway: aigw::Gateway,
+    /// The mock GitLab instance.
+    pub gitlab: MockGitLab,
+    /// The mock model server.
+    pub model: MockModelServer,
+    /// The key GitLab signs with.
+    pub key: TestKey,
+    /// The plugins directory.
+    pub plugins: tempfile::TempDir,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Builder for [`TestGateway`].
+pub struct Setup {
+    env: Vec<(String, String)>,
+    plugin_files: Vec<(PathBuf, String)>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            env: Vec::new(),
+            plugin_files: vec![(
+                component("plugins/openai-compatible.wasm"),
+                "openai-compatible.wasm".into(),
+            )],
+        }
+    }
+}
+
+impl Setup {
+    /// Set an `AIGW_*` variable for the gateway.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Also put `component` into the plugins directory as `file_name`.
+    pub fn plugin(mut self, component: PathBuf, file_name: &str) -> Self {
+        self.plugin_files.push((component, file_name.to_string()));
+        self
+    }
+
+    /// Start everything.
+    pub async fn start(self) -> TestGateway {
+        let key = TestKey::generate("gitlab-key-1");
+        let gitlab = MockGitLab::start(&[&key]).await;
+        let model = MockModelServer::start().await.unwrap();
+        let plugins = tempfile::tempdir().unwrap();
+        for (source, name) in &self.plugin_files {
+            std::fs::copy(source, plugins.path().join(name)).unwrap();
+        }
+        let mut env = vec![
+            ("AIGW_GITLAB_URL".to_string(), gitlab.url()),
+            (
+                "AIGW_FASTAPI__API_HOST".to_string(),
+                "127.0.0.1".to_string(),
+            ),
+            ("AIGW_FASTAPI__API_PORT".to_string(), "0".to_string()),
+            (
+                "AIGW_PLUGINS__DIR".to_string(),
+                plugins.path().display().to_string(),
+            ),
+            (
+                "AIGW_PLUGINS__RELOAD_DEBOUNCE_MS".to_string(),
+                "100".to_string(),
+            ),
+            (
+                "AIGW_AUTH__JWKS_MIN_REFRESH_MS".to_string(),
+                "0".to_string(),
+            ),
+        ];
+        env.extend(self.env);
+        let config = aigw::config::Config::load(None, env, false).unwrap();
+        let gateway = aigw::Gateway::start(config, aigw::StartOptions::default())
+            .await
+            .unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        TestGateway {
+            gateway,
+            gitlab,
+            model,
+            key,
+            plugins,
+            client,
+        }
+    }
+}
+
+impl TestGateway {
+    /// Start with the defaults: the openai-compatible plugin, loopback egress.
+    pub async fn start() -> Self {
+        Setup::default().start().await
+    }
+
+    /// A token for this instance with `scopes`.
+    pub fn token(&self, scopes: &[&str]) -> String {
+        self.key.sign(&instance_claims(&self.gitlab.url(), scopes))
+    }
+
+    /// The headers a GitLab instance sends with `token`.
+    pub fn gitlab_headers(&self, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("authorization".into(), format!("Bearer {token}")),
+            ("x-gitlab-authentication-type".into(), "oidc".into()),
+            ("x-gitlab-instance-id".into(), INSTANCE_ID.into()),
+            ("x-gitlab-realm".into(), "self-managed".into()),
+            ("x-gitlab-global-user-id".into(), "user-42".into()),
+            ("x-gitlab-host-name".into(), "gitlab.example.com".into()),
+            ("x-gitlab-version".into(), "18.5.0".into()),
+            ("x-request-id".into(), "req-1".into()),
+            ("content-type".into(), "application/json".into()),
+        ]
+    }
+
+    /// POST `body` to `path` with `headers`.
+    pub async fn post(&self, path: &str, headers: &[(String, String)], body: &Value) -> Answer {
+        self.request(Method::POST, path, headers, Bytes::from(body.to_string()))
+            .await
+    }
+
+    /// POST a completion request as the instance does, with a valid `complete_code` token.
+    pub async fn complete(&self, body: &Value) -> Answer {
+        let headers = self.gitlab_headers(&self.token(&["complete_code"]));
+        self.post("/v2/code/completions", &headers, body).await
+    }
+
+    /// Any request.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Answer {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.gateway.addr()));
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let response = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.request(builder.body(Full::new(body)).unwrap()),
+        )
+        .await
+        .expect("the gateway answered within 30 s")
+        .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
+            .await
+            .expect("the body completed within 30 s")
+            .map(|c| c.to_bytes())
+            .unwrap_or_else(|e| panic!("body failed: {e}"));
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// A code completion body as GitLab sends it, for `family` at this test's model server.
+    pub fn completion_body(&self, family: &str, identifier: Option<&str>, stream: bool) -> Value {
+        let mut body = json!({
+            "current_file": {
+                "file_name": "src/calc.py",
+                "language_identifier": "python",
+                "content_above_cursor": "def add(a, b):\n    ",
+                "content_below_cursor": "\n\nprint(add(1, 2))\n",
+            },
+            "prompt_version": 1,
+            "project_path": "group/project",
+            "project_id": 7,
+            "model_provider": "litellm",
+            "model_name": family,
+            "model_endpoint": self.model.base_url(),
+            "model_api_key": "sk-test-key",
+            "stream": stream,
+            "choices_count": 0,
+            "context": [],
+            "telemetry": [],
+        });
+        if let Some(identifier) = identifier {
+            body["model_identifier"] = json!(identifier);
+        }
+        body
+    }
+
+    /// Wait until `condition` holds on the plugin registry (hot reload is asynchronous).
+    pub async fn wait_for_plugins(
+        &self,
+        what: &str,
+        condition: impl Fn(&aigw::plugins::Snapshot) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !condition(&self.gateway.plugins().snapshot()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Write `bytes` to `path` the safe way (hidden temporary file, then rename).
+pub fn deploy(path: &Path, bytes: &[u8]) {
+    let name = path.file_name().unwrap().to_string_lossy();
+    let temporary = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temporary, bytes).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}

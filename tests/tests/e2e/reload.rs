@@ -1,0 +1,165 @@
+//! Hot reload under bounded concurrent load: swap a plugin, drop a corrupt file, delete and re-add
+//! a plugin — no good request fails, and the new version serves after the swap.
+
+use aigw_tests::{Setup, TestGateway, component, deploy};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+const WORKERS: usize = 4;
+/// Bounds on the load: whichever comes first.
+const MAX_REQUESTS_PER_WORKER: usize = 5_000;
+const MAX_LOAD_TIME: Duration = Duration::from_secs(60);
+
+fn version_of(t: &TestGateway, provider: &str) -> Option<String> {
+    t.gateway
+        .plugins()
+        .snapshot()
+        .resolve(provider)
+        .ok()
+        .map(|p| p.identity().version.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_never_fails_a_good_request() {
+    let t = Arc::new(
+        Setup::default()
+            .plugin(component("test-guests/hostile.wasm"), "hostile.wasm")
+            .start()
+            .await,
+    );
+    assert_eq!(version_of(&t, "hostile").as_deref(), Some("0.1.0"));
+    let dir = t.plugins.path().to_path_buf();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let (t, stop, served) = (Arc::clone(&t), Arc::clone(&stop), Arc::clone(&served));
+        workers.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut failures = Vec::new();
+            for _ in 0..MAX_REQUESTS_PER_WORKER {
+                if stop.load(Ordering::SeqCst) || started.elapsed() > MAX_LOAD_TIME {
+                    break;
+                }
+                let body = t.completion_body("codestral", Some("hostile/good"), worker % 2 == 0);
+                let answer = t.complete(&body).await;
+                if answer.status != 200 {
+                    failures.push(format!("{}: {}", answer.status, answer.text()));
+                }
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+            failures
+        }));
+    }
+    let wait_served = |n: usize| {
+        let served = Arc::clone(&served);
+        async move {
+            let target = served.load(Ordering::SeqCst) + n;
+            while served.load(Ordering::SeqCst) < target {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_served(50).await;
+
+    // 1. Swap to version 0.2.0.
+    let v2 = std::fs::read(component("test-guests/hostile-v2.wasm")).unwrap();
+    deploy(&dir.join("hostile.wasm"), &v2);
+    t.wait_for_plugins("hostile 0.2.0 published", |s| {
+        s.resolve("hostile")
+            .is_ok_and(|p| p.identity().version == "0.2.0")
+    })
+    .await;
+    let swapped_at = t.model.requests().len();
+    wait_served(50).await;
+
+    // 2. A corrupt file beside it, and corrupt bytes over the working plugin: neither replaces it.
+    std::fs::write(dir.join("broken.wasm"), b"\0asm\x0d\0\x01\0 truncated").unwrap();
+    deploy(&dir.join("hostile.wasm"), b"this is not a component");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        version_of(&t, "hostile").as_deref(),
+        Some("0.2.0"),
+        "the last good version stays"
+    );
+    wait_served(50).await;
+
+    // 3. Delete a plugin (it unloads) and add it back (it loads), while the other serves.
+    std::fs::remove_file(dir.join("openai-compatible.wasm")).unwrap();
+    t.wait_for_plugins("openai-compatible unloaded", |s| {
+        s.resolve("custom_openai").is_err()
+    })
+    .await;
+    let openai = std::fs::read(component("plugins/openai-compatible.wasm")).unwrap();
+    deploy(&dir.join("openai-compatible.wasm"), &openai);
+    t.wait_for_plugins("openai-compatible back", |s| {
+        s.resolve("custom_openai").is_ok()
+    })
+    .await;
+    wait_served(50).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for worker in workers {
+        failures.extend(worker.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(served.load(Ordering::SeqCst) >= 200);
+
+    let requests = t.model.requests();
+    let version = |r: &aigw_tests::Recorded| {
+        r.headers
+            .get("x-hostile-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        version(&requests[0]),
+        "0.1.0",
+        "the first version served before the swap"
+    );
+    assert!(
+        requests[swapped_at..].iter().all(|r| version(r) == "0.2.0"),
+        "only 0.2.0 serves after the swap"
+    );
+    assert_eq!(
+        t.complete(&t.completion_body("codestral", None, false))
+            .await
+            .status,
+        200,
+        "re-added plugin serves"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_never_loaded_does_not_block_the_others() {
+    let t = TestGateway::start().await;
+    std::fs::write(t.plugins.path().join("aaa-garbage.wasm"), b"garbage").unwrap();
+    std::fs::write(
+        t.plugins.path().join("core-module.wasm"),
+        b"\0asm\x01\0\0\0",
+    )
+    .unwrap();
+    let report = t.gateway.plugins().reload().await;
+    assert_eq!(report.rejected.len(), 2);
+    assert!(
+        report
+            .rejected
+            .iter()
+            .any(|(_, e)| e.to_string().contains("core Wasm module, not a component"))
+    );
+    assert_eq!(
+        t.complete(&t.completion_body("codestral", None, false))
+            .await
+            .status,
+        200
+    );
+}

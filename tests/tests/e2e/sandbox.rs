@@ -1,0 +1,124 @@
+//! The plugin sandbox: a runaway loop, memory past the cap and a trap each fail their own request
+//! with a generic 502, while good requests through the same plugin keep succeeding.
+
+use aigw_tests::{Setup, TestGateway, component};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const GENERIC: &str = "The model provider plugin failed to handle this request";
+
+async fn hostile_gateway(extra: &[(&str, &str)]) -> TestGateway {
+    let mut setup = Setup::default().plugin(component("test-guests/hostile.wasm"), "hostile.wasm");
+    for (name, value) in extra {
+        setup = setup.env(name, value);
+    }
+    setup.start().await
+}
+
+async fn hostile(t: &TestGateway, behaviour: &str) -> aigw_tests::Answer {
+    t.complete(&t.completion_body("codestral", Some(&format!("hostile/{behaviour}")), false))
+        .await
+}
+
+#[tokio::test]
+async fn each_misbehaviour_fails_only_its_request() {
+    let t = hostile_gateway(&[]).await;
+    for behaviour in ["loop", "oom", "trap"] {
+        let answer = hostile(&t, behaviour).await;
+        assert_eq!(answer.status, 502, "{behaviour}: {}", answer.text());
+        assert_eq!(
+            answer.json(),
+            json!({"detail": GENERIC}),
+            "{behaviour}: no internals leak"
+        );
+        // The same plugin, a fresh store: the next good request works.
+        let good = hostile(&t, "good").await;
+        assert_eq!(good.status, 200, "after {behaviour}: {}", good.text());
+    }
+    assert_eq!(
+        t.model.requests().len(),
+        3,
+        "only the good requests reached the model"
+    );
+}
+
+#[tokio::test]
+async fn good_requests_succeed_while_bad_ones_run_concurrently() {
+    let t = std::sync::Arc::new(hostile_gateway(&[]).await);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let behaviour = ["loop", "oom", "trap", "good", "good", "good"][i % 6];
+        let bad = std::sync::Arc::clone(&t);
+        tasks.push(tokio::spawn(async move {
+            (behaviour, hostile(&bad, behaviour).await.status)
+        }));
+        let good = std::sync::Arc::clone(&t);
+        tasks.push(tokio::spawn(async move {
+            (
+                "openai",
+                good.complete(&good.completion_body("codestral", None, false))
+                    .await
+                    .status,
+            )
+        }));
+    }
+    for task in tasks {
+        let (behaviour, status) = task.await.unwrap();
+        let expected = if matches!(behaviour, "good" | "openai") {
+            200
+        } else {
+            502
+        };
+        assert_eq!(status, expected, "{behaviour}");
+    }
+}
+
+#[tokio::test]
+async fn call_deadline_obeyed_and_violated() {
+    let t = hostile_gateway(&[("AIGW_PLUGINS__CALL_TIMEOUT_MS", "200")]).await;
+    let started = Instant::now();
+    assert_eq!(hostile(&t, "loop").await.status, 502);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200),
+        "stopped at the deadline, not before ({took:?})"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a runaway call is stopped ({took:?})"
+    );
+    assert_eq!(
+        hostile(&t, "good").await.status,
+        200,
+        "a normal call fits well within 200 ms"
+    );
+}
+
+#[tokio::test]
+async fn memory_cap_obeyed_and_violated() {
+    let t = hostile_gateway(&[("AIGW_PLUGINS__MEMORY_LIMIT_MB", "16")]).await;
+    assert_eq!(
+        hostile(&t, "oom").await.status,
+        502,
+        "growing past 16 MiB fails"
+    );
+    assert_eq!(
+        hostile(&t, "good").await.status,
+        200,
+        "a normal call fits in 16 MiB"
+    );
+    assert_eq!(
+        t.complete(&t.completion_body("codestral", None, false))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn plugin_output_goes_to_the_log_not_the_answer() {
+    let t = hostile_gateway(&[]).await;
+    let answer = hostile(&t, "print").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(!answer.text().contains("hostile guest says"));
+}
