@@ -10,7 +10,7 @@ GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
 GUEST_PROFILE    := guest
 
-.PHONY: all build run test lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+.PHONY: all build run test bench lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
 
 all: build
 
@@ -49,7 +49,7 @@ component-artifacts: toolchain cargo-component
 
 ## build: target/release/aigw, the mock model server, and the plugins.
 build: plugins
-	$(CARGO) build --release -p aigw -p aigw-mock
+	$(CARGO) build --release -p aigw -p aigw-mock -p aigw-bench
 
 ## run: start the gateway in development mode on its embedded defaults (port 5052).
 run: build
@@ -58,6 +58,11 @@ run: build
 ## test: the whole suite.
 test: build test-guests component-artifacts
 	$(CARGO) test --release --workspace
+
+## bench: aigw's own measurements (not part of `make test`); results also in target/bench/*.json.
+bench: build
+	$(CARGO) build --release -p aigw-bench
+	./target/release/aigw-bench plugin
 
 ## lint: formatting and clippy, warnings denied.
 lint:
