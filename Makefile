@@ -37,8 +37,9 @@ test-guests: toolchain
 	@mkdir -p $(GUEST_DIR)
 	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest --features v2
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile-v2.wasm
-	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest
+	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest -p networked-guest
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile.wasm
+	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/networked_guest.wasm $(GUEST_DIR)/networked.wasm
 
 ## component-artifacts: the openai-compatible plugin built by cargo-component too, to prove both
 ## toolchains give components that behave the same.

@@ -177,6 +177,10 @@ async fn check_plugin(file: PathBuf) -> anyhow::Result<()> {
             println!("  providers: {}", id.providers.join(", "));
             println!("  framing:   {:?}", id.framing);
             println!("  sha256:    {}", plugin.digest());
+            println!(
+                "  imports:   {} (served inert: no files, network, environment or clock)",
+                plugin.imports().join(", ")
+            );
             Ok(())
         }
         Err(error) => anyhow::bail!("{}: cannot be loaded: {error}", file.display()),

@@ -118,7 +118,11 @@ impl PluginRuntime {
     pub async fn load(self: &Arc<Self>, bytes: Vec<u8>) -> Result<LoadedPlugin, PluginError> {
         check_component_header(&bytes)?;
         let runtime = Arc::clone(self);
-        let (pre, digest) = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+        let Compiled {
+            pre,
+            digest,
+            imports,
+        } = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
             .await
             .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
         let mut plugin = LoadedPlugin {
@@ -126,18 +130,36 @@ impl PluginRuntime {
             pre,
             info: Arc::new(PluginIdentity::placeholder()),
             digest,
+            imports: Arc::new(imports),
         };
         let info = plugin.call_info().await?;
         plugin.info = Arc::new(PluginIdentity::validate(info)?);
         Ok(plugin)
     }
 
-    fn compile(&self, bytes: &[u8]) -> Result<(ProviderPre<GuestState>, String), PluginError> {
+    fn compile(&self, bytes: &[u8]) -> Result<Compiled, PluginError> {
         let invalid = |e: wasmtime::Error| PluginError::Invalid(format!("{e:#}"));
         let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        if let Some(network) = imports
+            .iter()
+            .find(|name| NETWORK_IMPORTS.iter().any(|p| name.starts_with(p)))
+        {
+            return Err(PluginError::Invalid(format!(
+                "the component imports {network}: plugins get no network, the host does all I/O"
+            )));
+        }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = ProviderPre::new(instance_pre).map_err(invalid)?;
-        Ok((pre, sha256_hex(bytes)))
+        Ok(Compiled {
+            pre,
+            digest: sha256_hex(bytes),
+            imports,
+        })
     }
 
     fn new_store(&self) -> Store<GuestState> {
@@ -178,6 +200,17 @@ impl PluginRuntime {
         });
         store
     }
+}
+
+/// Import prefixes refused at load time. The sandbox would answer them with PermissionDenied
+/// anyway; refusing says plainly to the plugin author that translation must not do I/O.
+const NETWORK_IMPORTS: [&str; 2] = ["wasi:sockets/", "wasi:http/"];
+
+/// A compiled component before its `info()` has been checked.
+struct Compiled {
+    pre: ProviderPre<GuestState>,
+    digest: String,
+    imports: Vec<String>,
 }
 
 fn tick_period(deadline: Duration) -> Duration {
@@ -366,6 +399,7 @@ pub struct LoadedPlugin {
     pre: ProviderPre<GuestState>,
     info: Arc<PluginIdentity>,
     digest: String,
+    imports: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -386,6 +420,11 @@ impl LoadedPlugin {
     /// SHA-256 of the component bytes, hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Interfaces the component imports (all satisfied by the inert WASI environment).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
     }
 
     /// A fresh sandbox for one request: new store, new instance, nothing shared with any other.

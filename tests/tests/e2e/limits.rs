@@ -143,3 +143,48 @@ async fn unknown_routes_and_methods() {
         serde_json::json!(["custom_openai", "openai"])
     );
 }
+
+#[tokio::test]
+async fn sandbox_slots_obeyed_and_exhausted() {
+    let t = Setup::default()
+        .env("AIGW_PLUGINS__MAX_CONCURRENT", "1")
+        .start()
+        .await;
+    assert_eq!(
+        t.complete(&t.completion_body("codestral", None, false))
+            .await
+            .status,
+        200,
+        "one at a time works"
+    );
+
+    // A slow stream holds the only sandbox slot for its whole life...
+    t.model.set_reply(Reply {
+        chunk_delay: Duration::from_millis(300),
+        chunks: 4,
+        ..Reply::default()
+    });
+    let t = std::sync::Arc::new(t);
+    let holder = {
+        let t = std::sync::Arc::clone(&t);
+        tokio::spawn(async move {
+            t.complete(&t.completion_body("codestral", None, true))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so a second request is turned away cleanly instead of queueing without bound.
+    let refused = t
+        .complete(&t.completion_body("codestral", None, false))
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(holder.await.unwrap().text(), "return a + b");
+    t.model.set_reply(Reply::default());
+    assert_eq!(
+        t.complete(&t.completion_body("codestral", None, false))
+            .await
+            .status,
+        200,
+        "the slot is free again"
+    );
+}

@@ -1,6 +1,14 @@
 //! End-to-end suite: one binary, one module per area.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests: failing loudly is the point"
+)]
+
 mod auth;
+mod cli;
 mod completions;
 mod egress;
 mod limits;

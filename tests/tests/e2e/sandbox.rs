@@ -122,3 +122,25 @@ async fn plugin_output_goes_to_the_log_not_the_answer() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(!answer.text().contains("hostile guest says"));
 }
+
+#[tokio::test]
+async fn a_component_that_imports_sockets_is_refused_at_load() {
+    let t = Setup::default()
+        .plugin(component("test-guests/networked.wasm"), "networked.wasm")
+        .start()
+        .await;
+    let snapshot = t.gateway.plugins().snapshot();
+    assert!(snapshot.resolve("networked").is_err(), "never loaded");
+    assert_eq!(
+        snapshot.provider_names(),
+        ["custom_openai", "openai"],
+        "the others load regardless"
+    );
+    let report = t.gateway.plugins().reload().await;
+    let (_, error) = report
+        .rejected
+        .iter()
+        .find(|(path, _)| path.ends_with("networked.wasm"))
+        .unwrap();
+    assert!(error.to_string().contains("wasi:sockets"), "{error}");
+}

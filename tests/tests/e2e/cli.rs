@@ -1,0 +1,158 @@
+//! The `aigw` binary: `plugin check`, start-up errors, and the development mode's token flow.
+
+use aigw_tests::{MockModelServer, component, workspace};
+use serde_json::json;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+fn aigw() -> tokio::process::Command {
+    let binary = workspace().join("target/release/aigw");
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `make test`",
+        binary.display()
+    );
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn plugin_check_prints_what_a_component_serves_or_why_not() {
+    let ok = aigw()
+        .args(["plugin", "check"])
+        .arg(component("plugins/openai-compatible.wasm"))
+        .output()
+        .await
+        .unwrap();
+    assert!(ok.status.success());
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("plugin:    openai-compatible 0.1.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("providers: custom_openai, openai"),
+        "{stdout}"
+    );
+
+    let text = workspace().join("Cargo.toml");
+    let bad = aigw()
+        .args(["plugin", "check"])
+        .arg(&text)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("not a WebAssembly binary"), "{stderr}");
+    assert!(
+        !stderr.contains("backtrace"),
+        "a clean message, not a backtrace: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn bad_settings_stop_start_up_naming_the_setting() {
+    let missing = aigw().arg("serve").output().await.unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("AIGW_GITLAB_URL"));
+
+    let bad_port = aigw()
+        .arg("serve")
+        .env("AIGW_GITLAB_URL", "http://127.0.0.1:9")
+        .env("AIGW_FASTAPI__API_PORT", "fifty")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad_port.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad_port.stderr);
+    assert!(
+        stderr.contains("AIGW_FASTAPI__API_PORT") && stderr.contains("TCP port"),
+        "{stderr}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let body = json!({
+        "current_file": {"file_name": "add.py", "content_above_cursor": "def add(a, b):\n    ", "content_below_cursor": ""},
+        "model_provider": "litellm", "model_name": "codestral", "model_endpoint": endpoint,
+    });
+    let request = http::Request::post(format!("http://127.0.0.1:{port}/v2/code/completions"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-gitlab-authentication-type", "oidc")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    client.request(request).await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees() {
+    let model = MockModelServer::start().await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let key_file = state.path().join("dev-key.pem");
+    let port = free_port();
+    let mut server = aigw()
+        .args(["serve", "--dev"])
+        .env("AIGW_FASTAPI__API_PORT", port.to_string())
+        .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
+        .env("AIGW_DEV__KEY_FILE", &key_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let token = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(token) = line.strip_prefix("export AIGW_TOKEN=") {
+                return token.to_string();
+            }
+        }
+        panic!("the server exited without printing a token");
+    })
+    .await
+    .expect("a token within 30 s");
+    assert_eq!(complete(port, &token, &model.base_url()).await, 200);
+
+    let minted = aigw()
+        .args(["token", "mint"])
+        .env("AIGW_DEV__KEY_FILE", &key_file)
+        .output()
+        .await
+        .unwrap();
+    assert!(minted.status.success());
+    let minted = String::from_utf8(minted.stdout).unwrap();
+    assert_eq!(complete(port, minted.trim(), &model.base_url()).await, 200);
+    assert_eq!(complete(port, "not-a-token", &model.base_url()).await, 401);
+    assert_eq!(model.requests().len(), 2);
+
+    #[cfg(unix)]
+    {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key_file).unwrap().permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the private key is readable by its owner only"
+        );
+    }
+    server.kill().await.unwrap();
+}
