@@ -163,3 +163,69 @@ async fn a_file_that_never_loaded_does_not_block_the_others() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_finishes_on_the_version_it_started_with() {
+    let t = Arc::new(
+        Setup::default()
+            .plugin(component("test-guests/hostile.wasm"), "hostile.wasm")
+            .start()
+            .await,
+    );
+    t.model.set_reply(aigw_tests::Reply {
+        chunks: 4,
+        chunk_delay: Duration::from_millis(250),
+        ..Default::default()
+    });
+    let in_flight = {
+        let t = Arc::clone(&t);
+        tokio::spawn(async move {
+            t.complete(&t.completion_body("codestral", Some("hostile/good"), true))
+                .await
+        })
+    };
+    while t.model.open_streams() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    deploy(
+        &t.plugins.path().join("hostile.wasm"),
+        &std::fs::read(component("test-guests/hostile-v2.wasm")).unwrap(),
+    );
+    t.wait_for_plugins("0.2.0 published", |s| {
+        s.resolve("hostile")
+            .is_ok_and(|p| p.identity().version == "0.2.0")
+    })
+    .await;
+    assert_eq!(
+        t.model.open_streams(),
+        1,
+        "the old stream is still running after the swap"
+    );
+    let answer = in_flight.await.unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.text().as_str()),
+        (200, "return a + b")
+    );
+    assert_eq!(t.model.open_streams(), 0);
+    assert_eq!(
+        t.model.requests()[0]
+            .headers
+            .get("x-hostile-version")
+            .unwrap(),
+        "0.1.0"
+    );
+    t.model.set_reply(aigw_tests::Reply::default());
+    assert_eq!(
+        t.complete(&t.completion_body("codestral", Some("hostile/good"), false))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        t.model.requests()[1]
+            .headers
+            .get("x-hostile-version")
+            .unwrap(),
+        "0.2.0"
+    );
+}

@@ -87,15 +87,10 @@ impl Guest for Hostile {
     }
 
     fn parse_response(body: Vec<u8>) -> Result<Completion, PluginError> {
-        // Good enough for the mock server's answers: the text between `"content":"` and `"`.
-        let text = String::from_utf8_lossy(&body);
-        let content = text
-            .split("\"content\":\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
+        let text = content(&body)
             .ok_or_else(|| PluginError::MalformedResponse("no content".to_string()))?;
         Ok(Completion {
-            text: content.to_string(),
+            text,
             finish_reason: None,
             usage: None,
         })
@@ -103,13 +98,22 @@ impl Guest for Hostile {
 
     fn parse_event(_event: Option<String>, data: Vec<u8>) -> Result<StreamChunk, PluginError> {
         let done = data == b"[DONE]";
+        let text = content(&data).unwrap_or_default();
         Ok(StreamChunk {
-            text: String::new(),
+            text,
             finish_reason: None,
             usage: None,
             done,
         })
     }
+}
+
+/// Good enough for the mock server's answers (no escaped quotes in them): the text between
+/// `"content":"` and the next `"`.
+fn content(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let rest = text.split("\"content\":\"").nth(1)?;
+    rest.split('"').next().map(str::to_string)
 }
 
 export!(Hostile);
