@@ -176,10 +176,12 @@ impl GatewayError {
     /// The complete HTTP response.
     pub fn into_response(self) -> http::Response<crate::server::Body> {
         let (status, body) = self.status_and_body();
+        // The debug form carries internal reasons (why a token was refused, which timeout
+        // fired) that the caller never sees; none of them contains a token or a key.
         if status.is_server_error() {
-            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+            tracing::warn!(error = ?self, status = status.as_u16(), "request failed");
         } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+            tracing::info!(error = ?self, status = status.as_u16(), "request refused");
         }
         let mut response = crate::server::json_response(status, Bytes::from(body.to_string()));
         for (name, value) in self.headers() {

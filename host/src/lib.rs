@@ -24,6 +24,9 @@ use std::time::Duration;
 /// Issuer of development tokens when no GitLab URL is configured.
 pub const DEV_ISSUER: &str = "aigw-dev";
 
+/// How often the instance's key set is refreshed even when no unknown `kid` asks for it.
+pub const JWKS_REFRESH_PERIOD: Duration = Duration::from_secs(3600);
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -68,6 +71,8 @@ pub struct Gateway {
     state: Arc<AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
+    /// Periodic work (key refresh), stopped with the gateway.
+    background: Vec<tokio::task::JoinHandle<()>>,
     _watcher: PluginWatcher,
 }
 
@@ -97,6 +102,7 @@ impl Gateway {
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
         let upstream = Upstream::new(Some(policy), config.upstream)?;
         let mut verifier = Verifier::new();
+        let mut background = Vec::new();
         if let Some(gitlab_url) = &config.gitlab_url {
             let mut gitlab_settings = config.upstream;
             gitlab_settings.total_timeout = Duration::from_secs(10);
@@ -106,9 +112,15 @@ impl Gateway {
                 Upstream::new(None, gitlab_settings)?,
                 config.jwks_min_refresh,
             ));
-            let warm = Arc::clone(&jwks);
-            // Warm the cache without delaying start-up; an unreachable instance is retried on demand.
-            tokio::spawn(async move { warm.refresh_if_due().await });
+            let refresher = Arc::clone(&jwks);
+            // Warm the cache without delaying start-up (an unreachable instance is retried on
+            // demand), then refresh periodically so keys the instance withdrew stop verifying.
+            background.push(tokio::spawn(async move {
+                loop {
+                    refresher.refresh_if_due().await;
+                    tokio::time::sleep(JWKS_REFRESH_PERIOD).await;
+                }
+            }));
             verifier = verifier.trust_instance(gitlab_url, jwks);
         }
         if let Some((key, issuer)) = options.local_key {
@@ -142,6 +154,7 @@ impl Gateway {
             state,
             stop: Some(stop),
             server,
+            background,
             _watcher: watcher,
         })
     }
@@ -169,6 +182,9 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         if self.stop.is_some() {
             self.server.abort();
+        }
+        for task in &self.background {
+            task.abort();
         }
     }
 }

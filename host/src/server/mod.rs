@@ -101,13 +101,31 @@ pub async fn serve(
 }
 
 async fn handle(state: &AppState, request: http::Request<Incoming>) -> http::Response<Body> {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let body = read_body(body, &parts.headers, limit);
-    match api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+    let response =
+        match api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+    // One line per request; never the token, the key or the body. For streams this is the time
+    // to the response head.
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info!(
+        request_id,
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = response.status().as_u16(),
+        head_ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    response
 }
 
 async fn read_body(

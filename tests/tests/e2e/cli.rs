@@ -85,12 +85,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A model key that must reach the model server and nothing else (no log line at any level).
+const CANARY_KEY: &str = "sk-canary-7f3a9c2e51d8";
+
 async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     let body = json!({
         "current_file": {"file_name": "add.py", "content_above_cursor": "def add(a, b):\n    ", "content_below_cursor": ""},
         "model_provider": "litellm", "model_name": "codestral", "model_endpoint": endpoint,
+        "model_api_key": CANARY_KEY,
     });
     let request = http::Request::post(format!("http://127.0.0.1:{port}/v2/code/completions"))
         .header("authorization", format!("Bearer {token}"))
@@ -104,18 +108,20 @@ async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
 }
 
 #[tokio::test]
-async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees() {
+async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_out_of_logs() {
     let model = MockModelServer::start().await.unwrap();
     let state = tempfile::tempdir().unwrap();
     let key_file = state.path().join("dev-key.pem");
+    let log_file = state.path().join("aigw.log");
     let port = free_port();
     let mut server = aigw()
         .args(["serve", "--dev"])
         .env("AIGW_FASTAPI__API_PORT", port.to_string())
         .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
         .env("AIGW_DEV__KEY_FILE", &key_file)
+        .env("AIGW_LOGGING__LEVEL", "trace")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log_file).unwrap())
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
@@ -142,6 +148,12 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees() {
     assert_eq!(complete(port, minted.trim(), &model.base_url()).await, 200);
     assert_eq!(complete(port, "not-a-token", &model.base_url()).await, 401);
     assert_eq!(model.requests().len(), 2);
+    for request in model.requests() {
+        assert_eq!(
+            request.headers.get("authorization").unwrap(),
+            &format!("Bearer {CANARY_KEY}")
+        );
+    }
 
     #[cfg(unix)]
     {
@@ -155,4 +167,18 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees() {
         );
     }
     server.kill().await.unwrap();
+    let _ = server.wait().await;
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        log.contains("/v2/code/completions"),
+        "request lines are logged"
+    );
+    assert!(
+        !log.contains(CANARY_KEY),
+        "the model API key appears in the trace-level log"
+    );
+    assert!(
+        !log.contains(&token),
+        "the caller's token appears in the log"
+    );
 }
