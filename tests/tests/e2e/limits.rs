@@ -188,3 +188,44 @@ async fn sandbox_slots_obeyed_and_exhausted() {
         "the slot is free again"
     );
 }
+
+#[tokio::test]
+async fn a_caller_hanging_up_cancels_the_upstream_stream() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply {
+        chunks: 50,
+        chunk_delay: Duration::from_millis(100),
+        ..Reply::default()
+    });
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let mut request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/v2/code/completions", t.gateway.addr()));
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    let body = Bytes::from(t.completion_body("codestral", None, true).to_string());
+    let response = client
+        .request(request.body(http_body_util::Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = http_body_util::BodyExt::frame(&mut body)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_data());
+    assert_eq!(t.model.open_streams(), 1);
+    drop(body);
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while t.model.open_streams() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream stream outlived its caller"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
