@@ -431,11 +431,10 @@ impl LoadedPlugin {
     pub async fn session(&self) -> Result<PluginSession, PluginError> {
         let mut store = self.runtime.new_store();
         let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
-            let text = format!("{e:#}");
-            if text.contains("maximum concurrent") || text.contains("pooling") {
+            if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
                 PluginError::Capacity
             } else {
-                PluginError::Trap(text)
+                PluginError::Trap(format!("{e:#}"))
             }
         })?;
         Ok(PluginSession {
