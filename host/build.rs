@@ -16,28 +16,20 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn main() -> std::io::Result<()> {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(std::io::Error::other)?)
-        .join("prompts");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(std::io::Error::other)?).join("prompts");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     collect(&root, &mut files)?;
     files.sort();
-    let mut code = String::from(
-        "/// Prompt files embedded at build time: (path relative to `prompts/`, contents).\n",
-    );
+    let mut code = String::from("/// Prompt files embedded at build time: (path relative to `prompts/`, contents).\n");
     code.push_str("pub const EMBEDDED: &[(&str, &str)] = &[\n");
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
         let relative = file.strip_prefix(&root).map_err(std::io::Error::other)?;
-        let _ = writeln!(
-            code,
-            "    ({:?}, include_str!({:?})),",
-            relative.to_string_lossy(),
-            file.display().to_string()
-        );
+        let _ =
+            writeln!(code, "    ({:?}, include_str!({:?})),", relative.to_string_lossy(), file.display().to_string());
     }
     code.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(std::io::Error::other)?)
-        .join("embedded_prompts.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(std::io::Error::other)?).join("embedded_prompts.rs");
     std::fs::write(out, code)
 }

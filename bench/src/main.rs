@@ -39,7 +39,8 @@ enum Command {
 
 /// Code before the cursor: about 7.5 KB of Python.
 fn prefix() -> String {
-    let unit = "def handler_{n}(request):\n    payload = request.json()\n    return {\"id\": {n}, \"ok\": bool(payload)}\n\n";
+    let unit =
+        "def handler_{n}(request):\n    payload = request.json()\n    return {\"id\": {n}, \"ok\": bool(payload)}\n\n";
     let mut text = String::new();
     let mut n = 0;
     while text.len() < 7_500 {
@@ -54,21 +55,13 @@ const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":
 fn wit_request(prefix: &str) -> wit::ModelRequest {
     wit::ModelRequest {
         model: "codestral-22b".into(),
-        messages: vec![wit::Message {
-            role: wit::Role::User,
-            content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}"),
-        }],
-        fill_in_middle: Some(wit::FillInMiddle {
-            prefix: prefix.to_string(),
-            suffix: "\n".into(),
-        }),
+        messages: vec![wit::Message { role: wit::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
+        fill_in_middle: Some(wit::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
         sampling: wit::Sampling {
             max_tokens: Some(64),
             temperature: Some(0.32),
             top_p: None,
-            stop: ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"]
-                .map(String::from)
-                .to_vec(),
+            stop: ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"].map(String::from).to_vec(),
         },
         stream: false,
     }
@@ -77,21 +70,13 @@ fn wit_request(prefix: &str) -> wit::ModelRequest {
 fn native_request(prefix: &str) -> native::ModelRequest {
     native::ModelRequest {
         model: "codestral-22b".into(),
-        messages: vec![native::Message {
-            role: native::Role::User,
-            content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}"),
-        }],
-        fill_in_middle: Some(native::FillInMiddle {
-            prefix: prefix.to_string(),
-            suffix: "\n".into(),
-        }),
+        messages: vec![native::Message { role: native::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
+        fill_in_middle: Some(native::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
         sampling: native::Sampling {
             max_tokens: Some(64),
             temperature: Some(0.32),
             top_p: None,
-            stop: ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"]
-                .map(String::from)
-                .to_vec(),
+            stop: ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"].map(String::from).to_vec(),
         },
         stream: false,
     }
@@ -110,26 +95,19 @@ fn summarize(mut samples: Vec<Duration>) -> Summary {
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
     let at = |q: f64| micros(samples[((samples.len() as f64 - 1.0) * q).round() as usize]);
     let mean = samples.iter().map(|d| micros(*d)).sum::<f64>() / samples.len() as f64;
-    Summary {
-        p50: at(0.50),
-        p99: at(0.99),
-        mean,
-    }
+    Summary { p50: at(0.50), p99: at(0.99), mean }
 }
 
 async fn plugin(component: PathBuf, iterations: usize, output: PathBuf) -> anyhow::Result<()> {
     let iterations = iterations.clamp(100, 1_000_000);
-    let bytes = std::fs::read(&component)
-        .with_context(|| format!("{} (run `make build`)", component.display()))?;
+    let bytes = std::fs::read(&component).with_context(|| format!("{} (run `make build`)", component.display()))?;
     let runtime = PluginRuntime::new(SandboxLimits::default())?;
     let plugin = runtime.load(bytes).await?;
     let prefix = prefix();
     let request = wit_request(&prefix);
     let native_req = native_request(&prefix);
-    let request_bytes = openai_compatible::translate::build_request(&native_req)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?
-        .body
-        .len();
+    let request_bytes =
+        openai_compatible::translate::build_request(&native_req).map_err(|e| anyhow::anyhow!("{e:?}"))?.body.len();
 
     let mut wasm = Vec::with_capacity(iterations);
     let mut phases: [Vec<Duration>; 4] = std::array::from_fn(|_| Vec::with_capacity(iterations));
@@ -155,12 +133,7 @@ async fn plugin(component: PathBuf, iterations: usize, output: PathBuf) -> anyho
 
         if i >= iterations / 10 {
             wasm.push(total);
-            let splits = [
-                instantiated,
-                after_build - instantiated,
-                after_parse - after_build,
-                total - after_parse,
-            ];
+            let splits = [instantiated, after_build - instantiated, after_parse - after_build, total - after_parse];
             for (phase, split) in phases.iter_mut().zip(splits) {
                 phase.push(split);
             }
@@ -170,17 +143,9 @@ async fn plugin(component: PathBuf, iterations: usize, output: PathBuf) -> anyho
     let wasm = summarize(wasm);
     let [instantiate, build, parse, teardown] = phases.map(summarize);
     let native_summary = summarize(native_samples);
-    println!(
-        "plugin round trip: fresh store + build-request + parse-response, {iterations} iterations"
-    );
-    println!(
-        "  request JSON body: {request_bytes} bytes; answer {} bytes",
-        ANSWER.len()
-    );
-    println!(
-        "  {:<28} {:>9} {:>9} {:>9}",
-        "", "p50 µs", "p99 µs", "mean µs"
-    );
+    println!("plugin round trip: fresh store + build-request + parse-response, {iterations} iterations");
+    println!("  request JSON body: {request_bytes} bytes; answer {} bytes", ANSWER.len());
+    println!("  {:<28} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "mean µs");
     let rows = [
         ("wasm (fresh store per call)", wasm),
         ("  instantiate", instantiate),
@@ -217,16 +182,10 @@ async fn plugin(component: PathBuf, iterations: usize, output: PathBuf) -> anyho
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Plugin {
-                component,
-                iterations,
-                output,
-            } => plugin(component, iterations, output).await,
+            Command::Plugin { component, iterations, output } => plugin(component, iterations, output).await,
         }
     })
 }

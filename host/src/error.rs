@@ -66,96 +66,59 @@ impl GatewayError {
                 | AuthError::InvalidHeader
                 | AuthError::WrongAuthenticationType
                 | AuthError::Forbidden { .. }
-                | AuthError::HeaderMismatch(_) => (
-                    StatusCode::UNAUTHORIZED,
-                    json!({ "error": auth.to_string() }),
-                ),
+                | AuthError::HeaderMismatch(_) => (StatusCode::UNAUTHORIZED, json!({ "error": auth.to_string() })),
                 AuthError::MissingScope(_) => detail(StatusCode::FORBIDDEN, auth.to_string()),
             },
-            GatewayError::Validation(issues) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({ "detail": issues }),
-            ),
-            GatewayError::Unprocessable(message) => {
-                detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone())
-            }
-            GatewayError::PayloadTooLarge(_) => {
-                detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string())
-            }
+            GatewayError::Validation(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": issues })),
+            GatewayError::Unprocessable(message) => detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone()),
+            GatewayError::PayloadTooLarge(_) => detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
             GatewayError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found".into()),
-            GatewayError::MethodNotAllowed => {
-                detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into())
-            }
+            GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),
             GatewayError::Prompt(prompt) => match prompt {
                 PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } => {
                     detail(StatusCode::UNPROCESSABLE_ENTITY, prompt.to_string())
                 }
-                PromptError::NotFound(id) => {
-                    detail(StatusCode::NOT_FOUND, format!("Prompt '{id}' not found"))
+                PromptError::NotFound(id) => detail(StatusCode::NOT_FOUND, format!("Prompt '{id}' not found")),
+                PromptError::BadFile { .. } => {
+                    detail(StatusCode::INTERNAL_SERVER_ERROR, "Prompt registry error".into())
                 }
-                PromptError::BadFile { .. } => detail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Prompt registry error".into(),
-                ),
             },
             GatewayError::Plugin(plugin) => match plugin {
-                PluginError::UnknownProvider { .. } => {
+                PluginError::UnknownProvider { .. } => detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string()),
+                PluginError::Capacity => {
+                    detail(StatusCode::SERVICE_UNAVAILABLE, "The gateway is at capacity; retry shortly".into())
+                }
+                PluginError::Guest(wit::PluginError::InvalidInput(_) | wit::PluginError::Unsupported(_)) => {
                     detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string())
                 }
-                PluginError::Capacity => detail(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The gateway is at capacity; retry shortly".into(),
-                ),
-                PluginError::Guest(
-                    wit::PluginError::InvalidInput(_) | wit::PluginError::Unsupported(_),
-                ) => detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string()),
-                PluginError::Guest(wit::PluginError::MalformedResponse(_)) => detail(
-                    StatusCode::BAD_GATEWAY,
-                    "The model server's answer could not be understood".into(),
-                ),
+                PluginError::Guest(wit::PluginError::MalformedResponse(_)) => {
+                    detail(StatusCode::BAD_GATEWAY, "The model server's answer could not be understood".into())
+                }
                 PluginError::Invalid(_)
                 | PluginError::BadInfo(_)
                 | PluginError::Trap(_)
                 | PluginError::Deadline(_)
-                | PluginError::MemoryLimit(_) => {
-                    detail(StatusCode::BAD_GATEWAY, PLUGIN_FAILED.into())
-                }
+                | PluginError::MemoryLimit(_) => detail(StatusCode::BAD_GATEWAY, PLUGIN_FAILED.into()),
             },
             GatewayError::Upstream(upstream) => match upstream {
-                UpstreamError::InvalidRequest(message) => {
-                    detail(StatusCode::BAD_GATEWAY, message.clone())
+                UpstreamError::InvalidRequest(message) => detail(StatusCode::BAD_GATEWAY, message.clone()),
+                UpstreamError::Refused(refused) => detail(StatusCode::FORBIDDEN, refused.to_string()),
+                UpstreamError::Connect(_) => {
+                    detail(StatusCode::BAD_GATEWAY, "The model server could not be reached".into())
                 }
-                UpstreamError::Refused(refused) => {
-                    detail(StatusCode::FORBIDDEN, refused.to_string())
+                UpstreamError::Timeout { .. } => {
+                    detail(StatusCode::GATEWAY_TIMEOUT, "The model server did not answer in time".into())
                 }
-                UpstreamError::Connect(_) => detail(
-                    StatusCode::BAD_GATEWAY,
-                    "The model server could not be reached".into(),
-                ),
-                UpstreamError::Timeout { .. } => detail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "The model server did not answer in time".into(),
-                ),
-                UpstreamError::Status { status, .. }
-                    if *status == StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    detail(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "The model server is rate limiting requests".into(),
-                    )
+                UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                    detail(StatusCode::TOO_MANY_REQUESTS, "The model server is rate limiting requests".into())
                 }
-                UpstreamError::Status { status, .. } => detail(
-                    StatusCode::BAD_GATEWAY,
-                    format!("The model server answered {status}"),
-                ),
-                UpstreamError::Body(_) => detail(
-                    StatusCode::BAD_GATEWAY,
-                    "The model server's answer could not be read".into(),
-                ),
-                UpstreamError::Tls(_) => detail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "TLS is unavailable".into(),
-                ),
+                UpstreamError::Status { status, .. } => {
+                    detail(StatusCode::BAD_GATEWAY, format!("The model server answered {status}"))
+                }
+                UpstreamError::Body(_) => {
+                    detail(StatusCode::BAD_GATEWAY, "The model server's answer could not be read".into())
+                }
+                UpstreamError::Tls(_) => detail(StatusCode::INTERNAL_SERVER_ERROR, "TLS is unavailable".into()),
             },
         }
     }
@@ -163,10 +126,9 @@ impl GatewayError {
     /// Extra headers the answer carries (`Retry-After` of a rate-limited model server).
     pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
         match self {
-            GatewayError::Upstream(UpstreamError::Status {
-                status,
-                retry_after: Some(value),
-            }) if *status == StatusCode::TOO_MANY_REQUESTS => {
+            GatewayError::Upstream(UpstreamError::Status { status, retry_after: Some(value) })
+                if *status == StatusCode::TOO_MANY_REQUESTS =>
+            {
                 vec![(header::RETRY_AFTER, value.clone())]
             }
             _ => Vec::new(),

@@ -94,10 +94,7 @@ impl Gateway {
             "plugins loaded"
         );
         let watcher = PluginWatcher::start(Arc::clone(&registry), config.plugins.reload_debounce)
-            .map_err(|source| StartError::Watch {
-            dir: config.plugins.dir.display().to_string(),
-            source,
-        })?;
+            .map_err(|source| StartError::Watch { dir: config.plugins.dir.display().to_string(), source })?;
 
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
         let upstream = Upstream::new(Some(policy), config.upstream)?;
@@ -129,14 +126,8 @@ impl Gateway {
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let state = Arc::new(AppState {
             prompts: prompts::PromptRegistry::embedded()?,
             config,
@@ -149,14 +140,7 @@ impl Gateway {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, "aigw listening");
-        Ok(Gateway {
-            addr,
-            state,
-            stop: Some(stop),
-            server,
-            background,
-            _watcher: watcher,
-        })
+        Ok(Gateway { addr, state, stop: Some(stop), server, background, _watcher: watcher })
     }
 
     /// The bound address (useful with port 0).

@@ -11,11 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "aigw",
-    version,
-    about = "Self-hosted AI gateway for GitLab Duo"
-)]
+#[command(name = "aigw", version, about = "Self-hosted AI gateway for GitLab Duo")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,26 +73,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Serve { config, dev } => serve(config, dev).await,
-            Command::Token {
-                command: TokenCommand::Mint { config, ttl },
-            } => {
+            Command::Token { command: TokenCommand::Mint { config, ttl } } => {
                 let config = load_config(config, true)?;
                 let (key, issuer) = dev_key(&config)?;
-                println!(
-                    "{}",
-                    key.sign(&DevClaims::new(&issuer, Duration::from_secs(ttl)))?
-                );
+                println!("{}", key.sign(&DevClaims::new(&issuer, Duration::from_secs(ttl)))?);
                 Ok(())
             }
-            Command::Plugin {
-                command: PluginCommand::Check { file },
-            } => check_plugin(file).await,
+            Command::Plugin { command: PluginCommand::Check { file } } => check_plugin(file).await,
         }
     })
 }
@@ -108,10 +95,7 @@ fn load_config(file: Option<PathBuf>, dev: bool) -> anyhow::Result<Config> {
 fn dev_key(config: &Config) -> anyhow::Result<(SigningKey, String)> {
     let dev = config.dev.as_ref().context("development mode is off")?;
     let key = SigningKey::load_or_create(&dev.key_file)?;
-    let issuer = config
-        .gitlab_url
-        .clone()
-        .unwrap_or_else(|| DEV_ISSUER.to_string());
+    let issuer = config.gitlab_url.clone().unwrap_or_else(|| DEV_ISSUER.to_string());
     Ok((key, issuer))
 }
 

@@ -6,14 +6,8 @@ use crate::config::Config;
 pub fn init(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = if config.log_json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let installed = if config.log_json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
     if installed.is_err() {
         tracing::debug!("a tracing subscriber was already installed");
     }

@@ -126,11 +126,7 @@ impl MockModelServer {
 
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.state.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Streamed answers still being sent.
@@ -169,80 +165,43 @@ type MockBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 fn full(status: StatusCode, content_type: &'static str, body: String) -> Response<MockBody> {
     let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
 }
 
 async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockBody> {
     let (parts, body) = request.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    state
-        .requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Recorded {
-            method: parts.method.clone(),
-            path: path.clone(),
-            headers: parts.headers,
-            body: json.clone(),
-        });
-    let reply = state
-        .reply
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    state.requests.lock().unwrap_or_else(|p| p.into_inner()).push(Recorded {
+        method: parts.method.clone(),
+        path: path.clone(),
+        headers: parts.headers,
+        body: json.clone(),
+    });
+    let reply = state.reply.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if !reply.head_delay.is_zero() {
         tokio::time::sleep(reply.head_delay).await;
     }
     if parts.method != Method::POST || !parts.uri.path().ends_with("/v1/chat/completions") {
-        return full(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            json!({"detail": "Not Found"}).to_string(),
-        );
+        return full(StatusCode::NOT_FOUND, "application/json", json!({"detail": "Not Found"}).to_string());
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if !status.is_success() {
         let mut response = full(
             status,
             "application/json",
-            json!({"error": {"message": "mock error", "type": "mock", "code": reply.status}})
-                .to_string(),
+            json!({"error": {"message": "mock error", "type": "mock", "code": reply.status}}).to_string(),
         );
-        if let Some(retry_after) = reply
-            .retry_after
-            .as_deref()
-            .and_then(|v| http::HeaderValue::from_str(v).ok())
-        {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, retry_after);
+        if let Some(retry_after) = reply.retry_after.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after);
         }
         return response;
     }
-    let model = json
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("mock")
-        .to_string();
+    let model = json.get("model").and_then(Value::as_str).unwrap_or("mock").to_string();
     if json.get("stream").and_then(Value::as_bool) == Some(true) {
-        let include_usage = json
-            .pointer("/stream_options/include_usage")
-            .and_then(Value::as_bool)
-            == Some(true);
+        let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
         return stream_answer(state, reply, model, include_usage);
     }
     let body = json!({
@@ -265,12 +224,7 @@ pub fn split_text(text: &str, n: usize) -> Vec<String> {
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
-fn stream_answer(
-    state: Arc<State>,
-    reply: Reply,
-    model: String,
-    include_usage: bool,
-) -> Response<MockBody> {
+fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: bool) -> Response<MockBody> {
     let chunk = |delta: Value, finish: Value| {
         let event = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
@@ -291,24 +245,15 @@ fn stream_answer(
     state.open_streams.fetch_add(1, Ordering::SeqCst);
     let guard = StreamGuard(state);
     let delay = reply.chunk_delay;
-    let stream = futures_util::stream::unfold(
-        (events.into_iter(), guard),
-        move |(mut events, guard)| async move {
-            let event = events.next()?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            Some((
-                Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
-                (events, guard),
-            ))
-        },
-    );
+    let stream = futures_util::stream::unfold((events.into_iter(), guard), move |(mut events, guard)| async move {
+        let event = events.next()?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(event))), (events, guard)))
+    });
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
     response
 }
 

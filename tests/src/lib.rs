@@ -2,12 +2,7 @@
 //! with RSA keys generated here), the mock model server, and real tokens minted with those keys.
 
 #![forbid(unsafe_code)]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test harness: failing loudly is the point"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test harness: failing loudly is the point")]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,20 +28,13 @@ pub use aigw_mock::{MockModelServer, Recorded, Reply};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A built component: `target/plugins/<name>.wasm` or `target/test-guests/<name>.wasm`.
 pub fn component(relative: &str) -> PathBuf {
     let path = workspace().join("target").join(relative);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make test`, which builds the components first",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run `make test`, which builds the components first", path.display());
     path
 }
 
@@ -70,22 +58,14 @@ impl TestKey {
             "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
             "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
         });
-        TestKey {
-            kid: kid.to_string(),
-            encoding: EncodingKey::from_rsa_der(der.as_bytes()),
-            jwk,
-        }
+        TestKey { kid: kid.to_string(), encoding: EncodingKey::from_rsa_der(der.as_bytes()), jwk }
     }
 
     /// The same key material under another key id (a forged or stale `kid`).
     pub fn with_kid(&self, kid: &str) -> Self {
         let mut jwk = self.jwk.clone();
         jwk["kid"] = json!(kid);
-        TestKey {
-            kid: kid.to_string(),
-            encoding: self.encoding.clone(),
-            jwk,
-        }
+        TestKey { kid: kid.to_string(), encoding: self.encoding.clone(), jwk }
     }
 
     /// Sign `claims` (RS256, this key's kid).
@@ -103,10 +83,7 @@ impl TestKey {
 
 /// Unix time now, seconds.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// The instance id used in tokens and headers.
@@ -209,10 +186,7 @@ fn gitlab_answer(state: &GitLabState, request: &Request<Incoming>) -> Response<F
             .unwrap()
     };
     if state.down.load(Ordering::SeqCst) {
-        return json_answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"message": "down for maintenance"}),
-        );
+        return json_answer(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "down for maintenance"}));
     }
     let url = state.url.lock().unwrap().clone();
     match request.uri().path() {
@@ -243,8 +217,7 @@ pub struct Answer {
 impl Answer {
     /// The body as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
 
     /// The body as text.
@@ -283,10 +256,7 @@ impl Default for Setup {
     fn default() -> Self {
         Setup {
             env: Vec::new(),
-            plugin_files: vec![(
-                component("plugins/openai-compatible.wasm"),
-                "openai-compatible.wasm".into(),
-            )],
+            plugin_files: vec![(component("plugins/openai-compatible.wasm"), "openai-compatible.wasm".into())],
         }
     }
 }
@@ -315,38 +285,17 @@ impl Setup {
         }
         let mut env = vec![
             ("AIGW_GITLAB_URL".to_string(), gitlab.url()),
-            (
-                "AIGW_FASTAPI__API_HOST".to_string(),
-                "127.0.0.1".to_string(),
-            ),
+            ("AIGW_FASTAPI__API_HOST".to_string(), "127.0.0.1".to_string()),
             ("AIGW_FASTAPI__API_PORT".to_string(), "0".to_string()),
-            (
-                "AIGW_PLUGINS__DIR".to_string(),
-                plugins.path().display().to_string(),
-            ),
-            (
-                "AIGW_PLUGINS__RELOAD_DEBOUNCE_MS".to_string(),
-                "100".to_string(),
-            ),
-            (
-                "AIGW_AUTH__JWKS_MIN_REFRESH_MS".to_string(),
-                "0".to_string(),
-            ),
+            ("AIGW_PLUGINS__DIR".to_string(), plugins.path().display().to_string()),
+            ("AIGW_PLUGINS__RELOAD_DEBOUNCE_MS".to_string(), "100".to_string()),
+            ("AIGW_AUTH__JWKS_MIN_REFRESH_MS".to_string(), "0".to_string()),
         ];
         env.extend(self.env);
         let config = aigw::config::Config::load(None, env, false).unwrap();
-        let gateway = aigw::Gateway::start(config, aigw::StartOptions::default())
-            .await
-            .unwrap();
+        let gateway = aigw::Gateway::start(config, aigw::StartOptions::default()).await.unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
-        TestGateway {
-            gateway,
-            gitlab,
-            model,
-            key,
-            plugins,
-            client,
-        }
+        TestGateway { gateway, gitlab, model, key, plugins, client }
     }
 }
 
@@ -378,8 +327,7 @@ impl TestGateway {
 
     /// POST `body` to `path` with `headers`.
     pub async fn post(&self, path: &str, headers: &[(String, String)], body: &Value) -> Answer {
-        self.request(Method::POST, path, headers, Bytes::from(body.to_string()))
-            .await
+        self.request(Method::POST, path, headers, Bytes::from(body.to_string())).await
     }
 
     /// POST a completion request as the instance does, with a valid `complete_code` token.
@@ -389,37 +337,23 @@ impl TestGateway {
     }
 
     /// Any request.
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(String, String)],
-        body: Bytes,
-    ) -> Answer {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.gateway.addr()));
+    pub async fn request(&self, method: Method, path: &str, headers: &[(String, String)], body: Bytes) -> Answer {
+        let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.gateway.addr()));
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
-        let response = tokio::time::timeout(
-            Duration::from_secs(30),
-            self.client.request(builder.body(Full::new(body)).unwrap()),
-        )
-        .await
-        .expect("the gateway answered within 30 s")
-        .unwrap();
+        let response =
+            tokio::time::timeout(Duration::from_secs(30), self.client.request(builder.body(Full::new(body)).unwrap()))
+                .await
+                .expect("the gateway answered within 30 s")
+                .unwrap();
         let (parts, body) = response.into_parts();
         let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
             .await
             .expect("the body completed within 30 s")
             .map(|c| c.to_bytes())
             .unwrap_or_else(|e| panic!("body failed: {e}"));
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        Answer { status: parts.status, headers: parts.headers, body }
     }
 
     /// A code completion body as GitLab sends it, for `family` at this test's model server.
@@ -450,17 +384,10 @@ impl TestGateway {
     }
 
     /// Wait until `condition` holds on the plugin registry (hot reload is asynchronous).
-    pub async fn wait_for_plugins(
-        &self,
-        what: &str,
-        condition: impl Fn(&aigw::plugins::Snapshot) -> bool,
-    ) {
+    pub async fn wait_for_plugins(&self, what: &str, condition: impl Fn(&aigw::plugins::Snapshot) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while !condition(&self.gateway.plugins().snapshot()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -3,24 +3,12 @@
 /// (name reported to GitLab, editor language ids, file extensions).
 const LANGUAGES: &[(&str, &[&str], &[&str])] = &[
     ("c", &["c"], &["c", "h"]),
-    (
-        "cpp",
-        &["cpp", "c++"],
-        &["cpp", "hpp", "cc", "cxx", "hh", "hxx", "c++", "h++"],
-    ),
+    ("cpp", &["cpp", "c++"], &["cpp", "hpp", "cc", "cxx", "hh", "hxx", "c++", "h++"]),
     ("csharp", &["csharp", "c#"], &["cs"]),
     ("go", &["go", "golang"], &["go"]),
     ("java", &["java"], &["java"]),
-    (
-        "javascript",
-        &["javascript", "javascriptreact", "js", "jsx"],
-        &["js", "jsx", "mjs", "cjs"],
-    ),
-    (
-        "typescript",
-        &["typescript", "typescriptreact", "ts", "tsx"],
-        &["ts", "tsx", "mts", "cts"],
-    ),
+    ("javascript", &["javascript", "javascriptreact", "js", "jsx"], &["js", "jsx", "mjs", "cjs"]),
+    ("typescript", &["typescript", "typescriptreact", "ts", "tsx"], &["ts", "tsx", "mts", "cts"]),
     ("kotlin", &["kotlin"], &["kt", "kts"]),
     ("php", &["php"], &["php", "phtml"]),
     ("python", &["python", "py"], &["py", "pyw", "pyi"]),
@@ -28,11 +16,7 @@ const LANGUAGES: &[(&str, &[&str], &[&str])] = &[
     ("rust", &["rust", "rs"], &["rs"]),
     ("scala", &["scala"], &["scala", "sc"]),
     ("swift", &["swift"], &["swift"]),
-    (
-        "shell",
-        &["shellscript", "shell", "bash", "sh"],
-        &["sh", "bash", "zsh"],
-    ),
+    ("shell", &["shellscript", "shell", "bash", "sh"], &["sh", "bash", "zsh"]),
     ("sql", &["sql"], &["sql"]),
     ("terraform", &["terraform", "hcl"], &["tf", "hcl"]),
     ("html", &["html"], &["html", "htm"]),
@@ -56,26 +40,14 @@ const LANGUAGES: &[(&str, &[&str], &[&str])] = &[
 
 /// Resolve the language from `language_identifier` (case-insensitive), else the file extension.
 pub fn resolve(language_identifier: Option<&str>, file_name: &str) -> Option<&'static str> {
-    if let Some(id) = language_identifier
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-    {
+    if let Some(id) = language_identifier.map(str::trim).filter(|id| !id.is_empty()) {
         let id = id.to_ascii_lowercase();
-        if let Some((name, _, _)) = LANGUAGES
-            .iter()
-            .find(|(_, ids, _)| ids.contains(&id.as_str()))
-        {
+        if let Some((name, _, _)) = LANGUAGES.iter().find(|(_, ids, _)| ids.contains(&id.as_str())) {
             return Some(name);
         }
     }
-    let extension = std::path::Path::new(file_name)
-        .extension()?
-        .to_str()?
-        .to_ascii_lowercase();
-    LANGUAGES
-        .iter()
-        .find(|(_, _, extensions)| extensions.contains(&extension.as_str()))
-        .map(|(name, _, _)| *name)
+    let extension = std::path::Path::new(file_name).extension()?.to_str()?.to_ascii_lowercase();
+    LANGUAGES.iter().find(|(_, _, extensions)| extensions.contains(&extension.as_str())).map(|(name, _, _)| *name)
 }
 
 #[cfg(test)]

@@ -57,24 +57,16 @@ fn too_long(field: &str, max: usize) -> GatewayError {
 
 impl ModelTarget {
     /// Resolve and validate. `custom_models_enabled: false` refuses request-supplied endpoints.
-    pub fn resolve(
-        fields: ModelFields<'_>,
-        custom_models_enabled: bool,
-    ) -> Result<Self, GatewayError> {
+    pub fn resolve(fields: ModelFields<'_>, custom_models_enabled: bool) -> Result<Self, GatewayError> {
         let family = fields
             .family
             .map(str::trim)
             .filter(|f| !f.is_empty())
-            .ok_or_else(|| {
-                GatewayError::Unprocessable("model_name is required for self-hosted models".into())
-            })?;
+            .ok_or_else(|| GatewayError::Unprocessable("model_name is required for self-hosted models".into()))?;
         if family.chars().count() > MAX_NAME {
             return Err(too_long("model_name", MAX_NAME));
         }
-        if fields
-            .api_key
-            .is_some_and(|k| k.chars().count() > MAX_API_KEY)
-        {
+        if fields.api_key.is_some_and(|k| k.chars().count() > MAX_API_KEY) {
             return Err(too_long("model_api_key", MAX_API_KEY));
         }
         let identifier = fields.identifier.map(str::trim).filter(|i| !i.is_empty());
@@ -83,9 +75,7 @@ impl ModelTarget {
         }
         let (provider, model) = match identifier {
             Some(identifier) => match identifier.split_once('/') {
-                Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
-                    (provider, model)
-                }
+                Some((provider, model)) if !provider.is_empty() && !model.is_empty() => (provider, model),
                 Some(_) => {
                     return Err(GatewayError::Unprocessable(format!(
                         "model_identifier {identifier:?} must be <provider>/<model> or a bare model name"
@@ -99,9 +89,7 @@ impl ModelTarget {
             .endpoint
             .map(str::trim)
             .filter(|e| !e.is_empty())
-            .ok_or_else(|| {
-                GatewayError::Unprocessable("model_endpoint is required for this model".into())
-            })?;
+            .ok_or_else(|| GatewayError::Unprocessable("model_endpoint is required for this model".into()))?;
         if !custom_models_enabled {
             return Err(GatewayError::Unprocessable(
                 "self-hosted model endpoints are disabled on this gateway (AIGW_CUSTOM_MODELS__ENABLED)".into(),
@@ -122,9 +110,7 @@ pub fn parse_endpoint(text: &str) -> Result<http::Uri, GatewayError> {
     if text.chars().count() > MAX_ENDPOINT {
         return Err(too_long("model_endpoint", MAX_ENDPOINT));
     }
-    let invalid = |why: &str| {
-        GatewayError::Unprocessable(format!("model_endpoint {text:?} is not usable: {why}"))
-    };
+    let invalid = |why: &str| GatewayError::Unprocessable(format!("model_endpoint {text:?} is not usable: {why}"));
     let trimmed = text.trim_end_matches('/');
     let uri: http::Uri = trimmed.parse().map_err(|_| invalid("not a URL"))?;
     match uri.scheme_str() {
@@ -133,9 +119,7 @@ pub fn parse_endpoint(text: &str) -> Result<http::Uri, GatewayError> {
     }
     let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
     if authority.as_str().contains('@') {
-        return Err(invalid(
-            "credentials in the URL are not accepted; use the API key field",
-        ));
+        return Err(invalid("credentials in the URL are not accepted; use the API key field"));
     }
     if uri.query().is_some() || trimmed.contains('#') {
         return Err(invalid("a query or fragment is not accepted"));
@@ -148,47 +132,24 @@ mod tests {
     use super::*;
 
     fn fields<'a>(identifier: Option<&'a str>, endpoint: &'a str) -> ModelFields<'a> {
-        ModelFields {
-            family: Some("codestral"),
-            endpoint: Some(endpoint),
-            api_key: Some("k"),
-            identifier,
-        }
+        ModelFields { family: Some("codestral"), endpoint: Some(endpoint), api_key: Some("k"), identifier }
     }
 
     #[test]
     fn identifier_routes_provider_and_model() {
-        let t = ModelTarget::resolve(
-            fields(Some("custom_openai/codestral-22b"), "http://h:8000/v1/"),
-            true,
-        )
-        .unwrap();
-        assert_eq!(
-            (t.provider.as_str(), t.model.as_str()),
-            ("custom_openai", "codestral-22b")
-        );
+        let t = ModelTarget::resolve(fields(Some("custom_openai/codestral-22b"), "http://h:8000/v1/"), true).unwrap();
+        assert_eq!((t.provider.as_str(), t.model.as_str()), ("custom_openai", "codestral-22b"));
         assert_eq!(t.endpoint.to_string(), "http://h:8000/v1");
         let bare = ModelTarget::resolve(fields(Some("my-model"), "http://h/v1"), true).unwrap();
-        assert_eq!(
-            (bare.provider.as_str(), bare.model.as_str()),
-            ("custom_openai", "my-model")
-        );
+        assert_eq!((bare.provider.as_str(), bare.model.as_str()), ("custom_openai", "my-model"));
         let none = ModelTarget::resolve(fields(None, "http://h/v1"), true).unwrap();
         assert_eq!(none.model, "codestral");
     }
 
     #[test]
     fn bad_endpoints_are_refused() {
-        for endpoint in [
-            "ftp://h/v1",
-            "http://user:pw@h/v1",
-            "not a url",
-            "http://h/v1?x=1",
-        ] {
-            assert!(
-                ModelTarget::resolve(fields(None, endpoint), true).is_err(),
-                "{endpoint}"
-            );
+        for endpoint in ["ftp://h/v1", "http://user:pw@h/v1", "not a url", "http://h/v1?x=1"] {
+            assert!(ModelTarget::resolve(fields(None, endpoint), true).is_err(), "{endpoint}");
         }
         let long = format!("http://h/{}", "a".repeat(300));
         assert!(ModelTarget::resolve(fields(None, &long), true).is_err());

@@ -30,43 +30,20 @@ pub enum Outcome {
 /// Run a job up to the answer (complete) or up to the response head (streaming).
 pub async fn run(state: &AppState, job: ModelJob) -> Result<Outcome, GatewayError> {
     let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
-    let mut session = plugin
-        .session()
-        .await
-        .map_err(|e| log_plugin_failure(plugin.identity(), e))?;
-    let built = session
-        .build_request(&job.request)
-        .await
-        .map_err(|e| log_plugin_failure(session.identity(), e))?;
-    let call = ModelCall {
-        endpoint: &job.target.endpoint,
-        request: built,
-        api_key: &job.target.api_key,
-    };
-    let response = state
-        .upstream
-        .send(call)
-        .await
-        .map_err(|e| hint_missing_v1(e, &job.target))?;
+    let mut session = plugin.session().await.map_err(|e| log_plugin_failure(plugin.identity(), e))?;
+    let built = session.build_request(&job.request).await.map_err(|e| log_plugin_failure(session.identity(), e))?;
+    let call = ModelCall { endpoint: &job.target.endpoint, request: built, api_key: &job.target.api_key };
+    let response = state.upstream.send(call).await.map_err(|e| hint_missing_v1(e, &job.target))?;
     if !job.request.stream {
         let body = response.collect(MAX_ANSWER_BYTES).await?;
-        let completion = session
-            .parse_response(&body)
-            .await
-            .map_err(|e| log_plugin_failure(session.identity(), e))?;
+        let completion = session.parse_response(&body).await.map_err(|e| log_plugin_failure(session.identity(), e))?;
         return Ok(Outcome::Complete(completion));
     }
     let decoder = match session.identity().framing {
         wit::Framing::Sse => Decoder::sse(),
         wit::Framing::Ndjson => Decoder::ndjson(),
     };
-    Ok(Outcome::Stream(Box::new(ChunkStream {
-        session,
-        response,
-        decoder,
-        ready: VecDeque::new(),
-        finished: false,
-    })))
+    Ok(Outcome::Stream(Box::new(ChunkStream { session, response, decoder, ready: VecDeque::new(), finished: false })))
 }
 
 /// Plugin traps and limits are logged with the plugin's identity; the caller gets a generic body.
@@ -88,13 +65,7 @@ fn log_plugin_failure(identity: &PluginIdentity, error: PluginError) -> GatewayE
 /// A 404 from an OpenAI-compatible endpoint without `/v1` is the most common misconfiguration.
 fn hint_missing_v1(error: UpstreamError, target: &ModelTarget) -> GatewayError {
     let not_found = matches!(&error, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND);
-    if not_found
-        && !target
-            .endpoint
-            .path()
-            .trim_end_matches('/')
-            .ends_with("/v1")
-    {
+    if not_found && !target.endpoint.path().trim_end_matches('/').ends_with("/v1") {
         return GatewayError::Unprocessable(format!(
             "The model server answered 404 Not Found at {}; OpenAI-compatible endpoints usually end with /v1",
             target.endpoint
@@ -142,14 +113,8 @@ impl ChunkStream {
                 return Ok(());
             }
         };
-        self.decoder
-            .push(&bytes)
-            .map_err(|e| UpstreamError::Body(e.to_string()))?;
-        while let Some(event) = self
-            .decoder
-            .next_event()
-            .map_err(|e| UpstreamError::Body(e.to_string()))?
-        {
+        self.decoder.push(&bytes).map_err(|e| UpstreamError::Body(e.to_string()))?;
+        while let Some(event) = self.decoder.next_event().map_err(|e| UpstreamError::Body(e.to_string()))? {
             self.parse(event).await?;
             if self.finished {
                 break;

@@ -38,9 +38,7 @@ pub struct JwksCache {
 
 impl std::fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwksCache")
-            .field("gitlab_url", &self.gitlab_url)
-            .finish_non_exhaustive()
+        f.debug_struct("JwksCache").field("gitlab_url", &self.gitlab_url).finish_non_exhaustive()
     }
 }
 
@@ -87,10 +85,7 @@ impl JwksCache {
     /// Fetch discovery and the key set and publish the usable RS256 signing keys.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
         let discovery_url = format!("{}/.well-known/openid-configuration", self.gitlab_url);
-        let discovery = self
-            .http
-            .get_json(&discovery_url, MAX_DOCUMENT_BYTES)
-            .await?;
+        let discovery = self.http.get_json(&discovery_url, MAX_DOCUMENT_BYTES).await?;
         let jwks_uri = discovery
             .get("jwks_uri")
             .and_then(|v| v.as_str())
@@ -102,8 +97,7 @@ impl JwksCache {
         let count = keys.len();
         tracing::info!(keys = count, jwks_uri, "loaded the instance's signing keys");
         self.keys.store(Arc::new(keys));
-        self.loaded_once
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.loaded_once.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(count)
     }
 }
@@ -114,12 +108,7 @@ fn usable_keys(set: &JwkSet) -> HashMap<String, Arc<DecodingKey>> {
         .iter()
         .filter(|jwk| matches!(jwk.algorithm, AlgorithmParameters::RSA(_)))
         .filter(|jwk| matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::RS256)))
-        .filter(|jwk| {
-            matches!(
-                jwk.common.public_key_use,
-                None | Some(PublicKeyUse::Signature)
-            )
-        })
+        .filter(|jwk| matches!(jwk.common.public_key_use, None | Some(PublicKeyUse::Signature)))
         .filter_map(|jwk| {
             let kid = jwk.common.key_id.clone()?;
             let key = DecodingKey::from_jwk(jwk).ok()?;

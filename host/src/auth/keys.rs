@@ -36,9 +36,7 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -50,25 +48,19 @@ impl SigningKey {
 
     /// Parse a PKCS#8 PEM private key.
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        let private =
-            RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let private = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Invalid(e.to_string()))?;
         Self::from_private(private)
     }
 
     /// Load the key at `path`, or generate one and store it there (mode 0600) when the file does
     /// not exist yet. Used by development mode so `aigw serve --dev` and `aigw token mint` agree.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| KeyError::Io { path: path.display().to_string(), source };
         match std::fs::read_to_string(path) {
             Ok(pem) => Self::from_pem(&pem),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let private = new_private_key()?;
-                let pem = private
-                    .to_pkcs8_pem(LineEnding::LF)
-                    .map_err(|e| KeyError::Invalid(e.to_string()))?;
+                let pem = private.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Invalid(e.to_string()))?;
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(io)?;
                 }
@@ -81,8 +73,8 @@ impl SigningKey {
 
     fn from_private(private: RsaPrivateKey) -> Result<Self, KeyError> {
         let public = private.to_public_key();
-        let der = rsa::pkcs1::EncodeRsaPrivateKey::to_pkcs1_der(&private)
-            .map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let der =
+            rsa::pkcs1::EncodeRsaPrivateKey::to_pkcs1_der(&private).map_err(|e| KeyError::Invalid(e.to_string()))?;
         let encoding = EncodingKey::from_rsa_der(der.as_bytes());
         let n = public.n().to_bytes_be();
         let e = public.e().to_bytes_be();
@@ -92,12 +84,7 @@ impl SigningKey {
             let digest = sha2::Sha256::digest(&n);
             URL_SAFE_NO_PAD.encode(&digest[..12])
         };
-        Ok(SigningKey {
-            kid,
-            encoding,
-            decoding,
-            public,
-        })
+        Ok(SigningKey { kid, encoding, decoding, public })
     }
 
     /// Key id (`kid`), derived from the modulus.
@@ -126,8 +113,7 @@ impl SigningKey {
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| KeyError::Invalid(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| KeyError::Invalid(e.to_string()))
     }
 }
 
@@ -139,11 +125,7 @@ fn new_private_key() -> Result<RsaPrivateKey, KeyError> {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(bytes)
 }
 
@@ -184,11 +166,7 @@ impl DevClaims {
             nbf: now.saturating_sub(5),
             exp: now + ttl.as_secs(),
             jti: URL_SAFE_NO_PAD.encode(jti),
-            scopes: vec![
-                "complete_code".into(),
-                "generate_code".into(),
-                "duo_chat".into(),
-            ],
+            scopes: vec!["complete_code".into(), "generate_code".into(), "duo_chat".into()],
         }
     }
 }

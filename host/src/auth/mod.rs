@@ -38,8 +38,6 @@ pub enum AuthError {
 
 impl AuthError {
     pub(crate) fn forbidden(reason: impl std::fmt::Display) -> Self {
-        AuthError::Forbidden {
-            reason: reason.to_string(),
-        }
+        AuthError::Forbidden { reason: reason.to_string() }
     }
 }

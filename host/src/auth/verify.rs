@@ -77,35 +77,25 @@ const INSTANCE_HEADER: &str = "X-Gitlab-Instance-Id";
 impl Verifier {
     /// A verifier trusting nobody yet.
     pub fn new() -> Self {
-        Verifier {
-            issuers: Vec::new(),
-        }
+        Verifier { issuers: Vec::new() }
     }
 
     /// Trust tokens with `iss` = the instance URL, signed by a key the instance publishes.
     pub fn trust_instance(mut self, gitlab_url: &str, jwks: Arc<JwksCache>) -> Self {
-        self.issuers.push(TrustedIssuer {
-            issuer: gitlab_url.to_string(),
-            keys: KeySource::Instance(jwks),
-        });
+        self.issuers.push(TrustedIssuer { issuer: gitlab_url.to_string(), keys: KeySource::Instance(jwks) });
         self
     }
 
     /// Trust tokens with `iss` = `issuer`, signed by `key` (kid `kid`).
     pub fn trust_local_key(mut self, issuer: &str, kid: &str, key: DecodingKey) -> Self {
         let keys = HashMap::from([(kid.to_string(), key)]);
-        self.issuers.push(TrustedIssuer {
-            issuer: issuer.to_string(),
-            keys: KeySource::Local(keys),
-        });
+        self.issuers.push(TrustedIssuer { issuer: issuer.to_string(), keys: KeySource::Local(keys) });
         self
     }
 
     /// Authenticate a request from its headers, in GitLab's order of checks.
     pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
-        let authorization = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(AuthError::MissingHeader)?;
+        let authorization = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::MissingHeader)?;
         let token = authorization
             .to_str()
             .ok()
@@ -117,29 +107,14 @@ impl Verifier {
             return Err(AuthError::WrongAuthenticationType);
         }
         let claims = self.verify_token(token).await?;
-        check_header(
-            headers,
-            "x-gitlab-realm",
-            REALM_HEADER,
-            claims.gitlab_realm.as_deref(),
-        )?;
+        check_header(headers, "x-gitlab-realm", REALM_HEADER, claims.gitlab_realm.as_deref())?;
         let instance_claim = claims.gitlab_instance_id.as_ref().map(|v| match v {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         });
-        check_header(
-            headers,
-            "x-gitlab-instance-id",
-            INSTANCE_HEADER,
-            instance_claim.as_deref(),
-        )?;
+        check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, instance_claim.as_deref())?;
         // Instance tokens carry the instance's id as `sub`.
-        check_header(
-            headers,
-            "x-gitlab-instance-id",
-            INSTANCE_HEADER,
-            claims.sub.as_deref(),
-        )?;
+        check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, claims.sub.as_deref())?;
         Ok(Principal {
             subject: claims.sub,
             scopes: claims.scopes,
@@ -152,14 +127,9 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).map_err(AuthError::forbidden)?;
         // The algorithm is fixed here, never taken from the token.
         if header.alg != Algorithm::RS256 {
-            return Err(AuthError::forbidden(format!(
-                "algorithm {:?} is not accepted",
-                header.alg
-            )));
+            return Err(AuthError::forbidden(format!("algorithm {:?} is not accepted", header.alg)));
         }
-        let kid = header
-            .kid
-            .ok_or_else(|| AuthError::forbidden("token has no kid"))?;
+        let kid = header.kid.ok_or_else(|| AuthError::forbidden("token has no kid"))?;
         for issuer in &self.issuers {
             let key = match &issuer.keys {
                 KeySource::Local(keys) => keys.get(&kid).map(KeyRef::Borrowed),
@@ -176,9 +146,7 @@ impl Verifier {
                 .map(|data| data.claims)
                 .map_err(AuthError::forbidden);
         }
-        Err(AuthError::forbidden(format!(
-            "no trusted key with kid {kid:?}"
-        )))
+        Err(AuthError::forbidden(format!("no trusted key with kid {kid:?}")))
     }
 }
 
@@ -214,9 +182,7 @@ fn check_header(
     claim: Option<&str>,
 ) -> Result<(), AuthError> {
     match claim {
-        Some(expected) if header_str(headers, name) != Some(expected) => {
-            Err(AuthError::HeaderMismatch(display))
-        }
+        Some(expected) if header_str(headers, name) != Some(expected) => Err(AuthError::HeaderMismatch(display)),
         _ => Ok(()),
     }
 }

@@ -22,10 +22,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(setting: &str, problem: impl Into<String>) -> Self {
-        ConfigError {
-            setting: setting.to_string(),
-            problem: problem.into(),
-        }
+        ConfigError { setting: setting.to_string(), problem: problem.into() }
     }
 }
 
@@ -103,8 +100,7 @@ pub struct DevSettings {
 /// Default networks for model endpoints: loopback and private ranges, where self-hosted model
 /// servers live. Public addresses must be allowed explicitly, so the gateway is never an open proxy
 /// by default.
-pub const DEFAULT_EGRESS_ALLOW: &str =
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
+pub const DEFAULT_EGRESS_ALLOW: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
 
 impl Config {
     /// Read the optional TOML file, overlay the environment and validate.
@@ -115,9 +111,8 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut raw = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new("--config", format!("cannot read {}: {e}", path.display())))?;
                 toml::from_str::<RawConfig>(&text)
                     .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))?
             }
@@ -133,14 +128,9 @@ pub(crate) fn parse_allowlist(setting: &str, text: &str) -> Result<Vec<IpNet>, C
         .map(str::trim)
         .filter(|part| !part.is_empty())
         .map(|part| {
-            part.parse::<IpNet>()
-                .or_else(|_| part.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ConfigError::new(
-                        setting,
-                        format!("{part:?} is not a CIDR such as 10.0.0.0/8 or an IP address"),
-                    )
-                })
+            part.parse::<IpNet>().or_else(|_| part.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                ConfigError::new(setting, format!("{part:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
+            })
         })
         .collect()
 }

@@ -1,8 +1,8 @@
 //! Raw settings as written in the TOML file or the environment, before validation.
 
 use super::{
-    Config, ConfigError, DEFAULT_EGRESS_ALLOW, DevSettings, EgressSettings, PluginSettings,
-    UpstreamSettings, parse_allowlist,
+    Config, ConfigError, DEFAULT_EGRESS_ALLOW, DevSettings, EgressSettings, PluginSettings, UpstreamSettings,
+    parse_allowlist,
 };
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -98,20 +98,14 @@ struct Dev {
 }
 
 fn parse<T: std::str::FromStr>(name: &str, value: &str, valid: &str) -> Result<T, ConfigError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::new(name, format!("{value:?} is not {valid}")))
+    value.trim().parse().map_err(|_| ConfigError::new(name, format!("{value:?} is not {valid}")))
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(
-            name,
-            format!("{value:?} is not a boolean (true or false)"),
-        )),
+        _ => Err(ConfigError::new(name, format!("{value:?} is not a boolean (true or false)"))),
     }
 }
 
@@ -120,35 +114,20 @@ const INTEGER: &str = "a non-negative integer";
 impl RawConfig {
     /// Apply `AIGW_*` variables over the file's values. Variables this gateway does not know are
     /// ignored: GitLab's own gateway reads many more, and operators may keep them set.
-    pub fn overlay_env(
-        &mut self,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
+    pub fn overlay_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         for (name, value) in env {
             let n = name.as_str();
             match n {
                 "AIGW_GITLAB_URL" => self.gitlab_url = Some(value),
                 "AIGW_FASTAPI__API_HOST" => self.fastapi.api_host = Some(value),
-                "AIGW_FASTAPI__API_PORT" => {
-                    self.fastapi.api_port = Some(parse(n, &value, "a TCP port (0-65535)")?)
-                }
-                "AIGW_CUSTOM_MODELS__ENABLED" => {
-                    self.custom_models.enabled = Some(parse_bool(n, &value)?)
-                }
+                "AIGW_FASTAPI__API_PORT" => self.fastapi.api_port = Some(parse(n, &value, "a TCP port (0-65535)")?),
+                "AIGW_CUSTOM_MODELS__ENABLED" => self.custom_models.enabled = Some(parse_bool(n, &value)?),
                 "AIGW_LOGGING__LEVEL" => self.logging.level = Some(value),
-                "AIGW_LOGGING__FORMAT_JSON" => {
-                    self.logging.format_json = Some(parse_bool(n, &value)?)
-                }
+                "AIGW_LOGGING__FORMAT_JSON" => self.logging.format_json = Some(parse_bool(n, &value)?),
                 "AIGW_PLUGINS__DIR" => self.plugins.dir = Some(PathBuf::from(value)),
-                "AIGW_PLUGINS__MEMORY_LIMIT_MB" => {
-                    self.plugins.memory_limit_mb = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_PLUGINS__CALL_TIMEOUT_MS" => {
-                    self.plugins.call_timeout_ms = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_PLUGINS__MAX_CONCURRENT" => {
-                    self.plugins.max_concurrent = Some(parse(n, &value, INTEGER)?)
-                }
+                "AIGW_PLUGINS__MEMORY_LIMIT_MB" => self.plugins.memory_limit_mb = Some(parse(n, &value, INTEGER)?),
+                "AIGW_PLUGINS__CALL_TIMEOUT_MS" => self.plugins.call_timeout_ms = Some(parse(n, &value, INTEGER)?),
+                "AIGW_PLUGINS__MAX_CONCURRENT" => self.plugins.max_concurrent = Some(parse(n, &value, INTEGER)?),
                 "AIGW_PLUGINS__RELOAD_DEBOUNCE_MS" => {
                     self.plugins.reload_debounce_ms = Some(parse(n, &value, INTEGER)?)
                 }
@@ -159,18 +138,10 @@ impl RawConfig {
                 "AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS" => {
                     self.upstream.first_byte_timeout_ms = Some(parse(n, &value, INTEGER)?)
                 }
-                "AIGW_UPSTREAM__IDLE_TIMEOUT_MS" => {
-                    self.upstream.idle_timeout_ms = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_UPSTREAM__TOTAL_TIMEOUT_MS" => {
-                    self.upstream.total_timeout_ms = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_SERVER__MAX_BODY_BYTES" => {
-                    self.server.max_body_bytes = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_AUTH__JWKS_MIN_REFRESH_MS" => {
-                    self.auth.jwks_min_refresh_ms = Some(parse(n, &value, INTEGER)?)
-                }
+                "AIGW_UPSTREAM__IDLE_TIMEOUT_MS" => self.upstream.idle_timeout_ms = Some(parse(n, &value, INTEGER)?),
+                "AIGW_UPSTREAM__TOTAL_TIMEOUT_MS" => self.upstream.total_timeout_ms = Some(parse(n, &value, INTEGER)?),
+                "AIGW_SERVER__MAX_BODY_BYTES" => self.server.max_body_bytes = Some(parse(n, &value, INTEGER)?),
+                "AIGW_AUTH__JWKS_MIN_REFRESH_MS" => self.auth.jwks_min_refresh_ms = Some(parse(n, &value, INTEGER)?),
                 "AIGW_DEV__KEY_FILE" => self.dev.key_file = Some(PathBuf::from(value)),
                 _ => {}
             }
@@ -182,21 +153,13 @@ impl RawConfig {
     pub fn validate(self, dev: bool) -> Result<Config, ConfigError> {
         let default_host = if dev { "127.0.0.1" } else { "0.0.0.0" };
         let host = self.fastapi.api_host.as_deref().unwrap_or(default_host);
-        let host: IpAddr = parse(
-            "AIGW_FASTAPI__API_HOST",
-            host,
-            "an IP address such as 0.0.0.0 or 127.0.0.1",
-        )?;
+        let host: IpAddr = parse("AIGW_FASTAPI__API_HOST", host, "an IP address such as 0.0.0.0 or 127.0.0.1")?;
         let listen = SocketAddr::new(host, self.fastapi.api_port.unwrap_or(5052));
 
-        let gitlab_url = match self
-            .gitlab_url
-            .map(|u| u.trim().trim_end_matches('/').to_string())
-        {
+        let gitlab_url = match self.gitlab_url.map(|u| u.trim().trim_end_matches('/').to_string()) {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                url.parse::<http::Uri>().map_err(|e| {
-                    ConfigError::new("AIGW_GITLAB_URL", format!("{url:?} is not a URL: {e}"))
-                })?;
+                url.parse::<http::Uri>()
+                    .map_err(|e| ConfigError::new("AIGW_GITLAB_URL", format!("{url:?} is not a URL: {e}")))?;
                 Some(url)
             }
             Some(url) if url.is_empty() && dev => None,
@@ -217,93 +180,53 @@ impl RawConfig {
 
         let log_level = self.logging.level.unwrap_or_else(|| "info".to_string());
         tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
-            ConfigError::new(
-                "AIGW_LOGGING__LEVEL",
-                format!("{log_level:?}: {e} (use e.g. info, debug, warn)"),
-            )
+            ConfigError::new("AIGW_LOGGING__LEVEL", format!("{log_level:?}: {e} (use e.g. info, debug, warn)"))
         })?;
 
         let memory_mb = self.plugins.memory_limit_mb.unwrap_or(64);
         if !(1..=4096).contains(&memory_mb) {
-            return Err(ConfigError::new(
-                "AIGW_PLUGINS__MEMORY_LIMIT_MB",
-                "must be between 1 and 4096",
-            ));
+            return Err(ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "must be between 1 and 4096"));
         }
         let call_ms = self.plugins.call_timeout_ms.unwrap_or(100);
         if !(1..=60_000).contains(&call_ms) {
-            return Err(ConfigError::new(
-                "AIGW_PLUGINS__CALL_TIMEOUT_MS",
-                "must be between 1 and 60000",
-            ));
+            return Err(ConfigError::new("AIGW_PLUGINS__CALL_TIMEOUT_MS", "must be between 1 and 60000"));
         }
         let max_concurrent = self.plugins.max_concurrent.unwrap_or(1024);
         if !(1..=100_000).contains(&max_concurrent) {
-            return Err(ConfigError::new(
-                "AIGW_PLUGINS__MAX_CONCURRENT",
-                "must be between 1 and 100000",
-            ));
+            return Err(ConfigError::new("AIGW_PLUGINS__MAX_CONCURRENT", "must be between 1 and 100000"));
         }
         let plugins = PluginSettings {
-            dir: self
-                .plugins
-                .dir
-                .unwrap_or_else(|| PathBuf::from("target/plugins")),
-            memory_bytes: usize::try_from(memory_mb << 20).map_err(|_| {
-                ConfigError::new(
-                    "AIGW_PLUGINS__MEMORY_LIMIT_MB",
-                    "too large for this machine",
-                )
-            })?,
+            dir: self.plugins.dir.unwrap_or_else(|| PathBuf::from("target/plugins")),
+            memory_bytes: usize::try_from(memory_mb << 20)
+                .map_err(|_| ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "too large for this machine"))?,
             call_deadline: Duration::from_millis(call_ms),
             max_concurrent,
             reload_debounce: Duration::from_millis(self.plugins.reload_debounce_ms.unwrap_or(250)),
         };
 
-        let allow_text = self
-            .egress
-            .allow
-            .unwrap_or_else(|| DEFAULT_EGRESS_ALLOW.to_string());
-        let egress = EgressSettings {
-            allow: parse_allowlist("AIGW_EGRESS__ALLOW", &allow_text)?,
-        };
+        let allow_text = self.egress.allow.unwrap_or_else(|| DEFAULT_EGRESS_ALLOW.to_string());
+        let egress = EgressSettings { allow: parse_allowlist("AIGW_EGRESS__ALLOW", &allow_text)? };
 
-        let timeout =
-            |name: &str, value: Option<u64>, default_ms: u64| -> Result<Duration, ConfigError> {
-                match value.unwrap_or(default_ms) {
-                    0 => Err(ConfigError::new(name, "must be at least 1 millisecond")),
-                    ms => Ok(Duration::from_millis(ms)),
-                }
-            };
+        let timeout = |name: &str, value: Option<u64>, default_ms: u64| -> Result<Duration, ConfigError> {
+            match value.unwrap_or(default_ms) {
+                0 => Err(ConfigError::new(name, "must be at least 1 millisecond")),
+                ms => Ok(Duration::from_millis(ms)),
+            }
+        };
         let upstream = UpstreamSettings {
-            connect_timeout: timeout(
-                "AIGW_UPSTREAM__CONNECT_TIMEOUT_MS",
-                self.upstream.connect_timeout_ms,
-                5_000,
-            )?,
+            connect_timeout: timeout("AIGW_UPSTREAM__CONNECT_TIMEOUT_MS", self.upstream.connect_timeout_ms, 5_000)?,
             first_byte_timeout: timeout(
                 "AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS",
                 self.upstream.first_byte_timeout_ms,
                 60_000,
             )?,
-            idle_timeout: timeout(
-                "AIGW_UPSTREAM__IDLE_TIMEOUT_MS",
-                self.upstream.idle_timeout_ms,
-                30_000,
-            )?,
-            total_timeout: timeout(
-                "AIGW_UPSTREAM__TOTAL_TIMEOUT_MS",
-                self.upstream.total_timeout_ms,
-                60_000,
-            )?,
+            idle_timeout: timeout("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", self.upstream.idle_timeout_ms, 30_000)?,
+            total_timeout: timeout("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", self.upstream.total_timeout_ms, 60_000)?,
         };
 
         let max_body = self.server.max_body_bytes.unwrap_or(4 << 20);
         if !(1024..=(256 << 20)).contains(&max_body) {
-            return Err(ConfigError::new(
-                "AIGW_SERVER__MAX_BODY_BYTES",
-                "must be between 1024 and 268435456",
-            ));
+            return Err(ConfigError::new("AIGW_SERVER__MAX_BODY_BYTES", "must be between 1024 and 268435456"));
         }
 
         Ok(Config {
@@ -316,14 +239,9 @@ impl RawConfig {
             egress,
             upstream,
             max_body_bytes: max_body as usize,
-            jwks_min_refresh: Duration::from_millis(
-                self.auth.jwks_min_refresh_ms.unwrap_or(10_000),
-            ),
+            jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms.unwrap_or(10_000)),
             dev: dev.then(|| DevSettings {
-                key_file: self
-                    .dev
-                    .key_file
-                    .unwrap_or_else(|| PathBuf::from(".aigw/dev-signing-key.pem")),
+                key_file: self.dev.key_file.unwrap_or_else(|| PathBuf::from(".aigw/dev-signing-key.pem")),
             }),
         })
     }
@@ -334,25 +252,14 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn defaults_follow_gitlab() {
-        let config = Config::load(
-            None,
-            env(&[("AIGW_GITLAB_URL", "https://gitlab.example.com/")]),
-            false,
-        )
-        .unwrap();
+        let config = Config::load(None, env(&[("AIGW_GITLAB_URL", "https://gitlab.example.com/")]), false).unwrap();
         assert_eq!(config.listen.port(), 5052);
-        assert_eq!(
-            config.gitlab_url.as_deref(),
-            Some("https://gitlab.example.com")
-        );
+        assert_eq!(config.gitlab_url.as_deref(), Some("https://gitlab.example.com"));
         assert_eq!(config.plugins.memory_bytes, 64 << 20);
         assert_eq!(config.plugins.call_deadline, Duration::from_millis(100));
     }
@@ -373,12 +280,8 @@ mod tests {
             ("AIGW_LOGGING__LEVEL", "loud=[["),
         ];
         for (name, value) in cases {
-            let err = Config::load(
-                None,
-                env(&[("AIGW_GITLAB_URL", "http://gitlab"), (name, value)]),
-                false,
-            )
-            .unwrap_err();
+            let err =
+                Config::load(None, env(&[("AIGW_GITLAB_URL", "http://gitlab"), (name, value)]), false).unwrap_err();
             assert_eq!(err.setting, name, "{err}");
         }
     }

@@ -34,21 +34,15 @@ impl Snapshot {
                 by_provider.insert(provider.clone(), plugin.clone());
             }
         }
-        Snapshot {
-            by_file,
-            by_provider,
-        }
+        Snapshot { by_file, by_provider }
     }
 
     /// The plugin serving `provider`, or an error naming the providers that are loaded.
     pub fn resolve(&self, provider: &str) -> Result<LoadedPlugin, PluginError> {
-        self.by_provider
-            .get(provider)
-            .cloned()
-            .ok_or_else(|| PluginError::UnknownProvider {
-                provider: provider.to_string(),
-                loaded: self.provider_names().join(", "),
-            })
+        self.by_provider.get(provider).cloned().ok_or_else(|| PluginError::UnknownProvider {
+            provider: provider.to_string(),
+            loaded: self.provider_names().join(", "),
+        })
     }
 
     /// Served provider names, sorted.
@@ -60,9 +54,7 @@ impl Snapshot {
 
     /// Loaded plugins by file.
     pub fn plugins(&self) -> impl Iterator<Item = (&Path, &LoadedPlugin)> {
-        self.by_file
-            .iter()
-            .map(|(path, plugin)| (path.as_path(), plugin))
+        self.by_file.iter().map(|(path, plugin)| (path.as_path(), plugin))
     }
 
     /// True when no plugin is loaded.
@@ -93,9 +85,7 @@ pub struct PluginRegistry {
 
 impl std::fmt::Debug for PluginRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRegistry")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("PluginRegistry").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
@@ -132,19 +122,11 @@ impl PluginRegistry {
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    keep_or_reject(
-                        &mut next,
-                        &mut report,
-                        path,
-                        old,
-                        PluginError::Invalid(e.to_string()),
-                    );
+                    keep_or_reject(&mut next, &mut report, path, old, PluginError::Invalid(e.to_string()));
                     continue;
                 }
             };
-            if let Some(unchanged) =
-                old.filter(|old| old.digest() == super::runtime::sha256_hex(&bytes))
-            {
+            if let Some(unchanged) = old.filter(|old| old.digest() == super::runtime::sha256_hex(&bytes)) {
                 next.insert(path, unchanged.clone());
                 continue;
             }

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
@@ -31,11 +30,7 @@ pub struct SandboxLimits {
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        SandboxLimits {
-            memory_bytes: 64 << 20,
-            call_deadline: Duration::from_millis(100),
-            max_concurrent: 1024,
-        }
+        SandboxLimits { memory_bytes: 64 << 20, call_deadline: Duration::from_millis(100), max_concurrent: 1024 }
     }
 }
 
@@ -52,9 +47,7 @@ pub struct PluginRuntime {
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("PluginRuntime").field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
@@ -94,18 +87,10 @@ impl PluginRuntime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
-        let ticker = Arc::new(EpochTicker {
-            stop: AtomicBool::new(false),
-        });
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let ticker = Arc::new(EpochTicker { stop: AtomicBool::new(false) });
         spawn_epoch_ticker(&engine, &ticker, tick_period(limits.call_deadline))?;
-        Ok(Arc::new(PluginRuntime {
-            engine,
-            linker,
-            limits,
-            ticker,
-        }))
+        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker }))
     }
 
     /// The limits every store gets.
@@ -118,13 +103,10 @@ impl PluginRuntime {
     pub async fn load(self: &Arc<Self>, bytes: Vec<u8>) -> Result<LoadedPlugin, PluginError> {
         check_component_header(&bytes)?;
         let runtime = Arc::clone(self);
-        let Compiled {
-            pre,
-            digest,
-            imports,
-        } = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
-            .await
-            .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
+        let Compiled { pre, digest, imports } =
+            tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+                .await
+                .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
         let mut plugin = LoadedPlugin {
             runtime: Arc::clone(self),
             pre,
@@ -140,26 +122,16 @@ impl PluginRuntime {
     fn compile(&self, bytes: &[u8]) -> Result<Compiled, PluginError> {
         let invalid = |e: wasmtime::Error| PluginError::Invalid(format!("{e:#}"));
         let component = Component::new(&self.engine, bytes).map_err(invalid)?;
-        let imports: Vec<String> = component
-            .component_type()
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        if let Some(network) = imports
-            .iter()
-            .find(|name| NETWORK_IMPORTS.iter().any(|p| name.starts_with(p)))
-        {
+        let imports: Vec<String> =
+            component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        if let Some(network) = imports.iter().find(|name| NETWORK_IMPORTS.iter().any(|p| name.starts_with(p))) {
             return Err(PluginError::Invalid(format!(
                 "the component imports {network}: plugins get no network, the host does all I/O"
             )));
         }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = ProviderPre::new(instance_pre).map_err(invalid)?;
-        Ok(Compiled {
-            pre,
-            digest: sha256_hex(bytes),
-            imports,
-        })
+        Ok(Compiled { pre, digest: sha256_hex(bytes), imports })
     }
 
     fn new_store(&self) -> Store<GuestState> {
@@ -179,10 +151,7 @@ impl PluginRuntime {
         let state = GuestState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryCap {
-                cap: self.limits.memory_bytes,
-                hit: false,
-            },
+            limiter: MemoryCap { cap: self.limits.memory_bytes, hit: false },
             output: [(stdout, 0), (stderr, 0)],
             call_started: Instant::now(),
             deadline: self.limits.call_deadline,
@@ -217,11 +186,7 @@ fn tick_period(deadline: Duration) -> Duration {
     (deadline / 10).max(Duration::from_millis(1))
 }
 
-fn spawn_epoch_ticker(
-    engine: &Engine,
-    ticker: &Arc<EpochTicker>,
-    period: Duration,
-) -> Result<(), PluginError> {
+fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<EpochTicker>, period: Duration) -> Result<(), PluginError> {
     let engine = engine.clone();
     let ticker = Arc::clone(ticker);
     std::thread::Builder::new()
@@ -286,12 +251,7 @@ struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.hit = true;
             return Ok(false);
@@ -299,12 +259,7 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -322,10 +277,7 @@ struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -354,41 +306,21 @@ impl PluginIdentity {
 
     fn validate(info: wit::PluginInfo) -> Result<Self, PluginError> {
         let token_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
         };
         if !token_ok(&info.name) {
-            return Err(PluginError::BadInfo(format!(
-                "invalid plugin name {:?}",
-                info.name
-            )));
+            return Err(PluginError::BadInfo(format!("invalid plugin name {:?}", info.name)));
         }
         if !token_ok(&info.version) {
-            return Err(PluginError::BadInfo(format!(
-                "invalid plugin version {:?}",
-                info.version
-            )));
+            return Err(PluginError::BadInfo(format!("invalid plugin version {:?}", info.version)));
         }
         if info.providers.is_empty() {
             return Err(PluginError::BadInfo("the plugin serves no provider".into()));
         }
-        if let Some(bad) = info
-            .providers
-            .iter()
-            .find(|p| !token_ok(p) || p.contains('/'))
-        {
-            return Err(PluginError::BadInfo(format!(
-                "invalid provider name {bad:?}"
-            )));
+        if let Some(bad) = info.providers.iter().find(|p| !token_ok(p) || p.contains('/')) {
+            return Err(PluginError::BadInfo(format!("invalid provider name {bad:?}")));
         }
-        Ok(PluginIdentity {
-            name: info.name,
-            version: info.version,
-            providers: info.providers,
-            framing: info.framing,
-        })
+        Ok(PluginIdentity { name: info.name, version: info.version, providers: info.providers, framing: info.framing })
     }
 }
 
@@ -404,10 +336,7 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin")
-            .field("info", &self.info)
-            .field("digest", &self.digest)
-            .finish()
+        f.debug_struct("LoadedPlugin").field("info", &self.info).field("digest", &self.digest).finish()
     }
 }
 
@@ -437,11 +366,7 @@ impl LoadedPlugin {
                 PluginError::Trap(format!("{e:#}"))
             }
         })?;
-        Ok(PluginSession {
-            store,
-            instance,
-            info: Arc::clone(&self.info),
-        })
+        Ok(PluginSession { store, instance, info: Arc::clone(&self.info) })
     }
 
     async fn call_info(&self) -> Result<wit::PluginInfo, PluginError> {
@@ -461,9 +386,7 @@ pub struct PluginSession {
 
 impl std::fmt::Debug for PluginSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginSession")
-            .field("plugin", &self.info.name)
-            .finish_non_exhaustive()
+        f.debug_struct("PluginSession").field("plugin", &self.info.name).finish_non_exhaustive()
     }
 }
 
@@ -474,39 +397,23 @@ impl PluginSession {
     }
 
     /// `build-request`: canonical model request → upstream HTTP request.
-    pub async fn build_request(
-        &mut self,
-        request: &wit::ModelRequest,
-    ) -> Result<wit::UpstreamRequest, PluginError> {
+    pub async fn build_request(&mut self, request: &wit::ModelRequest) -> Result<wit::UpstreamRequest, PluginError> {
         self.begin_call();
-        let result = self
-            .instance
-            .call_build_request(&mut self.store, request)
-            .await;
+        let result = self.instance.call_build_request(&mut self.store, request).await;
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
     /// `parse-response`: complete upstream body → completion.
     pub async fn parse_response(&mut self, body: &[u8]) -> Result<wit::Completion, PluginError> {
         self.begin_call();
-        let result = self
-            .instance
-            .call_parse_response(&mut self.store, body)
-            .await;
+        let result = self.instance.call_parse_response(&mut self.store, body).await;
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
     /// `parse-event`: one decoded stream event → stream chunk.
-    pub async fn parse_event(
-        &mut self,
-        event: Option<&str>,
-        data: &[u8],
-    ) -> Result<wit::StreamChunk, PluginError> {
+    pub async fn parse_event(&mut self, event: Option<&str>, data: &[u8]) -> Result<wit::StreamChunk, PluginError> {
         self.begin_call();
-        let result = self
-            .instance
-            .call_parse_event(&mut self.store, event, data)
-            .await;
+        let result = self.instance.call_parse_event(&mut self.store, event, data).await;
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
@@ -526,10 +433,7 @@ impl PluginSession {
         if state.limiter.hit {
             return Err(PluginError::MemoryLimit(state.limiter.cap));
         }
-        if matches!(
-            error.downcast_ref::<wasmtime::Trap>(),
-            Some(wasmtime::Trap::Interrupt)
-        ) {
+        if matches!(error.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
             return Err(PluginError::Deadline(state.deadline));
         }
         Err(PluginError::Trap(format!("{error:#}")))
@@ -537,10 +441,7 @@ impl PluginSession {
 
     fn forward_guest_output(&mut self) {
         let state = self.store.data_mut();
-        for (stream, (pipe, forwarded)) in ["stdout", "stderr"]
-            .into_iter()
-            .zip(state.output.iter_mut())
-        {
+        for (stream, (pipe, forwarded)) in ["stdout", "stderr"].into_iter().zip(state.output.iter_mut()) {
             let printed = pipe.contents();
             let Some(new) = printed.get(*forwarded..).filter(|new| !new.is_empty()) else {
                 continue;

@@ -31,21 +31,17 @@ impl PluginWatcher {
     pub fn start(registry: Arc<PluginRegistry>, debounce: Duration) -> Result<Self, notify::Error> {
         let changed = Arc::new(Notify::new());
         let signal = Arc::clone(&changed);
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(event) if event.kind.is_access() => {}
-                Ok(_) => signal.notify_one(),
-                Err(error) => tracing::warn!(%error, "plugins directory watch error"),
-            })?;
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if event.kind.is_access() => {}
+            Ok(_) => signal.notify_one(),
+            Err(error) => tracing::warn!(%error, "plugins directory watch error"),
+        })?;
         watcher.watch(registry.dir(), RecursiveMode::NonRecursive)?;
         let task = tokio::spawn(async move {
             loop {
                 changed.notified().await;
                 // Debounce: wait until the directory has been quiet for `debounce`.
-                while tokio::time::timeout(debounce, changed.notified())
-                    .await
-                    .is_ok()
-                {}
+                while tokio::time::timeout(debounce, changed.notified()).await.is_ok() {}
                 let report = registry.reload().await;
                 tracing::info!(
                     loaded = report.loaded.len(),
@@ -55,9 +51,6 @@ impl PluginWatcher {
                 );
             }
         });
-        Ok(PluginWatcher {
-            _watcher: watcher,
-            task,
-        })
+        Ok(PluginWatcher { _watcher: watcher, task })
     }
 }

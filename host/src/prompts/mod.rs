@@ -169,46 +169,33 @@ pub struct PromptRegistry {
 
 impl std::fmt::Debug for PromptRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PromptRegistry")
-            .field("prompts", &self.prompts.len())
-            .finish()
+        f.debug_struct("PromptRegistry").field("prompts", &self.prompts.len()).finish()
     }
 }
 
 impl PromptRegistry {
     /// The prompts built into the binary.
     pub fn embedded() -> Result<Self, PromptError> {
-        Self::from_files(
-            embedded::EMBEDDED
-                .iter()
-                .map(|(path, text)| (path.to_string(), text.to_string())),
-        )
+        Self::from_files(embedded::EMBEDDED.iter().map(|(path, text)| (path.to_string(), text.to_string())))
     }
 
     /// Build a registry from `(relative path, contents)` pairs; the path is `<id>/<version>.toml`.
-    pub fn from_files(
-        files: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, PromptError> {
+    pub fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, PromptError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
         let mut prompts: HashMap<String, Vec<Prompt>> = HashMap::new();
         for (path, text) in files {
-            let bad = |problem: String| PromptError::BadFile {
-                file: path.clone(),
-                problem,
-            };
+            let bad = |problem: String| PromptError::BadFile { file: path.clone(), problem };
             let normalized = path.replace('\\', "/");
-            let (id, file_name) = normalized
-                .rsplit_once('/')
-                .ok_or_else(|| bad("expected <prompt id>/<version>.toml".into()))?;
+            let (id, file_name) =
+                normalized.rsplit_once('/').ok_or_else(|| bad("expected <prompt id>/<version>.toml".into()))?;
             let version: Version = file_name.trim_end_matches(".toml").parse().map_err(bad)?;
             let file: PromptFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
             let mut messages = Vec::with_capacity(file.messages.len());
             for (index, message) in file.messages.into_iter().enumerate() {
                 let name = format!("{id}@{version}#{index}");
-                env.add_template_owned(name.clone(), message.content)
-                    .map_err(|e| bad(e.to_string()))?;
+                env.add_template_owned(name.clone(), message.content).map_err(|e| bad(e.to_string()))?;
                 messages.push((message.role.into(), name));
             }
             if messages.is_empty() {
@@ -231,43 +218,34 @@ impl PromptRegistry {
 
     /// Highest version of prompt `id`.
     pub fn latest(&self, id: &str) -> Result<&Prompt, PromptError> {
-        self.prompts
-            .get(id)
-            .and_then(|versions| versions.last())
-            .ok_or_else(|| PromptError::NotFound(id.to_string()))
+        self.prompts.get(id).and_then(|versions| versions.last()).ok_or_else(|| PromptError::NotFound(id.to_string()))
     }
 
     /// The code completion prompt for `family`: its own, else `code_completions/base`.
     pub fn code_completion(&self, family: &str) -> Result<&Prompt, PromptError> {
         if !FAMILIES.contains(&family) {
-            return Err(PromptError::UnsupportedFamily {
-                family: family.to_string(),
-                task: "code completion",
-            });
+            return Err(PromptError::UnsupportedFamily { family: family.to_string(), task: "code completion" });
         }
-        self.latest(&format!("code_completions/{family}"))
-            .or_else(|_| self.latest("code_completions/base"))
+        self.latest(&format!("code_completions/{family}")).or_else(|_| self.latest("code_completions/base"))
+    }
+
+    /// The code generation prompt for `family`: its own, else `code_generations/base`.
+    pub fn code_generation(&self, family: &str) -> Result<&Prompt, PromptError> {
+        if !FAMILIES.contains(&family) {
+            return Err(PromptError::UnsupportedFamily { family: family.to_string(), task: "code generation" });
+        }
+        self.latest(&format!("code_generations/{family}")).or_else(|_| self.latest("code_generations/base"))
     }
 
     /// Render a prompt's messages with `variables`.
-    pub fn render(
-        &self,
-        prompt: &Prompt,
-        variables: &minijinja::Value,
-    ) -> Result<Vec<wit::Message>, PromptError> {
-        let render_error = |e: minijinja::Error| PromptError::Render {
-            id: prompt.id.clone(),
-            problem: e.to_string(),
-        };
+    pub fn render(&self, prompt: &Prompt, variables: &minijinja::Value) -> Result<Vec<wit::Message>, PromptError> {
+        let render_error = |e: minijinja::Error| PromptError::Render { id: prompt.id.clone(), problem: e.to_string() };
         prompt
             .messages
             .iter()
             .map(|(role, name)| {
                 let template = self.env.get_template(name).map_err(render_error)?;
-                Ok(wit::Message {
-                    role: *role,
-                    content: template.render(variables).map_err(render_error)?,
-                })
+                Ok(wit::Message { role: *role, content: template.render(variables).map_err(render_error)? })
             })
             .collect()
     }
@@ -298,23 +276,8 @@ mod tests {
             assert_eq!(messages.len(), 1, "{family}");
             assert_eq!(messages[0].content, expected, "{family}");
         }
-        assert_eq!(
-            registry
-                .code_completion("codestral")
-                .unwrap()
-                .params
-                .temperature,
-            Some(0.32)
-        );
-        assert_eq!(
-            registry
-                .code_completion("codegemma")
-                .unwrap()
-                .params
-                .stop
-                .len(),
-            4
-        );
+        assert_eq!(registry.code_completion("codestral").unwrap().params.temperature, Some(0.32));
+        assert_eq!(registry.code_completion("codegemma").unwrap().params.stop.len(), 4);
     }
 
     #[test]
@@ -322,9 +285,7 @@ mod tests {
         let registry = PromptRegistry::embedded().unwrap();
         let prompt = registry.code_completion("llama3").unwrap();
         assert_eq!(prompt.id, "code_completions/base");
-        let messages = registry
-            .render(prompt, &completion_vars("x = ", "\nprint(x)"))
-            .unwrap();
+        let messages = registry.render(prompt, &completion_vars("x = ", "\nprint(x)")).unwrap();
         assert!(matches!(messages[0].role, wit::Role::System));
         assert!(messages[1].content.contains("x = <CURSOR>\nprint(x)"));
     }
@@ -332,33 +293,22 @@ mod tests {
     #[test]
     fn unknown_family_is_unsupported() {
         let registry = PromptRegistry::embedded().unwrap();
-        assert!(matches!(
-            registry.code_completion("gpt-j"),
-            Err(PromptError::UnsupportedFamily { .. })
-        ));
+        assert!(matches!(registry.code_completion("gpt-j"), Err(PromptError::UnsupportedFamily { .. })));
     }
 
     #[test]
     fn missing_variable_is_a_render_error() {
         let registry = PromptRegistry::embedded().unwrap();
         let prompt = registry.code_completion("codestral").unwrap();
-        let err = registry
-            .render(prompt, &minijinja::context! { prefix => "a" })
-            .unwrap_err();
+        let err = registry.render(prompt, &minijinja::context! { prefix => "a" }).unwrap_err();
         assert!(matches!(err, PromptError::Render { .. }));
     }
 
     #[test]
     fn highest_version_wins() {
         let registry = PromptRegistry::from_files([
-            (
-                "p/1.2.0.toml".to_string(),
-                "[[messages]]\nrole = \"user\"\ncontent = \"old\"".to_string(),
-            ),
-            (
-                "p/1.10.0.toml".to_string(),
-                "[[messages]]\nrole = \"user\"\ncontent = \"new\"".to_string(),
-            ),
+            ("p/1.2.0.toml".to_string(), "[[messages]]\nrole = \"user\"\ncontent = \"old\"".to_string()),
+            ("p/1.10.0.toml".to_string(), "[[messages]]\nrole = \"user\"\ncontent = \"new\"".to_string()),
         ])
         .unwrap();
         assert_eq!(registry.latest("p").unwrap().version, Version(1, 10, 0));

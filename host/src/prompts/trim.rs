@@ -34,10 +34,7 @@ fn keep_last_chars(text: &str, n: usize) -> &str {
 mod tests {
     use super::*;
 
-    const BUDGET: Budget = Budget {
-        max_prompt_chars: 100,
-        suffix_share: 0.1,
-    };
+    const BUDGET: Budget = Budget { max_prompt_chars: 100, suffix_share: 0.1 };
 
     #[test]
     fn within_budget_is_untouched() {

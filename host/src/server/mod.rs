@@ -1,12 +1,11 @@
 //! The HTTP server: accept loop (HTTP/1.1 and h2c), body limits, response helpers, graceful drain.
 
-use crate::api::pipeline::ChunkStream;
 use crate::api::{self, AppState};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use http::{StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
@@ -18,50 +17,15 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, GatewayError>;
 
 /// A JSON response (`application/json`, compact, as FastAPI sends it).
 pub fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
-    let mut response = http::Response::new(
-        Full::new(body)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = http::Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// Raw model text streamed as it arrives, under `text/event-stream` (no SSE framing: GitLab's
-/// code endpoints send the bare text). A failure after the head has gone out aborts the body,
-/// so the client sees an incomplete answer rather than a silently truncated one.
-pub fn text_stream_response(chunks: ChunkStream) -> http::Response<Body> {
-    let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
-        loop {
-            match chunks.next().await? {
-                Ok(chunk) if chunk.text.is_empty() => continue,
-                Ok(chunk) => return Some((Ok(Frame::data(Bytes::from(chunk.text))), chunks)),
-                Err(error) => {
-                    tracing::warn!(%error, "stream ended by an error after the response started");
-                    return Some((Err(error), chunks));
-                }
-            }
-        }
-    });
-    let mut response = http::Response::new(StreamBody::new(stream).boxed_unsync());
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
 /// finish their requests.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -87,9 +51,7 @@ pub async fn serve(
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(handle(&state, request).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -105,18 +67,13 @@ async fn handle(state: &AppState, request: http::Request<Incoming>) -> http::Res
     let (parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let body = read_body(body, &parts.headers, limit);
-    let response =
-        match api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body).await {
-            Ok(response) => response,
-            Err(error) => error.into_response(),
-        };
+    let response = match api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
     // One line per request; never the token, the key or the body. For streams this is the time
     // to the response head.
-    let request_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
     tracing::info!(
         request_id,
         method = %parts.method,
@@ -128,29 +85,19 @@ async fn handle(state: &AppState, request: http::Request<Incoming>) -> http::Res
     response
 }
 
-async fn read_body(
-    body: Incoming,
-    headers: &http::HeaderMap,
-    limit: usize,
-) -> Result<Bytes, GatewayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(GatewayError::PayloadTooLarge(limit));
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::PayloadTooLarge(limit))
-        }
-        Err(error) => Err(GatewayError::Validation(vec![
-            crate::error::ValidationIssue {
-                kind: "body_read",
-                loc: vec![serde_json::json!("body")],
-                msg: format!("the request body could not be read: {error}"),
-            },
-        ])),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge(limit)),
+        Err(error) => Err(GatewayError::Validation(vec![crate::error::ValidationIssue {
+            kind: "body_read",
+            loc: vec![serde_json::json!("body")],
+            msg: format!("the request body could not be read: {error}"),
+        }])),
     }
 }

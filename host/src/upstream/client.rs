@@ -60,22 +60,14 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
+        f.debug_struct("Upstream").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
 
 impl Upstream {
     /// A client whose connections obey `policy` (`None`: operator-configured destinations only).
-    pub fn new(
-        policy: Option<Arc<EgressPolicy>>,
-        settings: UpstreamSettings,
-    ) -> Result<Self, UpstreamError> {
-        let connector = EgressConnector {
-            policy,
-            connect_timeout: settings.connect_timeout,
-        };
+    pub fn new(policy: Option<Arc<EgressPolicy>>, settings: UpstreamSettings) -> Result<Self, UpstreamError> {
+        let connector = EgressConnector { policy, connect_timeout: settings.connect_timeout };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config()?)
             .https_or_http()
@@ -101,31 +93,20 @@ impl Upstream {
     }
 
     /// GET a JSON document from an operator-configured URL (OIDC discovery, JWKS).
-    pub async fn get_json(
-        &self,
-        url: &str,
-        max_bytes: usize,
-    ) -> Result<serde_json::Value, UpstreamError> {
+    pub async fn get_json(&self, url: &str, max_bytes: usize) -> Result<serde_json::Value, UpstreamError> {
         let request = http::Request::get(url)
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| UpstreamError::InvalidRequest(format!("{url}: {e}")))?;
         let response = self.execute(request).await?;
         let body = response.collect(max_bytes).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| UpstreamError::Body(format!("{url}: not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| UpstreamError::Body(format!("{url}: not JSON: {e}")))
     }
 
-    async fn execute(
-        &self,
-        request: http::Request<Full<Bytes>>,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+    async fn execute(&self, request: http::Request<Full<Bytes>>) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
         let deadline = started + self.settings.total_timeout;
-        let first_byte = self
-            .settings
-            .first_byte_timeout
-            .min(self.settings.total_timeout);
+        let first_byte = self.settings.first_byte_timeout.min(self.settings.total_timeout);
         let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(classify_client_error(&error)),
@@ -135,25 +116,15 @@ impl Upstream {
                 } else {
                     TimeoutPhase::FirstByte
                 };
-                return Err(UpstreamError::Timeout {
-                    phase,
-                    after: first_byte,
-                });
+                return Err(UpstreamError::Timeout { phase, after: first_byte });
             }
         };
         let (parts, body) = response.into_parts();
         if !parts.status.is_success() {
             let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
-            return Err(UpstreamError::Status {
-                status: parts.status,
-                retry_after,
-            });
+            return Err(UpstreamError::Status { status: parts.status, retry_after });
         }
-        Ok(UpstreamResponse {
-            body,
-            deadline,
-            settings: self.settings,
-        })
+        Ok(UpstreamResponse { body, deadline, settings: self.settings })
     }
 }
 
@@ -168,11 +139,9 @@ fn tls_config() -> Result<rustls::ClientConfig, UpstreamError> {
     if added == 0 {
         tracing::warn!("no system CA certificates found: https endpoints will fail verification");
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
@@ -182,10 +151,7 @@ fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamE
         if let Some(connect) = current.downcast_ref::<ConnectError>() {
             return match connect {
                 ConnectError::Refused(refused) => UpstreamError::Refused(refused.clone()),
-                ConnectError::Timeout(after) => UpstreamError::Timeout {
-                    phase: TimeoutPhase::Connect,
-                    after: *after,
-                },
+                ConnectError::Timeout(after) => UpstreamError::Timeout { phase: TimeoutPhase::Connect, after: *after },
                 other => UpstreamError::Connect(other.to_string()),
             };
         }
@@ -197,28 +163,15 @@ fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamE
 /// Join the endpoint and the plugin's path, copy the plugin's headers (minus reserved ones) and
 /// inject the credential where the plugin said.
 fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
-    let wit::UpstreamRequest {
-        method,
-        path,
-        headers,
-        body,
-        credential,
-    } = call.request;
-    if !path.starts_with('/')
-        || path.starts_with("//")
-        || path.contains(['\r', '\n', ' ', '#', '\\'])
-    {
-        return Err(UpstreamError::InvalidRequest(format!(
-            "plugin built an unusable path {path:?}"
-        )));
+    let wit::UpstreamRequest { method, path, headers, body, credential } = call.request;
+    if !path.starts_with('/') || path.starts_with("//") || path.contains(['\r', '\n', ' ', '#', '\\']) {
+        return Err(UpstreamError::InvalidRequest(format!("plugin built an unusable path {path:?}")));
     }
     let uri: http::Uri = format!("{}{}", call.endpoint, path)
         .parse()
         .map_err(|e| UpstreamError::InvalidRequest(format!("plugin path {path:?}: {e}")))?;
     if uri.authority() != call.endpoint.authority() || uri.scheme() != call.endpoint.scheme() {
-        return Err(UpstreamError::InvalidRequest(format!(
-            "plugin path {path:?} leaves the model endpoint"
-        )));
+        return Err(UpstreamError::InvalidRequest(format!("plugin path {path:?} leaves the model endpoint")));
     }
     let method = match method {
         wit::Method::Get => http::Method::GET,
@@ -227,16 +180,14 @@ fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>,
     let mut builder = http::Request::builder().method(method).uri(uri);
     let mut has_content_type = false;
     for wit::Header { name, value } in headers {
-        let name = HeaderName::try_from(name.as_str()).map_err(|_| {
-            UpstreamError::InvalidRequest(format!("plugin header name {name:?} is invalid"))
-        })?;
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|_| UpstreamError::InvalidRequest(format!("plugin header name {name:?} is invalid")))?;
         if RESERVED_HEADERS.contains(&name.as_str()) {
             tracing::debug!(header = %name, "dropping a reserved header set by the plugin");
             continue;
         }
-        let value = HeaderValue::try_from(value.as_str()).map_err(|_| {
-            UpstreamError::InvalidRequest(format!("plugin header {name} has an invalid value"))
-        })?;
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|_| UpstreamError::InvalidRequest(format!("plugin header {name} has an invalid value")))?;
         has_content_type |= name == header::CONTENT_TYPE;
         builder = builder.header(name, value);
     }
@@ -246,34 +197,22 @@ fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>,
     builder = match credential {
         wit::Credential::None => builder,
         wit::Credential::Bearer => {
-            let key = if call.api_key.is_empty() {
-                PLACEHOLDER_API_KEY
-            } else {
-                call.api_key
-            };
-            builder.header(
-                header::AUTHORIZATION,
-                secret_value(&format!("Bearer {key}"))?,
-            )
+            let key = if call.api_key.is_empty() { PLACEHOLDER_API_KEY } else { call.api_key };
+            builder.header(header::AUTHORIZATION, secret_value(&format!("Bearer {key}"))?)
         }
         wit::Credential::Header(name) => {
-            let name = HeaderName::try_from(name.as_str()).map_err(|_| {
-                UpstreamError::InvalidRequest(format!("credential header name {name:?} is invalid"))
-            })?;
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|_| UpstreamError::InvalidRequest(format!("credential header name {name:?} is invalid")))?;
             builder.header(name, secret_value(call.api_key)?)
         }
     };
-    builder
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| UpstreamError::InvalidRequest(e.to_string()))
+    builder.body(Full::new(Bytes::from(body))).map_err(|e| UpstreamError::InvalidRequest(e.to_string()))
 }
 
 /// A header value marked sensitive (never printed by `Debug`), without echoing the key on error.
 fn secret_value(text: &str) -> Result<HeaderValue, UpstreamError> {
     let mut value = HeaderValue::try_from(text).map_err(|_| {
-        UpstreamError::InvalidRequest(
-            "the model API key contains characters not allowed in a header".into(),
-        )
+        UpstreamError::InvalidRequest("the model API key contains characters not allowed in a header".into())
     })?;
     value.set_sensitive(true);
     Ok(value)
@@ -293,17 +232,9 @@ impl UpstreamResponse {
         let now = Instant::now();
         let idle_deadline = now + self.settings.idle_timeout;
         let (limit, phase, after) = if idle_deadline < self.deadline {
-            (
-                idle_deadline,
-                TimeoutPhase::Idle,
-                self.settings.idle_timeout,
-            )
+            (idle_deadline, TimeoutPhase::Idle, self.settings.idle_timeout)
         } else {
-            (
-                self.deadline,
-                TimeoutPhase::Total,
-                self.settings.total_timeout,
-            )
+            (self.deadline, TimeoutPhase::Total, self.settings.total_timeout)
         };
         loop {
             let frame = match tokio::time::timeout_at(limit, self.body.frame()).await {
@@ -327,9 +258,7 @@ impl UpstreamResponse {
         let mut collected = bytes::BytesMut::new();
         while let Some(chunk) = self.next_chunk().await? {
             if collected.len() + chunk.len() > max_bytes {
-                return Err(UpstreamError::Body(format!(
-                    "answer larger than {max_bytes} bytes"
-                )));
+                return Err(UpstreamError::Body(format!("answer larger than {max_bytes} bytes")));
             }
             collected.extend_from_slice(&chunk);
         }

@@ -54,13 +54,7 @@ impl tower_service::Service<http::Uri> for EgressConnector {
 impl EgressConnector {
     async fn connect(self, uri: http::Uri) -> Result<TokioIo<TcpStream>, ConnectError> {
         let host = uri.host().ok_or(ConnectError::NoHost)?;
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = match literal.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],

@@ -45,11 +45,7 @@ impl EgressPolicy {
         if is_metadata_or_link_local(addr) {
             return Err(EgressError::Metadata(addr));
         }
-        if self.allow.iter().any(|net| net.contains(&addr)) {
-            Ok(())
-        } else {
-            Err(EgressError::NotAllowed(addr))
-        }
+        if self.allow.iter().any(|net| net.contains(&addr)) { Ok(()) } else { Err(EgressError::NotAllowed(addr)) }
     }
 }
 
@@ -83,41 +79,18 @@ mod tests {
         let p = policy("10.0.0.0/8,::1/128");
         assert_eq!(p.check("10.1.2.3".parse().unwrap()), Ok(()));
         assert_eq!(p.check("::1".parse().unwrap()), Ok(()));
-        assert!(matches!(
-            p.check("11.0.0.1".parse().unwrap()),
-            Err(EgressError::NotAllowed(_))
-        ));
-        assert!(matches!(
-            p.check("127.0.0.1".parse().unwrap()),
-            Err(EgressError::NotAllowed(_))
-        ));
+        assert!(matches!(p.check("11.0.0.1".parse().unwrap()), Err(EgressError::NotAllowed(_))));
+        assert!(matches!(p.check("127.0.0.1".parse().unwrap()), Err(EgressError::NotAllowed(_))));
     }
 
     #[test]
     fn metadata_is_refused_even_when_allowed() {
         let p = policy("0.0.0.0/0,::/0");
-        for addr in [
-            "169.254.169.254",
-            "::ffff:169.254.169.254",
-            "fd00:ec2::254",
-            "fe80::1",
-        ] {
-            assert!(
-                matches!(
-                    p.check(addr.parse().unwrap()),
-                    Err(EgressError::Metadata(_))
-                ),
-                "{addr}"
-            );
+        for addr in ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "fe80::1"] {
+            assert!(matches!(p.check(addr.parse().unwrap()), Err(EgressError::Metadata(_))), "{addr}");
         }
         for addr in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
-            assert!(
-                matches!(
-                    p.check(addr.parse().unwrap()),
-                    Err(EgressError::Unspecified(_))
-                ),
-                "{addr}"
-            );
+            assert!(matches!(p.check(addr.parse().unwrap()), Err(EgressError::Unspecified(_))), "{addr}");
         }
     }
 

@@ -48,20 +48,13 @@ impl Decoder {
     }
 
     fn new(kind: Kind) -> Self {
-        Decoder {
-            kind,
-            buffer: BytesMut::new(),
-            pending: Event::default(),
-            has_data: false,
-        }
+        Decoder { kind, buffer: BytesMut::new(), pending: Event::default(), has_data: false }
     }
 
     /// Append received bytes.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), FrameTooLarge> {
         self.buffer.extend_from_slice(chunk);
-        if self.buffer.len() + self.pending.data.len() > MAX_EVENT_BYTES
-            && self.find_line_end().is_none()
-        {
+        if self.buffer.len() + self.pending.data.len() > MAX_EVENT_BYTES && self.find_line_end().is_none() {
             return Err(FrameTooLarge);
         }
         Ok(())
@@ -84,10 +77,9 @@ impl Decoder {
     pub fn finish(&mut self) -> Option<Event> {
         let rest = std::mem::take(&mut self.buffer);
         match self.kind {
-            Kind::Ndjson if !rest.iter().all(u8::is_ascii_whitespace) => Some(Event {
-                name: None,
-                data: rest.trim_ascii().to_vec(),
-            }),
+            Kind::Ndjson if !rest.iter().all(u8::is_ascii_whitespace) => {
+                Some(Event { name: None, data: rest.trim_ascii().to_vec() })
+            }
             _ => None,
         }
     }
@@ -108,10 +100,7 @@ impl Decoder {
         match self.kind {
             Kind::Ndjson => {
                 let line = line.trim_ascii();
-                Ok((!line.is_empty()).then(|| Event {
-                    name: None,
-                    data: line.to_vec(),
-                }))
+                Ok((!line.is_empty()).then(|| Event { name: None, data: line.to_vec() }))
             }
             Kind::Sse => {
                 if line.is_empty() {
@@ -143,9 +132,7 @@ impl Decoder {
                         self.pending.data.extend_from_slice(value);
                         self.has_data = true;
                     }
-                    b"event" => {
-                        self.pending.name = Some(String::from_utf8_lossy(value).into_owned())
-                    }
+                    b"event" => self.pending.name = Some(String::from_utf8_lossy(value).into_owned()),
                     _ => {}
                 }
                 Ok(None)
@@ -180,31 +167,15 @@ mod tests {
         assert_eq!(
             whole,
             vec![
-                Event {
-                    name: Some("message_start".into()),
-                    data: b"{\"a\":1}".to_vec()
-                },
-                Event {
-                    name: None,
-                    data: b"line one\nline two".to_vec()
-                },
-                Event {
-                    name: None,
-                    data: "été".as_bytes().to_vec()
-                },
-                Event {
-                    name: None,
-                    data: b"[DONE]".to_vec()
-                },
+                Event { name: Some("message_start".into()), data: b"{\"a\":1}".to_vec() },
+                Event { name: None, data: b"line one\nline two".to_vec() },
+                Event { name: None, data: "été".as_bytes().to_vec() },
+                Event { name: None, data: b"[DONE]".to_vec() },
             ]
         );
         for a in 0..SSE.len() {
             for b in a..SSE.len() {
-                assert_eq!(
-                    decode_in_chunks(Decoder::sse(), SSE, &[a, b]),
-                    whole,
-                    "cuts at {a}, {b}"
-                );
+                assert_eq!(decode_in_chunks(Decoder::sse(), SSE, &[a, b]), whole, "cuts at {a}, {b}");
             }
         }
     }

@@ -1,8 +1,8 @@
 //! Translation between aigw's canonical model request/result and the OpenAI chat completions API.
 
 use crate::types::{
-    Completion, Credential, FinishReason, Framing, Message, Method, ModelRequest, PluginError,
-    PluginInfo, Role, StreamChunk, UpstreamRequest, Usage,
+    Completion, Credential, FinishReason, Framing, Message, Method, ModelRequest, PluginError, PluginInfo, Role,
+    StreamChunk, UpstreamRequest, Usage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -60,14 +60,10 @@ fn role_name(role: Role) -> &'static str {
 /// `POST /chat/completions` with the rendered messages; the bearer key is injected by the host.
 pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginError> {
     if request.model.is_empty() {
-        return Err(PluginError::InvalidInput(
-            "the model id is empty".to_string(),
-        ));
+        return Err(PluginError::InvalidInput("the model id is empty".to_string()));
     }
     if request.messages.is_empty() {
-        return Err(PluginError::InvalidInput(
-            "the request has no messages".to_string(),
-        ));
+        return Err(PluginError::InvalidInput("the request has no messages".to_string()));
     }
     let body = ChatRequest {
         model: &request.model,
@@ -77,12 +73,10 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
         top_p: request.sampling.top_p,
         stop: &request.sampling.stop,
         stream: request.stream,
-        stream_options: request.stream.then_some(StreamOptions {
-            include_usage: true,
-        }),
+        stream_options: request.stream.then_some(StreamOptions { include_usage: true }),
     };
-    let body = serde_json::to_vec(&body)
-        .map_err(|e| PluginError::InvalidInput(format!("cannot encode the request: {e}")))?;
+    let body =
+        serde_json::to_vec(&body).map_err(|e| PluginError::InvalidInput(format!("cannot encode the request: {e}")))?;
     Ok(UpstreamRequest {
         method: Method::Post,
         path: "/chat/completions".to_string(),
@@ -93,10 +87,7 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
 }
 
 fn chat_message(message: &Message) -> ChatMessage<'_> {
-    ChatMessage {
-        role: role_name(message.role),
-        content: &message.content,
-    }
+    ChatMessage { role: role_name(message.role), content: &message.content }
 }
 
 #[derive(Deserialize)]
@@ -138,10 +129,7 @@ struct ErrorBody {
 
 impl From<WireUsage> for Usage {
     fn from(usage: WireUsage) -> Self {
-        Usage {
-            input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens,
-        }
+        Usage { input_tokens: usage.prompt_tokens, output_tokens: usage.completion_tokens }
     }
 }
 
@@ -171,16 +159,8 @@ fn reported_error(answer: &ChatResponse) -> Result<(), PluginError> {
 pub fn parse_response(body: &[u8]) -> Result<Completion, PluginError> {
     let response: ChatResponse = serde_json::from_slice(body).map_err(malformed)?;
     reported_error(&response)?;
-    let choice = response
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| malformed("the answer has no choices"))?;
-    let text = choice
-        .message
-        .and_then(|m| m.content)
-        .or(choice.text)
-        .unwrap_or_default();
+    let choice = response.choices.into_iter().next().ok_or_else(|| malformed("the answer has no choices"))?;
+    let text = choice.message.and_then(|m| m.content).or(choice.text).unwrap_or_default();
     Ok(Completion {
         text,
         finish_reason: choice.finish_reason.as_deref().map(finish_reason),
@@ -191,32 +171,18 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, PluginError> {
 /// Parse one SSE `data:` payload: a chunk, the usage-only chunk, an error object or `[DONE]`.
 pub fn parse_event(data: &[u8]) -> Result<StreamChunk, PluginError> {
     if data.trim_ascii() == b"[DONE]" {
-        return Ok(StreamChunk {
-            text: String::new(),
-            finish_reason: None,
-            usage: None,
-            done: true,
-        });
+        return Ok(StreamChunk { text: String::new(), finish_reason: None, usage: None, done: true });
     }
     let chunk: ChatResponse = serde_json::from_slice(data).map_err(malformed)?;
     reported_error(&chunk)?;
     let (text, finish) = match chunk.choices.into_iter().next() {
         Some(choice) => (
-            choice
-                .delta
-                .and_then(|d| d.content)
-                .or(choice.text)
-                .unwrap_or_default(),
+            choice.delta.and_then(|d| d.content).or(choice.text).unwrap_or_default(),
             choice.finish_reason.as_deref().map(finish_reason),
         ),
         None => (String::new(), None),
     };
-    Ok(StreamChunk {
-        text,
-        finish_reason: finish,
-        usage: chunk.usage.map(Usage::from),
-        done: false,
-    })
+    Ok(StreamChunk { text, finish_reason: finish, usage: chunk.usage.map(Usage::from), done: false })
 }
 
 #[cfg(test)]
@@ -229,19 +195,10 @@ mod tests {
         ModelRequest {
             model: "qwen2.5-coder".to_string(),
             messages: vec![
-                Message {
-                    role: Role::System,
-                    content: "You complete code.".to_string(),
-                },
-                Message {
-                    role: Role::User,
-                    content: "def add(a, b):".to_string(),
-                },
+                Message { role: Role::System, content: "You complete code.".to_string() },
+                Message { role: Role::User, content: "def add(a, b):".to_string() },
             ],
-            fill_in_middle: Some(FillInMiddle {
-                prefix: "def add(a, b):".into(),
-                suffix: "".into(),
-            }),
+            fill_in_middle: Some(FillInMiddle { prefix: "def add(a, b):".into(), suffix: "".into() }),
             sampling: Sampling {
                 max_tokens: Some(64),
                 temperature: Some(0.32),
@@ -287,10 +244,7 @@ mod tests {
     fn empty_model_is_invalid_input() {
         let mut req = request(false);
         req.model.clear();
-        assert!(matches!(
-            build_request(&req),
-            Err(PluginError::InvalidInput(_))
-        ));
+        assert!(matches!(build_request(&req), Err(PluginError::InvalidInput(_))));
     }
 
     #[test]
@@ -307,33 +261,22 @@ mod tests {
 
     #[test]
     fn answer_without_choices_is_malformed() {
-        assert!(matches!(
-            parse_response(b"{\"choices\":[]}"),
-            Err(PluginError::MalformedResponse(_))
-        ));
-        assert!(matches!(
-            parse_response(b"<html>"),
-            Err(PluginError::MalformedResponse(_))
-        ));
+        assert!(matches!(parse_response(b"{\"choices\":[]}"), Err(PluginError::MalformedResponse(_))));
+        assert!(matches!(parse_response(b"<html>"), Err(PluginError::MalformedResponse(_))));
     }
 
     #[test]
     fn parses_stream_events() {
-        let chunk = parse_event(
-            br#"{"choices":[{"index":0,"delta":{"content":"ret"},"finish_reason":null}]}"#,
-        )
-        .unwrap();
+        let chunk =
+            parse_event(br#"{"choices":[{"index":0,"delta":{"content":"ret"},"finish_reason":null}]}"#).unwrap();
         assert_eq!(chunk.text, "ret");
         assert!(!chunk.done && chunk.finish_reason.is_none());
 
-        let last =
-            parse_event(br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        let last = parse_event(br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
         assert_eq!(last.text, "");
         assert!(matches!(last.finish_reason, Some(FinishReason::Stop)));
 
-        let usage =
-            parse_event(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#)
-                .unwrap();
+        let usage = parse_event(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
         assert_eq!(usage.usage.map(|u| u.output_tokens), Some(2));
 
         assert!(parse_event(b"[DONE]").unwrap().done);
@@ -341,8 +284,7 @@ mod tests {
 
     #[test]
     fn stream_error_object_is_reported() {
-        let err =
-            parse_event(br#"{"error":{"message":"model overloaded","code":503}}"#).unwrap_err();
+        let err = parse_event(br#"{"error":{"message":"model overloaded","code":503}}"#).unwrap_err();
         match err {
             PluginError::MalformedResponse(message) => {
                 assert!(message.contains("model overloaded"))

@@ -5,12 +5,7 @@ use aigw_tests::{Answer, INSTANCE_ID, Setup, TestGateway, TestKey, instance_clai
 use serde_json::{Value, json};
 
 async fn with_headers(t: &TestGateway, headers: Vec<(String, String)>) -> Answer {
-    t.post(
-        "/v2/code/completions",
-        &headers,
-        &t.completion_body("codestral", None, false),
-    )
-    .await
+    t.post("/v2/code/completions", &headers, &t.completion_body("codestral", None, false)).await
 }
 
 async fn with_token(t: &TestGateway, token: &str) -> Answer {
@@ -37,34 +32,16 @@ async fn header_failures_have_gitlabs_messages() {
     let t = TestGateway::start().await;
     let good = t.gitlab_headers(&t.token(&["complete_code"]));
 
-    assert_401(
-        &with_headers(&t, without(good.clone(), "authorization")).await,
-        "No authorization header presented",
-    );
+    assert_401(&with_headers(&t, without(good.clone(), "authorization")).await, "No authorization header presented");
     let basic = replaced(good.clone(), "authorization", "Basic dXNlcjpwYXNz");
-    assert_401(
-        &with_headers(&t, basic).await,
-        "Invalid authorization header",
-    );
+    assert_401(&with_headers(&t, basic).await, "Invalid authorization header");
     let empty = replaced(good.clone(), "authorization", "Bearer ");
-    assert_401(
-        &with_headers(&t, empty).await,
-        "Invalid authorization header",
-    );
+    assert_401(&with_headers(&t, empty).await, "Invalid authorization header");
     let no_type = without(good.clone(), "x-gitlab-authentication-type");
-    assert_401(
-        &with_headers(&t, no_type).await,
-        "Invalid authentication token type - only OIDC is supported",
-    );
+    assert_401(&with_headers(&t, no_type).await, "Invalid authentication token type - only OIDC is supported");
     let wrong_type = replaced(good.clone(), "x-gitlab-authentication-type", "gitlab-pat");
-    assert_401(
-        &with_headers(&t, wrong_type).await,
-        "Invalid authentication token type - only OIDC is supported",
-    );
-    assert!(
-        t.model.requests().is_empty(),
-        "no refused request reached the model"
-    );
+    assert_401(&with_headers(&t, wrong_type).await, "Invalid authentication token type - only OIDC is supported");
+    assert!(t.model.requests().is_empty(), "no refused request reached the model");
 
     assert_eq!(with_headers(&t, good).await.status, 200);
 }
@@ -88,13 +65,7 @@ async fn bad_tokens_are_forbidden_by_auth_provider() {
     audience["aud"] = json!(["gitlab-ci"]);
     cases.push(("wrong audience", t.key.sign(&audience)));
 
-    cases.push((
-        "wrong issuer",
-        t.key.sign(&instance_claims(
-            "https://evil.example.com",
-            &["complete_code"],
-        )),
-    ));
+    cases.push(("wrong issuer", t.key.sign(&instance_claims("https://evil.example.com", &["complete_code"]))));
 
     let mut no_nbf = instance_claims(&issuer, &["complete_code"]);
     no_nbf.as_object_mut().unwrap().remove("nbf");
@@ -105,16 +76,10 @@ async fn bad_tokens_are_forbidden_by_auth_provider() {
     cases.push(("missing exp", t.key.sign(&no_exp)));
 
     let stranger = TestKey::generate("stranger-key");
-    cases.push((
-        "unknown key",
-        stranger.sign(&instance_claims(&issuer, &["complete_code"])),
-    ));
+    cases.push(("unknown key", stranger.sign(&instance_claims(&issuer, &["complete_code"]))));
 
     let impostor = TestKey::generate(&t.key.kid);
-    cases.push((
-        "same kid, other key",
-        impostor.sign(&instance_claims(&issuer, &["complete_code"])),
-    ));
+    cases.push(("same kid, other key", impostor.sign(&instance_claims(&issuer, &["complete_code"]))));
 
     let hs256 = jsonwebtoken::encode(
         &jsonwebtoken::Header {
@@ -133,20 +98,13 @@ async fn bad_tokens_are_forbidden_by_auth_provider() {
     let mut forged_claims = instance_claims(&issuer, &["complete_code", "generate_code"]);
     forged_claims["exp"] = json!(now() + 86_400 * 365);
     let forged_payload = base64_url(&forged_claims);
-    cases.push((
-        "tampered payload",
-        format!("{head}.{forged_payload}.{signature}"),
-    ));
+    cases.push(("tampered payload", format!("{head}.{forged_payload}.{signature}")));
     cases.push(("garbage", "not.a.jwt".to_string()));
 
     for (case, token) in cases {
         let answer = with_token(&t, &token).await;
         assert_eq!(answer.status, 401, "{case}: {}", answer.text());
-        assert_eq!(
-            answer.json(),
-            json!({"error": "Forbidden by auth provider"}),
-            "{case}"
-        );
+        assert_eq!(answer.json(), json!({"error": "Forbidden by auth provider"}), "{case}");
     }
     assert!(t.model.requests().is_empty());
 }
@@ -161,34 +119,18 @@ async fn claim_and_header_disagreements_are_header_mismatches() {
     let t = TestGateway::start().await;
     let token = t.token(&["complete_code"]);
     let realm = replaced(t.gitlab_headers(&token), "x-gitlab-realm", "saas");
-    assert_401(
-        &with_headers(&t, realm).await,
-        "Header mismatch 'X-Gitlab-Realm'",
-    );
-    let instance = replaced(
-        t.gitlab_headers(&token),
-        "x-gitlab-instance-id",
-        "another-instance",
-    );
-    assert_401(
-        &with_headers(&t, instance).await,
-        "Header mismatch 'X-Gitlab-Instance-Id'",
-    );
+    assert_401(&with_headers(&t, realm).await, "Header mismatch 'X-Gitlab-Realm'");
+    let instance = replaced(t.gitlab_headers(&token), "x-gitlab-instance-id", "another-instance");
+    assert_401(&with_headers(&t, instance).await, "Header mismatch 'X-Gitlab-Instance-Id'");
     let missing = without(t.gitlab_headers(&token), "x-gitlab-instance-id");
-    assert_401(
-        &with_headers(&t, missing).await,
-        "Header mismatch 'X-Gitlab-Instance-Id'",
-    );
+    assert_401(&with_headers(&t, missing).await, "Header mismatch 'X-Gitlab-Instance-Id'");
 
     // A token without the optional claims needs no matching headers.
     let mut bare = instance_claims(&t.gitlab.url(), &["complete_code"]);
     for claim in ["gitlab_realm", "gitlab_instance_id", "sub"] {
         bare.as_object_mut().unwrap().remove(claim);
     }
-    let headers = without(
-        without(t.gitlab_headers(&t.key.sign(&bare)), "x-gitlab-realm"),
-        "x-gitlab-instance-id",
-    );
+    let headers = without(without(t.gitlab_headers(&t.key.sign(&bare)), "x-gitlab-realm"), "x-gitlab-instance-id");
     assert_eq!(with_headers(&t, headers).await.status, 200);
     assert_eq!(INSTANCE_ID.len(), 36);
 }
@@ -198,30 +140,17 @@ async fn scopes_gate_code_completion() {
     let t = TestGateway::start().await;
     let answer = with_token(&t, &t.token(&["duo_chat", "generate_code"])).await;
     assert_eq!(answer.status, 403);
-    assert_eq!(
-        answer.json(),
-        json!({"detail": "Unauthorized to access code suggestions"})
-    );
+    assert_eq!(answer.json(), json!({"detail": "Unauthorized to access code suggestions"}));
     assert!(t.model.requests().is_empty());
 
-    assert_eq!(
-        with_token(&t, &t.token(&["code_suggestions"])).await.status,
-        200,
-        "the older scope name"
-    );
-    assert_eq!(
-        with_token(&t, &t.token(&["complete_code"])).await.status,
-        200
-    );
+    assert_eq!(with_token(&t, &t.token(&["code_suggestions"])).await.status, 200, "the older scope name");
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
 }
 
 #[tokio::test]
 async fn rotated_key_is_fetched_on_its_first_use() {
     let t = TestGateway::start().await;
-    assert_eq!(
-        with_token(&t, &t.token(&["complete_code"])).await.status,
-        200
-    );
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
     let next = TestKey::generate("gitlab-key-2");
     t.gitlab.publish(&[&t.key, &next]);
     let rotated = next.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]));
@@ -231,37 +160,20 @@ async fn rotated_key_is_fetched_on_its_first_use() {
     // The old key leaves the set; after the next refresh its tokens stop working.
     t.gitlab.publish(&[&next]);
     let third = TestKey::generate("gitlab-key-3");
-    let _ = with_token(
-        &t,
-        &third.sign(&instance_claims(&t.gitlab.url(), &["complete_code"])),
-    )
-    .await;
-    assert_eq!(
-        with_token(&t, &t.token(&["complete_code"])).await.status,
-        401
-    );
+    let _ = with_token(&t, &third.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))).await;
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 401);
 }
 
 #[tokio::test]
 async fn unknown_kids_refresh_at_a_bounded_rate() {
-    let t = Setup::default()
-        .env("AIGW_AUTH__JWKS_MIN_REFRESH_MS", "600000")
-        .start()
-        .await;
-    assert_eq!(
-        with_token(&t, &t.token(&["complete_code"])).await.status,
-        200
-    );
+    let t = Setup::default().env("AIGW_AUTH__JWKS_MIN_REFRESH_MS", "600000").start().await;
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
     let baseline = t.gitlab.jwks_fetches();
     assert!(baseline >= 1);
     let stranger = TestKey::generate("forged");
     for i in 0..20 {
         let stranger = stranger.with_kid(&format!("forged-{i}"));
-        let answer = with_token(
-            &t,
-            &stranger.sign(&instance_claims(&t.gitlab.url(), &["complete_code"])),
-        )
-        .await;
+        let answer = with_token(&t, &stranger.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))).await;
         assert_eq!(answer.status, 401);
     }
     assert!(
@@ -274,25 +186,11 @@ async fn unknown_kids_refresh_at_a_bounded_rate() {
 #[tokio::test]
 async fn cached_keys_serve_while_gitlab_is_unreachable() {
     let t = TestGateway::start().await;
-    assert_eq!(
-        with_token(&t, &t.token(&["complete_code"])).await.status,
-        200
-    );
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
     t.gitlab.set_down(true);
     // An unknown kid makes the gateway try (and fail) to refresh...
     let stranger = TestKey::generate("stranger");
-    assert_eq!(
-        with_token(
-            &t,
-            &stranger.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))
-        )
-        .await
-        .status,
-        401
-    );
+    assert_eq!(with_token(&t, &stranger.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))).await.status, 401);
     // ...and the cached key still verifies the instance's tokens.
-    assert_eq!(
-        with_token(&t, &t.token(&["complete_code"])).await.status,
-        200
-    );
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
 }

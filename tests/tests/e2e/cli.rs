@@ -8,52 +8,26 @@ use tokio::io::AsyncBufReadExt;
 
 fn aigw() -> tokio::process::Command {
     let binary = workspace().join("target/release/aigw");
-    assert!(
-        binary.is_file(),
-        "{} is missing: run `make test`",
-        binary.display()
-    );
+    assert!(binary.is_file(), "{} is missing: run `make test`", binary.display());
     let mut command = tokio::process::Command::new(binary);
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .kill_on_drop(true);
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).kill_on_drop(true);
     command
 }
 
 #[tokio::test]
 async fn plugin_check_prints_what_a_component_serves_or_why_not() {
-    let ok = aigw()
-        .args(["plugin", "check"])
-        .arg(component("plugins/openai-compatible.wasm"))
-        .output()
-        .await
-        .unwrap();
+    let ok = aigw().args(["plugin", "check"]).arg(component("plugins/openai-compatible.wasm")).output().await.unwrap();
     assert!(ok.status.success());
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(
-        stdout.contains("plugin:    openai-compatible 0.1.0"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("providers: custom_openai, openai"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("plugin:    openai-compatible 0.1.0"), "{stdout}");
+    assert!(stdout.contains("providers: custom_openai, openai"), "{stdout}");
 
     let text = workspace().join("Cargo.toml");
-    let bad = aigw()
-        .args(["plugin", "check"])
-        .arg(&text)
-        .output()
-        .await
-        .unwrap();
+    let bad = aigw().args(["plugin", "check"]).arg(&text).output().await.unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("not a WebAssembly binary"), "{stderr}");
-    assert!(
-        !stderr.contains("backtrace"),
-        "a clean message, not a backtrace: {stderr}"
-    );
+    assert!(!stderr.contains("backtrace"), "a clean message, not a backtrace: {stderr}");
 }
 
 #[tokio::test]
@@ -71,26 +45,18 @@ async fn bad_settings_stop_start_up_naming_the_setting() {
         .unwrap();
     assert_eq!(bad_port.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad_port.stderr);
-    assert!(
-        stderr.contains("AIGW_FASTAPI__API_PORT") && stderr.contains("TCP port"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("AIGW_FASTAPI__API_PORT") && stderr.contains("TCP port"), "{stderr}");
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A model key that must reach the model server and nothing else (no log line at any level).
 const CANARY_KEY: &str = "sk-canary-7f3a9c2e51d8";
 
 async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let body = json!({
         "current_file": {"file_name": "add.py", "content_above_cursor": "def add(a, b):\n    ", "content_below_cursor": ""},
         "model_provider": "litellm", "model_name": "codestral", "model_endpoint": endpoint,
@@ -100,9 +66,7 @@ async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
         .header("authorization", format!("Bearer {token}"))
         .header("x-gitlab-authentication-type", "oidc")
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
         .unwrap();
     client.request(request).await.unwrap().status().as_u16()
 }
@@ -137,48 +101,25 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_
     .expect("a token within 30 s");
     assert_eq!(complete(port, &token, &model.base_url()).await, 200);
 
-    let minted = aigw()
-        .args(["token", "mint"])
-        .env("AIGW_DEV__KEY_FILE", &key_file)
-        .output()
-        .await
-        .unwrap();
+    let minted = aigw().args(["token", "mint"]).env("AIGW_DEV__KEY_FILE", &key_file).output().await.unwrap();
     assert!(minted.status.success());
     let minted = String::from_utf8(minted.stdout).unwrap();
     assert_eq!(complete(port, minted.trim(), &model.base_url()).await, 200);
     assert_eq!(complete(port, "not-a-token", &model.base_url()).await, 401);
     assert_eq!(model.requests().len(), 2);
     for request in model.requests() {
-        assert_eq!(
-            request.headers.get("authorization").unwrap(),
-            &format!("Bearer {CANARY_KEY}")
-        );
+        assert_eq!(request.headers.get("authorization").unwrap(), &format!("Bearer {CANARY_KEY}"));
     }
 
     #[cfg(unix)]
     {
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&key_file).unwrap().permissions(),
-        );
-        assert_eq!(
-            mode & 0o777,
-            0o600,
-            "the private key is readable by its owner only"
-        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_file).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "the private key is readable by its owner only");
     }
     server.kill().await.unwrap();
     let _ = server.wait().await;
     let log = std::fs::read_to_string(&log_file).unwrap();
-    assert!(
-        log.contains("/v2/code/completions"),
-        "request lines are logged"
-    );
-    assert!(
-        !log.contains(CANARY_KEY),
-        "the model API key appears in the trace-level log"
-    );
-    assert!(
-        !log.contains(&token),
-        "the caller's token appears in the log"
-    );
+    assert!(log.contains("/v2/code/completions"), "request lines are logged");
+    assert!(!log.contains(CANARY_KEY), "the model API key appears in the trace-level log");
+    assert!(!log.contains(&token), "the caller's token appears in the log");
 }

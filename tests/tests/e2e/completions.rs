@@ -6,9 +6,7 @@ use serde_json::json;
 #[tokio::test]
 async fn codestral_completion_sends_fim_prompt_and_answers_gitlab_shape() {
     let t = TestGateway::start().await;
-    let answer = t
-        .complete(&t.completion_body("codestral", Some("custom_openai/codestral-22b"), false))
-        .await;
+    let answer = t.complete(&t.completion_body("codestral", Some("custom_openai/codestral-22b"), false)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.header("content-type"), Some("application/json"));
 
@@ -17,10 +15,7 @@ async fn codestral_completion_sends_fim_prompt_and_answers_gitlab_shape() {
     let upstream = &requests[0];
     assert_eq!(upstream.method, "POST");
     assert_eq!(upstream.path, "/v1/chat/completions");
-    assert_eq!(
-        upstream.headers.get("authorization").unwrap(),
-        "Bearer sk-test-key"
-    );
+    assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer sk-test-key");
     assert_eq!(
         upstream.body,
         json!({
@@ -36,10 +31,7 @@ async fn codestral_completion_sends_fim_prompt_and_answers_gitlab_shape() {
 
     let body = answer.json();
     let created = body["created"].as_u64().unwrap();
-    assert!(
-        created.abs_diff(now()) < 60,
-        "created is the current unix time"
-    );
+    assert!(created.abs_diff(now()) < 60, "created is the current unix time");
     assert_eq!(
         body,
         json!({
@@ -61,17 +53,10 @@ async fn codegemma_bare_identifier_and_empty_key_use_the_placeholder() {
     body["current_file"]["language_identifier"] = json!(null);
     let answer = t.complete(&body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(
-        answer.json()["model"]["lang"],
-        "python",
-        "language from the .py extension"
-    );
+    assert_eq!(answer.json()["model"]["lang"], "python", "language from the .py extension");
 
     let upstream = &t.model.requests()[0];
-    assert_eq!(
-        upstream.headers.get("authorization").unwrap(),
-        "Bearer stubbed-api-key"
-    );
+    assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer stubbed-api-key");
     assert_eq!(upstream.body["model"], "codegemma:7b-code");
     assert_eq!(
         upstream.body["messages"],
@@ -82,71 +67,37 @@ async fn codegemma_bare_identifier_and_empty_key_use_the_placeholder() {
     assert_eq!(upstream.body["max_tokens"], json!(128));
     assert_eq!(
         upstream.body["stop"],
-        json!([
-            "<|fim_prefix|>",
-            "<|fim_suffix|>",
-            "<|fim_middle|>",
-            "<|file_separator|>"
-        ])
+        json!(["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_separator|>"])
     );
 }
 
 #[tokio::test]
 async fn codellama_streams_raw_text_as_it_arrives() {
     let t = TestGateway::start().await;
-    t.model.set_reply(Reply {
-        text: "    return a + b  # sum".into(),
-        chunks: 5,
-        ..Reply::default()
-    });
-    let answer = t
-        .complete(&t.completion_body("codellama", Some("custom_openai/codellama-7b"), true))
-        .await;
+    t.model.set_reply(Reply { text: "    return a + b  # sum".into(), chunks: 5, ..Reply::default() });
+    let answer = t.complete(&t.completion_body("codellama", Some("custom_openai/codellama-7b"), true)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(
-        answer.header("content-type"),
-        Some("text/event-stream; charset=utf-8")
-    );
-    assert_eq!(
-        answer.text(),
-        "    return a + b  # sum",
-        "raw text, no SSE framing"
-    );
+    assert_eq!(answer.header("content-type"), Some("text/event-stream; charset=utf-8"));
+    assert_eq!(answer.text(), "    return a + b  # sum", "raw text, no SSE framing");
 
     let upstream = &t.model.requests()[0];
     assert_eq!(upstream.body["stream"], json!(true));
-    assert_eq!(
-        upstream.body["stream_options"],
-        json!({"include_usage": true})
-    );
+    assert_eq!(upstream.body["stream_options"], json!({"include_usage": true}));
     assert_eq!(
         upstream.body["messages"][0]["content"],
         "<PRE> def add(a, b):\n     <SUF> \n\nprint(add(1, 2))\n <MID>"
     );
-    assert_eq!(
-        upstream.body["stop"],
-        json!(["<PRE>", "<SUF>", "<MID>", "<EOT>"])
-    );
+    assert_eq!(upstream.body["stop"], json!(["<PRE>", "<SUF>", "<MID>", "<EOT>"]));
 }
 
 #[tokio::test]
 async fn alias_path_serves_the_same_endpoint() {
     let t = TestGateway::start().await;
     let headers = t.gitlab_headers(&t.token(&["complete_code"]));
-    let answer = t
-        .post(
-            "/v2/completions",
-            &headers,
-            &t.completion_body("mistral", None, false),
-        )
-        .await;
+    let answer = t.post("/v2/completions", &headers, &t.completion_body("mistral", None, false)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json()["choices"][0]["text"], "return a + b");
-    assert_eq!(
-        t.model.requests()[0].body["model"],
-        "mistral",
-        "no identifier: the family is the model"
-    );
+    assert_eq!(t.model.requests()[0].body["model"], "mistral", "no identifier: the family is the model");
 }
 
 #[tokio::test]
@@ -166,9 +117,7 @@ async fn unknown_language_answers_no_choices_and_calls_no_model() {
 #[tokio::test]
 async fn unsupported_family_is_422_and_calls_no_model() {
     let t = TestGateway::start().await;
-    let answer = t
-        .complete(&t.completion_body("gpt-neox", None, false))
-        .await;
+    let answer = t.complete(&t.completion_body("gpt-neox", None, false)).await;
     assert_eq!(answer.status, 422);
     let detail = answer.json()["detail"].as_str().unwrap().to_string();
     assert!(detail.contains("'gpt-neox' is not supported"), "{detail}");
@@ -178,29 +127,18 @@ async fn unsupported_family_is_422_and_calls_no_model() {
 #[tokio::test]
 async fn other_known_families_use_the_base_prompt() {
     let t = TestGateway::start().await;
-    let answer = t
-        .complete(&t.completion_body("llama3", Some("custom_openai/llama3-8b"), false))
-        .await;
+    let answer = t.complete(&t.completion_body("llama3", Some("custom_openai/llama3-8b"), false)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let messages = &t.model.requests()[0].body["messages"];
     assert_eq!(messages[0]["role"], "system");
-    assert_eq!(
-        messages[1]["content"],
-        "File: src/calc.py\ndef add(a, b):\n    <CURSOR>\n\nprint(add(1, 2))\n"
-    );
+    assert_eq!(messages[1]["content"], "File: src/calc.py\ndef add(a, b):\n    <CURSOR>\n\nprint(add(1, 2))\n");
 }
 
 #[tokio::test]
 async fn malformed_bodies_are_422_in_fastapi_shape() {
     let t = TestGateway::start().await;
     let headers = t.gitlab_headers(&t.token(&["complete_code"]));
-    let answer = t
-        .post(
-            "/v2/code/completions",
-            &headers,
-            &json!({"model_name": "codestral"}),
-        )
-        .await;
+    let answer = t.post("/v2/code/completions", &headers, &json!({"model_name": "codestral"})).await;
     assert_eq!(answer.status, 422);
     let detail = &answer.json()["detail"][0];
     assert_eq!(detail["loc"], json!(["body"]));
@@ -210,10 +148,7 @@ async fn malformed_bodies_are_422_in_fastapi_shape() {
     too_long["current_file"]["content_above_cursor"] = json!("x".repeat(100_001));
     let answer = t.complete(&too_long).await;
     assert_eq!(answer.status, 422);
-    assert_eq!(
-        answer.json()["detail"][0]["loc"],
-        json!(["body", "current_file", "content_above_cursor"])
-    );
+    assert_eq!(answer.json()["detail"][0]["loc"], json!(["body", "current_file", "content_above_cursor"]));
 
     let mut not_self_hosted = t.completion_body("codestral", None, false);
     not_self_hosted["model_provider"] = json!("anthropic");
@@ -224,52 +159,29 @@ async fn malformed_bodies_are_422_in_fastapi_shape() {
 #[tokio::test]
 async fn unknown_provider_names_the_loaded_ones() {
     let t = TestGateway::start().await;
-    let answer = t
-        .complete(&t.completion_body("codestral", Some("vertex_ai/codestral"), false))
-        .await;
+    let answer = t.complete(&t.completion_body("codestral", Some("vertex_ai/codestral"), false)).await;
     assert_eq!(answer.status, 422);
     let detail = answer.json()["detail"].as_str().unwrap().to_string();
-    assert!(
-        detail.contains("'vertex_ai'") && detail.contains("custom_openai, openai"),
-        "{detail}"
-    );
+    assert!(detail.contains("'vertex_ai'") && detail.contains("custom_openai, openai"), "{detail}");
 }
 
 #[tokio::test]
 async fn model_server_errors_map_to_gateway_statuses() {
     let t = TestGateway::start().await;
-    t.model.set_reply(Reply {
-        status: 429,
-        retry_after: Some("7".into()),
-        ..Reply::default()
-    });
-    let answer = t
-        .complete(&t.completion_body("codestral", None, false))
-        .await;
+    t.model.set_reply(Reply { status: 429, retry_after: Some("7".into()), ..Reply::default() });
+    let answer = t.complete(&t.completion_body("codestral", None, false)).await;
     assert_eq!(answer.status, 429);
     assert_eq!(answer.header("retry-after"), Some("7"));
 
-    t.model.set_reply(Reply {
-        status: 500,
-        ..Reply::default()
-    });
-    let answer = t
-        .complete(&t.completion_body("codestral", None, false))
-        .await;
+    t.model.set_reply(Reply { status: 500, ..Reply::default() });
+    let answer = t.complete(&t.completion_body("codestral", None, false)).await;
     assert_eq!(answer.status, 502);
-    assert!(
-        !answer.text().contains("mock error"),
-        "upstream bodies are never echoed"
-    );
+    assert!(!answer.text().contains("mock error"), "upstream bodies are never echoed");
 
     t.model.set_reply(Reply::default());
     let mut body = t.completion_body("codestral", None, false);
     body["model_endpoint"] = json!(format!("http://{}", t.model.addr()));
     let answer = t.complete(&body).await;
     assert_eq!(answer.status, 422);
-    assert!(
-        answer.json()["detail"].as_str().unwrap().contains("/v1"),
-        "missing /v1 hint: {}",
-        answer.text()
-    );
+    assert!(answer.json()["detail"].as_str().unwrap().contains("/v1"), "missing /v1 hint: {}", answer.text());
 }

@@ -7,225 +7,115 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn body_size_limit_obeyed_and_violated() {
-    let t = Setup::default()
-        .env("AIGW_SERVER__MAX_BODY_BYTES", "4096")
-        .start()
-        .await;
+    let t = Setup::default().env("AIGW_SERVER__MAX_BODY_BYTES", "4096").start().await;
     let headers = t.gitlab_headers(&t.token(&["complete_code"]));
     let within = t.completion_body("codestral", None, false);
     assert!(within.to_string().len() < 4096);
-    assert_eq!(
-        t.post("/v2/code/completions", &headers, &within)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(t.post("/v2/code/completions", &headers, &within).await.status, 200);
 
     let mut past = t.completion_body("codestral", None, false);
     past["current_file"]["content_above_cursor"] = serde_json::json!("x".repeat(5000));
     let answer = t.post("/v2/code/completions", &headers, &past).await;
     assert_eq!(answer.status, 413);
-    assert_eq!(
-        answer.json()["detail"],
-        "request body larger than 4096 bytes"
-    );
+    assert_eq!(answer.json()["detail"], "request body larger than 4096 bytes");
     assert_eq!(t.model.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn first_byte_timeout_obeyed_and_violated() {
-    let t = Setup::default()
-        .env("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "300")
-        .start()
-        .await;
-    t.model.set_reply(Reply {
-        head_delay: Duration::from_millis(50),
-        ..Reply::default()
-    });
-    assert_eq!(
-        t.complete(&t.completion_body("codestral", None, false))
-            .await
-            .status,
-        200
-    );
-    t.model.set_reply(Reply {
-        head_delay: Duration::from_millis(1500),
-        ..Reply::default()
-    });
-    let answer = t
-        .complete(&t.completion_body("codestral", None, false))
-        .await;
+    let t = Setup::default().env("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "300").start().await;
+    t.model.set_reply(Reply { head_delay: Duration::from_millis(50), ..Reply::default() });
+    assert_eq!(t.complete(&t.completion_body("codestral", None, false)).await.status, 200);
+    t.model.set_reply(Reply { head_delay: Duration::from_millis(1500), ..Reply::default() });
+    let answer = t.complete(&t.completion_body("codestral", None, false)).await;
     assert_eq!(answer.status, 504);
-    assert_eq!(
-        answer.json()["detail"],
-        "The model server did not answer in time"
-    );
+    assert_eq!(answer.json()["detail"], "The model server did not answer in time");
 }
 
 #[tokio::test]
 async fn idle_timeout_ends_a_stalled_stream() {
-    let t = Setup::default()
-        .env("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", "300")
-        .start()
-        .await;
-    t.model.set_reply(Reply {
-        chunk_delay: Duration::from_millis(20),
-        chunks: 4,
-        ..Reply::default()
-    });
-    let ok = t
-        .complete(&t.completion_body("codestral", None, true))
-        .await;
-    assert_eq!(
-        (ok.status.as_u16(), ok.text().as_str()),
-        (200, "return a + b")
-    );
+    let t = Setup::default().env("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", "300").start().await;
+    t.model.set_reply(Reply { chunk_delay: Duration::from_millis(20), chunks: 4, ..Reply::default() });
+    let ok = t.complete(&t.completion_body("codestral", None, true)).await;
+    assert_eq!((ok.status.as_u16(), ok.text().as_str()), (200, "return a + b"));
 
-    t.model.set_reply(Reply {
-        chunk_delay: Duration::from_millis(1500),
-        chunks: 4,
-        ..Reply::default()
-    });
+    t.model.set_reply(Reply { chunk_delay: Duration::from_millis(1500), chunks: 4, ..Reply::default() });
     let headers = t.gitlab_headers(&t.token(&["complete_code"]));
     let body = Bytes::from(t.completion_body("codestral", None, true).to_string());
     let result = tokio::time::timeout(Duration::from_secs(10), async {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
         let mut request = http::Request::builder()
             .method(Method::POST)
             .uri(format!("http://{}/v2/code/completions", t.gateway.addr()));
         for (name, value) in &headers {
             request = request.header(name, value);
         }
-        let response = client
-            .request(request.body(http_body_util::Full::new(body)).unwrap())
-            .await
-            .unwrap();
+        let response = client.request(request.body(http_body_util::Full::new(body)).unwrap()).await.unwrap();
         assert_eq!(response.status(), 200, "the head went out before the stall");
-        http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .map(|c| c.to_bytes())
+        http_body_util::BodyExt::collect(response.into_body()).await.map(|c| c.to_bytes())
     })
     .await
     .expect("the stalled stream was ended, not left hanging");
-    assert!(
-        result.is_err(),
-        "the stream is cut off, not completed: {result:?}"
-    );
+    assert!(result.is_err(), "the stream is cut off, not completed: {result:?}");
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods() {
     let t = TestGateway::start().await;
     let answer = t.request(Method::GET, "/v2/nope", &[], Bytes::new()).await;
-    assert_eq!(
-        (answer.status.as_u16(), answer.json()),
-        (404, serde_json::json!({"detail": "Not Found"}))
-    );
-    let answer = t
-        .request(Method::GET, "/v2/code/completions", &[], Bytes::new())
-        .await;
-    assert_eq!(
-        (answer.status.as_u16(), answer.json()),
-        (405, serde_json::json!({"detail": "Method Not Allowed"}))
-    );
-    let answer = t
-        .request(Method::GET, "/monitoring/healthz", &[], Bytes::new())
-        .await;
+    assert_eq!((answer.status.as_u16(), answer.json()), (404, serde_json::json!({"detail": "Not Found"})));
+    let answer = t.request(Method::GET, "/v2/code/completions", &[], Bytes::new()).await;
+    assert_eq!((answer.status.as_u16(), answer.json()), (405, serde_json::json!({"detail": "Method Not Allowed"})));
+    let answer = t.request(Method::GET, "/monitoring/healthz", &[], Bytes::new()).await;
     assert_eq!(answer.status, 200);
-    let answer = t
-        .request(Method::GET, "/monitoring/ready", &[], Bytes::new())
-        .await;
+    let answer = t.request(Method::GET, "/monitoring/ready", &[], Bytes::new()).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(
-        answer.json()["providers"],
-        serde_json::json!(["custom_openai", "openai"])
-    );
+    assert_eq!(answer.json()["providers"], serde_json::json!(["custom_openai", "openai"]));
 }
 
 #[tokio::test]
 async fn sandbox_slots_obeyed_and_exhausted() {
-    let t = Setup::default()
-        .env("AIGW_PLUGINS__MAX_CONCURRENT", "1")
-        .start()
-        .await;
-    assert_eq!(
-        t.complete(&t.completion_body("codestral", None, false))
-            .await
-            .status,
-        200,
-        "one at a time works"
-    );
+    let t = Setup::default().env("AIGW_PLUGINS__MAX_CONCURRENT", "1").start().await;
+    assert_eq!(t.complete(&t.completion_body("codestral", None, false)).await.status, 200, "one at a time works");
 
     // A slow stream holds the only sandbox slot for its whole life...
-    t.model.set_reply(Reply {
-        chunk_delay: Duration::from_millis(300),
-        chunks: 4,
-        ..Reply::default()
-    });
+    t.model.set_reply(Reply { chunk_delay: Duration::from_millis(300), chunks: 4, ..Reply::default() });
     let t = std::sync::Arc::new(t);
     let holder = {
         let t = std::sync::Arc::clone(&t);
-        tokio::spawn(async move {
-            t.complete(&t.completion_body("codestral", None, true))
-                .await
-        })
+        tokio::spawn(async move { t.complete(&t.completion_body("codestral", None, true)).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...so a second request is turned away cleanly instead of queueing without bound.
-    let refused = t
-        .complete(&t.completion_body("codestral", None, false))
-        .await;
+    let refused = t.complete(&t.completion_body("codestral", None, false)).await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(holder.await.unwrap().text(), "return a + b");
     t.model.set_reply(Reply::default());
-    assert_eq!(
-        t.complete(&t.completion_body("codestral", None, false))
-            .await
-            .status,
-        200,
-        "the slot is free again"
-    );
+    assert_eq!(t.complete(&t.completion_body("codestral", None, false)).await.status, 200, "the slot is free again");
 }
 
 #[tokio::test]
 async fn a_caller_hanging_up_cancels_the_upstream_stream() {
     let t = TestGateway::start().await;
-    t.model.set_reply(Reply {
-        chunks: 50,
-        chunk_delay: Duration::from_millis(100),
-        ..Reply::default()
-    });
+    t.model.set_reply(Reply { chunks: 50, chunk_delay: Duration::from_millis(100), ..Reply::default() });
     let headers = t.gitlab_headers(&t.token(&["complete_code"]));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let mut request = http::Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{}/v2/code/completions", t.gateway.addr()));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut request =
+        http::Request::builder().method(Method::POST).uri(format!("http://{}/v2/code/completions", t.gateway.addr()));
     for (name, value) in &headers {
         request = request.header(name, value);
     }
     let body = Bytes::from(t.completion_body("codestral", None, true).to_string());
-    let response = client
-        .request(request.body(http_body_util::Full::new(body)).unwrap())
-        .await
-        .unwrap();
+    let response = client.request(request.body(http_body_util::Full::new(body)).unwrap()).await.unwrap();
     let mut body = response.into_body();
-    let first = http_body_util::BodyExt::frame(&mut body)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
     assert!(first.is_data());
     assert_eq!(t.model.open_streams(), 1);
     drop(body);
     drop(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while t.model.open_streams() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the upstream stream outlived its caller"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the upstream stream outlived its caller");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

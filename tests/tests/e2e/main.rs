@@ -1,14 +1,10 @@
 //! End-to-end suite: one binary, one module per area.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests: failing loudly is the point"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests: failing loudly is the point")]
 
 mod auth;
 mod cli;
+mod code;
 mod completions;
 mod egress;
 mod limits;

@@ -16,8 +16,7 @@ async fn hostile_gateway(extra: &[(&str, &str)]) -> TestGateway {
 }
 
 async fn hostile(t: &TestGateway, behaviour: &str) -> aigw_tests::Answer {
-    t.complete(&t.completion_body("codestral", Some(&format!("hostile/{behaviour}")), false))
-        .await
+    t.complete(&t.completion_body("codestral", Some(&format!("hostile/{behaviour}")), false)).await
 }
 
 #[tokio::test]
@@ -26,20 +25,12 @@ async fn each_misbehaviour_fails_only_its_request() {
     for behaviour in ["loop", "oom", "trap"] {
         let answer = hostile(&t, behaviour).await;
         assert_eq!(answer.status, 502, "{behaviour}: {}", answer.text());
-        assert_eq!(
-            answer.json(),
-            json!({"detail": GENERIC}),
-            "{behaviour}: no internals leak"
-        );
+        assert_eq!(answer.json(), json!({"detail": GENERIC}), "{behaviour}: no internals leak");
         // The same plugin, a fresh store: the next good request works.
         let good = hostile(&t, "good").await;
         assert_eq!(good.status, 200, "after {behaviour}: {}", good.text());
     }
-    assert_eq!(
-        t.model.requests().len(),
-        3,
-        "only the good requests reached the model"
-    );
+    assert_eq!(t.model.requests().len(), 3, "only the good requests reached the model");
 }
 
 #[tokio::test]
@@ -49,26 +40,15 @@ async fn good_requests_succeed_while_bad_ones_run_concurrently() {
     for i in 0..24 {
         let behaviour = ["loop", "oom", "trap", "good", "good", "good"][i % 6];
         let bad = std::sync::Arc::clone(&t);
-        tasks.push(tokio::spawn(async move {
-            (behaviour, hostile(&bad, behaviour).await.status)
-        }));
+        tasks.push(tokio::spawn(async move { (behaviour, hostile(&bad, behaviour).await.status) }));
         let good = std::sync::Arc::clone(&t);
         tasks.push(tokio::spawn(async move {
-            (
-                "openai",
-                good.complete(&good.completion_body("codestral", None, false))
-                    .await
-                    .status,
-            )
+            ("openai", good.complete(&good.completion_body("codestral", None, false)).await.status)
         }));
     }
     for task in tasks {
         let (behaviour, status) = task.await.unwrap();
-        let expected = if matches!(behaviour, "good" | "openai") {
-            200
-        } else {
-            502
-        };
+        let expected = if matches!(behaviour, "good" | "openai") { 200 } else { 502 };
         assert_eq!(status, expected, "{behaviour}");
     }
 }
@@ -79,40 +59,17 @@ async fn call_deadline_obeyed_and_violated() {
     let started = Instant::now();
     assert_eq!(hostile(&t, "loop").await.status, 502);
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(200),
-        "stopped at the deadline, not before ({took:?})"
-    );
-    assert!(
-        took < Duration::from_secs(5),
-        "a runaway call is stopped ({took:?})"
-    );
-    assert_eq!(
-        hostile(&t, "good").await.status,
-        200,
-        "a normal call fits well within 200 ms"
-    );
+    assert!(took >= Duration::from_millis(200), "stopped at the deadline, not before ({took:?})");
+    assert!(took < Duration::from_secs(5), "a runaway call is stopped ({took:?})");
+    assert_eq!(hostile(&t, "good").await.status, 200, "a normal call fits well within 200 ms");
 }
 
 #[tokio::test]
 async fn memory_cap_obeyed_and_violated() {
     let t = hostile_gateway(&[("AIGW_PLUGINS__MEMORY_LIMIT_MB", "16")]).await;
-    assert_eq!(
-        hostile(&t, "oom").await.status,
-        502,
-        "growing past 16 MiB fails"
-    );
-    assert_eq!(
-        hostile(&t, "good").await.status,
-        200,
-        "a normal call fits in 16 MiB"
-    );
-    assert_eq!(
-        t.complete(&t.completion_body("codestral", None, false))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(hostile(&t, "oom").await.status, 502, "growing past 16 MiB fails");
+    assert_eq!(hostile(&t, "good").await.status, 200, "a normal call fits in 16 MiB");
+    assert_eq!(t.complete(&t.completion_body("codestral", None, false)).await.status, 200);
 }
 
 #[tokio::test]
@@ -125,22 +82,11 @@ async fn plugin_output_goes_to_the_log_not_the_answer() {
 
 #[tokio::test]
 async fn a_component_that_imports_sockets_is_refused_at_load() {
-    let t = Setup::default()
-        .plugin(component("test-guests/networked.wasm"), "networked.wasm")
-        .start()
-        .await;
+    let t = Setup::default().plugin(component("test-guests/networked.wasm"), "networked.wasm").start().await;
     let snapshot = t.gateway.plugins().snapshot();
     assert!(snapshot.resolve("networked").is_err(), "never loaded");
-    assert_eq!(
-        snapshot.provider_names(),
-        ["custom_openai", "openai"],
-        "the others load regardless"
-    );
+    assert_eq!(snapshot.provider_names(), ["custom_openai", "openai"], "the others load regardless");
     let report = t.gateway.plugins().reload().await;
-    let (_, error) = report
-        .rejected
-        .iter()
-        .find(|(path, _)| path.ends_with("networked.wasm"))
-        .unwrap();
+    let (_, error) = report.rejected.iter().find(|(path, _)| path.ends_with("networked.wasm")).unwrap();
     assert!(error.to_string().contains("wasi:sockets"), "{error}");
 }

@@ -8,19 +8,10 @@ fn request(stream: bool) -> wit::ModelRequest {
     wit::ModelRequest {
         model: "qwen2.5-coder:7b".into(),
         messages: vec![
-            wit::Message {
-                role: wit::Role::System,
-                content: "Complete the code.".into(),
-            },
-            wit::Message {
-                role: wit::Role::User,
-                content: "fn main() {\n    println!(\"é\");\n".into(),
-            },
+            wit::Message { role: wit::Role::System, content: "Complete the code.".into() },
+            wit::Message { role: wit::Role::User, content: "fn main() {\n    println!(\"é\");\n".into() },
         ],
-        fill_in_middle: Some(wit::FillInMiddle {
-            prefix: "fn main() {".into(),
-            suffix: "}".into(),
-        }),
+        fill_in_middle: Some(wit::FillInMiddle { prefix: "fn main() {".into(), suffix: "}".into() }),
         sampling: wit::Sampling {
             max_tokens: Some(96),
             temperature: Some(0.2),
@@ -35,14 +26,8 @@ fn request(stream: bool) -> wit::ModelRequest {
 async fn cargo_component_and_wasip2_builds_behave_the_same() {
     let runtime = PluginRuntime::new(SandboxLimits::default()).unwrap();
     let mut outputs = Vec::new();
-    for file in [
-        "plugins/openai-compatible.wasm",
-        "test-guests/openai-compatible.cargo-component.wasm",
-    ] {
-        let plugin = runtime
-            .load(std::fs::read(component(file)).unwrap())
-            .await
-            .unwrap();
+    for file in ["plugins/openai-compatible.wasm", "test-guests/openai-compatible.cargo-component.wasm"] {
+        let plugin = runtime.load(std::fs::read(component(file)).unwrap()).await.unwrap();
         let mut session = plugin.session().await.unwrap();
         let identity = plugin.identity().clone();
         let built = session.build_request(&request(false)).await.unwrap();
@@ -52,26 +37,14 @@ async fn cargo_component_and_wasip2_builds_behave_the_same() {
             .await
             .unwrap();
         let event = session
-            .parse_event(
-                None,
-                br#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#,
-            )
+            .parse_event(None, br#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#)
             .await
             .unwrap();
         let done = session.parse_event(None, b"[DONE]").await.unwrap();
-        let malformed = session
-            .parse_response(b"<html>")
-            .await
-            .unwrap_err()
-            .to_string();
+        let malformed = session.parse_response(b"<html>").await.unwrap_err().to_string();
         outputs.push(format!(
             "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {}",
-            (
-                identity.name,
-                identity.version,
-                identity.providers,
-                identity.framing
-            ),
+            (identity.name, identity.version, identity.providers, identity.framing),
             built.path,
             String::from_utf8(built.body).unwrap(),
             built.credential,
@@ -84,9 +57,5 @@ async fn cargo_component_and_wasip2_builds_behave_the_same() {
     }
     assert_eq!(outputs[0], outputs[1]);
     // Debug-formatted, so the JSON's quotes appear escaped.
-    assert!(
-        outputs[0].contains(r#"\"stream_options\":{\"include_usage\":true}"#),
-        "{}",
-        outputs[0]
-    );
+    assert!(outputs[0].contains(r#"\"stream_options\":{\"include_usage\":true}"#), "{}", outputs[0]);
 }

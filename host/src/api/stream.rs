@@ -1,0 +1,89 @@
+//! GitLab's streaming answer formats: raw text and the v4 CRLF-framed SSE events, fed by a model
+//! stream (with a generation's code fence stripped on the way).
+
+use super::fence::FenceStripper;
+use super::pipeline::ChunkStream;
+use crate::error::GatewayError;
+use crate::server::Body;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::header;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+
+/// The model's text as it arrives, fence-stripped when `fence` is given. An error ends the stream
+/// after it is yielded.
+fn text_pieces(
+    chunks: ChunkStream,
+    fence: Option<FenceStripper>,
+) -> impl Stream<Item = Result<String, GatewayError>> + Send {
+    futures_util::stream::unfold(Some((chunks, fence)), |state| async move {
+        let (mut chunks, mut fence) = state?;
+        loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let text = match fence.as_mut() {
+                        Some(fence) => fence.push(&chunk.text),
+                        None => chunk.text,
+                    };
+                    if !text.is_empty() {
+                        return Some((Ok(text), Some((chunks, fence))));
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(?error, "stream ended by an error after the response started");
+                    return Some((Err(error), None));
+                }
+                None => {
+                    let tail = fence.as_mut().map(FenceStripper::finish).unwrap_or_default();
+                    return (!tail.is_empty()).then_some((Ok(tail), None));
+                }
+            }
+        }
+    })
+}
+
+fn streaming_response(
+    frames: impl Stream<Item = Result<Frame<Bytes>, GatewayError>> + Send + 'static,
+) -> http::Response<Body> {
+    let mut response = http::Response::new(StreamBody::new(frames).boxed_unsync());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    response
+}
+
+/// Raw model text streamed as it arrives under `text/event-stream` (no SSE framing: GitLab's
+/// code and chat endpoints send the bare text). A failure after the head has gone out aborts the
+/// body, so the client sees an incomplete answer rather than a silently truncated one.
+pub fn raw_text_response(chunks: ChunkStream, fence: Option<FenceStripper>) -> http::Response<Body> {
+    streaming_response(text_pieces(chunks, fence).map(|piece| piece.map(|text| Frame::data(Bytes::from(text)))))
+}
+
+/// One event; `data` is serialised from a struct or `json!` value (structs keep GitLab's field order).
+fn sse_event(event: &str, data: &impl serde::Serialize) -> Frame<Bytes> {
+    let data = serde_json::to_string(data).unwrap_or_else(|_| "null".to_string());
+    Frame::data(Bytes::from(format!("event: {event}\r\ndata: {data}\r\n\r\n")))
+}
+
+/// `/v4/code/suggestions` streaming: `stream_start` with the metadata, one `content_chunk` per
+/// piece, `stream_end`; events separated by CRLF CRLF; header `X-Streaming-Format: sse`.
+pub fn v4_sse_response(
+    chunks: ChunkStream,
+    fence: Option<FenceStripper>,
+    metadata: super::code::V3Metadata,
+) -> http::Response<Body> {
+    #[derive(serde::Serialize)]
+    struct Start {
+        metadata: super::code::V3Metadata,
+    }
+    let start = futures_util::stream::once(async move { Ok(sse_event("stream_start", &Start { metadata })) });
+    let content = text_pieces(chunks, fence).map(|piece| {
+        piece.map(|text| sse_event("content_chunk", &json!({"choices": [{"delta": {"content": text}, "index": 0}]})))
+    });
+    let end = futures_util::stream::once(async { Ok(sse_event("stream_end", &Value::Null)) });
+    let mut response = streaming_response(start.chain(content).chain(end));
+    response.headers_mut().insert("x-streaming-format", http::HeaderValue::from_static("sse"));
+    response
+}

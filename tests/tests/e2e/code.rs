@@ -1,0 +1,169 @@
+//! Code generation (v2) and the prompt-components endpoints (v3 completions, v4 suggestions).
+
+use aigw_tests::{Reply, TestGateway};
+use serde_json::{Value, json};
+
+const FENCED: &str = "```python\ndef sub(a, b):\n    return a - b\n```";
+const BARE: &str = "def sub(a, b):\n    return a - b";
+
+fn generation_body(t: &TestGateway, stream: bool) -> Value {
+    let mut body = t.completion_body("codestral", Some("custom_openai/codestral-22b"), stream);
+    body["current_file"]["content_above_cursor"] = json!("# subtract b from a\n");
+    body["current_file"]["content_below_cursor"] = json!("");
+    body
+}
+
+async fn generate(t: &TestGateway, body: &Value) -> aigw_tests::Answer {
+    let headers = t.gitlab_headers(&t.token(&["generate_code"]));
+    t.post("/v2/code/generations", &headers, body).await
+}
+
+#[tokio::test]
+async fn generation_renders_the_template_and_strips_the_fence() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: FENCED.into(), ..Reply::default() });
+    let answer = generate(&t, &generation_body(&t, false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let json = answer.json();
+    assert_eq!(json["object"], "text_completion");
+    assert_eq!(json["choices"], json!([{"text": BARE, "index": 0, "finish_reason": "length"}]));
+    let upstream = &t.model.requests()[0].body;
+    assert_eq!(upstream["messages"][0]["role"], "system");
+    assert_eq!(
+        upstream["messages"][1],
+        json!({"role": "user", "content": "File: src/calc.py\n# subtract b from a\n<CURSOR>"})
+    );
+    assert_eq!((upstream["temperature"].clone(), upstream["max_tokens"].clone()), (json!(0.2), json!(2048)));
+}
+
+#[tokio::test]
+async fn generation_stream_strips_a_fence_split_across_chunks() {
+    let t = TestGateway::start().await;
+    for chunks in [1, 3, 7, FENCED.len()] {
+        t.model.set_reply(Reply { text: FENCED.into(), chunks, ..Reply::default() });
+        let answer = generate(&t, &generation_body(&t, true)).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), BARE, "{chunks} chunks");
+    }
+}
+
+#[tokio::test]
+async fn prompt_versions_2_and_3_send_the_instances_prompt() {
+    let t = TestGateway::start().await;
+    let mut v2 = generation_body(&t, false);
+    v2["prompt_version"] = json!(2);
+    v2["prompt"] = json!("Write a subtract function in Python.");
+    assert_eq!(generate(&t, &v2).await.status, 200);
+    assert_eq!(
+        t.model.requests()[0].body["messages"],
+        json!([{"role": "user", "content": "Write a subtract function in Python."}])
+    );
+
+    let mut v3 = generation_body(&t, false);
+    v3["prompt_version"] = json!(3);
+    v3["prompt"] = json!([{"role": "system", "content": "You write Python."}, {"role": "user", "content": "subtract"}]);
+    assert_eq!(generate(&t, &v3).await.status, 200);
+    assert_eq!(t.model.requests()[1].body["messages"], v3["prompt"]);
+
+    let mut bad = generation_body(&t, false);
+    bad["prompt_version"] = json!(3);
+    bad["prompt"] = json!("not a list");
+    assert_eq!(generate(&t, &bad).await.status, 422);
+    assert_eq!(t.model.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn generation_needs_its_own_scope() {
+    let t = TestGateway::start().await;
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let answer = t.post("/v2/code/generations", &headers, &generation_body(&t, false)).await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.json(), json!({"detail": "Unauthorized to access code generations"}));
+}
+
+fn v3_body(t: &TestGateway, kind: &str, stream: bool) -> Value {
+    json!({
+        "prompt_components": [
+            {"type": kind, "metadata": {"source": "GitLab EE", "version": "18.5.0"},
+             "payload": {"file_name": "src/calc.py", "content_above_cursor": "def add(a, b):\n    ",
+                         "content_below_cursor": "\n", "language_identifier": "python", "stream": stream}},
+            {"type": "code_context", "payload": {"content": "import math"}},
+        ],
+        "model_metadata": {"provider": "openai", "name": "codestral", "endpoint": t.model.base_url(),
+                           "api_key": "sk-v3", "identifier": "custom_openai/codestral-22b"},
+    })
+}
+
+#[tokio::test]
+async fn v3_completion_answers_choices_and_metadata() {
+    let t = TestGateway::start().await;
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let answer = t.post("/v3/code/completions", &headers, &v3_body(&t, "code_editor_completion", false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let text = answer.text();
+    let timestamp = answer.json()["metadata"]["timestamp"].as_u64().unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "{{\"choices\":[{{\"text\":\"return a + b\",\"index\":0,\"finish_reason\":\"length\"}}],\
+             \"metadata\":{{\"model\":{{\"engine\":\"openai\",\"name\":\"codestral\",\"lang\":\"python\"}},\"timestamp\":{timestamp}}}}}"
+        ),
+        "exact bytes, GitLab's field order"
+    );
+    let upstream = &t.model.requests()[0];
+    assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer sk-v3");
+    assert_eq!(upstream.body["messages"][0]["content"], "<s>[SUFFIX]\n[PREFIX]def add(a, b):\n    ");
+
+    let stream = t.post("/v3/code/completions", &headers, &v3_body(&t, "code_editor_completion", true)).await;
+    assert_eq!((stream.status.as_u16(), stream.text().as_str()), (200, "return a + b"));
+}
+
+#[tokio::test]
+async fn v4_streams_crlf_framed_sse() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: "return a + b".into(), chunks: 2, ..Reply::default() });
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let answer = t.post("/v4/code/suggestions", &headers, &v3_body(&t, "code_editor_completion", true)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.header("x-streaming-format"), Some("sse"));
+    assert_eq!(answer.header("content-type"), Some("text/event-stream; charset=utf-8"));
+    let text = answer.text();
+    let events: Vec<&str> = text.split("\r\n\r\n").collect();
+    assert_eq!(events.len(), 5, "start, two chunks, end, and the empty tail: {text:?}");
+    assert!(events[0].starts_with(
+        "event: stream_start\r\ndata: {\"metadata\":{\"model\":{\"engine\":\"openai\",\"name\":\"codestral\",\"lang\":\"python\"},\"timestamp\":"
+    ));
+    assert_eq!(
+        events[1],
+        "event: content_chunk\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"return\"},\"index\":0}]}"
+    );
+    assert_eq!(
+        events[2],
+        "event: content_chunk\r\ndata: {\"choices\":[{\"delta\":{\"content\":\" a + b\"},\"index\":0}]}"
+    );
+    assert_eq!(events[3], "event: stream_end\r\ndata: null");
+    assert_eq!(events[4], "");
+}
+
+#[tokio::test]
+async fn v4_generation_strips_the_fence_and_needs_generate_code() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: FENCED.into(), chunks: 5, ..Reply::default() });
+    let body = v3_body(&t, "code_editor_generation", false);
+    let refused = t.post("/v4/code/suggestions", &t.gitlab_headers(&t.token(&["complete_code"])), &body).await;
+    assert_eq!(refused.status, 403);
+    let headers = t.gitlab_headers(&t.token(&["generate_code"]));
+    let answer = t.post("/v4/code/suggestions", &headers, &body).await;
+    assert_eq!(answer.json()["choices"][0]["text"], BARE);
+}
+
+#[tokio::test]
+async fn v3_needs_exactly_one_editor_component() {
+    let t = TestGateway::start().await;
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let mut body = v3_body(&t, "code_editor_completion", false);
+    body["prompt_components"] = json!([{"type": "code_context", "payload": {}}]);
+    let answer = t.post("/v3/code/completions", &headers, &body).await;
+    assert_eq!(answer.status, 422);
+    assert!(t.model.requests().is_empty());
+}
