@@ -48,6 +48,9 @@ pub enum GatewayError {
     /// Plugin failure.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// The model server answered with an HTTP error, reported as GitLab's prompt endpoints do.
+    #[error("{}: {}", .0.as_u16(), .0.canonical_reason().unwrap_or("Unknown"))]
+    ModelAnswered(StatusCode),
     /// Model server or network failure.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -67,15 +70,18 @@ impl GatewayError {
                 | AuthError::WrongAuthenticationType
                 | AuthError::Forbidden { .. }
                 | AuthError::HeaderMismatch(_) => (StatusCode::UNAUTHORIZED, json!({ "error": auth.to_string() })),
-                AuthError::MissingScope(_) => detail(StatusCode::FORBIDDEN, auth.to_string()),
+                AuthError::MissingScope(_) | AuthError::PromptScope(_) => {
+                    detail(StatusCode::FORBIDDEN, auth.to_string())
+                }
             },
             GatewayError::Validation(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": issues })),
             GatewayError::Unprocessable(message) => detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone()),
             GatewayError::PayloadTooLarge(_) => detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
             GatewayError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found".into()),
             GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),
+            GatewayError::ModelAnswered(_) => detail(StatusCode::MISDIRECTED_REQUEST, self.to_string()),
             GatewayError::Prompt(prompt) => match prompt {
-                PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } => {
+                PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } | PromptError::BadVersion(_) => {
                     detail(StatusCode::UNPROCESSABLE_ENTITY, prompt.to_string())
                 }
                 PromptError::NotFound(id) => detail(StatusCode::NOT_FOUND, format!("Prompt '{id}' not found")),

@@ -129,7 +129,10 @@ impl Gateway {
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let state = Arc::new(AppState {
-            prompts: prompts::PromptRegistry::embedded()?,
+            prompts: match &config.prompts_dir {
+                Some(dir) => prompts::PromptRegistry::embedded_with_dir(dir)?,
+                None => prompts::PromptRegistry::embedded()?,
+            },
             config,
             verifier,
             plugins: registry,

@@ -250,6 +250,7 @@ pub struct TestGateway {
 pub struct Setup {
     env: Vec<(String, String)>,
     plugin_files: Vec<(PathBuf, String)>,
+    gitlab_down: bool,
 }
 
 impl Default for Setup {
@@ -257,6 +258,7 @@ impl Default for Setup {
         Setup {
             env: Vec::new(),
             plugin_files: vec![(component("plugins/openai-compatible.wasm"), "openai-compatible.wasm".into())],
+            gitlab_down: false,
         }
     }
 }
@@ -274,10 +276,17 @@ impl Setup {
         self
     }
 
+    /// Start with the GitLab instance answering 503 to everything.
+    pub fn gitlab_down(mut self) -> Self {
+        self.gitlab_down = true;
+        self
+    }
+
     /// Start everything.
     pub async fn start(self) -> TestGateway {
         let key = TestKey::generate("gitlab-key-1");
         let gitlab = MockGitLab::start(&[&key]).await;
+        gitlab.set_down(self.gitlab_down);
         let model = MockModelServer::start().await.unwrap();
         let plugins = tempfile::tempdir().unwrap();
         for (source, name) in &self.plugin_files {

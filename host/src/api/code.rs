@@ -5,7 +5,7 @@ use super::fence::FenceStripper;
 use super::model::{ModelFields, ModelTarget};
 use super::pipeline::{self, ChunkStream, ModelJob, Outcome};
 use super::stream::{raw_text_response, v4_sse_response};
-use super::{AppState, language, parse_json};
+use super::{AppState, language, parse_json, parse_messages, unix_now};
 use crate::auth::Principal;
 use crate::error::{GatewayError, ValidationIssue};
 use crate::plugins::wit;
@@ -104,27 +104,6 @@ fn check_content(above: &str, below: &str, loc: &[&str]) -> Vec<ValidationIssue>
     issues
 }
 
-fn prompt_messages(value: &Value) -> Result<Vec<wit::Message>, GatewayError> {
-    #[derive(Deserialize)]
-    struct RawMessage {
-        role: String,
-        content: String,
-    }
-    let raw: Vec<RawMessage> = serde_json::from_value(value.clone())
-        .map_err(|e| GatewayError::Unprocessable(format!("prompt must be a list of {{role, content}}: {e}")))?;
-    raw.into_iter()
-        .map(|m| {
-            let role = match m.role.as_str() {
-                "system" => wit::Role::System,
-                "user" => wit::Role::User,
-                "assistant" => wit::Role::Assistant,
-                other => return Err(GatewayError::Unprocessable(format!("unknown prompt role {other:?}"))),
-            };
-            Ok(wit::Message { role, content: m.content })
-        })
-        .collect()
-}
-
 /// `prompt_version` 2 is a prompt string, 3 a message list; `prompt_id` names a registry prompt.
 fn generation_prompt(
     version: Option<u8>,
@@ -137,7 +116,7 @@ fn generation_prompt(
     match (version.unwrap_or(1), prompt) {
         (1, _) => Ok(GenerationPrompt::Template),
         (2, Some(Value::String(text))) => Ok(GenerationPrompt::Text(text.clone())),
-        (3, Some(messages @ Value::Array(_))) => Ok(GenerationPrompt::Messages(prompt_messages(messages)?)),
+        (3, Some(messages @ Value::Array(_))) => Ok(GenerationPrompt::Messages(parse_messages(messages)?)),
         (2 | 3, _) => Err(GatewayError::Unprocessable(
             "prompt_version 2 needs a prompt string and prompt_version 3 a prompt message list".into(),
         )),
@@ -197,10 +176,6 @@ async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayE
         }
         Outcome::Stream(chunks) => Ok(CodeOutcome::Stream { lang, chunks, fence: strip.then(FenceStripper::default) }),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 #[derive(Serialize)]

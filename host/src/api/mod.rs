@@ -1,21 +1,24 @@
 //! GitLab-compatible endpoints: routing, the shared request state, and request-body parsing.
 
+pub mod chat;
 pub mod code;
 pub mod fence;
 pub mod language;
 pub mod model;
 pub mod pipeline;
+pub mod prompts;
 pub mod stream;
 
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::error::{GatewayError, ValidationIssue};
 use crate::plugins::PluginRegistry;
+use crate::plugins::wit;
 use crate::prompts::PromptRegistry;
 use crate::server::{Body, json_response};
 use crate::upstream::Upstream;
 use http::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Everything a request handler needs, shared by all connections.
@@ -33,25 +36,59 @@ pub struct AppState {
     pub upstream: Upstream,
 }
 
-/// The endpoints, by what they need before their handler runs.
-enum Route {
+/// Public endpoints: no token needed.
+enum Public {
     Healthz,
     Ready,
+    ModelDefinitions,
+}
+
+/// Endpoints that authenticate the caller before reading the body.
+enum Authenticated {
     /// v2 completions and generations.
     CodeV2(code::Task),
     /// v3 completions, v4 suggestions.
     CodeV3(code::Version),
+    /// v1 one-shot chat.
+    Chat(String),
+    /// Registry prompts by id.
+    Prompt(prompts::Api, String),
+}
+
+enum Route {
+    Public(Public),
+    Authenticated(Authenticated),
 }
 
 fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    use Authenticated as A;
     let (route, allowed) = match path {
-        "/monitoring/healthz" => (Route::Healthz, Method::GET),
-        "/monitoring/ready" => (Route::Ready, Method::GET),
-        "/v2/code/completions" | "/v2/completions" => (Route::CodeV2(code::Task::Completion), Method::POST),
-        "/v2/code/generations" => (Route::CodeV2(code::Task::Generation), Method::POST),
-        "/v3/code/completions" => (Route::CodeV3(code::Version::V3), Method::POST),
-        "/v4/code/suggestions" => (Route::CodeV3(code::Version::V4), Method::POST),
-        _ => return Err(GatewayError::NotFound),
+        "/monitoring/healthz" => (Route::Public(Public::Healthz), Method::GET),
+        "/monitoring/ready" => (Route::Public(Public::Ready), Method::GET),
+        "/v1/models/definitions" => (Route::Public(Public::ModelDefinitions), Method::GET),
+        "/v2/code/completions" | "/v2/completions" => {
+            (Route::Authenticated(A::CodeV2(code::Task::Completion)), Method::POST)
+        }
+        "/v2/code/generations" => (Route::Authenticated(A::CodeV2(code::Task::Generation)), Method::POST),
+        "/v3/code/completions" => (Route::Authenticated(A::CodeV3(code::Version::V3)), Method::POST),
+        "/v4/code/suggestions" => (Route::Authenticated(A::CodeV3(code::Version::V4)), Method::POST),
+        _ => {
+            if let Some(invokable) = path.strip_prefix("/v1/chat/") {
+                if !chat::INVOKABLES.contains(&invokable) {
+                    return Err(GatewayError::NotFound);
+                }
+                (Route::Authenticated(A::Chat(invokable.to_string())), Method::POST)
+            } else if let Some((api, raw)) = path
+                .strip_prefix("/v1/prompts/")
+                .map(|raw| (prompts::Api::V1, raw))
+                .or_else(|| path.strip_prefix("/v2/prompts/").map(|raw| (prompts::Api::V2, raw)))
+            {
+                let id = prompts::decode_id(raw).ok_or(GatewayError::NotFound)?;
+                (Route::Authenticated(A::Prompt(api, id)), Method::POST)
+            } else {
+                return Err(GatewayError::NotFound);
+            }
+        }
     };
     if *method == allowed { Ok(route) } else { Err(GatewayError::MethodNotAllowed) }
 }
@@ -64,26 +101,70 @@ pub async fn dispatch(
     headers: &http::HeaderMap,
     body: impl std::future::Future<Output = Result<bytes::Bytes, GatewayError>>,
 ) -> Result<http::Response<Body>, GatewayError> {
-    match route(method, path)? {
-        Route::Healthz => Ok(json_response(StatusCode::OK, json!({"status": "ok"}).to_string().into())),
-        Route::Ready => {
+    let endpoint = match route(method, path)? {
+        Route::Public(public) => return Ok(public_answer(state, public)),
+        Route::Authenticated(endpoint) => endpoint,
+    };
+    let principal = state.verifier.authenticate(headers).await?;
+    let body = body.await?;
+    match endpoint {
+        Authenticated::CodeV2(task) => code::handle_v2(state, &principal, &body, task).await,
+        Authenticated::CodeV3(version) => code::handle_v3(state, &principal, &body, version).await,
+        Authenticated::Chat(invokable) => chat::handle(state, &principal, &invokable, &body).await,
+        Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,
+    }
+}
+
+fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
+    match public {
+        Public::Healthz => json_response(StatusCode::OK, json!({"status": "ok"}).to_string().into()),
+        Public::Ready => {
             let plugins = state.plugins.snapshot();
-            let (status, text) = if plugins.is_empty() {
-                (StatusCode::SERVICE_UNAVAILABLE, "no provider plugin loaded")
+            let problem = if plugins.is_empty() {
+                Some("no provider plugin is loaded")
+            } else if !state.verifier.has_keys() {
+                Some("no signing key could be loaded from the GitLab instance yet")
             } else {
-                (StatusCode::OK, "ok")
+                None
             };
-            Ok(json_response(status, json!({"status": text, "providers": plugins.provider_names()}).to_string().into()))
+            let status = if problem.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            let body = json!({"status": problem.unwrap_or("ok"), "providers": plugins.provider_names()});
+            json_response(status, body.to_string().into())
         }
-        Route::CodeV2(task) => {
-            let principal = state.verifier.authenticate(headers).await?;
-            code::handle_v2(state, &principal, &body.await?, task).await
-        }
-        Route::CodeV3(version) => {
-            let principal = state.verifier.authenticate(headers).await?;
-            code::handle_v3(state, &principal, &body.await?, version).await
+        Public::ModelDefinitions => {
+            let models: Vec<Value> =
+                crate::prompts::FAMILIES.iter().map(|family| json!({"name": family, "identifier": family})).collect();
+            let body = json!({"models": models, "providers": state.plugins.snapshot().provider_names()});
+            json_response(StatusCode::OK, body.to_string().into())
         }
     }
+}
+
+/// Unix time, seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// A `[{role, content}]` list as chat messages (`system`, `user`, `assistant`).
+pub fn parse_messages(value: &Value) -> Result<Vec<wit::Message>, GatewayError> {
+    #[derive(serde::Deserialize)]
+    struct RawMessage {
+        role: String,
+        content: String,
+    }
+    let raw: Vec<RawMessage> = serde_json::from_value(value.clone())
+        .map_err(|e| GatewayError::Unprocessable(format!("messages must be a list of {{role, content}}: {e}")))?;
+    raw.into_iter()
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "system" => wit::Role::System,
+                "user" => wit::Role::User,
+                "assistant" => wit::Role::Assistant,
+                other => return Err(GatewayError::Unprocessable(format!("unknown message role {other:?}"))),
+            };
+            Ok(wit::Message { role, content: m.content })
+        })
+        .collect()
 }
 
 /// Parse a JSON body; syntax and shape errors become FastAPI-style 422 issues.

@@ -87,3 +87,17 @@ pub fn v4_sse_response(
     response.headers_mut().insert("x-streaming-format", http::HeaderValue::from_static("sse"));
     response
 }
+
+/// Newline-delimited JSON: one object per text piece, made by `shape`.
+pub fn ndjson_response(chunks: ChunkStream, shape: fn(String) -> Value) -> http::Response<Body> {
+    let lines = text_pieces(chunks, None).map(move |piece| {
+        piece.map(|text| {
+            let mut line = shape(text).to_string();
+            line.push('\n');
+            Frame::data(Bytes::from(line))
+        })
+    });
+    let mut response = http::Response::new(StreamBody::new(lines).boxed_unsync());
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    response
+}

@@ -34,6 +34,9 @@ pub enum AuthError {
     /// Valid token without the scope the endpoint needs (403).
     #[error("Unauthorized to access {0}")]
     MissingScope(&'static str),
+    /// Valid token without the scope a registry prompt needs (403).
+    #[error("Unauthorized to access '{0}'")]
+    PromptScope(String),
 }
 
 impl AuthError {

@@ -93,6 +93,14 @@ impl Verifier {
         self
     }
 
+    /// True once some key can verify tokens: a local key, or the instance's keys fetched once.
+    pub fn has_keys(&self) -> bool {
+        self.issuers.iter().any(|issuer| match &issuer.keys {
+            KeySource::Local(keys) => !keys.is_empty(),
+            KeySource::Instance(jwks) => jwks.has_loaded(),
+        })
+    }
+
     /// Authenticate a request from its headers, in GitLab's order of checks.
     pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
         let authorization = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::MissingHeader)?;

@@ -46,6 +46,8 @@ pub struct Config {
     pub egress: EgressSettings,
     /// Outbound HTTP timeouts.
     pub upstream: UpstreamSettings,
+    /// Extra prompt files (`AIGW_PROMPTS__DIR`), merged over the embedded registry at start-up.
+    pub prompts_dir: Option<PathBuf>,
     /// Request body limit, bytes (`AIGW_SERVER__MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
     /// Shortest interval between two key-set refreshes triggered by unknown key ids

@@ -32,6 +32,14 @@ pub struct RawConfig {
     dev: Dev,
     #[serde(default)]
     auth: Auth,
+    #[serde(default)]
+    prompts: Prompts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Prompts {
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +150,7 @@ impl RawConfig {
                 "AIGW_UPSTREAM__TOTAL_TIMEOUT_MS" => self.upstream.total_timeout_ms = Some(parse(n, &value, INTEGER)?),
                 "AIGW_SERVER__MAX_BODY_BYTES" => self.server.max_body_bytes = Some(parse(n, &value, INTEGER)?),
                 "AIGW_AUTH__JWKS_MIN_REFRESH_MS" => self.auth.jwks_min_refresh_ms = Some(parse(n, &value, INTEGER)?),
+                "AIGW_PROMPTS__DIR" => self.prompts.dir = Some(PathBuf::from(value)),
                 "AIGW_DEV__KEY_FILE" => self.dev.key_file = Some(PathBuf::from(value)),
                 _ => {}
             }
@@ -239,6 +248,7 @@ impl RawConfig {
             egress,
             upstream,
             max_body_bytes: max_body as usize,
+            prompts_dir: self.prompts.dir,
             jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms.unwrap_or(10_000)),
             dev: dev.then(|| DevSettings {
                 key_file: self.dev.key_file.unwrap_or_else(|| PathBuf::from(".aigw/dev-signing-key.pem")),

@@ -52,6 +52,9 @@ pub enum PromptError {
     /// No prompt with this id.
     #[error("prompt '{0}' not found")]
     NotFound(String),
+    /// A version constraint is malformed or matches nothing.
+    #[error("{0}")]
+    BadVersion(String),
     /// Rendering failed (a missing variable, for instance).
     #[error("prompt '{id}' could not be rendered: {problem}")]
     Render {
@@ -83,11 +86,53 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// A version constraint: caret (same major, or same minor below 1.0), tilde (same minor), exact.
+#[derive(Debug, Clone, Copy)]
+enum Constraint {
+    Caret(Version),
+    Tilde(Version),
+    Exact(Version),
+}
+
+impl Constraint {
+    fn parse(text: &str) -> Option<Self> {
+        let (kind, rest): (fn(Version) -> Self, &str) = match text.as_bytes().first()? {
+            b'^' => (Constraint::Caret, &text[1..]),
+            b'~' => (Constraint::Tilde, &text[1..]),
+            b'=' => (Constraint::Exact, &text[1..]),
+            _ => (Constraint::Exact, text),
+        };
+        rest.trim().parse().ok().map(kind)
+    }
+
+    fn matches(self, v: Version) -> bool {
+        match self {
+            Constraint::Exact(want) => v == want,
+            Constraint::Tilde(want) => v >= want && (v.0, v.1) == (want.0, want.1),
+            Constraint::Caret(want) if want.0 > 0 => v >= want && v.0 == want.0,
+            Constraint::Caret(want) => v >= want && (v.0, v.1) == (want.0, want.1),
+        }
+    }
+}
+
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Constraint::Caret(v) => write!(f, "^{v}"),
+            Constraint::Tilde(v) => write!(f, "~{v}"),
+            Constraint::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PromptFile {
     #[serde(default)]
     description: String,
+    /// Scope (unit primitive) a caller needs to use the prompt through `/v*/prompts`; absent means
+    /// any authenticated caller.
+    unit_primitive: Option<String>,
     #[serde(default)]
     params: Params,
     budget: Option<Budget>,
@@ -153,6 +198,8 @@ pub struct Prompt {
     pub version: Version,
     /// What it is for.
     pub description: String,
+    /// Scope needed to call it by id; `None`: any authenticated caller.
+    pub unit_primitive: Option<String>,
     /// Default sampling.
     pub params: Params,
     /// Context budget, for completion prompts.
@@ -177,6 +224,32 @@ impl PromptRegistry {
     /// The prompts built into the binary.
     pub fn embedded() -> Result<Self, PromptError> {
         Self::from_files(embedded::EMBEDDED.iter().map(|(path, text)| (path.to_string(), text.to_string())))
+    }
+
+    /// The embedded prompts plus the operator's `*.toml` files under `dir`; a file with the same
+    /// id and version as an embedded one replaces it.
+    pub fn embedded_with_dir(dir: &std::path::Path) -> Result<Self, PromptError> {
+        let mut files: std::collections::BTreeMap<String, String> =
+            embedded::EMBEDDED.iter().map(|(path, text)| (path.to_string(), text.to_string())).collect();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(current) = pending.pop() {
+            let entries = std::fs::read_dir(&current).map_err(|e| PromptError::BadFile {
+                file: current.display().to_string(),
+                problem: format!("cannot read the prompts directory: {e}"),
+            })?;
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| PromptError::BadFile { file: relative.clone(), problem: e.to_string() })?;
+                    files.insert(relative, text);
+                }
+            }
+        }
+        Self::from_files(files)
     }
 
     /// Build a registry from `(relative path, contents)` pairs; the path is `<id>/<version>.toml`.
@@ -205,6 +278,7 @@ impl PromptRegistry {
                 id: id.to_string(),
                 version,
                 description: file.description,
+                unit_primitive: file.unit_primitive,
                 params: file.params,
                 budget: file.budget,
                 messages,
@@ -219,6 +293,23 @@ impl PromptRegistry {
     /// Highest version of prompt `id`.
     pub fn latest(&self, id: &str) -> Result<&Prompt, PromptError> {
         self.prompts.get(id).and_then(|versions| versions.last()).ok_or_else(|| PromptError::NotFound(id.to_string()))
+    }
+
+    /// The highest version of `id` matching `constraint` (`^1.2.0`, `~1.2.0`, `1.2.0`, `*`;
+    /// `None` means the highest). A malformed constraint is a render error (422).
+    pub fn matching(&self, id: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
+        let versions = self.prompts.get(id).ok_or_else(|| PromptError::NotFound(id.to_string()))?;
+        let constraint = match constraint.map(str::trim).filter(|c| !c.is_empty() && *c != "*") {
+            None => return versions.last().ok_or_else(|| PromptError::NotFound(id.to_string())),
+            Some(text) => Constraint::parse(text).ok_or_else(|| {
+                PromptError::BadVersion(format!("{text:?} is not a version constraint such as ^1.0.0"))
+            })?,
+        };
+        versions
+            .iter()
+            .rev()
+            .find(|p| constraint.matches(p.version))
+            .ok_or_else(|| PromptError::BadVersion(format!("no version of '{id}' matches {constraint}")))
     }
 
     /// The code completion prompt for `family`: its own, else `code_completions/base`.
@@ -302,6 +393,23 @@ mod tests {
         let prompt = registry.code_completion("codestral").unwrap();
         let err = registry.render(prompt, &minijinja::context! { prefix => "a" }).unwrap_err();
         assert!(matches!(err, PromptError::Render { .. }));
+    }
+
+    #[test]
+    fn version_constraints_pick_the_highest_match() {
+        let file = |v: &str| (format!("p/{v}.toml"), "[[messages]]\nrole = \"user\"\ncontent = \"x\"".to_string());
+        let registry =
+            PromptRegistry::from_files(["1.0.0", "1.2.0", "1.2.5", "2.0.0", "0.3.1", "0.4.0"].map(file)).unwrap();
+        let pick = |c: &str| registry.matching("p", Some(c)).map(|p| p.version.to_string());
+        assert_eq!(pick("^1.0.0").unwrap(), "1.2.5");
+        assert_eq!(pick("~1.2.0").unwrap(), "1.2.5");
+        assert_eq!(pick("1.2.0").unwrap(), "1.2.0");
+        assert_eq!(pick("^0.3.0").unwrap(), "0.3.1");
+        assert_eq!(pick("*").unwrap(), "2.0.0");
+        assert_eq!(registry.matching("p", None).unwrap().version, Version(2, 0, 0));
+        assert!(matches!(pick("^3.0.0"), Err(PromptError::BadVersion(_))));
+        assert!(matches!(pick("latest please"), Err(PromptError::BadVersion(_))));
+        assert!(matches!(registry.matching("q", None), Err(PromptError::NotFound(_))));
     }
 
     #[test]

@@ -68,9 +68,6 @@ async fn unknown_routes_and_methods() {
     assert_eq!((answer.status.as_u16(), answer.json()), (405, serde_json::json!({"detail": "Method Not Allowed"})));
     let answer = t.request(Method::GET, "/monitoring/healthz", &[], Bytes::new()).await;
     assert_eq!(answer.status, 200);
-    let answer = t.request(Method::GET, "/monitoring/ready", &[], Bytes::new()).await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.json()["providers"], serde_json::json!(["custom_openai", "openai"]));
 }
 
 #[tokio::test]

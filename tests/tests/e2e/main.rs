@@ -8,6 +8,7 @@ mod code;
 mod completions;
 mod egress;
 mod limits;
+mod prompts_chat;
 mod reload;
 mod sandbox;
 mod toolchains;

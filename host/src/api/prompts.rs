@@ -1,0 +1,139 @@
+//! `POST /v1/prompts/{id}` and `/v2/prompts/{id}`: a named, versioned prompt from the registry,
+//! rendered with the caller's inputs and sent to the caller's model (GitLab's "Test connection"
+//! button calls `model_configuration/check` this way).
+
+use super::code::ModelMetadata;
+use super::model::{ModelFields, ModelTarget};
+use super::pipeline::{self, ModelJob, Outcome};
+use super::stream::{ndjson_response, raw_text_response};
+use super::{AppState, parse_json};
+use crate::auth::{AuthError, Principal};
+use crate::error::GatewayError;
+use crate::plugins::wit;
+use crate::server::{Body, json_response};
+use crate::upstream::UpstreamError;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Which answer shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Answer: a JSON string; stream: raw text.
+    V1,
+    /// Answer: `{"content", "usage"?}`; stream: one such object per line.
+    V2,
+}
+
+#[derive(Debug, Deserialize)]
+struct PromptRequest {
+    #[serde(default)]
+    inputs: serde_json::Map<String, Value>,
+    prompt_version: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    model_metadata: Option<ModelMetadata>,
+}
+
+/// The id from the path: everything after `/v1/prompts/`, percent-decoded once (GitLab sends
+/// `model_configuration%2Fcheck`; a literal `/` works too).
+pub fn decode_id(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().filter(|id| !id.is_empty())
+}
+
+/// Model server HTTP errors answer 421 on these endpoints, as GitLab's gateway does (429 keeps
+/// its own status and `Retry-After`).
+fn model_status_as_421(error: GatewayError) -> GatewayError {
+    match error {
+        GatewayError::Upstream(UpstreamError::Status { status, .. })
+            if status != http::StatusCode::TOO_MANY_REQUESTS =>
+        {
+            GatewayError::ModelAnswered(status)
+        }
+        other => other,
+    }
+}
+
+/// Handle one call for prompt `id`.
+pub async fn handle(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    body: &[u8],
+    api: Api,
+) -> Result<http::Response<Body>, GatewayError> {
+    let request: PromptRequest = parse_json(body)?;
+    let prompt = state.prompts.matching(id, request.prompt_version.as_deref())?;
+    if let Some(scope) = &prompt.unit_primitive
+        && !principal.scopes.iter().any(|s| s == scope)
+    {
+        return Err(GatewayError::Auth(AuthError::PromptScope(id.to_string())));
+    }
+    let metadata = request
+        .model_metadata
+        .ok_or_else(|| GatewayError::Unprocessable("model_metadata is required for self-hosted models".into()))?;
+    let target = ModelTarget::resolve(
+        ModelFields {
+            family: metadata.name.as_deref(),
+            endpoint: metadata.endpoint.as_deref(),
+            api_key: metadata.api_key.as_deref(),
+            identifier: metadata.identifier.as_deref(),
+        },
+        state.config.custom_models_enabled,
+    )?;
+    let messages = state.prompts.render(prompt, &minijinja::Value::from_serialize(&request.inputs))?;
+    let model_request = wit::ModelRequest {
+        model: target.model.clone(),
+        messages,
+        fill_in_middle: None,
+        sampling: wit::Sampling {
+            max_tokens: prompt.params.max_tokens,
+            temperature: prompt.params.temperature,
+            top_p: prompt.params.top_p,
+            stop: prompt.params.stop.clone(),
+        },
+        stream: request.stream,
+    };
+    let outcome =
+        pipeline::run(state, ModelJob { target, request: model_request }).await.map_err(model_status_as_421)?;
+    Ok(match (outcome, api) {
+        (Outcome::Complete(completion), Api::V1) => {
+            json_response(http::StatusCode::OK, Value::String(completion.text).to_string().into())
+        }
+        (Outcome::Complete(completion), Api::V2) => {
+            let mut answer = json!({ "content": completion.text });
+            if let Some(usage) = completion.usage {
+                answer["usage"] = json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens});
+            }
+            json_response(http::StatusCode::OK, answer.to_string().into())
+        }
+        (Outcome::Stream(chunks), Api::V1) => raw_text_response(*chunks, None),
+        (Outcome::Stream(chunks), Api::V2) => ndjson_response(*chunks, |text| json!({ "content": text })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_id;
+
+    #[test]
+    fn ids_are_percent_decoded_once() {
+        assert_eq!(decode_id("model_configuration%2Fcheck").as_deref(), Some("model_configuration/check"));
+        assert_eq!(decode_id("chat/explain_code").as_deref(), Some("chat/explain_code"));
+        assert_eq!(decode_id("a%252Fb").as_deref(), Some("a%2Fb"));
+        assert_eq!(decode_id("bad%zz"), None);
+        assert_eq!(decode_id(""), None);
+    }
+}

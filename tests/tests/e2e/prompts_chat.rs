@@ -1,0 +1,207 @@
+//! Registry prompts (`/v1|v2/prompts/{id}`, GitLab's "Test connection"), one-shot chat
+//! (`/v1/chat/{invokable}`), and the public monitoring and catalogue endpoints.
+
+use aigw_tests::{Reply, Setup, TestGateway};
+use bytes::Bytes;
+use http::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn check_body(t: &TestGateway, stream: bool) -> Value {
+    json!({
+        "stream": stream,
+        "inputs": {},
+        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
+                           "api_key": "sk-check", "identifier": "custom_openai/mistral-small"},
+    })
+}
+
+async fn call(t: &TestGateway, path: &str, scopes: &[&str], body: &Value) -> aigw_tests::Answer {
+    t.post(path, &t.gitlab_headers(&t.token(scopes)), body).await
+}
+
+#[tokio::test]
+async fn test_connection_works_with_the_percent_encoded_id() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: "OK".into(), ..Reply::default() });
+    let answer = call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.text(), "\"OK\"", "v1 answers a JSON string");
+    let upstream = &t.model.requests()[0];
+    assert_eq!(upstream.body["model"], "mistral-small");
+    assert_eq!(upstream.body["messages"], json!([{"role": "user", "content": "Reply with the single word OK."}]));
+    assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer sk-check");
+
+    let literal = call(&t, "/v1/prompts/model_configuration/check", &["complete_code"], &check_body(&t, false)).await;
+    assert_eq!(literal.status, 200, "a literal / works too");
+}
+
+#[tokio::test]
+async fn v2_prompts_answer_content_and_usage_and_stream_ndjson() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: "OK then".into(), chunks: 2, usage: (9, 2), ..Reply::default() });
+    let answer = call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    assert_eq!(answer.json(), json!({"content": "OK then", "usage": {"input_tokens": 9, "output_tokens": 2}}));
+
+    let stream = call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, true)).await;
+    assert_eq!(stream.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(stream.text(), "{\"content\":\"OK t\"}\n{\"content\":\"hen\"}\n");
+
+    let v1_stream =
+        call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, true)).await;
+    assert_eq!(v1_stream.text(), "OK then");
+}
+
+#[tokio::test]
+async fn prompt_errors_have_gitlabs_statuses() {
+    let t = TestGateway::start().await;
+    let unknown = call(&t, "/v1/prompts/does%2Fnot_exist", &["complete_code"], &check_body(&t, false)).await;
+    assert_eq!(
+        (unknown.status.as_u16(), unknown.json()),
+        (404, json!({"detail": "Prompt 'does/not_exist' not found"}))
+    );
+
+    let mut bad_version = check_body(&t, false);
+    bad_version["prompt_version"] = json!("^7.0.0");
+    assert_eq!(call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &bad_version).await.status, 422);
+    bad_version["prompt_version"] = json!("^1.0.0");
+    assert_eq!(call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &bad_version).await.status, 200);
+
+    t.model.set_reply(Reply { status: 500, ..Reply::default() });
+    let failed = call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    assert_eq!((failed.status.as_u16(), failed.json()), (421, json!({"detail": "500: Internal Server Error"})));
+
+    t.model.set_reply(Reply { status: 429, retry_after: Some("3".into()), ..Reply::default() });
+    let limited = call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    assert_eq!((limited.status.as_u16(), limited.header("retry-after")), (429, Some("3")));
+}
+
+fn chat_body(t: &TestGateway, content: Value, stream: bool) -> Value {
+    json!({
+        "prompt_components": [{
+            "type": "prompt",
+            "metadata": {"source": "GitLab EE", "version": "18.5.0"},
+            "payload": {"content": content, "provider": "litellm", "model": "mistral",
+                        "model_endpoint": t.model.base_url(), "model_api_key": "sk-chat",
+                        "model_identifier": "custom_openai/mistral-7b",
+                        "params": {"stop_sequences": ["</answer>"], "temperature": 0.1, "max_tokens_to_sample": 512}},
+        }],
+        "stream": stream,
+    })
+}
+
+#[tokio::test]
+async fn chat_invokable_sends_the_prompt_with_its_params() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: "This adds two numbers.".into(), ..Reply::default() });
+    let answer = call(&t, "/v1/chat/explain_code", &["duo_chat"], &chat_body(&t, json!("Explain: a + b"), false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let json = answer.json();
+    let timestamp = json["metadata"]["timestamp"].as_u64().unwrap();
+    assert_eq!(
+        answer.text(),
+        format!(
+            "{{\"response\":\"This adds two numbers.\",\"metadata\":{{\"provider\":\"litellm\",\"model\":\"mistral\",\"timestamp\":{timestamp}}}}}"
+        )
+    );
+    let upstream = &t.model.requests()[0].body;
+    assert_eq!(upstream["messages"], json!([{"role": "user", "content": "Explain: a + b"}]));
+    assert_eq!(
+        (upstream["stop"].clone(), upstream["temperature"].clone(), upstream["max_tokens"].clone()),
+        (json!(["</answer>"]), json!(0.1), json!(512))
+    );
+
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain: a + b"}]);
+    let stream = call(&t, "/v1/chat/agent", &["duo_chat"], &chat_body(&t, messages.clone(), true)).await;
+    assert_eq!((stream.status.as_u16(), stream.text().as_str()), (200, "This adds two numbers."));
+    assert_eq!(t.model.requests()[1].body["messages"], messages);
+}
+
+#[tokio::test]
+async fn chat_refuses_unknown_invokables_missing_scope_and_extra_components() {
+    let t = TestGateway::start().await;
+    let body = chat_body(&t, json!("hi"), false);
+    assert_eq!(call(&t, "/v1/chat/make_coffee", &["duo_chat"], &body).await.status, 404);
+    let refused = call(&t, "/v1/chat/explain_code", &["complete_code"], &body).await;
+    assert_eq!((refused.status.as_u16(), refused.json()), (403, json!({"detail": "Unauthorized to access duo chat"})));
+    assert_eq!(
+        call(&t, "/v1/chat/explain_code", &["explain_code"], &body).await.status,
+        200,
+        "the invokable's own scope"
+    );
+    let mut two = body.clone();
+    two["prompt_components"] = json!([body["prompt_components"][0], body["prompt_components"][0]]);
+    assert_eq!(call(&t, "/v1/chat/explain_code", &["duo_chat"], &two).await.status, 422);
+    assert_eq!(t.model.requests().len(), 1);
+}
+
+async fn ready(t: &TestGateway) -> (u16, Value) {
+    let answer = t.request(Method::GET, "/monitoring/ready", &[], Bytes::new()).await;
+    (answer.status.as_u16(), answer.json())
+}
+
+#[tokio::test]
+async fn readiness_needs_keys_and_a_plugin() {
+    let t = TestGateway::start().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ready(&t).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready: {:?}", ready(&t).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_file(t.plugins.path().join("openai-compatible.wasm")).unwrap();
+    t.gateway.plugins().reload().await;
+    assert_eq!(ready(&t).await, (503, json!({"status": "no provider plugin is loaded", "providers": []})));
+
+    let offline = Setup::default().gitlab_down().start().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = ready(&offline).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "no signing key could be loaded from the GitLab instance yet");
+    let healthz = offline.request(Method::GET, "/monitoring/healthz", &[], Bytes::new()).await;
+    assert_eq!(healthz.status, 200, "liveness does not depend on GitLab");
+}
+
+#[tokio::test]
+async fn model_definitions_list_families_without_auth() {
+    let t = TestGateway::start().await;
+    let answer = t.request(Method::GET, "/v1/models/definitions", &[], Bytes::new()).await;
+    assert_eq!(answer.status, 200);
+    let json = answer.json();
+    assert!(json["models"].as_array().unwrap().iter().any(|m| m["identifier"] == "codestral"));
+    assert_eq!(json["providers"], json!(["custom_openai", "openai"]));
+}
+
+#[tokio::test]
+async fn operator_prompts_render_inputs_and_gate_on_their_unit_primitive() {
+    let prompts = tempfile::tempdir().unwrap();
+    let dir = prompts.path().join("chat/summarize_comments");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("1.0.0.toml"),
+        "unit_primitive = \"summarize_comments\"\n[params]\nmax_tokens = 200\n\n[[messages]]\nrole = \"user\"\n\
+         content = \"Summarize these comments:\\n{% for c in comments %}- {{ c }}\\n{% endfor %}\"\n",
+    )
+    .unwrap();
+    let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
+    let mut body = check_body(&t, false);
+    body["inputs"] = json!({"comments": ["LGTM", "needs tests"]});
+
+    let refused = call(&t, "/v1/prompts/chat%2Fsummarize_comments", &["duo_chat"], &body).await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.json()),
+        (403, json!({"detail": "Unauthorized to access 'chat/summarize_comments'"}))
+    );
+
+    let answer = call(&t, "/v1/prompts/chat%2Fsummarize_comments", &["summarize_comments"], &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        t.model.requests()[0].body["messages"][0]["content"],
+        "Summarize these comments:\n- LGTM\n- needs tests\n"
+    );
+    assert_eq!(t.model.requests()[0].body["max_tokens"], 200);
+
+    body["inputs"] = json!({});
+    let missing = call(&t, "/v1/prompts/chat%2Fsummarize_comments", &["summarize_comments"], &body).await;
+    assert_eq!(missing.status, 422, "a missing variable: {}", missing.text());
+    assert_eq!(t.model.requests().len(), 1);
+}
