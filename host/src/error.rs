@@ -33,6 +33,9 @@ pub enum GatewayError {
     /// A well-formed request the gateway cannot serve as asked (e.g. a missing model endpoint).
     #[error("{0}")]
     Unprocessable(String),
+    /// The gateway is not configured for this (a missing key, for instance).
+    #[error("{0}")]
+    Unavailable(String),
     /// The body exceeds the configured limit.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -76,6 +79,7 @@ impl GatewayError {
             },
             GatewayError::Validation(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": issues })),
             GatewayError::Unprocessable(message) => detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone()),
+            GatewayError::Unavailable(message) => detail(StatusCode::SERVICE_UNAVAILABLE, message.clone()),
             GatewayError::PayloadTooLarge(_) => detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
             GatewayError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found".into()),
             GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),

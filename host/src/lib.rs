@@ -120,6 +120,10 @@ impl Gateway {
             }));
             verifier = verifier.trust_instance(gitlab_url, jwks);
         }
+        if !config.gateway_keys.is_empty() {
+            let keys: Vec<&SigningKey> = config.gateway_keys.iter().collect();
+            verifier = verifier.trust_gateway_keys(&keys);
+        }
         if let Some((key, issuer)) = options.local_key {
             verifier = verifier.trust_local_key(&issuer, key.kid(), key.decoding_key().clone());
         }

@@ -43,6 +43,8 @@ pub fn component(relative: &str) -> PathBuf {
 pub struct TestKey {
     /// Key id.
     pub kid: String,
+    /// The private key, PKCS#1 PEM (as operators configure the gateway's own key).
+    pub pem: String,
     encoding: EncodingKey,
     jwk: Value,
 }
@@ -52,20 +54,21 @@ impl TestKey {
     pub fn generate(kid: &str) -> Self {
         let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
         let der = private.to_pkcs1_der().unwrap();
+        let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap().to_string();
         let public = private.to_public_key();
         let jwk = json!({
             "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
             "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
             "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
         });
-        TestKey { kid: kid.to_string(), encoding: EncodingKey::from_rsa_der(der.as_bytes()), jwk }
+        TestKey { kid: kid.to_string(), pem, encoding: EncodingKey::from_rsa_der(der.as_bytes()), jwk }
     }
 
     /// The same key material under another key id (a forged or stale `kid`).
     pub fn with_kid(&self, kid: &str) -> Self {
         let mut jwk = self.jwk.clone();
         jwk["kid"] = json!(kid);
-        TestKey { kid: kid.to_string(), encoding: self.encoding.clone(), jwk }
+        TestKey { kid: kid.to_string(), pem: self.pem.clone(), encoding: self.encoding.clone(), jwk }
     }
 
     /// Sign `claims` (RS256, this key's kid).

@@ -33,6 +33,15 @@ pub enum Task {
 }
 
 impl Task {
+    /// Generation is refused to the gateway's own (IDE direct access) tokens, as GitLab does.
+    fn authorize(self, principal: &Principal) -> Result<(), GatewayError> {
+        principal.require_any(self.scopes(), self.feature())?;
+        if self == Task::Generation && principal.gateway_issued {
+            return Err(crate::auth::AuthError::MissingScope(self.feature()).into());
+        }
+        Ok(())
+    }
+
     fn scopes(self) -> &'static [&'static str] {
         match self {
             Task::Completion => &["complete_code", "code_suggestions"],
@@ -241,7 +250,7 @@ pub async fn handle_v2(
     body: &[u8],
     task: Task,
 ) -> Result<http::Response<Body>, GatewayError> {
-    principal.require_any(task.scopes(), task.feature())?;
+    task.authorize(principal)?;
     let request: V2Request = parse_json(body)?;
     let file = &request.current_file;
     let mut issues = check_content(&file.content_above_cursor, &file.content_below_cursor, &["body", "current_file"]);
@@ -380,7 +389,7 @@ pub async fn handle_v3(
         ));
     };
     let task = if component.kind == "code_editor_completion" { Task::Completion } else { Task::Generation };
-    principal.require_any(task.scopes(), task.feature())?;
+    task.authorize(principal)?;
     let payload: EditorPayload = serde_json::from_value(component.payload.clone()).map_err(|e| {
         GatewayError::Validation(vec![ValidationIssue {
             kind: "value_error",

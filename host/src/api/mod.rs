@@ -1,5 +1,6 @@
 //! GitLab-compatible endpoints: routing, the shared request state, and request-body parsing.
 
+pub mod access_token;
 pub mod chat;
 pub mod code;
 pub mod fence;
@@ -53,6 +54,8 @@ enum Authenticated {
     Chat(String),
     /// Registry prompts by id.
     Prompt(prompts::Api, String),
+    /// IDE direct access token.
+    UserAccessToken,
 }
 
 enum Route {
@@ -72,6 +75,7 @@ fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/v2/code/generations" => (Route::Authenticated(A::CodeV2(code::Task::Generation)), Method::POST),
         "/v3/code/completions" => (Route::Authenticated(A::CodeV3(code::Version::V3)), Method::POST),
         "/v4/code/suggestions" => (Route::Authenticated(A::CodeV3(code::Version::V4)), Method::POST),
+        "/v1/code/user_access_token" => (Route::Authenticated(A::UserAccessToken), Method::POST),
         _ => {
             if let Some(invokable) = path.strip_prefix("/v1/chat/") {
                 if !chat::INVOKABLES.contains(&invokable) {
@@ -112,6 +116,7 @@ pub async fn dispatch(
         Authenticated::CodeV3(version) => code::handle_v3(state, &principal, &body, version).await,
         Authenticated::Chat(invokable) => chat::handle(state, &principal, &invokable, &body).await,
         Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,
+        Authenticated::UserAccessToken => access_token::handle(state, &principal, headers),
     }
 }
 

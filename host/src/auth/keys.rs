@@ -46,9 +46,11 @@ impl SigningKey {
         Self::from_private(new_private_key()?)
     }
 
-    /// Parse a PKCS#8 PEM private key.
+    /// Parse a PEM private key, PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE KEY`).
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        let private = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let private = RsaPrivateKey::from_pkcs8_pem(pem)
+            .or_else(|_| rsa::pkcs1::DecodeRsaPrivateKey::from_pkcs1_pem(pem))
+            .map_err(|_| KeyError::Invalid("not a PEM RSA private key (PKCS#8 or PKCS#1)".into()))?;
         Self::from_private(private)
     }
 
@@ -133,6 +135,52 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
+
+/// Claims of a token this gateway mints for IDE direct access (`/v1/code/user_access_token`).
+#[derive(Debug, Serialize)]
+pub struct UserAccessClaims {
+    /// `gitlab-ai-gateway`.
+    pub iss: String,
+    /// `gitlab-ai-gateway`.
+    pub aud: String,
+    /// The user (`X-Gitlab-Global-User-Id`).
+    pub sub: String,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Expiry.
+    pub exp: u64,
+    /// Token id.
+    pub jti: String,
+    /// Realm of the instance that asked, when it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gitlab_realm: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+}
+
+impl UserAccessClaims {
+    /// A one-hour token for `user` with `scopes`.
+    pub fn new(user: &str, realm: Option<String>, scopes: Vec<String>) -> Self {
+        let now = jsonwebtoken::get_current_timestamp();
+        let jti: [u8; 16] = rand::random();
+        UserAccessClaims {
+            iss: super::verify::AUDIENCE.to_string(),
+            aud: super::verify::AUDIENCE.to_string(),
+            sub: user.to_string(),
+            iat: now,
+            nbf: now.saturating_sub(5),
+            exp: now + USER_ACCESS_TTL_SECS,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+            gitlab_realm: realm,
+            scopes,
+        }
+    }
+}
+
+/// Lifetime of a user access token, seconds.
+pub const USER_ACCESS_TTL_SECS: u64 = 3600;
 
 /// Claims of a development token: what a GitLab instance puts in the tokens it sends, minus the
 /// instance-specific ones, so a newcomer's curl needs no extra headers.

@@ -23,6 +23,8 @@ pub struct Principal {
     pub realm: Option<String>,
     /// `gitlab_instance_id` claim.
     pub instance_id: Option<String>,
+    /// Signed by this gateway (`/v1/code/user_access_token`), not by the GitLab instance.
+    pub gateway_issued: bool,
 }
 
 impl Principal {
@@ -56,6 +58,8 @@ enum KeySource {
 struct TrustedIssuer {
     issuer: String,
     keys: KeySource,
+    /// Tokens this gateway minted for IDE direct access: `sub` is the user, not the instance.
+    gateway: bool,
 }
 
 /// Verifies bearer tokens against the trusted issuers.
@@ -73,6 +77,7 @@ impl std::fmt::Debug for Verifier {
 /// Header names of the cross-checks, as GitLab spells them in its messages.
 const REALM_HEADER: &str = "X-Gitlab-Realm";
 const INSTANCE_HEADER: &str = "X-Gitlab-Instance-Id";
+const USER_HEADER: &str = "X-Gitlab-Global-User-Id";
 
 impl Verifier {
     /// A verifier trusting nobody yet.
@@ -82,14 +87,26 @@ impl Verifier {
 
     /// Trust tokens with `iss` = the instance URL, signed by a key the instance publishes.
     pub fn trust_instance(mut self, gitlab_url: &str, jwks: Arc<JwksCache>) -> Self {
-        self.issuers.push(TrustedIssuer { issuer: gitlab_url.to_string(), keys: KeySource::Instance(jwks) });
+        self.issuers.push(TrustedIssuer {
+            issuer: gitlab_url.to_string(),
+            keys: KeySource::Instance(jwks),
+            gateway: false,
+        });
         self
     }
 
     /// Trust tokens with `iss` = `issuer`, signed by `key` (kid `kid`).
     pub fn trust_local_key(mut self, issuer: &str, kid: &str, key: DecodingKey) -> Self {
         let keys = HashMap::from([(kid.to_string(), key)]);
-        self.issuers.push(TrustedIssuer { issuer: issuer.to_string(), keys: KeySource::Local(keys) });
+        self.issuers.push(TrustedIssuer { issuer: issuer.to_string(), keys: KeySource::Local(keys), gateway: false });
+        self
+    }
+
+    /// Trust this gateway's own tokens (issuer and audience `gitlab-ai-gateway`) signed by any of
+    /// `keys` (the signing key, and the validation key kept through a rotation).
+    pub fn trust_gateway_keys(mut self, keys: &[&super::SigningKey]) -> Self {
+        let keys = keys.iter().map(|k| (k.kid().to_string(), k.decoding_key().clone())).collect();
+        self.issuers.push(TrustedIssuer { issuer: AUDIENCE.to_string(), keys: KeySource::Local(keys), gateway: true });
         self
     }
 
@@ -114,24 +131,29 @@ impl Verifier {
         if header_str(headers, "x-gitlab-authentication-type") != Some("oidc") {
             return Err(AuthError::WrongAuthenticationType);
         }
-        let claims = self.verify_token(token).await?;
+        let (claims, gateway_issued) = self.verify_token(token).await?;
         check_header(headers, "x-gitlab-realm", REALM_HEADER, claims.gitlab_realm.as_deref())?;
         let instance_claim = claims.gitlab_instance_id.as_ref().map(|v| match v {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         });
         check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, instance_claim.as_deref())?;
-        // Instance tokens carry the instance's id as `sub`.
-        check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, claims.sub.as_deref())?;
+        // Instance tokens carry the instance's id as `sub`; the gateway's own carry the user's.
+        if gateway_issued {
+            check_header(headers, "x-gitlab-global-user-id", USER_HEADER, claims.sub.as_deref())?;
+        } else {
+            check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, claims.sub.as_deref())?;
+        }
         Ok(Principal {
             subject: claims.sub,
             scopes: claims.scopes,
             realm: claims.gitlab_realm,
             instance_id: instance_claim,
+            gateway_issued,
         })
     }
 
-    async fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
+    async fn verify_token(&self, token: &str) -> Result<(Claims, bool), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(AuthError::forbidden)?;
         // The algorithm is fixed here, never taken from the token.
         if header.alg != Algorithm::RS256 {
@@ -151,7 +173,7 @@ impl Verifier {
             validation.validate_nbf = true;
             validation.leeway = LEEWAY_SECS;
             return jsonwebtoken::decode::<Claims>(token, key.as_ref(), &validation)
-                .map(|data| data.claims)
+                .map(|data| (data.claims, issuer.gateway))
                 .map_err(AuthError::forbidden);
         }
         Err(AuthError::forbidden(format!("no trusted key with kid {kid:?}")))

@@ -46,6 +46,9 @@ pub struct Config {
     pub egress: EgressSettings,
     /// Outbound HTTP timeouts.
     pub upstream: UpstreamSettings,
+    /// The gateway's own signing key, then the previous one still accepted during a rotation
+    /// (`AIGW_SELF_SIGNED_JWT__SIGNING_KEY`, `__VALIDATION_KEY`, PEM). Empty: no user access tokens.
+    pub gateway_keys: Vec<crate::auth::SigningKey>,
     /// Extra prompt files (`AIGW_PROMPTS__DIR`), merged over the embedded registry at start-up.
     pub prompts_dir: Option<PathBuf>,
     /// Request body limit, bytes (`AIGW_SERVER__MAX_BODY_BYTES`).

@@ -34,6 +34,25 @@ pub struct RawConfig {
     auth: Auth,
     #[serde(default)]
     prompts: Prompts,
+    #[serde(default)]
+    self_signed_jwt: SelfSignedJwt,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelfSignedJwt {
+    signing_key: Option<String>,
+    validation_key: Option<String>,
+}
+
+impl std::fmt::Debug for SelfSignedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Private keys never reach a log line, even through a debug dump of the settings.
+        f.debug_struct("SelfSignedJwt")
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<redacted>"))
+            .field("validation_key", &self.validation_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +169,8 @@ impl RawConfig {
                 "AIGW_UPSTREAM__TOTAL_TIMEOUT_MS" => self.upstream.total_timeout_ms = Some(parse(n, &value, INTEGER)?),
                 "AIGW_SERVER__MAX_BODY_BYTES" => self.server.max_body_bytes = Some(parse(n, &value, INTEGER)?),
                 "AIGW_AUTH__JWKS_MIN_REFRESH_MS" => self.auth.jwks_min_refresh_ms = Some(parse(n, &value, INTEGER)?),
+                "AIGW_SELF_SIGNED_JWT__SIGNING_KEY" => self.self_signed_jwt.signing_key = Some(value),
+                "AIGW_SELF_SIGNED_JWT__VALIDATION_KEY" => self.self_signed_jwt.validation_key = Some(value),
                 "AIGW_PROMPTS__DIR" => self.prompts.dir = Some(PathBuf::from(value)),
                 "AIGW_DEV__KEY_FILE" => self.dev.key_file = Some(PathBuf::from(value)),
                 _ => {}
@@ -238,8 +259,25 @@ impl RawConfig {
             return Err(ConfigError::new("AIGW_SERVER__MAX_BODY_BYTES", "must be between 1024 and 268435456"));
         }
 
+        let mut gateway_keys = Vec::new();
+        for (setting, pem) in [
+            ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", &self.self_signed_jwt.signing_key),
+            ("AIGW_SELF_SIGNED_JWT__VALIDATION_KEY", &self.self_signed_jwt.validation_key),
+        ] {
+            if let Some(pem) = pem.as_deref().filter(|p| !p.trim().is_empty()) {
+                let key =
+                    crate::auth::SigningKey::from_pem(pem).map_err(|e| ConfigError::new(setting, e.to_string()))?;
+                gateway_keys.push(key);
+            } else if setting.ends_with("VALIDATION_KEY") {
+                continue;
+            } else if self.self_signed_jwt.validation_key.as_deref().is_some_and(|p| !p.trim().is_empty()) {
+                return Err(ConfigError::new(setting, "is required when a validation key is set"));
+            }
+        }
+
         Ok(Config {
             listen,
+            gateway_keys,
             gitlab_url,
             custom_models_enabled: self.custom_models.enabled.unwrap_or(true),
             log_level,
@@ -288,6 +326,7 @@ mod tests {
             ("AIGW_PLUGINS__MEMORY_LIMIT_MB", "0"),
             ("AIGW_CUSTOM_MODELS__ENABLED", "maybe"),
             ("AIGW_LOGGING__LEVEL", "loud=[["),
+            ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", "-----BEGIN RSA PRIVATE KEY-----\nnope\n"),
         ];
         for (name, value) in cases {
             let err =

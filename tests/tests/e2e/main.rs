@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests: failing loudly is the point")]
 
+mod access_token;
 mod auth;
 mod cli;
 mod code;
