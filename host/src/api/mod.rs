@@ -1,6 +1,7 @@
 //! GitLab-compatible endpoints: routing, the shared request state, and request-body parsing.
 
 pub mod access_token;
+pub mod agent;
 pub mod chat;
 pub mod code;
 pub mod fence;
@@ -8,6 +9,7 @@ pub mod language;
 pub mod model;
 pub mod pipeline;
 pub mod prompts;
+pub mod react;
 pub mod stream;
 
 use crate::auth::Verifier;
@@ -56,6 +58,8 @@ enum Authenticated {
     Prompt(prompts::Api, String),
     /// IDE direct access token.
     UserAccessToken,
+    /// Duo Chat ReAct step.
+    Agent,
 }
 
 enum Route {
@@ -76,6 +80,7 @@ fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/v3/code/completions" => (Route::Authenticated(A::CodeV3(code::Version::V3)), Method::POST),
         "/v4/code/suggestions" => (Route::Authenticated(A::CodeV3(code::Version::V4)), Method::POST),
         "/v1/code/user_access_token" => (Route::Authenticated(A::UserAccessToken), Method::POST),
+        "/v2/chat/agent" => (Route::Authenticated(A::Agent), Method::POST),
         _ => {
             if let Some(invokable) = path.strip_prefix("/v1/chat/") {
                 if !chat::INVOKABLES.contains(&invokable) {
@@ -117,6 +122,7 @@ pub async fn dispatch(
         Authenticated::Chat(invokable) => chat::handle(state, &principal, &invokable, &body).await,
         Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,
         Authenticated::UserAccessToken => access_token::handle(state, &principal, headers),
+        Authenticated::Agent => agent::handle(state, &principal, &body).await,
     }
 }
 

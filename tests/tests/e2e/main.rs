@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests: failing loudly is the point")]
 
 mod access_token;
+mod agent;
 mod auth;
 mod cli;
 mod code;

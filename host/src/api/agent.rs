@@ -1,0 +1,291 @@
+//! `POST /v2/chat/agent`: one step of Duo Chat's ReAct loop. Renders the conversation (with the
+//! scratchpad of earlier actions and observations, the page or file in view, additional context,
+//! and the tools the caller's scopes allow) and streams the model's text back as NDJSON events.
+
+use super::model::{ModelFields, ModelTarget};
+use super::pipeline::{self, ChunkStream, ModelJob, Outcome};
+use super::react::ReactParser;
+use super::{AppState, parse_json};
+use crate::auth::Principal;
+use crate::error::GatewayError;
+use crate::plugins::wit;
+use crate::server::Body;
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Tools the agent may offer: (name, scope that grants it, description for the model).
+const TOOLS: [(&str, &str, &str); 6] = [
+    (
+        "issue_reader",
+        "ask_issue",
+        "Reads a GitLab issue (description, comments, labels). Input: the issue reference or URL and what you want to know about it.",
+    ),
+    (
+        "epic_reader",
+        "ask_epic",
+        "Reads a GitLab epic and its child items. Input: the epic reference or URL and what you want to know about it.",
+    ),
+    (
+        "merge_request_reader",
+        "ask_merge_request",
+        "Reads a merge request (description, diff summary, discussion). Input: the merge request reference or URL and what you want to know.",
+    ),
+    (
+        "commit_reader",
+        "ask_commit",
+        "Reads a commit (message and changes). Input: the commit SHA or URL and what you want to know.",
+    ),
+    ("build_reader", "ask_build", "Reads a CI job and its log. Input: the job URL or ID and what you want to know."),
+    ("gitlab_documentation", "documentation_search", "Searches GitLab's documentation. Input: a search question."),
+];
+
+/// Scopes that grant the agent endpoint.
+const SCOPES: [&str; 2] = ["duo_classic_chat", "duo_chat"];
+
+/// The ReAct prompt: system message template in the registry.
+const PROMPT_ID: &str = "chat/react/base";
+
+#[derive(Debug, Deserialize)]
+struct AgentRequest {
+    messages: Vec<AgentMessage>,
+    model_metadata: Option<super::code::ModelMetadata>,
+    #[serde(default)]
+    unavailable_resources: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AgentMessage {
+    role: String,
+    content: Option<String>,
+    current_file: Option<CurrentFile>,
+    #[serde(default)]
+    additional_context: Vec<AdditionalContext>,
+    #[serde(default)]
+    agent_scratchpad: Vec<ScratchpadStep>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CurrentFile {
+    file_path: String,
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    selected_code: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct AdditionalContext {
+    category: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    content: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ScratchpadStep {
+    action: ScratchpadAction,
+    observation: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ScratchpadAction {
+    #[serde(default)]
+    thought: String,
+    tool: String,
+    tool_input: String,
+}
+
+fn unprocessable(message: &str) -> GatewayError {
+    GatewayError::Unprocessable(message.to_string())
+}
+
+/// A user message with the file in view and the additional context the caller may share.
+fn user_content(message: &AgentMessage, principal: &Principal) -> String {
+    let mut content = message.content.clone().unwrap_or_default();
+    if let Some(file) = &message.current_file {
+        let what = if file.selected_code { "selected code" } else { "file" };
+        content.push_str(&format!(
+            "\n\nThe user is looking at this {what} from {}:\n<code>\n{}\n</code>",
+            file.file_path, file.data
+        ));
+    }
+    for item in &message.additional_context {
+        // Each category of additional context needs its own scope, as in GitLab's gateway.
+        let scope = format!("include_{}_context", item.category.to_ascii_lowercase());
+        if principal.scopes.contains(&scope) {
+            content.push_str(&format!(
+                "\n\n<additional_context category=\"{}\" id=\"{}\">\n{}\n</additional_context>",
+                item.category, item.id, item.content
+            ));
+        }
+    }
+    content
+}
+
+/// The conversation as chat messages: the scratchpad of the step in progress becomes assistant
+/// actions answered by user observations.
+fn conversation(messages: &[AgentMessage], principal: &Principal) -> Result<Vec<wit::Message>, GatewayError> {
+    let mut rendered = Vec::new();
+    for message in messages {
+        match message.role.as_str() {
+            "user" => rendered.push(wit::Message { role: wit::Role::User, content: user_content(message, principal) }),
+            "assistant" => {
+                if let Some(content) = &message.content {
+                    rendered.push(wit::Message { role: wit::Role::Assistant, content: content.clone() });
+                }
+                for step in &message.agent_scratchpad {
+                    let a = &step.action;
+                    rendered.push(wit::Message {
+                        role: wit::Role::Assistant,
+                        content: format!("Thought: {}\nAction: {}\nAction Input: {}", a.thought, a.tool, a.tool_input),
+                    });
+                    rendered.push(wit::Message {
+                        role: wit::Role::User,
+                        content: format!("Observation: {}", step.observation),
+                    });
+                }
+            }
+            "system" => {
+                return Err(unprocessable("system messages are not accepted; the gateway writes the system prompt"));
+            }
+            other => return Err(GatewayError::Unprocessable(format!("unknown message role {other:?}"))),
+        }
+    }
+    match rendered.last() {
+        Some(last) if matches!(last.role, wit::Role::User) => Ok(rendered),
+        _ => Err(unprocessable("the conversation must end with the user's message or an observation")),
+    }
+}
+
+/// Handle one agent step.
+pub async fn handle(
+    state: &AppState,
+    principal: &Principal,
+    body: &[u8],
+) -> Result<http::Response<Body>, GatewayError> {
+    principal.require_any(&SCOPES, "duo chat")?;
+    let request: AgentRequest = parse_json(body)?;
+    let mut messages = conversation(&request.messages, principal)?;
+    let metadata =
+        request.model_metadata.ok_or_else(|| unprocessable("model_metadata is required for self-hosted models"))?;
+    let target = ModelTarget::resolve(
+        ModelFields {
+            family: metadata.name.as_deref(),
+            endpoint: metadata.endpoint.as_deref(),
+            api_key: metadata.api_key.as_deref(),
+            identifier: metadata.identifier.as_deref(),
+        },
+        state.config.custom_models_enabled,
+    )?;
+    let tools: Vec<Value> = TOOLS
+        .iter()
+        .filter(|(_, scope, _)| principal.scopes.iter().any(|s| s == scope))
+        .map(|(name, _, description)| json!({"name": name, "description": description}))
+        .collect();
+    let prompt = state.prompts.latest(PROMPT_ID)?;
+    let variables = minijinja::context! { tools => tools, unavailable_resources => request.unavailable_resources };
+    let mut system = state.prompts.render(prompt, &variables)?;
+    system.append(&mut messages);
+    let mut stop = prompt.params.stop.clone();
+    if stop.is_empty() {
+        stop.push("Observation:".to_string());
+    }
+    let model = target.model.clone();
+    let model_request = wit::ModelRequest {
+        model: target.model.clone(),
+        messages: system,
+        fill_in_middle: None,
+        sampling: wit::Sampling {
+            max_tokens: prompt.params.max_tokens,
+            temperature: prompt.params.temperature,
+            top_p: prompt.params.top_p,
+            stop,
+        },
+        stream: true,
+    };
+    let chunks = match pipeline::run(state, ModelJob { target, request: model_request }).await? {
+        Outcome::Stream(chunks) => *chunks,
+        Outcome::Complete(_) => return Err(GatewayError::Unavailable("the agent needs a streamed answer".into())),
+    };
+    Ok(events_response(chunks, model))
+}
+
+/// State of the event stream.
+struct EventStream {
+    chunks: ChunkStream,
+    parser: Option<ReactParser>,
+    usage: Option<wit::Usage>,
+    model: String,
+    pending: std::collections::VecDeque<Value>,
+    done: bool,
+}
+
+impl EventStream {
+    /// The next NDJSON object, or `None` at the end.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.done {
+                return None;
+            }
+            match self.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(usage) = chunk.usage {
+                        self.usage = Some(usage);
+                    }
+                    if let Some(delta) = self.parser.as_mut().and_then(|p| p.push(&chunk.text)) {
+                        self.pending.push_back(delta.to_json());
+                    }
+                }
+                Some(Err(error)) => {
+                    // After the head went out, a failure is the stream's last event; no usage follows.
+                    tracing::warn!(?error, "agent stream ended by an error");
+                    let (status, body) = error.status_and_body();
+                    let message = body["detail"].as_str().unwrap_or("The model request failed").to_string();
+                    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+                    self.pending
+                        .push_back(json!({"type": "error", "data": {"message": message, "retryable": retryable}}));
+                    self.done = true;
+                }
+                None => {
+                    if let Some(parser) = self.parser.take() {
+                        self.pending.push_back(parser.finish().to_json());
+                    }
+                    if let Some(usage) = self.usage.take() {
+                        let mut per_model = serde_json::Map::new();
+                        per_model.insert(
+                            self.model.clone(),
+                            json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}),
+                        );
+                        self.pending.push_back(json!({"type": "usage", "data": {"usage": per_model}}));
+                    }
+                    self.done = true;
+                }
+            }
+        }
+    }
+}
+
+fn events_response(chunks: ChunkStream, model: String) -> http::Response<Body> {
+    let state = EventStream {
+        chunks,
+        parser: Some(ReactParser::default()),
+        usage: None,
+        model,
+        pending: Default::default(),
+        done: false,
+    };
+    let lines = futures_util::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((Ok::<_, GatewayError>(Frame::data(Bytes::from(format!("{event}\n")))), state))
+    });
+    let mut response = http::Response::new(StreamBody::new(lines).boxed_unsync());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    response
+}
