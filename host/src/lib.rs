@@ -128,6 +128,13 @@ impl Gateway {
             verifier = verifier.trust_local_key(&issuer, key.kid(), key.decoding_key().clone());
         }
 
+        if config.bypass_auth {
+            tracing::warn!(
+                "AIGW_AUTH__BYPASS_EXTERNAL is true: AUTHENTICATION IS OFF. Anyone who can reach {} can use \
+                 every model endpoint. Never run this way outside an isolated test set-up.",
+                config.listen
+            );
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;

@@ -17,7 +17,7 @@ pub fn handle(
     headers: &http::HeaderMap,
 ) -> Result<http::Response<Body>, GatewayError> {
     // A gateway-issued token cannot mint another one; the caller must hold a completion scope.
-    if principal.gateway_issued || !principal.scopes.iter().any(|s| GRANTABLE.contains(&s.as_str())) {
+    if principal.gateway_issued || !GRANTABLE.iter().any(|scope| principal.has_scope(scope)) {
         return Err(AuthError::MissingScope("user access token").into());
     }
     let user = headers
@@ -28,7 +28,8 @@ pub fn handle(
     let key = state.config.gateway_keys.first().ok_or_else(|| {
         GatewayError::Unavailable("this gateway has no signing key (AIGW_SELF_SIGNED_JWT__SIGNING_KEY)".into())
     })?;
-    let scopes: Vec<String> = principal.scopes.iter().filter(|s| GRANTABLE.contains(&s.as_str())).cloned().collect();
+    let scopes: Vec<String> =
+        GRANTABLE.iter().filter(|scope| principal.has_scope(scope)).map(|s| s.to_string()).collect();
     let claims = UserAccessClaims::new(user, principal.realm.clone(), scopes);
     let expires_at = claims.exp;
     let token = key.sign(&claims).map_err(|e| GatewayError::Unavailable(format!("token signing failed: {e}")))?;

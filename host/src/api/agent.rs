@@ -116,7 +116,7 @@ fn user_content(message: &AgentMessage, principal: &Principal) -> String {
     for item in &message.additional_context {
         // Each category of additional context needs its own scope, as in GitLab's gateway.
         let scope = format!("include_{}_context", item.category.to_ascii_lowercase());
-        if principal.scopes.contains(&scope) {
+        if principal.has_scope(&scope) {
             content.push_str(&format!(
                 "\n\n<additional_context category=\"{}\" id=\"{}\">\n{}\n</additional_context>",
                 item.category, item.id, item.content
@@ -183,7 +183,7 @@ pub async fn handle(
     )?;
     let tools: Vec<Value> = TOOLS
         .iter()
-        .filter(|(_, scope, _)| principal.scopes.iter().any(|s| s == scope))
+        .filter(|(_, scope, _)| principal.has_scope(scope))
         .map(|(name, _, description)| json!({"name": name, "description": description}))
         .collect();
     let prompt = state.prompts.latest(PROMPT_ID)?;
@@ -207,7 +207,12 @@ pub async fn handle(
         },
         stream: true,
     };
-    let chunks = match pipeline::run(state, ModelJob { target, request: model_request }).await? {
+    let chunks = match pipeline::run(
+        state,
+        ModelJob { target, request: model_request, total_timeout: Some(state.config.chat_timeout) },
+    )
+    .await?
+    {
         Outcome::Stream(chunks) => *chunks,
         Outcome::Complete(_) => return Err(GatewayError::Unavailable("the agent needs a streamed answer".into())),
     };

@@ -80,7 +80,7 @@ pub async fn handle(
     invokable: &str,
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
-    if !principal.scopes.iter().any(|s| s == "duo_chat" || s == invokable) {
+    if !principal.has_scope("duo_chat") && !principal.has_scope(invokable) {
         return Err(crate::auth::AuthError::MissingScope("duo chat").into());
     }
     let request: ChatRequest = parse_json(body)?;
@@ -116,15 +116,22 @@ pub async fn handle(
         },
         stream: request.stream,
     };
-    Ok(match pipeline::run(state, ModelJob { target, request: model_request }).await? {
-        Outcome::Complete(completion) => {
-            let timestamp = super::unix_now();
-            let answer = ChatAnswer {
-                response: &completion.text,
-                metadata: ChatMetadata { provider: &provider, model: &family, timestamp },
-            };
-            json_response(http::StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default().into())
-        }
-        Outcome::Stream(chunks) => raw_text_response(*chunks, None),
-    })
+    Ok(
+        match pipeline::run(
+            state,
+            ModelJob { target, request: model_request, total_timeout: Some(state.config.chat_timeout) },
+        )
+        .await?
+        {
+            Outcome::Complete(completion) => {
+                let timestamp = super::unix_now();
+                let answer = ChatAnswer {
+                    response: &completion.text,
+                    metadata: ChatMetadata { provider: &provider, model: &family, timestamp },
+                };
+                json_response(http::StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default().into())
+            }
+            Outcome::Stream(chunks) => raw_text_response(*chunks, None),
+        },
+    )
 }

@@ -178,7 +178,7 @@ async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayE
         stream: input.stream,
     };
     let strip = input.task == Task::Generation;
-    match pipeline::run(state, ModelJob { target: input.target, request }).await? {
+    match pipeline::run(state, ModelJob { target: input.target, request, total_timeout: None }).await? {
         Outcome::Complete(completion) => {
             let text = if strip { FenceStripper::strip(&completion.text) } else { completion.text };
             Ok(CodeOutcome::Text { lang, text })

@@ -17,6 +17,8 @@ pub struct ModelJob {
     pub target: ModelTarget,
     /// What is asked.
     pub request: wit::ModelRequest,
+    /// The whole model call's time limit, when the endpoint has its own (chat).
+    pub total_timeout: Option<std::time::Duration>,
 }
 
 /// What the model answered.
@@ -28,22 +30,54 @@ pub enum Outcome {
 }
 
 /// Run a job up to the answer (complete) or up to the response head (streaming).
-pub async fn run(state: &AppState, job: ModelJob) -> Result<Outcome, GatewayError> {
+pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, GatewayError> {
+    // With streaming disabled the model server is asked for a whole answer, which a caller that
+    // asked for a stream then receives as a single piece.
+    let deliver_as_stream = job.request.stream;
+    if state.config.disable_streaming {
+        job.request.stream = false;
+    }
     let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
     let mut session = plugin.session().await.map_err(|e| log_plugin_failure(plugin.identity(), e))?;
     let built = session.build_request(&job.request).await.map_err(|e| log_plugin_failure(session.identity(), e))?;
-    let call = ModelCall { endpoint: &job.target.endpoint, request: built, api_key: &job.target.api_key };
+    let call = ModelCall {
+        endpoint: &job.target.endpoint,
+        request: built,
+        api_key: &job.target.api_key,
+        total_timeout: job.total_timeout,
+    };
     let response = state.upstream.send(call).await.map_err(|e| hint_missing_v1(e, &job.target))?;
     if !job.request.stream {
         let body = response.collect(MAX_ANSWER_BYTES).await?;
         let completion = session.parse_response(&body).await.map_err(|e| log_plugin_failure(session.identity(), e))?;
-        return Ok(Outcome::Complete(completion));
+        if !deliver_as_stream {
+            return Ok(Outcome::Complete(completion));
+        }
+        let whole = wit::StreamChunk {
+            text: completion.text,
+            finish_reason: completion.finish_reason,
+            usage: completion.usage,
+            done: true,
+        };
+        return Ok(Outcome::Stream(Box::new(ChunkStream {
+            session,
+            response: None,
+            decoder: Decoder::sse(),
+            ready: VecDeque::from([whole]),
+            finished: true,
+        })));
     }
     let decoder = match session.identity().framing {
         wit::Framing::Sse => Decoder::sse(),
         wit::Framing::Ndjson => Decoder::ndjson(),
     };
-    Ok(Outcome::Stream(Box::new(ChunkStream { session, response, decoder, ready: VecDeque::new(), finished: false })))
+    Ok(Outcome::Stream(Box::new(ChunkStream {
+        session,
+        response: Some(response),
+        decoder,
+        ready: VecDeque::new(),
+        finished: false,
+    })))
 }
 
 /// Plugin traps and limits are logged with the plugin's identity; the caller gets a generic body.
@@ -78,7 +112,8 @@ fn hint_missing_v1(error: UpstreamError, target: &ModelTarget) -> GatewayError {
 /// the upstream response, which cancels the upstream request at once.
 pub struct ChunkStream {
     session: PluginSession,
-    response: UpstreamResponse,
+    /// `None` when the whole answer was already read (streaming disabled).
+    response: Option<UpstreamResponse>,
     decoder: Decoder,
     ready: VecDeque<wit::StreamChunk>,
     finished: bool,
@@ -103,7 +138,11 @@ impl ChunkStream {
 
     /// Read one upstream chunk and parse every complete event it finishes.
     async fn fill(&mut self) -> Result<(), GatewayError> {
-        let bytes = match self.response.next_chunk().await? {
+        let Some(response) = self.response.as_mut() else {
+            self.finished = true;
+            return Ok(());
+        };
+        let bytes = match response.next_chunk().await? {
             Some(bytes) => bytes,
             None => {
                 self.finished = true;

@@ -77,7 +77,7 @@ pub async fn handle(
     let request: PromptRequest = parse_json(body)?;
     let prompt = state.prompts.matching(id, request.prompt_version.as_deref())?;
     if let Some(scope) = &prompt.unit_primitive
-        && !principal.scopes.iter().any(|s| s == scope)
+        && !principal.has_scope(scope)
     {
         return Err(GatewayError::Auth(AuthError::PromptScope(id.to_string())));
     }
@@ -106,8 +106,12 @@ pub async fn handle(
         },
         stream: request.stream,
     };
-    let outcome =
-        pipeline::run(state, ModelJob { target, request: model_request }).await.map_err(model_status_as_421)?;
+    let outcome = pipeline::run(
+        state,
+        ModelJob { target, request: model_request, total_timeout: Some(state.config.chat_timeout) },
+    )
+    .await
+    .map_err(model_status_as_421)?;
     Ok(match (outcome, api) {
         (Outcome::Complete(completion), Api::V1) => {
             json_response(http::StatusCode::OK, Value::String(completion.text).to_string().into())

@@ -25,16 +25,31 @@ pub struct Principal {
     pub instance_id: Option<String>,
     /// Signed by this gateway (`/v1/code/user_access_token`), not by the GitLab instance.
     pub gateway_issued: bool,
+    /// Authentication is bypassed (`AIGW_AUTH__BYPASS_EXTERNAL`): every scope is granted.
+    pub unrestricted: bool,
 }
 
 impl Principal {
+    /// The caller when authentication is bypassed: no identity, every scope.
+    pub fn unrestricted() -> Self {
+        Principal {
+            subject: None,
+            scopes: Vec::new(),
+            realm: None,
+            instance_id: None,
+            gateway_issued: false,
+            unrestricted: true,
+        }
+    }
+
+    /// Whether `scope` was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.unrestricted || self.scopes.iter().any(|s| s == scope)
+    }
+
     /// Succeeds when any of `accepted` was granted; else 403 naming `feature`.
     pub fn require_any(&self, accepted: &[&str], feature: &'static str) -> Result<(), AuthError> {
-        if self.scopes.iter().any(|s| accepted.contains(&s.as_str())) {
-            Ok(())
-        } else {
-            Err(AuthError::MissingScope(feature))
-        }
+        if accepted.iter().any(|scope| self.has_scope(scope)) { Ok(()) } else { Err(AuthError::MissingScope(feature)) }
     }
 }
 
@@ -150,6 +165,7 @@ impl Verifier {
             realm: claims.gitlab_realm,
             instance_id: instance_claim,
             gateway_issued,
+            unrestricted: false,
         })
     }
 

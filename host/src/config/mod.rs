@@ -31,6 +31,19 @@ impl ConfigError {
 pub struct Config {
     /// Address the API listens on (`AIGW_FASTAPI__API_HOST`, `AIGW_FASTAPI__API_PORT`).
     pub listen: SocketAddr,
+    /// Serve HTTPS with these files (`AIGW_FASTAPI__TLS__ENABLED`, `__CERT_FILE`, `__KEY_FILE`).
+    pub tls: Option<TlsSettings>,
+    /// Client networks allowed to call the gateway at all (`AIGW_INGRESS__ALLOW`); `None`: any.
+    /// Others get 403 before any token work.
+    pub ingress_allow: Option<Vec<IpNet>>,
+    /// Skip authentication entirely (`AIGW_AUTH__BYPASS_EXTERNAL`): for isolated test set-ups
+    /// only; start-up warns loudly.
+    pub bypass_auth: bool,
+    /// Never stream from model servers (`AIGW_CUSTOM_MODELS__DISABLE_STREAMING`); a caller that
+    /// asked for a stream gets the whole answer as one piece in its stream format.
+    pub disable_streaming: bool,
+    /// Total timeout of chat model calls (`AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT`, seconds).
+    pub chat_timeout: Duration,
     /// The GitLab instance whose tokens are trusted (`AIGW_GITLAB_URL`), without a trailing `/`.
     /// `None` only in development mode, where the local development key is the only issuer.
     pub gitlab_url: Option<String>,
@@ -93,6 +106,15 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// Whole exchange, streams included (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`; GitLab uses 60 s for code).
     pub total_timeout: Duration,
+}
+
+/// Certificate chain and private key for HTTPS, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Certificate chain.
+    pub cert_file: PathBuf,
+    /// Private key.
+    pub key_file: PathBuf,
 }
 
 /// Development mode settings.

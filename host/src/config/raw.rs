@@ -36,6 +36,10 @@ pub struct RawConfig {
     prompts: Prompts,
     #[serde(default)]
     self_signed_jwt: SelfSignedJwt,
+    #[serde(default)]
+    ingress: Ingress,
+    #[serde(default)]
+    duo_chat: DuoChat,
 }
 
 #[derive(Default, Deserialize)]
@@ -65,6 +69,7 @@ struct Prompts {
 #[serde(deny_unknown_fields)]
 struct Auth {
     jwks_min_refresh_ms: Option<u64>,
+    bypass_external: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,12 +77,35 @@ struct Auth {
 struct Fastapi {
     api_host: Option<String>,
     api_port: Option<u16>,
+    #[serde(default)]
+    tls: Tls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    enabled: Option<bool>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ingress {
+    allow: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DuoChat {
+    model_request_timeout: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CustomModels {
     enabled: Option<bool>,
+    disable_streaming: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +177,17 @@ impl RawConfig {
                 "AIGW_FASTAPI__API_HOST" => self.fastapi.api_host = Some(value),
                 "AIGW_FASTAPI__API_PORT" => self.fastapi.api_port = Some(parse(n, &value, "a TCP port (0-65535)")?),
                 "AIGW_CUSTOM_MODELS__ENABLED" => self.custom_models.enabled = Some(parse_bool(n, &value)?),
+                "AIGW_CUSTOM_MODELS__DISABLE_STREAMING" => {
+                    self.custom_models.disable_streaming = Some(parse_bool(n, &value)?)
+                }
+                "AIGW_FASTAPI__TLS__ENABLED" => self.fastapi.tls.enabled = Some(parse_bool(n, &value)?),
+                "AIGW_FASTAPI__TLS__CERT_FILE" => self.fastapi.tls.cert_file = Some(PathBuf::from(value)),
+                "AIGW_FASTAPI__TLS__KEY_FILE" => self.fastapi.tls.key_file = Some(PathBuf::from(value)),
+                "AIGW_INGRESS__ALLOW" => self.ingress.allow = Some(value),
+                "AIGW_AUTH__BYPASS_EXTERNAL" => self.auth.bypass_external = Some(parse_bool(n, &value)?),
+                "AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT" => {
+                    self.duo_chat.model_request_timeout = Some(parse(n, &value, "a number of seconds")?)
+                }
                 "AIGW_LOGGING__LEVEL" => self.logging.level = Some(value),
                 "AIGW_LOGGING__FORMAT_JSON" => self.logging.format_json = Some(parse_bool(n, &value)?),
                 "AIGW_PLUGINS__DIR" => self.plugins.dir = Some(PathBuf::from(value)),
@@ -275,8 +314,36 @@ impl RawConfig {
             }
         }
 
+        let tls = match self.fastapi.tls.enabled.unwrap_or(false) {
+            false => None,
+            true => {
+                let file = |setting: &str, path: Option<PathBuf>| match path {
+                    Some(path) if path.is_file() => Ok(path),
+                    Some(path) => Err(ConfigError::new(setting, format!("{} is not a readable file", path.display()))),
+                    None => Err(ConfigError::new(setting, "is required when AIGW_FASTAPI__TLS__ENABLED is true")),
+                };
+                Some(super::TlsSettings {
+                    cert_file: file("AIGW_FASTAPI__TLS__CERT_FILE", self.fastapi.tls.cert_file)?,
+                    key_file: file("AIGW_FASTAPI__TLS__KEY_FILE", self.fastapi.tls.key_file)?,
+                })
+            }
+        };
+        let ingress_allow = match self.ingress.allow.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+            Some(text) => Some(parse_allowlist("AIGW_INGRESS__ALLOW", text)?),
+            None => None,
+        };
+        let chat_secs = self.duo_chat.model_request_timeout.unwrap_or(30);
+        if !(1..=3600).contains(&chat_secs) {
+            return Err(ConfigError::new("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "must be between 1 and 3600 seconds"));
+        }
+
         Ok(Config {
             listen,
+            tls,
+            ingress_allow,
+            bypass_auth: self.auth.bypass_external.unwrap_or(false),
+            disable_streaming: self.custom_models.disable_streaming.unwrap_or(false),
+            chat_timeout: Duration::from_secs(chat_secs),
             gateway_keys,
             gitlab_url,
             custom_models_enabled: self.custom_models.enabled.unwrap_or(true),

@@ -30,7 +30,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl s
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -49,7 +49,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl s
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |request| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, request).await) }
+            async move { Ok::<_, Infallible>(handle(&state, peer.ip(), request).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
@@ -62,8 +62,19 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl s
     graceful.shutdown().await;
 }
 
-async fn handle(state: &AppState, request: http::Request<Incoming>) -> http::Response<Body> {
+/// Whether the client allowlist admits `peer` (no allowlist: everyone).
+fn ingress_allows(state: &AppState, peer: std::net::IpAddr) -> bool {
+    let peer = crate::upstream::egress::canonical(peer);
+    state.config.ingress_allow.as_ref().is_none_or(|allow| allow.iter().any(|net| net.contains(&peer)))
+}
+
+async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request<Incoming>) -> http::Response<Body> {
     let started = std::time::Instant::now();
+    if !ingress_allows(state, peer) {
+        // Before any token work: a caller outside the allowlist learns nothing else.
+        tracing::info!(%peer, path = request.uri().path(), "client outside AIGW_INGRESS__ALLOW refused");
+        return json_response(StatusCode::FORBIDDEN, serde_json::json!({"detail": "Forbidden"}).to_string().into());
+    }
     let (parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let body = read_body(body, &parts.headers, limit);

@@ -49,6 +49,8 @@ pub struct ModelCall<'a> {
     pub request: wit::UpstreamRequest,
     /// The operator's key for this model; empty when none was configured.
     pub api_key: &'a str,
+    /// Replaces the configured total timeout for this call (chat uses its own).
+    pub total_timeout: Option<Duration>,
 }
 
 /// The gateway's outbound HTTP client.
@@ -88,8 +90,12 @@ impl Upstream {
     /// Send a model call and wait for the response head. Error statuses become
     /// [`UpstreamError::Status`]; redirects are never followed (a 3xx is an error status too).
     pub async fn send(&self, call: ModelCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+        let mut settings = self.settings;
+        if let Some(total) = call.total_timeout {
+            settings.total_timeout = total;
+        }
         let request = build_http_request(call)?;
-        self.execute(request).await
+        self.execute(request, settings).await
     }
 
     /// GET a JSON document from an operator-configured URL (OIDC discovery, JWKS).
@@ -98,24 +104,25 @@ impl Upstream {
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| UpstreamError::InvalidRequest(format!("{url}: {e}")))?;
-        let response = self.execute(request).await?;
+        let response = self.execute(request, self.settings).await?;
         let body = response.collect(max_bytes).await?;
         serde_json::from_slice(&body).map_err(|e| UpstreamError::Body(format!("{url}: not JSON: {e}")))
     }
 
-    async fn execute(&self, request: http::Request<Full<Bytes>>) -> Result<UpstreamResponse, UpstreamError> {
+    async fn execute(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        settings: UpstreamSettings,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
-        let deadline = started + self.settings.total_timeout;
-        let first_byte = self.settings.first_byte_timeout.min(self.settings.total_timeout);
+        let deadline = started + settings.total_timeout;
+        let first_byte = settings.first_byte_timeout.min(settings.total_timeout);
         let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(classify_client_error(&error)),
             Err(_) => {
-                let phase = if first_byte == self.settings.total_timeout {
-                    TimeoutPhase::Total
-                } else {
-                    TimeoutPhase::FirstByte
-                };
+                let phase =
+                    if first_byte == settings.total_timeout { TimeoutPhase::Total } else { TimeoutPhase::FirstByte };
                 return Err(UpstreamError::Timeout { phase, after: first_byte });
             }
         };
@@ -124,7 +131,7 @@ impl Upstream {
             let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
             return Err(UpstreamError::Status { status: parts.status, retry_after });
         }
-        Ok(UpstreamResponse { body, deadline, settings: self.settings })
+        Ok(UpstreamResponse { body, deadline, settings })
     }
 }
 

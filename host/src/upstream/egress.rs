@@ -49,7 +49,8 @@ impl EgressPolicy {
     }
 }
 
-fn canonical(addr: IpAddr) -> IpAddr {
+/// IPv4-mapped IPv6 addresses as the IPv4 address they carry.
+pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

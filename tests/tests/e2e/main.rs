@@ -13,4 +13,5 @@ mod limits;
 mod prompts_chat;
 mod reload;
 mod sandbox;
+mod settings;
 mod toolchains;
