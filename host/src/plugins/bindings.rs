@@ -6,4 +6,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use aigw::plugin::types;
+pub use self::aigw::plugin::types;
