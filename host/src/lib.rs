@@ -33,6 +33,9 @@ pub enum StartError {
     /// The Wasm runtime could not be created.
     #[error("plugin runtime: {0}")]
     Plugins(#[from] plugins::PluginError),
+    /// The plugins directory does not exist.
+    #[error("plugins directory {0}")]
+    PluginsDir(String),
     /// The plugins directory cannot be watched.
     #[error("plugins directory {dir}: {source}")]
     Watch {
@@ -47,6 +50,9 @@ pub enum StartError {
     /// Outbound client setup failed.
     #[error("outbound client: {0}")]
     Upstream(#[from] upstream::UpstreamError),
+    /// The HTTPS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] server::tls::TlsError),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -79,6 +85,17 @@ pub struct Gateway {
 impl Gateway {
     /// Load plugins and prompts, bind the listener and start serving.
     pub async fn start(config: Config, options: StartOptions) -> Result<Self, StartError> {
+        // Fail fast on what the operator configured before doing any expensive work.
+        let tls = match &config.tls {
+            Some(settings) => Some(server::tls::acceptor(settings)?),
+            None => None,
+        };
+        if !config.plugins.dir.is_dir() {
+            return Err(StartError::PluginsDir(format!(
+                "{} is not a directory (AIGW_PLUGINS__DIR; `make build` fills target/plugins)",
+                config.plugins.dir.display()
+            )));
+        }
         let runtime = PluginRuntime::new(SandboxLimits {
             memory_bytes: config.plugins.memory_bytes,
             call_deadline: config.plugins.call_deadline,
@@ -150,7 +167,7 @@ impl Gateway {
             upstream,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(listener, Arc::clone(&state), async {
+        let server = tokio::spawn(server::serve(listener, tls, Arc::clone(&state), async {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, "aigw listening");

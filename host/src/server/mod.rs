@@ -1,4 +1,7 @@
-//! The HTTP server: accept loop (HTTP/1.1 and h2c), body limits, response helpers, graceful drain.
+//! The HTTP server: accept loop (HTTP/1.1 and h2, plain or TLS), client allowlist, body limits,
+//! response helpers, graceful drain.
+
+pub mod tls;
 
 use crate::api::{self, AppState};
 use crate::error::GatewayError;
@@ -23,9 +26,17 @@ pub fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
     response
 }
 
+/// Longest a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
 /// finish their requests.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -51,13 +62,32 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl s
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(handle(&state, peer.ip(), request).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
+        match &tls {
+            None => {
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(error = %error, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    // The handshake runs in the connection's task, bounded, so a slow client
+                    // cannot hold up the accept loop.
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let Ok(Ok(tls_stream)) = handshake else {
+                        tracing::debug!(%peer, "TLS handshake failed or timed out");
+                        return;
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(error = %error, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     graceful.shutdown().await;
 }

@@ -46,6 +46,18 @@ async fn bad_settings_stop_start_up_naming_the_setting() {
     assert_eq!(bad_port.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad_port.stderr);
     assert!(stderr.contains("AIGW_FASTAPI__API_PORT") && stderr.contains("TCP port"), "{stderr}");
+
+    let no_plugins = aigw()
+        .arg("serve")
+        .env("AIGW_GITLAB_URL", "http://127.0.0.1:9")
+        .env("AIGW_FASTAPI__API_PORT", "0")
+        .env("AIGW_PLUGINS__DIR", "/nonexistent/aigw-plugins")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(no_plugins.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&no_plugins.stderr);
+    assert!(stderr.contains("/nonexistent/aigw-plugins is not a directory (AIGW_PLUGINS__DIR"), "{stderr}");
 }
 
 fn free_port() -> u16 {

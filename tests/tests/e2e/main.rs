@@ -14,4 +14,5 @@ mod prompts_chat;
 mod reload;
 mod sandbox;
 mod settings;
+mod tls;
 mod toolchains;
