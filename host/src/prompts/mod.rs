@@ -359,6 +359,8 @@ mod tests {
             ("mixtral", "<s>[SUFFIX]B[PREFIX]A"),
             ("codegemma", "<|fim_prefix|>A<|fim_suffix|>B<|fim_middle|>"),
             ("codellama", "<PRE> A <SUF> B <MID>"),
+            ("deepseekcoder", "<｜fim▁begin｜>A<｜fim▁hole｜>B<｜fim▁end｜>"),
+            ("qwen", "<|fim_prefix|>A<|fim_suffix|>B<|fim_middle|>"),
         ];
         for (family, expected) in cases {
             let prompt = registry.code_completion(family).unwrap();
@@ -369,6 +371,12 @@ mod tests {
         }
         assert_eq!(registry.code_completion("codestral").unwrap().params.temperature, Some(0.32));
         assert_eq!(registry.code_completion("codegemma").unwrap().params.stop.len(), 4);
+        assert_eq!(registry.code_completion("qwen").unwrap().params.max_tokens, Some(48));
+        assert!(registry.code_completion("qwen").unwrap().params.stop.contains(&"\n\n".to_string()));
+        for family in FAMILIES {
+            assert!(registry.code_completion(family).is_ok(), "{family} has a completion prompt");
+            assert!(registry.code_generation(family).is_ok(), "{family} has a generation prompt");
+        }
     }
 
     #[test]
