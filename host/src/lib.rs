@@ -10,13 +10,14 @@ pub mod prompts;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod watch;
 
 use crate::api::AppState;
 use crate::auth::{JwksCache, SigningKey, Verifier};
 use crate::config::Config;
-use crate::plugins::watcher::PluginWatcher;
 use crate::plugins::{PluginRegistry, PluginRuntime, SandboxLimits};
 use crate::upstream::{EgressPolicy, Upstream};
+use crate::watch::DirWatcher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +80,7 @@ pub struct Gateway {
     server: tokio::task::JoinHandle<()>,
     /// Periodic work (key refresh), stopped with the gateway.
     background: Vec<tokio::task::JoinHandle<()>>,
-    _watcher: PluginWatcher,
+    _watchers: Vec<DirWatcher>,
 }
 
 impl Gateway {
@@ -110,8 +111,23 @@ impl Gateway {
             providers = %registry.snapshot().provider_names().join(","),
             "plugins loaded"
         );
-        let watcher = PluginWatcher::start(Arc::clone(&registry), config.plugins.reload_debounce)
-            .map_err(|source| StartError::Watch { dir: config.plugins.dir.display().to_string(), source })?;
+        let mut watchers = Vec::new();
+        let watched = Arc::clone(&registry);
+        watchers.push(
+            DirWatcher::start(&config.plugins.dir, false, config.plugins.reload_debounce, move || {
+                let registry = Arc::clone(&watched);
+                async move {
+                    let report = registry.reload().await;
+                    tracing::info!(
+                        loaded = report.loaded.len(),
+                        rejected = report.rejected.len(),
+                        unloaded = report.unloaded.len(),
+                        "plugins reloaded"
+                    );
+                }
+            })
+            .map_err(|source| StartError::Watch { dir: config.plugins.dir.display().to_string(), source })?,
+        );
 
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
         let upstream = Upstream::new(Some(policy), config.upstream)?;
@@ -157,21 +173,31 @@ impl Gateway {
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let state = Arc::new(AppState {
-            prompts: match &config.prompts_dir {
+            prompts: arc_swap::ArcSwap::from_pointee(match &config.prompts_dir {
                 Some(dir) => prompts::PromptRegistry::embedded_with_dir(dir)?,
                 None => prompts::PromptRegistry::embedded()?,
-            },
+            }),
             config,
             verifier,
             plugins: registry,
             upstream,
         });
+        if let Some(dir) = state.config.prompts_dir.clone() {
+            let (watched, watched_dir) = (Arc::clone(&state), dir.clone());
+            let reload = move || {
+                let (state, dir) = (Arc::clone(&watched), watched_dir.clone());
+                async move { state.reload_prompts(&dir) }
+            };
+            let watcher = DirWatcher::start(&dir, true, state.config.plugins.reload_debounce, reload)
+                .map_err(|source| StartError::Watch { dir: dir.display().to_string(), source })?;
+            watchers.push(watcher);
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, tls, Arc::clone(&state), async {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, "aigw listening");
-        Ok(Gateway { addr, state, stop: Some(stop), server, background, _watcher: watcher })
+        Ok(Gateway { addr, state, stop: Some(stop), server, background, _watchers: watchers })
     }
 
     /// The bound address (useful with port 0).

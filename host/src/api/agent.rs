@@ -186,9 +186,10 @@ pub async fn handle(
         .filter(|(_, scope, _)| principal.has_scope(scope))
         .map(|(name, _, description)| json!({"name": name, "description": description}))
         .collect();
-    let prompt = state.prompts.latest(PROMPT_ID)?;
+    let prompts = state.prompts();
+    let prompt = prompts.latest(PROMPT_ID)?;
     let variables = minijinja::context! { tools => tools, unavailable_resources => request.unavailable_resources };
-    let mut system = state.prompts.render(prompt, &variables)?;
+    let mut system = prompts.render(prompt, &variables)?;
     system.append(&mut messages);
     let mut stop = prompt.params.stop.clone();
     if stop.is_empty() {

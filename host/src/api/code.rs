@@ -145,10 +145,11 @@ fn sampling(prompt: &Prompt) -> wit::Sampling {
 /// Render the prompt, call the model, and strip a generation's code fence.
 async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayError> {
     let family = input.target.family.clone();
+    let prompts = state.prompts();
     let prompt = match (input.task, &input.prompt) {
-        (Task::Completion, _) => state.prompts.code_completion(&family)?,
-        (Task::Generation, GenerationPrompt::ById(id)) => state.prompts.latest(id)?,
-        (Task::Generation, _) => state.prompts.code_generation(&family)?,
+        (Task::Completion, _) => prompts.code_completion(&family)?,
+        (Task::Generation, GenerationPrompt::ById(id)) => prompts.latest(id)?,
+        (Task::Generation, _) => prompts.code_generation(&family)?,
     };
     let Some(lang) = language::resolve(input.language_identifier.as_deref(), &input.file_name) else {
         // GitLab's gateway answers an unknown language with no suggestion and calls no model.
@@ -166,7 +167,7 @@ async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayE
             vec![wit::Message { role: wit::Role::User, content: text }]
         }
         GenerationPrompt::Messages(messages) if input.task == Task::Generation => messages,
-        _ => state.prompts.render(prompt, &variables)?,
+        _ => prompts.render(prompt, &variables)?,
     };
     let fill_in_middle = (input.task == Task::Completion)
         .then(|| wit::FillInMiddle { prefix: prefix.to_string(), suffix: suffix.to_string() });

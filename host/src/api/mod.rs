@@ -33,10 +33,29 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Loaded provider plugins.
     pub plugins: Arc<PluginRegistry>,
-    /// Prompt templates.
-    pub prompts: PromptRegistry,
+    /// Prompt templates; swapped whole when the prompts directory changes.
+    pub prompts: arc_swap::ArcSwap<PromptRegistry>,
     /// Client for model servers (egress-policed).
     pub upstream: Upstream,
+}
+
+impl AppState {
+    /// The current prompt registry; a request keeps the one it started with.
+    pub fn prompts(&self) -> std::sync::Arc<PromptRegistry> {
+        self.prompts.load_full()
+    }
+
+    /// Rebuild the registry from the embedded prompts and `dir`; a directory that does not load
+    /// keeps the last good registry in place.
+    pub fn reload_prompts(&self, dir: &std::path::Path) {
+        match PromptRegistry::embedded_with_dir(dir) {
+            Ok(registry) => {
+                self.prompts.store(std::sync::Arc::new(registry));
+                tracing::info!(dir = %dir.display(), "prompts reloaded");
+            }
+            Err(error) => tracing::warn!(%error, "prompt files rejected; keeping the prompts already loaded"),
+        }
+    }
 }
 
 /// Public endpoints: no token needed.

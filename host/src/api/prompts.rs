@@ -75,7 +75,8 @@ pub async fn handle(
     api: Api,
 ) -> Result<http::Response<Body>, GatewayError> {
     let request: PromptRequest = parse_json(body)?;
-    let prompt = state.prompts.matching(id, request.prompt_version.as_deref())?;
+    let prompts = state.prompts();
+    let prompt = prompts.matching(id, request.prompt_version.as_deref())?;
     if let Some(scope) = &prompt.unit_primitive
         && !principal.has_scope(scope)
     {
@@ -93,7 +94,7 @@ pub async fn handle(
         },
         state.config.custom_models_enabled,
     )?;
-    let messages = state.prompts.render(prompt, &minijinja::Value::from_serialize(&request.inputs))?;
+    let messages = prompts.render(prompt, &minijinja::Value::from_serialize(&request.inputs))?;
     let model_request = wit::ModelRequest {
         model: target.model.clone(),
         messages,

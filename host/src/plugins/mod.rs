@@ -1,10 +1,9 @@
-//! Provider plugins: the Wasm runtime that sandboxes them, the registry that routes to them, and
-//! the watcher that hot-reloads them.
+//! Provider plugins: the Wasm runtime that sandboxes them and the registry that routes to them
+//! (reloaded by [`crate::watch::DirWatcher`]).
 
 mod bindings;
 pub mod registry;
 pub mod runtime;
-pub mod watcher;
 
 pub use bindings::types as wit;
 pub use registry::{PluginRegistry, Snapshot};

@@ -205,3 +205,39 @@ async fn operator_prompts_render_inputs_and_gate_on_their_unit_primitive() {
     assert_eq!(missing.status, 422, "a missing variable: {}", missing.text());
     assert_eq!(t.model.requests().len(), 1);
 }
+
+async fn greet(t: &TestGateway) -> http::StatusCode {
+    call(t, "/v1/prompts/greeting", &["duo_chat"], &check_body(t, false)).await.status
+}
+
+#[tokio::test]
+async fn the_prompts_directory_hot_reloads_and_keeps_the_last_good_set() {
+    let prompts = tempfile::tempdir().unwrap();
+    let dir = prompts.path().join("greeting");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |version: &str, text: &str| {
+        let body = format!("[[messages]]\nrole = \"user\"\ncontent = \"{text}\"\n");
+        aigw_tests::deploy(&dir.join(format!("{version}.toml")), body.as_bytes());
+    };
+    write("1.0.0", "say A");
+    let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
+    let sent = |t: &TestGateway| t.model.requests().last().unwrap().body["messages"][0]["content"].clone();
+    assert_eq!(greet(&t).await, 200);
+    assert_eq!(sent(&t), "say A");
+
+    write("1.1.0", "say B");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert_eq!(greet(&t).await, 200);
+        if sent(&t) == "say B" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new version was never picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::write(dir.join("1.2.0.toml"), "this is [not toml").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(greet(&t).await, 200, "a broken file never replaces the working set");
+    assert_eq!(sent(&t), "say B");
+}
