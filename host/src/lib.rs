@@ -102,8 +102,10 @@ impl Gateway {
             call_deadline: config.plugins.call_deadline,
             max_concurrent: config.plugins.max_concurrent,
         })?;
+        let metrics = Arc::new(telemetry::Metrics::default());
         let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dir.clone()));
         let report = registry.reload().await;
+        metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
         tracing::info!(
             dir = %config.plugins.dir.display(),
             loaded = report.loaded.len(),
@@ -112,12 +114,13 @@ impl Gateway {
             "plugins loaded"
         );
         let mut watchers = Vec::new();
-        let watched = Arc::clone(&registry);
+        let (watched, reload_metrics) = (Arc::clone(&registry), Arc::clone(&metrics));
         watchers.push(
             DirWatcher::start(&config.plugins.dir, false, config.plugins.reload_debounce, move || {
-                let registry = Arc::clone(&watched);
+                let (registry, metrics) = (Arc::clone(&watched), Arc::clone(&reload_metrics));
                 async move {
                     let report = registry.reload().await;
+                    metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
                     tracing::info!(
                         loaded = report.loaded.len(),
                         rejected = report.rejected.len(),
@@ -141,6 +144,7 @@ impl Gateway {
                 gitlab_url.clone(),
                 Upstream::new(None, gitlab_settings)?,
                 config.jwks_min_refresh,
+                Arc::clone(&metrics),
             ));
             let refresher = Arc::clone(&jwks);
             // Warm the cache without delaying start-up (an unreachable instance is retried on
@@ -181,6 +185,7 @@ impl Gateway {
             verifier,
             plugins: registry,
             upstream,
+            metrics: Arc::clone(&metrics),
         });
         if let Some(dir) = state.config.prompts_dir.clone() {
             let (watched, watched_dir) = (Arc::clone(&state), dir.clone());

@@ -37,6 +37,8 @@ pub struct AppState {
     pub prompts: arc_swap::ArcSwap<PromptRegistry>,
     /// Client for model servers (egress-policed).
     pub upstream: Upstream,
+    /// Prometheus metrics.
+    pub metrics: std::sync::Arc<crate::telemetry::Metrics>,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ enum Public {
     Healthz,
     Ready,
     ModelDefinitions,
+    Metrics,
 }
 
 /// Endpoints that authenticate the caller before reading the body.
@@ -92,6 +95,7 @@ fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/monitoring/healthz" => (Route::Public(Public::Healthz), Method::GET),
         "/monitoring/ready" => (Route::Public(Public::Ready), Method::GET),
         "/v1/models/definitions" => (Route::Public(Public::ModelDefinitions), Method::GET),
+        "/metrics" => (Route::Public(Public::Metrics), Method::GET),
         "/v2/code/completions" | "/v2/completions" => {
             (Route::Authenticated(A::CodeV2(code::Task::Completion)), Method::POST)
         }
@@ -165,12 +169,50 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
             let body = json!({"status": problem.unwrap_or("ok"), "providers": plugins.provider_names()});
             json_response(status, body.to_string().into())
         }
+        Public::Metrics => {
+            let mut response = json_response(StatusCode::OK, state.metrics.render().into());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         Public::ModelDefinitions => {
             let models: Vec<Value> =
                 crate::prompts::FAMILIES.iter().map(|family| json!({"name": family, "identifier": family})).collect();
             let body = json!({"models": models, "providers": state.plugins.snapshot().provider_names()});
             json_response(StatusCode::OK, body.to_string().into())
         }
+    }
+}
+
+/// The endpoint a path belongs to, as a bounded label (ids in paths are not labels).
+pub fn endpoint_label(path: &str) -> &'static str {
+    const FIXED: [&str; 12] = [
+        "/monitoring/healthz",
+        "/monitoring/ready",
+        "/v1/models/definitions",
+        "/metrics",
+        "/v2/code/completions",
+        "/v2/completions",
+        "/v2/code/generations",
+        "/v3/code/completions",
+        "/v4/code/suggestions",
+        "/v1/code/user_access_token",
+        "/v2/chat/agent",
+        "/v1/chat/{invokable}",
+    ];
+    if let Some(fixed) = FIXED.iter().find(|p| **p == path) {
+        return fixed;
+    }
+    if path.starts_with("/v1/chat/") {
+        "/v1/chat/{invokable}"
+    } else if path.starts_with("/v1/prompts/") {
+        "/v1/prompts/{id}"
+    } else if path.starts_with("/v2/prompts/") {
+        "/v2/prompts/{id}"
+    } else {
+        "other"
     }
 }
 

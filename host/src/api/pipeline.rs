@@ -6,9 +6,12 @@ use super::model::ModelTarget;
 use crate::error::GatewayError;
 use crate::plugins::runtime::PluginIdentity;
 use crate::plugins::{PluginError, PluginSession, wit};
+use crate::telemetry::Metrics;
 use crate::upstream::framing::Decoder;
 use crate::upstream::{ModelCall, UpstreamError, UpstreamResponse, client::MAX_ANSWER_BYTES};
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// A canonical model request bound for a target.
 #[derive(Debug)]
@@ -37,19 +40,36 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     if state.config.disable_streaming {
         job.request.stream = false;
     }
+    let metrics = &state.metrics;
     let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
-    let mut session = plugin.session().await.map_err(|e| log_plugin_failure(plugin.identity(), e))?;
-    let built = session.build_request(&job.request).await.map_err(|e| log_plugin_failure(session.identity(), e))?;
+    let started = Instant::now();
+    let mut session = plugin.session().await.map_err(|e| log_plugin_failure(metrics, plugin.identity(), e))?;
+    let built =
+        session.build_request(&job.request).await.map_err(|e| log_plugin_failure(metrics, session.identity(), e))?;
+    metrics.plugin_call(&session.identity().name, "build_request", started.elapsed());
     let call = ModelCall {
         endpoint: &job.target.endpoint,
         request: built,
         api_key: &job.target.api_key,
         total_timeout: job.total_timeout,
     };
-    let response = state.upstream.send(call).await.map_err(|e| hint_missing_v1(e, &job.target))?;
+    let sent = Instant::now();
+    let response = state.upstream.send(call).await.map_err(|e| {
+        if matches!(e, UpstreamError::Refused(_)) {
+            metrics.egress_refused();
+        }
+        hint_missing_v1(e, &job.target)
+    })?;
+    metrics.upstream(&job.target.provider, sent.elapsed());
     if !job.request.stream {
         let body = response.collect(MAX_ANSWER_BYTES).await?;
-        let completion = session.parse_response(&body).await.map_err(|e| log_plugin_failure(session.identity(), e))?;
+        let parsing = Instant::now();
+        let completion =
+            session.parse_response(&body).await.map_err(|e| log_plugin_failure(metrics, session.identity(), e))?;
+        metrics.plugin_call(&session.identity().name, "parse_response", parsing.elapsed());
+        if let Some(usage) = &completion.usage {
+            metrics.tokens(&job.target.model, usage.input_tokens, usage.output_tokens);
+        }
         if !deliver_as_stream {
             return Ok(Outcome::Complete(completion));
         }
@@ -65,6 +85,8 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
             decoder: Decoder::sse(),
             ready: VecDeque::from([whole]),
             finished: true,
+            metrics: Arc::clone(metrics),
+            model: job.target.model,
         })));
     }
     let decoder = match session.identity().framing {
@@ -77,21 +99,23 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
         decoder,
         ready: VecDeque::new(),
         finished: false,
+        metrics: Arc::clone(metrics),
+        model: job.target.model,
     })))
 }
 
 /// Plugin traps and limits are logged with the plugin's identity; the caller gets a generic body.
-fn log_plugin_failure(identity: &PluginIdentity, error: PluginError) -> GatewayError {
-    match &error {
-        PluginError::Guest(_) | PluginError::UnknownProvider { .. } => {}
-        PluginError::Invalid(_)
-        | PluginError::BadInfo(_)
-        | PluginError::Capacity
-        | PluginError::Trap(_)
-        | PluginError::Deadline(_)
-        | PluginError::MemoryLimit(_) => {
-            tracing::error!(plugin = %identity.name, version = %identity.version, %error, "plugin call failed");
-        }
+fn log_plugin_failure(metrics: &Metrics, identity: &PluginIdentity, error: PluginError) -> GatewayError {
+    let kind = match &error {
+        PluginError::Guest(_) | PluginError::UnknownProvider { .. } => None,
+        PluginError::Invalid(_) | PluginError::BadInfo(_) | PluginError::Trap(_) => Some("trap"),
+        PluginError::Capacity => Some("capacity"),
+        PluginError::Deadline(_) => Some("deadline"),
+        PluginError::MemoryLimit(_) => Some("memory_limit"),
+    };
+    if let Some(kind) = kind {
+        metrics.plugin_failure(&identity.name, kind);
+        tracing::error!(plugin = %identity.name, version = %identity.version, %error, "plugin call failed");
     }
     GatewayError::Plugin(error)
 }
@@ -117,6 +141,9 @@ pub struct ChunkStream {
     decoder: Decoder,
     ready: VecDeque<wit::StreamChunk>,
     finished: bool,
+    metrics: Arc<Metrics>,
+    /// Served model id, for token metrics.
+    model: String,
 }
 
 impl ChunkStream {
@@ -163,11 +190,16 @@ impl ChunkStream {
     }
 
     async fn parse(&mut self, event: crate::upstream::framing::Event) -> Result<(), GatewayError> {
+        let parsing = Instant::now();
         let chunk = self
             .session
             .parse_event(event.name.as_deref(), &event.data)
             .await
-            .map_err(|e| log_plugin_failure(self.session.identity(), e))?;
+            .map_err(|e| log_plugin_failure(&self.metrics, self.session.identity(), e))?;
+        self.metrics.plugin_call(&self.session.identity().name, "parse_event", parsing.elapsed());
+        if let Some(usage) = &chunk.usage {
+            self.metrics.tokens(&self.model, usage.input_tokens, usage.output_tokens);
+        }
         if chunk.done {
             self.finished = true;
         }

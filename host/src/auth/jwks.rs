@@ -34,6 +34,7 @@ pub struct JwksCache {
     min_refresh_interval: Duration,
     /// Successful refreshes, for readiness and tests.
     loaded_once: std::sync::atomic::AtomicBool,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -44,7 +45,12 @@ impl std::fmt::Debug for JwksCache {
 
 impl JwksCache {
     /// An empty cache for the instance at `gitlab_url`; keys load on first use or [`Self::refresh`].
-    pub fn new(gitlab_url: String, http: Upstream, min_refresh_interval: Duration) -> Self {
+    pub fn new(
+        gitlab_url: String,
+        http: Upstream,
+        min_refresh_interval: Duration,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Self {
         JwksCache {
             gitlab_url,
             http,
@@ -52,6 +58,7 @@ impl JwksCache {
             last_attempt: tokio::sync::Mutex::new(None),
             min_refresh_interval,
             loaded_once: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         }
     }
 
@@ -77,7 +84,9 @@ impl JwksCache {
             return;
         }
         *last = Some(Instant::now());
-        if let Err(error) = self.refresh().await {
+        let outcome = self.refresh().await;
+        self.metrics.jwks_refresh(if outcome.is_ok() { "ok" } else { "failed" });
+        if let Err(error) = outcome {
             tracing::warn!(%error, gitlab_url = %self.gitlab_url, "could not refresh the instance's signing keys; serving cached keys");
         }
     }

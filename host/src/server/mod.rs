@@ -100,9 +100,11 @@ fn ingress_allows(state: &AppState, peer: std::net::IpAddr) -> bool {
 
 async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request<Incoming>) -> http::Response<Body> {
     let started = std::time::Instant::now();
+    let endpoint = api::endpoint_label(request.uri().path());
     if !ingress_allows(state, peer) {
         // Before any token work: a caller outside the allowlist learns nothing else.
         tracing::info!(%peer, path = request.uri().path(), "client outside AIGW_INGRESS__ALLOW refused");
+        state.metrics.request(endpoint, 403, started.elapsed());
         return json_response(StatusCode::FORBIDDEN, serde_json::json!({"detail": "Forbidden"}).to_string().into());
     }
     let (parts, body) = request.into_parts();
@@ -114,6 +116,7 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
     };
     // One line per request; never the token, the key or the body. For streams this is the time
     // to the response head.
+    state.metrics.request(endpoint, response.status().as_u16(), started.elapsed());
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
     tracing::info!(
         request_id,

@@ -10,6 +10,7 @@ mod code;
 mod completions;
 mod egress;
 mod limits;
+mod metrics;
 mod prompts_chat;
 mod reload;
 mod sandbox;

@@ -1,4 +1,8 @@
-//! Logging set-up: `tracing` with the configured level, human-readable or JSON lines.
+//! Telemetry: logging set-up (`tracing`, human-readable or JSON lines) and Prometheus metrics.
+
+pub mod metrics;
+
+pub use metrics::Metrics;
 
 use crate::config::Config;
 

@@ -1,0 +1,247 @@
+//! Prometheus metrics: labelled counters and histograms kept in memory per gateway, rendered in
+//! the text exposition format at `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, seconds: 100 µs to 60 s.
+const BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// Label values, in the order of the family's label names.
+type Labels = Vec<String>;
+
+#[derive(Debug)]
+struct Family<T> {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    series: Mutex<BTreeMap<Labels, T>>,
+}
+
+impl<T: Default + Clone> Family<T> {
+    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Family { name, help, labels, series: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn with(&self, labels: &[&str], update: impl FnOnce(&mut T)) {
+        let key: Labels = labels.iter().map(|l| l.to_string()).collect();
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        update(series.entry(key).or_default());
+    }
+
+    fn snapshot(&self) -> BTreeMap<Labels, T> {
+        self.series.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn label_text(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
+    let mut pairs: Vec<String> = names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .collect();
+    if let Some((n, v)) = extra {
+        pairs.push(format!("{n}=\"{v}\""));
+    }
+    if pairs.is_empty() { String::new() } else { format!("{{{}}}", pairs.join(",")) }
+}
+
+/// Every metric the gateway keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Family<u64>,
+    request_seconds: Family<Histogram>,
+    upstream_seconds: Family<Histogram>,
+    plugin_call_seconds: Family<Histogram>,
+    plugin_failures: Family<u64>,
+    tokens: Family<u64>,
+    reloads: Family<u64>,
+    egress_refusals: Family<u64>,
+    jwks_refreshes: Family<u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::new(
+                "aigw_requests_total",
+                "Requests answered, by endpoint and status.",
+                &["endpoint", "status"],
+            ),
+            request_seconds: Family::new(
+                "aigw_request_duration_seconds",
+                "Time from request to response head (streams: until the head), by endpoint.",
+                &["endpoint"],
+            ),
+            upstream_seconds: Family::new(
+                "aigw_upstream_duration_seconds",
+                "Model server time to response head, by provider.",
+                &["provider"],
+            ),
+            plugin_call_seconds: Family::new(
+                "aigw_plugin_call_duration_seconds",
+                "Plugin call time (fresh store included for build_request), by plugin and function.",
+                &["plugin", "function"],
+            ),
+            plugin_failures: Family::new(
+                "aigw_plugin_failures_total",
+                "Plugin traps, deadlines, memory-limit hits and capacity refusals.",
+                &["plugin", "kind"],
+            ),
+            tokens: Family::new("aigw_tokens_total", "Tokens reported by model servers.", &["model", "direction"]),
+            reloads: Family::new("aigw_plugin_reloads_total", "Plugin file reload outcomes.", &["outcome"]),
+            egress_refusals: Family::new(
+                "aigw_egress_refusals_total",
+                "Model endpoints refused by the egress policy.",
+                &[],
+            ),
+            jwks_refreshes: Family::new(
+                "aigw_jwks_refreshes_total",
+                "Signing key set refreshes, by outcome.",
+                &["outcome"],
+            ),
+        }
+    }
+}
+
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+impl Metrics {
+    /// One answered request.
+    pub fn request(&self, endpoint: &str, status: u16, elapsed: Duration) {
+        self.requests.with(&[endpoint, &status.to_string()], |c| *c += 1);
+        self.request_seconds.with(&[endpoint], |h| h.observe(seconds(elapsed)));
+    }
+
+    /// A model server's time to response head.
+    pub fn upstream(&self, provider: &str, elapsed: Duration) {
+        self.upstream_seconds.with(&[provider], |h| h.observe(seconds(elapsed)));
+    }
+
+    /// One plugin call.
+    pub fn plugin_call(&self, plugin: &str, function: &str, elapsed: Duration) {
+        self.plugin_call_seconds.with(&[plugin, function], |h| h.observe(seconds(elapsed)));
+    }
+
+    /// A plugin failure of `kind` (`trap`, `deadline`, `memory_limit`, `capacity`).
+    pub fn plugin_failure(&self, plugin: &str, kind: &str) {
+        self.plugin_failures.with(&[plugin, kind], |c| *c += 1);
+    }
+
+    /// Tokens a model server reported.
+    pub fn tokens(&self, model: &str, input: u32, output: u32) {
+        self.tokens.with(&[model, "input"], |c| *c += u64::from(input));
+        self.tokens.with(&[model, "output"], |c| *c += u64::from(output));
+    }
+
+    /// Plugin reload outcomes: files loaded, rejected, unloaded.
+    pub fn reloads(&self, loaded: usize, rejected: usize, unloaded: usize) {
+        for (outcome, count) in [("loaded", loaded), ("rejected", rejected), ("unloaded", unloaded)] {
+            self.reloads.with(&[outcome], |c| *c += count as u64);
+        }
+    }
+
+    /// A refused model endpoint.
+    pub fn egress_refused(&self) {
+        self.egress_refusals.with(&[], |c| *c += 1);
+    }
+
+    /// A key set refresh (`ok` or `failed`).
+    pub fn jwks_refresh(&self, outcome: &str) {
+        self.jwks_refreshes.with(&[outcome], |c| *c += 1);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for counter in [
+            &self.requests,
+            &self.plugin_failures,
+            &self.tokens,
+            &self.reloads,
+            &self.egress_refusals,
+            &self.jwks_refreshes,
+        ] {
+            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", counter.name, counter.help, counter.name);
+            for (labels, value) in counter.snapshot() {
+                let _ = writeln!(out, "{}{} {value}", counter.name, label_text(counter.labels, &labels, None));
+            }
+        }
+        for histogram in [&self.request_seconds, &self.upstream_seconds, &self.plugin_call_seconds] {
+            let name = histogram.name;
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", histogram.help);
+            for (labels, h) in histogram.snapshot() {
+                for (bound, count) in BUCKETS.iter().zip(h.counts) {
+                    let le = bound.to_string();
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{} {count}",
+                        label_text(histogram.labels, &labels, Some(("le", &le)))
+                    );
+                }
+                let all = label_text(histogram.labels, &labels, Some(("le", "+Inf")));
+                let plain = label_text(histogram.labels, &labels, None);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{all} {}\n{name}_sum{plain} {}\n{name}_count{plain} {}",
+                    h.count, h.sum, h.count
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_histograms() {
+        let metrics = Metrics::default();
+        metrics.request("/v2/code/completions", 200, Duration::from_micros(300));
+        metrics.request("/v2/code/completions", 200, Duration::from_millis(2));
+        metrics.egress_refused();
+        let text = metrics.render();
+        assert!(text.contains("aigw_requests_total{endpoint=\"/v2/code/completions\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("aigw_egress_refusals_total 1"));
+        assert!(
+            text.contains("aigw_request_duration_seconds_bucket{endpoint=\"/v2/code/completions\",le=\"0.0005\"} 1")
+        );
+        assert!(
+            text.contains("aigw_request_duration_seconds_bucket{endpoint=\"/v2/code/completions\",le=\"0.0025\"} 2")
+        );
+        assert!(text.contains("aigw_request_duration_seconds_count{endpoint=\"/v2/code/completions\"} 2"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::default();
+        metrics.tokens("we\"ird\nmodel", 1, 2);
+        assert!(metrics.render().contains("model=\"we\\\"ird\\nmodel\""));
+    }
+}
