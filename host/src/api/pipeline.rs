@@ -63,6 +63,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     metrics.upstream(&job.target.provider, sent.elapsed());
     if !job.request.stream {
         let body = response.collect(MAX_ANSWER_BYTES).await?;
+        crate::telemetry::add_upstream_time(sent.elapsed());
         let parsing = Instant::now();
         let completion =
             session.parse_response(&body).await.map_err(|e| log_plugin_failure(metrics, session.identity(), e))?;
@@ -89,6 +90,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
             model: job.target.model,
         })));
     }
+    crate::telemetry::add_upstream_time(sent.elapsed());
     let decoder = match session.identity().framing {
         wit::Framing::Sse => Decoder::sse(),
         wit::Framing::Ndjson => Decoder::ndjson(),

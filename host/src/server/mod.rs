@@ -92,6 +92,16 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// The instance's `X-Request-ID` (printable, at most 128 bytes), or a new random one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
 /// Whether the client allowlist admits `peer` (no allowlist: everyone).
 fn ingress_allows(state: &AppState, peer: std::net::IpAddr) -> bool {
     let peer = crate::upstream::egress::canonical(peer);
@@ -110,20 +120,39 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
     let (parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let body = read_body(body, &parts.headers, limit);
-    let response = match api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body).await {
+    let (result, upstream) = crate::telemetry::with_upstream_clock(api::dispatch(
+        state,
+        &parts.method,
+        parts.uri.path(),
+        &parts.headers,
+        body,
+    ))
+    .await;
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
+    let elapsed = started.elapsed();
+    let overhead = elapsed.saturating_sub(upstream);
+    let request_id = request_id(&parts.headers);
+    let headers = response.headers_mut();
+    if let Ok(value) = http::HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1e3)) {
+        headers.insert("x-aigw-overhead-ms", value);
+    }
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", value);
+    }
     // One line per request; never the token, the key or the body. For streams this is the time
     // to the response head.
-    state.metrics.request(endpoint, response.status().as_u16(), started.elapsed());
-    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    state.metrics.request(endpoint, response.status().as_u16(), elapsed);
     tracing::info!(
         request_id,
         method = %parts.method,
         path = parts.uri.path(),
         status = response.status().as_u16(),
-        head_ms = started.elapsed().as_secs_f64() * 1e3,
+        head_ms = elapsed.as_secs_f64() * 1e3,
+        upstream_ms = upstream.as_secs_f64() * 1e3,
+        overhead_ms = overhead.as_secs_f64() * 1e3,
         "request"
     );
     response

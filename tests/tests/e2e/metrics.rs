@@ -50,3 +50,17 @@ async fn requests_plugins_tokens_refusals_and_reloads_are_counted() {
     assert!(value(&text, "aigw_jwks_refreshes_total{outcome=\"ok\"}") >= 1.0);
     assert!(!text.contains("sk-test-key"), "no secret in metrics");
 }
+
+#[tokio::test]
+async fn answers_carry_the_request_id_and_the_gateways_own_overhead() {
+    let t = aigw_tests::TestGateway::start().await;
+    t.model.set_reply(aigw_tests::Reply { head_delay: std::time::Duration::from_millis(200), ..Default::default() });
+    let answer = t.complete(&t.completion_body("codestral", None, false)).await;
+    assert_eq!(answer.header("x-request-id"), Some("req-1"), "the instance's id is echoed");
+    let overhead: f64 = answer.header("x-aigw-overhead-ms").unwrap().parse().unwrap();
+    assert!((0.0..200.0).contains(&overhead), "the model server's 200 ms are not the gateway's: {overhead}");
+
+    let bare = t.request(Method::GET, "/monitoring/healthz", &[], Bytes::new()).await;
+    let generated = bare.header("x-request-id").unwrap();
+    assert_eq!(generated.len(), 32, "a new id when the caller sent none: {generated}");
+}
