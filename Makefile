@@ -64,6 +64,7 @@ test: build test-guests component-artifacts
 bench: build
 	$(CARGO) build --release -p aigw-bench
 	./target/release/aigw-bench plugin
+	./target/release/aigw-bench gateway
 
 ## lint: formatting and clippy, warnings denied.
 lint:

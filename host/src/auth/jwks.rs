@@ -35,6 +35,8 @@ pub struct JwksCache {
     /// Successful refreshes, for readiness and tests.
     loaded_once: std::sync::atomic::AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
+    /// Bumped whenever the published key set changes, so verified-token caches start over.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -59,6 +61,7 @@ impl JwksCache {
             min_refresh_interval,
             loaded_once: std::sync::atomic::AtomicBool::new(false),
             metrics,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -69,6 +72,11 @@ impl JwksCache {
         }
         self.refresh_if_due().await;
         self.keys.load().get(kid).cloned()
+    }
+
+    /// Changes whenever the set of published keys changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True once keys were fetched successfully at least once.
@@ -105,7 +113,14 @@ impl JwksCache {
         let keys = usable_keys(&set);
         let count = keys.len();
         tracing::info!(keys = count, jwks_uri, "loaded the instance's signing keys");
+        let changed = {
+            let current = self.keys.load();
+            current.len() != keys.len() || keys.keys().any(|kid| !current.contains_key(kid))
+        };
         self.keys.store(Arc::new(keys));
+        if changed {
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.loaded_once.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(count)
     }

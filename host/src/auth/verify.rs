@@ -53,8 +53,10 @@ impl Principal {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Claims {
+    exp: u64,
+    nbf: u64,
     sub: Option<String>,
     #[serde(default)]
     scopes: Vec<String>,
@@ -80,7 +82,22 @@ struct TrustedIssuer {
 /// Verifies bearer tokens against the trusted issuers.
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
+    verified: std::sync::Mutex<HashMap<String, Verified>>,
 }
+
+/// A token whose signature and claims were verified: GitLab sends the same token for up to an
+/// hour, and an RSA verification costs far more than the rest of a request, so each token is
+/// verified once. Time claims are re-checked on every use; a change of the instance's key set
+/// empties the cache.
+#[derive(Clone)]
+struct Verified {
+    claims: Claims,
+    gateway: bool,
+    key_generation: u64,
+}
+
+/// Verified tokens kept at most; past it the cache starts over.
+const VERIFIED_CACHE_ENTRIES: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,7 +114,7 @@ const USER_HEADER: &str = "X-Gitlab-Global-User-Id";
 impl Verifier {
     /// A verifier trusting nobody yet.
     pub fn new() -> Self {
-        Verifier { issuers: Vec::new() }
+        Verifier { issuers: Vec::new(), verified: std::sync::Mutex::new(HashMap::new()) }
     }
 
     /// Trust tokens with `iss` = the instance URL, signed by a key the instance publishes.
@@ -169,7 +186,40 @@ impl Verifier {
         })
     }
 
+    /// Sum of the instance key sets' generations: changes whenever a key set changes.
+    fn key_generation(&self) -> u64 {
+        self.issuers
+            .iter()
+            .map(|issuer| match &issuer.keys {
+                KeySource::Instance(jwks) => jwks.generation(),
+                KeySource::Local(_) => 0,
+            })
+            .sum()
+    }
+
     async fn verify_token(&self, token: &str) -> Result<(Claims, bool), AuthError> {
+        let generation = self.key_generation();
+        let now = jsonwebtoken::get_current_timestamp();
+        let cached = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(token).cloned();
+        if let Some(hit) = cached.filter(|hit| hit.key_generation == generation) {
+            if now <= hit.claims.exp + LEEWAY_SECS && now + LEEWAY_SECS >= hit.claims.nbf {
+                return Ok((hit.claims, hit.gateway));
+            }
+            return Err(AuthError::forbidden("token expired or not yet valid"));
+        }
+        let (claims, gateway) = self.verify_signature_and_claims(token).await?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_CACHE_ENTRIES {
+            verified.clear();
+        }
+        verified.insert(
+            token.to_string(),
+            Verified { claims: claims.clone(), gateway, key_generation: self.key_generation() },
+        );
+        Ok((claims, gateway))
+    }
+
+    async fn verify_signature_and_claims(&self, token: &str) -> Result<(Claims, bool), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(AuthError::forbidden)?;
         // The algorithm is fixed here, never taken from the token.
         if header.alg != Algorithm::RS256 {

@@ -194,3 +194,17 @@ async fn cached_keys_serve_while_gitlab_is_unreachable() {
     // ...and the cached key still verifies the instance's tokens.
     assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_verified_token_stops_working_once_its_key_is_withdrawn() {
+    let t = TestGateway::start().await;
+    let token = t.token(&["complete_code"]);
+    assert_eq!(with_token(&t, &token).await.status, 200);
+    assert_eq!(with_token(&t, &token).await.status, 200, "the same token again (served from the verified cache)");
+    let next = TestKey::generate("gitlab-key-2");
+    t.gitlab.publish(&[&next]);
+    // Any unknown kid makes the gateway refresh; the withdrawn key's tokens must fail from then on.
+    assert_eq!(with_token(&t, &next.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))).await.status, 200);
+    let answer = with_token(&t, &token).await;
+    assert_eq!(answer.status, 401, "a cached verification does not outlive the key: {}", answer.text());
+}
