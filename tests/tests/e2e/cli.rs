@@ -135,3 +135,25 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_
     assert!(!log.contains(CANARY_KEY), "the model API key appears in the trace-level log");
     assert!(!log.contains(&token), "the caller's token appears in the log");
 }
+
+#[tokio::test]
+async fn the_benchmark_runs_in_smoke_mode() {
+    // A short run proves the benchmark still works; its timings are never asserted here.
+    let binary = workspace().join("target/release/aigw-bench");
+    assert!(binary.is_file(), "{} is missing: run `make test`", binary.display());
+    let out = tempfile::tempdir().unwrap();
+    for (mode, file) in [("plugin", "plugin.json"), ("gateway", "gateway.json")] {
+        let output = out.path().join(file);
+        let run = tokio::process::Command::new(&binary)
+            .current_dir(workspace())
+            .args([mode, "--iterations", "100", "--output"])
+            .arg(&output)
+            .output()
+            .await
+            .unwrap();
+        assert!(run.status.success(), "{mode}: {}", String::from_utf8_lossy(&run.stderr));
+        let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+        let p50 = if mode == "plugin" { &results["wasm_us"]["p50"] } else { &results["aigw_us"]["p50"] };
+        assert!(p50.as_f64().is_some_and(|v| v > 0.0), "{mode}: {results}");
+    }
+}
