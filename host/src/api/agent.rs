@@ -2,7 +2,7 @@
 //! scratchpad of earlier actions and observations, the page or file in view, additional context,
 //! and the tools the caller's scopes allow) and streams the model's text back as NDJSON events.
 
-use super::model::{ModelFields, ModelTarget};
+use super::model::ModelMetadata;
 use super::pipeline::{self, ChunkStream, ModelJob, Outcome};
 use super::react::ReactParser;
 use super::{AppState, parse_json};
@@ -51,7 +51,7 @@ const PROMPT_ID: &str = "chat/react/base";
 #[derive(Debug, Deserialize)]
 struct AgentRequest {
     messages: Vec<AgentMessage>,
-    model_metadata: Option<super::code::ModelMetadata>,
+    model_metadata: Option<ModelMetadata>,
     #[serde(default)]
     unavailable_resources: Vec<String>,
 }
@@ -170,17 +170,7 @@ pub async fn handle(
     principal.require_any(&SCOPES, "duo chat")?;
     let request: AgentRequest = parse_json(body)?;
     let mut messages = conversation(&request.messages, principal)?;
-    let metadata =
-        request.model_metadata.ok_or_else(|| unprocessable("model_metadata is required for self-hosted models"))?;
-    let target = ModelTarget::resolve(
-        ModelFields {
-            family: metadata.name.as_deref(),
-            endpoint: metadata.endpoint.as_deref(),
-            api_key: metadata.api_key.as_deref(),
-            identifier: metadata.identifier.as_deref(),
-        },
-        state.config.custom_models_enabled,
-    )?;
+    let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
     let tools: Vec<Value> = TOOLS
         .iter()
         .filter(|(_, scope, _)| principal.has_scope(scope))
@@ -191,21 +181,17 @@ pub async fn handle(
     let variables = minijinja::context! { tools => tools, unavailable_resources => request.unavailable_resources };
     let mut system = prompts.render(prompt, &variables)?;
     system.append(&mut messages);
-    let mut stop = prompt.params.stop.clone();
-    if stop.is_empty() {
-        stop.push("Observation:".to_string());
+    let mut sampling = prompt.sampling();
+    if sampling.stop.is_empty() {
+        // The model must stop where the observation, which GitLab supplies, would begin.
+        sampling.stop.push("Observation:".to_string());
     }
     let model = target.model.clone();
     let model_request = wit::ModelRequest {
         model: target.model.clone(),
         messages: system,
         fill_in_middle: None,
-        sampling: wit::Sampling {
-            max_tokens: prompt.params.max_tokens,
-            temperature: prompt.params.temperature,
-            top_p: prompt.params.top_p,
-            stop,
-        },
+        sampling,
         stream: true,
     };
     let chunks = match pipeline::run(

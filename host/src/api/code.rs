@@ -2,14 +2,14 @@
 //! fields) and the v3/v4 form (`prompt_components` + `model_metadata`), one pipeline for all.
 
 use super::fence::FenceStripper;
-use super::model::{ModelFields, ModelTarget};
+use super::model::{ModelFields, ModelMetadata, ModelTarget};
 use super::pipeline::{self, ChunkStream, ModelJob, Outcome};
 use super::stream::{raw_text_response, v4_sse_response};
 use super::{AppState, language, parse_json, parse_messages, unix_now};
 use crate::auth::Principal;
 use crate::error::{GatewayError, ValidationIssue};
 use crate::plugins::wit;
-use crate::prompts::{Prompt, trim_to_budget};
+use crate::prompts::trim_to_budget;
 use crate::server::{Body, json_response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -133,15 +133,6 @@ fn generation_prompt(
     }
 }
 
-fn sampling(prompt: &Prompt) -> wit::Sampling {
-    wit::Sampling {
-        max_tokens: prompt.params.max_tokens,
-        temperature: prompt.params.temperature,
-        top_p: prompt.params.top_p,
-        stop: prompt.params.stop.clone(),
-    }
-}
-
 /// Render the prompt, call the model, and strip a generation's code fence.
 async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayError> {
     let family = input.target.family.clone();
@@ -175,7 +166,7 @@ async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayE
         model: input.target.model.clone(),
         messages,
         fill_in_middle,
-        sampling: sampling(prompt),
+        sampling: prompt.sampling(),
         stream: input.stream,
     };
     let strip = input.task == Task::Generation;
@@ -341,21 +332,6 @@ struct EditorPayload {
     prompt: Option<Value>,
 }
 
-/// The top-level `model_metadata` object of the newer endpoints.
-#[derive(Debug, Deserialize)]
-pub struct ModelMetadata {
-    /// Provider as GitLab names it (`openai`, `litellm`, …); reported back as `engine`.
-    pub provider: Option<String>,
-    /// Family.
-    pub name: Option<String>,
-    /// Endpoint.
-    pub endpoint: Option<String>,
-    /// API key.
-    pub api_key: Option<String>,
-    /// `<provider>/<model>`.
-    pub identifier: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 struct V3Request {
     prompt_components: Vec<PromptComponent>,
@@ -406,25 +382,14 @@ pub async fn handle_v3(
     if !issues.is_empty() {
         return Err(GatewayError::Validation(issues));
     }
-    let metadata = request
-        .model_metadata
-        .ok_or_else(|| GatewayError::Unprocessable("model_metadata is required for self-hosted models".into()))?;
-    let target = ModelTarget::resolve(
-        ModelFields {
-            family: metadata.name.as_deref(),
-            endpoint: metadata.endpoint.as_deref(),
-            api_key: metadata.api_key.as_deref(),
-            identifier: metadata.identifier.as_deref(),
-        },
-        state.config.custom_models_enabled,
-    )?;
+    let (target, provider) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
     let prompt = match task {
         Task::Completion => GenerationPrompt::Template,
         Task::Generation => {
             generation_prompt(payload.prompt_version, payload.prompt.as_ref(), payload.prompt_id.as_deref())?
         }
     };
-    let engine = metadata.provider.unwrap_or_else(|| target.provider.clone());
+    let engine = provider.unwrap_or_else(|| target.provider.clone());
     let family = target.family.clone();
     let input = CodeInput {
         task,

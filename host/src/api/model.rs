@@ -105,6 +105,42 @@ impl ModelTarget {
     }
 }
 
+/// The top-level `model_metadata` object of the newer endpoints.
+#[derive(Debug, serde::Deserialize)]
+pub struct ModelMetadata {
+    /// Provider as GitLab names it (`openai`, `litellm`, …); reported back as `engine`.
+    pub provider: Option<String>,
+    /// Family.
+    pub name: Option<String>,
+    /// Endpoint.
+    pub endpoint: Option<String>,
+    /// API key.
+    pub api_key: Option<String>,
+    /// `<provider>/<model>`.
+    pub identifier: Option<String>,
+}
+
+impl ModelMetadata {
+    /// The target, and the provider as GitLab named it; the object is required for self-hosted models.
+    pub fn resolve(
+        metadata: Option<ModelMetadata>,
+        custom_models_enabled: bool,
+    ) -> Result<(ModelTarget, Option<String>), GatewayError> {
+        let metadata = metadata
+            .ok_or_else(|| GatewayError::Unprocessable("model_metadata is required for self-hosted models".into()))?;
+        let target = ModelTarget::resolve(
+            ModelFields {
+                family: metadata.name.as_deref(),
+                endpoint: metadata.endpoint.as_deref(),
+                api_key: metadata.api_key.as_deref(),
+                identifier: metadata.identifier.as_deref(),
+            },
+            custom_models_enabled,
+        )?;
+        Ok((target, metadata.provider))
+    }
+}
+
 /// An http(s) URL with a host, no credentials, query or fragment; a trailing `/` is dropped.
 pub fn parse_endpoint(text: &str) -> Result<http::Uri, GatewayError> {
     if text.chars().count() > MAX_ENDPOINT {

@@ -2,8 +2,7 @@
 //! rendered with the caller's inputs and sent to the caller's model (GitLab's "Test connection"
 //! button calls `model_configuration/check` this way).
 
-use super::code::ModelMetadata;
-use super::model::{ModelFields, ModelTarget};
+use super::model::ModelMetadata;
 use super::pipeline::{self, ModelJob, Outcome};
 use super::stream::{ndjson_response, raw_text_response};
 use super::{AppState, parse_json};
@@ -82,29 +81,13 @@ pub async fn handle(
     {
         return Err(GatewayError::Auth(AuthError::PromptScope(id.to_string())));
     }
-    let metadata = request
-        .model_metadata
-        .ok_or_else(|| GatewayError::Unprocessable("model_metadata is required for self-hosted models".into()))?;
-    let target = ModelTarget::resolve(
-        ModelFields {
-            family: metadata.name.as_deref(),
-            endpoint: metadata.endpoint.as_deref(),
-            api_key: metadata.api_key.as_deref(),
-            identifier: metadata.identifier.as_deref(),
-        },
-        state.config.custom_models_enabled,
-    )?;
+    let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
     let messages = prompts.render(prompt, &minijinja::Value::from_serialize(&request.inputs))?;
     let model_request = wit::ModelRequest {
         model: target.model.clone(),
         messages,
         fill_in_middle: None,
-        sampling: wit::Sampling {
-            max_tokens: prompt.params.max_tokens,
-            temperature: prompt.params.temperature,
-            top_p: prompt.params.top_p,
-            stop: prompt.params.stop.clone(),
-        },
+        sampling: prompt.sampling(),
         stream: request.stream,
     };
     let outcome = pipeline::run(

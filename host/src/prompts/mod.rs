@@ -208,6 +208,18 @@ pub struct Prompt {
     messages: Vec<(wit::Role, String)>,
 }
 
+impl Prompt {
+    /// The prompt's sampling defaults as the canonical model request carries them.
+    pub fn sampling(&self) -> wit::Sampling {
+        wit::Sampling {
+            max_tokens: self.params.max_tokens,
+            temperature: self.params.temperature,
+            top_p: self.params.top_p,
+            stop: self.params.stop.clone(),
+        }
+    }
+}
+
 /// All prompts, every version, with their compiled templates.
 pub struct PromptRegistry {
     env: minijinja::Environment<'static>,
