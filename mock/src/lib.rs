@@ -1,5 +1,5 @@
-//! A mock model server speaking the OpenAI chat completions wire format over loopback, for tests,
-//! benchmarks and the quick start. It records every request it receives and answers with a
+//! A mock model server speaking the OpenAI chat completions and Ollama native wire formats over
+//! loopback, for tests, benchmarks and the quick start. It records every request it receives and answers with a
 //! scripted reply, whole or streamed as SSE.
 
 #![forbid(unsafe_code)]
@@ -184,7 +184,9 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
     if !reply.head_delay.is_zero() {
         tokio::time::sleep(reply.head_delay).await;
     }
-    if parts.method != Method::POST || !parts.uri.path().ends_with("/v1/chat/completions") {
+    let path = parts.uri.path();
+    let ollama = path.ends_with("/api/chat") || path.ends_with("/api/generate");
+    if parts.method != Method::POST || !(path.ends_with("/v1/chat/completions") || ollama) {
         return full(StatusCode::NOT_FOUND, "application/json", json!({"detail": "Not Found"}).to_string());
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -200,6 +202,9 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
         return response;
     }
     let model = json.get("model").and_then(Value::as_str).unwrap_or("mock").to_string();
+    if ollama {
+        return ollama_answer(state, reply, model, path.ends_with("/api/generate"), &json);
+    }
     if json.get("stream").and_then(Value::as_bool) == Some(true) {
         let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
         return stream_answer(state, reply, model, include_usage);
@@ -242,9 +247,46 @@ fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: 
         events.push(format!("data: {usage}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_string());
+    streamed(state, events, reply.chunk_delay, "text/event-stream")
+}
+
+/// Ollama's native answers: whole, or NDJSON lines ending with `"done": true` and the counts.
+/// Ollama streams unless the request says `"stream": false`.
+fn ollama_answer(
+    state: Arc<State>,
+    reply: Reply,
+    model: String,
+    generate: bool,
+    request: &Value,
+) -> Response<MockBody> {
+    let piece = |text: &str, done: bool| {
+        let mut line = json!({"model": model, "created_at": "2026-01-01T00:00:00Z"});
+        if generate {
+            line["response"] = json!(text);
+        } else {
+            line["message"] = json!({"role": "assistant", "content": text});
+        }
+        line["done"] = json!(done);
+        if done {
+            line["done_reason"] = json!("stop");
+            line["prompt_eval_count"] = json!(reply.usage.0);
+            line["eval_count"] = json!(reply.usage.1);
+        }
+        line
+    };
+    if request.get("stream").and_then(Value::as_bool) == Some(false) {
+        return full(StatusCode::OK, "application/json", piece(&reply.text, true).to_string());
+    }
+    let mut lines: Vec<String> =
+        split_text(&reply.text, reply.chunks).iter().map(|text| format!("{}\n", piece(text, false))).collect();
+    lines.push(format!("{}\n", piece("", true)));
+    streamed(state, lines, reply.chunk_delay, "application/x-ndjson")
+}
+
+/// Send `events` one by one, `delay` apart, counting the stream as open until it is dropped.
+fn streamed(state: Arc<State>, events: Vec<String>, delay: Duration, content_type: &'static str) -> Response<MockBody> {
     state.open_streams.fetch_add(1, Ordering::SeqCst);
     let guard = StreamGuard(state);
-    let delay = reply.chunk_delay;
     let stream = futures_util::stream::unfold((events.into_iter(), guard), move |(mut events, guard)| async move {
         let event = events.next()?;
         if !delay.is_zero() {
@@ -253,7 +295,7 @@ fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: 
         Some((Ok::<_, Infallible>(Frame::data(Bytes::from(event))), (events, guard)))
     });
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
 }
 

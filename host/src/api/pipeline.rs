@@ -125,7 +125,8 @@ fn log_plugin_failure(metrics: &Metrics, identity: &PluginIdentity, error: Plugi
 /// A 404 from an OpenAI-compatible endpoint without `/v1` is the most common misconfiguration.
 fn hint_missing_v1(error: UpstreamError, target: &ModelTarget) -> GatewayError {
     let not_found = matches!(&error, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND);
-    if not_found && !target.endpoint.path().trim_end_matches('/').ends_with("/v1") {
+    let openai_style = matches!(target.provider.as_str(), "custom_openai" | "openai");
+    if not_found && openai_style && !target.endpoint.path().trim_end_matches('/').ends_with("/v1") {
         return GatewayError::Unprocessable(format!(
             "The model server answered 404 Not Found at {}; OpenAI-compatible endpoints usually end with /v1",
             target.endpoint

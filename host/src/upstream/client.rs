@@ -174,7 +174,11 @@ fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>,
     if !path.starts_with('/') || path.starts_with("//") || path.contains(['\r', '\n', ' ', '#', '\\']) {
         return Err(UpstreamError::InvalidRequest(format!("plugin built an unusable path {path:?}")));
     }
-    let uri: http::Uri = format!("{}{}", call.endpoint, path)
+    // `Uri`'s Display adds a `/` to a bare authority, so the base is rebuilt from its parts.
+    let endpoint = call.endpoint;
+    let base_path = endpoint.path().trim_end_matches('/');
+    let authority = endpoint.authority().map(|a| a.as_str()).unwrap_or_default();
+    let uri: http::Uri = format!("{}://{authority}{base_path}{path}", endpoint.scheme_str().unwrap_or("http"))
         .parse()
         .map_err(|e| UpstreamError::InvalidRequest(format!("plugin path {path:?}: {e}")))?;
     if uri.authority() != call.endpoint.authority() || uri.scheme() != call.endpoint.scheme() {

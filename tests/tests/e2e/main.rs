@@ -11,6 +11,7 @@ mod completions;
 mod egress;
 mod limits;
 mod metrics;
+mod ollama;
 mod prompts_chat;
 mod reload;
 mod sandbox;
