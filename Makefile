@@ -4,7 +4,7 @@ CARGO            ?= cargo
 # Pinned: installing takes ~13 minutes, so it happens once per machine, only when missing.
 CARGO_COMPONENT_VERSION := 0.21.1
 
-PLUGINS          := openai-compatible ollama
+PLUGINS          := openai-compatible ollama anthropic
 PLUGIN_DIR       := target/plugins
 GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2

@@ -1,5 +1,5 @@
-//! A mock model server speaking the OpenAI chat completions and Ollama native wire formats over
-//! loopback, for tests, benchmarks and the quick start. It records every request it receives and answers with a
+//! A mock model server speaking the OpenAI chat completions, Ollama native and Anthropic Messages
+//! wire formats over loopback, for tests, benchmarks and the quick start. It records every request it receives and answers with a
 //! scripted reply, whole or streamed as SSE.
 
 #![forbid(unsafe_code)]
@@ -186,7 +186,8 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
     }
     let path = parts.uri.path();
     let ollama = path.ends_with("/api/chat") || path.ends_with("/api/generate");
-    if parts.method != Method::POST || !(path.ends_with("/v1/chat/completions") || ollama) {
+    let anthropic = path.ends_with("/v1/messages");
+    if parts.method != Method::POST || !(path.ends_with("/v1/chat/completions") || ollama || anthropic) {
         return full(StatusCode::NOT_FOUND, "application/json", json!({"detail": "Not Found"}).to_string());
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -204,6 +205,9 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
     let model = json.get("model").and_then(Value::as_str).unwrap_or("mock").to_string();
     if ollama {
         return ollama_answer(state, reply, model, path.ends_with("/api/generate"), &json);
+    }
+    if anthropic {
+        return anthropic_answer(state, reply, model, &json);
     }
     if json.get("stream").and_then(Value::as_bool) == Some(true) {
         let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
@@ -281,6 +285,46 @@ fn ollama_answer(
         split_text(&reply.text, reply.chunks).iter().map(|text| format!("{}\n", piece(text, false))).collect();
     lines.push(format!("{}\n", piece("", true)));
     streamed(state, lines, reply.chunk_delay, "application/x-ndjson")
+}
+
+/// The Anthropic Messages API: a message object, or its SSE event sequence.
+fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, request: &Value) -> Response<MockBody> {
+    let (input, output) = reply.usage;
+    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+        let body = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                          "content": [{"type": "text", "text": reply.text}], "stop_reason": "end_turn",
+                          "usage": {"input_tokens": input, "output_tokens": output}});
+        return full(StatusCode::OK, "application/json", body.to_string());
+    }
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "model": model,
+                                       "usage": {"input_tokens": input, "output_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "text", "text": ""}}),
+        ),
+        event("ping", json!({"type": "ping"})),
+    ];
+    for piece in split_text(&reply.text, reply.chunks) {
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                                                        "delta": {"type": "text_delta", "text": piece}}),
+        ));
+    }
+    events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                              "usage": {"output_tokens": output}}),
+    ));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    streamed(state, events, reply.chunk_delay, "text/event-stream")
 }
 
 /// Send `events` one by one, `delay` apart, counting the stream as open until it is dropped.

@@ -229,7 +229,10 @@ impl EventStream {
             match self.chunks.next().await {
                 Some(Ok(chunk)) => {
                     if let Some(usage) = chunk.usage {
-                        self.usage = Some(usage);
+                        // Providers may split usage over several events; the parts add up.
+                        let total = self.usage.get_or_insert(wit::Usage { input_tokens: 0, output_tokens: 0 });
+                        total.input_tokens += usage.input_tokens;
+                        total.output_tokens += usage.output_tokens;
                     }
                     if let Some(delta) = self.parser.as_mut().and_then(|p| p.push(&chunk.text)) {
                         self.pending.push_back(delta.to_json());

@@ -4,6 +4,7 @@
 
 mod access_token;
 mod agent;
+mod anthropic;
 mod auth;
 mod cli;
 mod code;
