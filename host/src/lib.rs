@@ -45,7 +45,7 @@ pub enum StartError {
         /// Why.
         source: notify::Error,
     },
-    /// The embedded prompts are broken (a build defect).
+    /// The prompts (embedded, or under AIGW_PROMPTS__DIR) do not load.
     #[error("prompt registry: {0}")]
     Prompts(#[from] prompts::PromptError),
     /// Outbound client setup failed.
@@ -97,74 +97,16 @@ impl Gateway {
                 config.plugins.dir.display()
             )));
         }
-        let runtime = PluginRuntime::new(SandboxLimits {
-            memory_bytes: config.plugins.memory_bytes,
-            call_deadline: config.plugins.call_deadline,
-            max_concurrent: config.plugins.max_concurrent,
-        })?;
+        let prompts = match &config.prompts_dir {
+            Some(dir) => prompts::PromptRegistry::embedded_with_dir(dir)?,
+            None => prompts::PromptRegistry::embedded()?,
+        };
         let metrics = Arc::new(telemetry::Metrics::default());
-        let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dir.clone()));
-        let report = registry.reload().await;
-        metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
-        tracing::info!(
-            dir = %config.plugins.dir.display(),
-            loaded = report.loaded.len(),
-            rejected = report.rejected.len(),
-            providers = %registry.snapshot().provider_names().join(","),
-            "plugins loaded"
-        );
-        let mut watchers = Vec::new();
-        let (watched, reload_metrics) = (Arc::clone(&registry), Arc::clone(&metrics));
-        watchers.push(
-            DirWatcher::start(&config.plugins.dir, false, config.plugins.reload_debounce, move || {
-                let (registry, metrics) = (Arc::clone(&watched), Arc::clone(&reload_metrics));
-                async move {
-                    let report = registry.reload().await;
-                    metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
-                    tracing::info!(
-                        loaded = report.loaded.len(),
-                        rejected = report.rejected.len(),
-                        unloaded = report.unloaded.len(),
-                        "plugins reloaded"
-                    );
-                }
-            })
-            .map_err(|source| StartError::Watch { dir: config.plugins.dir.display().to_string(), source })?,
-        );
-
+        let (registry, plugins_watcher) = load_plugins(&config, &metrics).await?;
+        let mut watchers = vec![plugins_watcher];
+        let (verifier, background) = build_verifier(&config, options, &metrics)?;
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
         let upstream = Upstream::new(Some(policy), config.upstream)?;
-        let mut verifier = Verifier::new();
-        let mut background = Vec::new();
-        if let Some(gitlab_url) = &config.gitlab_url {
-            let mut gitlab_settings = config.upstream;
-            gitlab_settings.total_timeout = Duration::from_secs(10);
-            gitlab_settings.first_byte_timeout = Duration::from_secs(10);
-            let jwks = Arc::new(JwksCache::new(
-                gitlab_url.clone(),
-                Upstream::new(None, gitlab_settings)?,
-                config.jwks_min_refresh,
-                Arc::clone(&metrics),
-            ));
-            let refresher = Arc::clone(&jwks);
-            // Warm the cache without delaying start-up (an unreachable instance is retried on
-            // demand), then refresh periodically so keys the instance withdrew stop verifying.
-            background.push(tokio::spawn(async move {
-                loop {
-                    refresher.refresh_if_due().await;
-                    tokio::time::sleep(JWKS_REFRESH_PERIOD).await;
-                }
-            }));
-            verifier = verifier.trust_instance(gitlab_url, jwks);
-        }
-        if !config.gateway_keys.is_empty() {
-            let keys: Vec<&SigningKey> = config.gateway_keys.iter().collect();
-            verifier = verifier.trust_gateway_keys(&keys);
-        }
-        if let Some((key, issuer)) = options.local_key {
-            verifier = verifier.trust_local_key(&issuer, key.kid(), key.decoding_key().clone());
-        }
-
         if config.bypass_auth {
             tracing::warn!(
                 "AIGW_AUTH__BYPASS_EXTERNAL is true: AUTHENTICATION IS OFF. Anyone who can reach {} can use \
@@ -177,15 +119,12 @@ impl Gateway {
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let state = Arc::new(AppState {
-            prompts: arc_swap::ArcSwap::from_pointee(match &config.prompts_dir {
-                Some(dir) => prompts::PromptRegistry::embedded_with_dir(dir)?,
-                None => prompts::PromptRegistry::embedded()?,
-            }),
+            prompts: arc_swap::ArcSwap::from_pointee(prompts),
             config,
             verifier,
             plugins: registry,
             upstream,
-            metrics: Arc::clone(&metrics),
+            metrics,
         });
         if let Some(dir) = state.config.prompts_dir.clone() {
             let (watched, watched_dir) = (Arc::clone(&state), dir.clone());
@@ -222,6 +161,84 @@ impl Gateway {
         }
         let _ = (&mut self.server).await;
     }
+}
+
+/// Compile the plugins directory's components and watch it for changes.
+async fn load_plugins(
+    config: &Config,
+    metrics: &Arc<telemetry::Metrics>,
+) -> Result<(Arc<PluginRegistry>, DirWatcher), StartError> {
+    let runtime = PluginRuntime::new(SandboxLimits {
+        memory_bytes: config.plugins.memory_bytes,
+        call_deadline: config.plugins.call_deadline,
+        max_concurrent: config.plugins.max_concurrent,
+    })?;
+    let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dir.clone()));
+    let report = registry.reload().await;
+    metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
+    tracing::info!(
+        dir = %config.plugins.dir.display(),
+        loaded = report.loaded.len(),
+        rejected = report.rejected.len(),
+        providers = %registry.snapshot().provider_names().join(","),
+        "plugins loaded"
+    );
+    let (watched, reload_metrics) = (Arc::clone(&registry), Arc::clone(metrics));
+    let watcher = DirWatcher::start(&config.plugins.dir, false, config.plugins.reload_debounce, move || {
+        let (registry, metrics) = (Arc::clone(&watched), Arc::clone(&reload_metrics));
+        async move {
+            let report = registry.reload().await;
+            metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
+            tracing::info!(
+                loaded = report.loaded.len(),
+                rejected = report.rejected.len(),
+                unloaded = report.unloaded.len(),
+                "plugins reloaded"
+            );
+        }
+    })
+    .map_err(|source| StartError::Watch { dir: config.plugins.dir.display().to_string(), source })?;
+    Ok((registry, watcher))
+}
+
+/// Trust the GitLab instance's keys (warmed now, refreshed hourly by the returned task), the
+/// gateway's own keys and any local development key.
+fn build_verifier(
+    config: &Config,
+    options: StartOptions,
+    metrics: &Arc<telemetry::Metrics>,
+) -> Result<(Verifier, Vec<tokio::task::JoinHandle<()>>), StartError> {
+    let mut verifier = Verifier::new();
+    let mut background = Vec::new();
+    if let Some(gitlab_url) = &config.gitlab_url {
+        let mut gitlab_settings = config.upstream;
+        gitlab_settings.total_timeout = Duration::from_secs(10);
+        gitlab_settings.first_byte_timeout = Duration::from_secs(10);
+        let jwks = Arc::new(JwksCache::new(
+            gitlab_url.clone(),
+            Upstream::new(None, gitlab_settings)?,
+            config.jwks_min_refresh,
+            Arc::clone(metrics),
+        ));
+        let refresher = Arc::clone(&jwks);
+        // Warm the cache without delaying start-up (an unreachable instance is retried on
+        // demand), then refresh periodically so keys the instance withdrew stop verifying.
+        background.push(tokio::spawn(async move {
+            loop {
+                refresher.refresh_if_due().await;
+                tokio::time::sleep(JWKS_REFRESH_PERIOD).await;
+            }
+        }));
+        verifier = verifier.trust_instance(gitlab_url, jwks);
+    }
+    if !config.gateway_keys.is_empty() {
+        let keys: Vec<&SigningKey> = config.gateway_keys.iter().collect();
+        verifier = verifier.trust_gateway_keys(&keys);
+    }
+    if let Some((key, issuer)) = options.local_key {
+        verifier = verifier.trust_local_key(&issuer, key.kid(), key.decoding_key().clone());
+    }
+    Ok((verifier, background))
 }
 
 impl Drop for Gateway {
