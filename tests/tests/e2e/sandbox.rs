@@ -90,3 +90,21 @@ async fn a_component_that_imports_sockets_is_refused_at_load() {
     let (_, error) = report.rejected.iter().find(|(path, _)| path.ends_with("networked.wasm")).unwrap();
     assert!(error.to_string().contains("wasi:sockets"), "{error}");
 }
+
+#[tokio::test]
+async fn plugins_cannot_set_framing_or_credential_headers_or_leave_the_endpoint() {
+    let t = hostile_gateway(&[]).await;
+    let answer = hostile(&t, "headers").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let upstream = &t.model.requests()[0];
+    let header = |name: &str| upstream.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(header("authorization").as_deref(), Some("Bearer sk-test-key"), "only the host injects credentials");
+    assert_eq!(header("host"), Some(t.model.addr().to_string()));
+    assert_eq!(header("x-api-key"), None);
+    assert_eq!(header("transfer-encoding"), None);
+    assert_eq!(header("x-custom").as_deref(), Some("kept"), "ordinary headers pass");
+
+    let escape = hostile(&t, "escape").await;
+    assert_eq!(escape.status, 502, "{}", escape.text());
+    assert_eq!(t.model.requests().len(), 1, "nothing was sent for the escaping path");
+}

