@@ -95,7 +95,23 @@ impl Upstream {
             settings.total_timeout = total;
         }
         let request = build_http_request(call)?;
-        self.execute(request, settings).await
+        // A connection refused or closed before any byte of the answer is retried once, on a
+        // fresh connection: a pooled connection the server had just closed looks the same.
+        let (parts, body) = request.into_parts();
+        let attempt = || {
+            let mut request = http::Request::new(body.clone());
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.headers_mut() = parts.headers.clone();
+            request
+        };
+        match self.execute(attempt(), settings).await {
+            Err(UpstreamError::Connect(reason)) => {
+                tracing::debug!(%reason, "model server connection failed before answering; retrying once");
+                self.execute(attempt(), settings).await
+            }
+            other => other,
+        }
     }
 
     /// GET a JSON document from an operator-configured URL (OIDC discovery, JWKS).

@@ -116,3 +116,73 @@ async fn a_caller_hanging_up_cancels_the_upstream_stream() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A model server that closes the first `drop_first` connections without a byte, then answers
+/// every request with a fixed OpenAI-style completion. Returns its address and a connection count.
+async fn flaky_server(drop_first: usize) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&count);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            if seen.fetch_add(1, Ordering::SeqCst) < drop_first {
+                drop(stream);
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Read the head and the body its Content-Length announces.
+                loop {
+                    let Ok(n) = stream.read(&mut buffer).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= head_end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"second time lucky"},"finish_reason":"stop"}]}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_connection_dropped_before_any_byte_is_retried_once() {
+    let t = TestGateway::start().await;
+    let (addr, connections) = flaky_server(1).await;
+    let mut body = t.completion_body("codestral", None, false);
+    body["model_endpoint"] = serde_json::json!(format!("http://{addr}/v1"));
+    let answer = t.complete(&body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["choices"][0]["text"], "second time lucky");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let (addr, connections) = flaky_server(usize::MAX).await;
+    body["model_endpoint"] = serde_json::json!(format!("http://{addr}/v1"));
+    let answer = t.complete(&body).await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2, "one retry, no more");
+}
