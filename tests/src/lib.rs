@@ -228,6 +228,11 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The body as NDJSON events (one JSON object per line).
+    pub fn ndjson(&self) -> Vec<Value> {
+        self.text().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -403,6 +408,11 @@ impl TestGateway {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// The text of an agent stream's `final_answer_delta` events, joined.
+pub fn final_answer(events: &[Value]) -> String {
+    events.iter().filter(|e| e["type"] == "final_answer_delta").map(|e| e["data"]["text"].as_str().unwrap()).collect()
 }
 
 /// Write `bytes` to `path` the safe way (hidden temporary file, then rename).

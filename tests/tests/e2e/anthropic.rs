@@ -48,12 +48,8 @@ async fn agent_stream_sums_usage_split_over_events() {
                                          "api_key": "sk-ant-test", "identifier": "anthropic/claude-3-5-sonnet"}});
     let answer = t.post("/v2/chat/agent", &t.gitlab_headers(&t.token(&["duo_chat"])), &body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let events: Vec<serde_json::Value> = answer.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let text: String = events
-        .iter()
-        .filter(|e| e["type"] == "final_answer_delta")
-        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
-        .collect();
+    let events = answer.ndjson();
+    let text = aigw_tests::final_answer(&events);
     assert_eq!(text, "Use git bisect.");
     assert_eq!(
         events.last().unwrap(),
