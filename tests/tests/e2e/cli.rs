@@ -157,3 +157,50 @@ async fn the_benchmark_runs_in_smoke_mode() {
         assert!(p50.as_f64().is_some_and(|v| v > 0.0), "{mode}: {results}");
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_structured_line_per_request() {
+    let model = MockModelServer::start().await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (key_file, log_file) = (state.path().join("dev-key.pem"), state.path().join("aigw.log"));
+    let port = free_port();
+    let mut server = aigw()
+        .args(["serve", "--dev"])
+        .env("AIGW_FASTAPI__API_PORT", port.to_string())
+        .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
+        .env("AIGW_DEV__KEY_FILE", &key_file)
+        .env("AIGW_LOGGING__FORMAT_JSON", "true")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let token = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(token) = line.strip_prefix("export AIGW_TOKEN=") {
+                return token.to_string();
+            }
+        }
+        panic!("the server exited without printing a token");
+    })
+    .await
+    .expect("a token within 30 s");
+    assert_eq!(complete(port, &token, &model.base_url()).await, 200);
+    server.kill().await.unwrap();
+    let _ = server.wait().await;
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let request = entries
+        .iter()
+        .find(|e| e["message"] == "request" && e["path"] == "/v2/code/completions")
+        .unwrap_or_else(|| panic!("no request line in {log}"));
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["level"], "INFO");
+    assert!(request["request_id"].as_str().is_some_and(|id| id.len() == 32), "an id was assigned: {request}");
+    assert!(request["overhead_ms"].as_f64().is_some() && request["upstream_ms"].as_f64().is_some());
+    assert!(!log.contains(CANARY_KEY));
+}
