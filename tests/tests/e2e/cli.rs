@@ -83,23 +83,22 @@ async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
     client.request(request).await.unwrap().status().as_u16()
 }
 
-#[tokio::test]
-async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_out_of_logs() {
-    let model = MockModelServer::start().await.unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let key_file = state.path().join("dev-key.pem");
-    let log_file = state.path().join("aigw.log");
+/// `aigw serve --dev` on a free port with its key and log in `state`, plus `(name, value)`
+/// settings; returns the process, its port and the token it printed.
+async fn dev_server(state: &std::path::Path, settings: &[(&str, &str)]) -> (tokio::process::Child, u16, String) {
     let port = free_port();
-    let mut server = aigw()
+    let mut command = aigw();
+    command
         .args(["serve", "--dev"])
         .env("AIGW_FASTAPI__API_PORT", port.to_string())
         .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
-        .env("AIGW_DEV__KEY_FILE", &key_file)
-        .env("AIGW_LOGGING__LEVEL", "trace")
+        .env("AIGW_DEV__KEY_FILE", state.join("dev-key.pem"))
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_file).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(state.join("aigw.log")).unwrap());
+    for (name, value) in settings {
+        command.env(name, value);
+    }
+    let mut server = command.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
     let token = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -111,6 +110,15 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_
     })
     .await
     .expect("a token within 30 s");
+    (server, port, token)
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_out_of_logs() {
+    let model = MockModelServer::start().await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (key_file, log_file) = (state.path().join("dev-key.pem"), state.path().join("aigw.log"));
+    let (mut server, port, token) = dev_server(state.path(), &[("AIGW_LOGGING__LEVEL", "trace")]).await;
     assert_eq!(complete(port, &token, &model.base_url()).await, 200);
 
     let minted = aigw().args(["token", "mint"]).env("AIGW_DEV__KEY_FILE", &key_file).output().await.unwrap();
@@ -162,29 +170,8 @@ async fn the_benchmark_runs_in_smoke_mode() {
 async fn json_logs_carry_one_structured_line_per_request() {
     let model = MockModelServer::start().await.unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (key_file, log_file) = (state.path().join("dev-key.pem"), state.path().join("aigw.log"));
-    let port = free_port();
-    let mut server = aigw()
-        .args(["serve", "--dev"])
-        .env("AIGW_FASTAPI__API_PORT", port.to_string())
-        .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
-        .env("AIGW_DEV__KEY_FILE", &key_file)
-        .env("AIGW_LOGGING__FORMAT_JSON", "true")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_file).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
-    let token = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(token) = line.strip_prefix("export AIGW_TOKEN=") {
-                return token.to_string();
-            }
-        }
-        panic!("the server exited without printing a token");
-    })
-    .await
-    .expect("a token within 30 s");
+    let log_file = state.path().join("aigw.log");
+    let (mut server, port, token) = dev_server(state.path(), &[("AIGW_LOGGING__FORMAT_JSON", "true")]).await;
     assert_eq!(complete(port, &token, &model.base_url()).await, 200);
     server.kill().await.unwrap();
     let _ = server.wait().await;
