@@ -4,7 +4,7 @@ CARGO            ?= cargo
 # Pinned: installing takes ~13 minutes, so it happens once per machine, only when missing.
 CARGO_COMPONENT_VERSION := 0.21.1
 
-PLUGINS          := openai-compatible ollama anthropic
+PLUGINS          := openai-compatible ollama anthropic azure-openai mistral bedrock
 PLUGIN_DIR       := target/plugins
 GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
@@ -32,14 +32,16 @@ plugins: toolchain
 	@mkdir -p $(PLUGIN_DIR)
 	@for p in $(PLUGINS); do cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/$$(echo $$p | tr - _).wasm $(PLUGIN_DIR)/$$p.wasm; done
 
-## test-guests: purpose-built misbehaving components for the sandbox tests.
+## test-guests: purpose-built misbehaving components for the sandbox tests (and one built
+## against an older WIT version).
 test-guests: toolchain
 	@mkdir -p $(GUEST_DIR)
 	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest --features v2
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile-v2.wasm
-	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest -p networked-guest
+	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest -p networked-guest -p stale-guest
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile.wasm
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/networked_guest.wasm $(GUEST_DIR)/networked.wasm
+	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/stale_guest.wasm $(GUEST_DIR)/stale.wasm
 
 ## component-artifacts: the openai-compatible plugin built by cargo-component too, to prove both
 ## toolchains give components that behave the same.

@@ -128,6 +128,7 @@ impl GatewayError {
                 UpstreamError::Body(_) => {
                     detail(StatusCode::BAD_GATEWAY, "The model server's answer could not be read".into())
                 }
+                UpstreamError::Signing(message) => detail(StatusCode::BAD_GATEWAY, message.clone()),
                 UpstreamError::Tls(_) => detail(StatusCode::INTERNAL_SERVER_ERROR, "TLS is unavailable".into()),
             },
         }

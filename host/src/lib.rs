@@ -106,7 +106,7 @@ impl Gateway {
         let mut watchers = vec![plugins_watcher];
         let (verifier, background) = build_verifier(&config, options, &metrics)?;
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
-        let upstream = Upstream::new(Some(policy), config.upstream)?;
+        let upstream = Upstream::new(Some(policy), config.upstream, config.aws.clone())?;
         if config.bypass_auth {
             tracing::warn!(
                 "AIGW_AUTH__BYPASS_EXTERNAL is true: AUTHENTICATION IS OFF. Anyone who can reach {} can use \
@@ -216,7 +216,7 @@ fn build_verifier(
         gitlab_settings.first_byte_timeout = Duration::from_secs(10);
         let jwks = Arc::new(JwksCache::new(
             gitlab_url.clone(),
-            Upstream::new(None, gitlab_settings)?,
+            Upstream::new(None, gitlab_settings, Default::default())?,
             config.jwks_min_refresh,
             Arc::clone(metrics),
         ));

@@ -1,8 +1,13 @@
-//! A mock model server speaking the OpenAI chat completions, Ollama native and Anthropic Messages
-//! wire formats over loopback, for tests, benchmarks and the quick start. It records every request it receives and answers with a
-//! scripted reply, whole or streamed as SSE.
+//! A mock model server speaking every provider's wire format over loopback (OpenAI chat
+//! completions, Azure OpenAI, Mistral chat and fill-in-the-middle, Ollama native, Anthropic
+//! Messages, Bedrock Converse with SigV4 checks and event-stream framing), for tests, benchmarks
+//! and the quick start. It records every request it receives and answers with a scripted reply,
+//! whole or streamed in the provider's own framing.
 
 #![forbid(unsafe_code)]
+
+pub mod event_stream;
+pub mod sigv4;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -119,6 +124,17 @@ impl MockModelServer {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The base URL of the Mistral dialect (strict about unknown fields, usage sent unasked),
+    /// `/v1` included as for Mistral's own API.
+    pub fn mistral_url(&self) -> String {
+        format!("http://{}/mistral/v1", self.addr)
+    }
+
+    /// The base URL for everything else (Azure, Anthropic, Ollama, Bedrock): no path.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Replace the scripted reply.
     pub fn set_reply(&self, reply: Reply) {
         *self.state.reply.lock().unwrap_or_else(|p| p.into_inner()) = reply;
@@ -177,18 +193,26 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
     state.requests.lock().unwrap_or_else(|p| p.into_inner()).push(Recorded {
         method: parts.method.clone(),
         path: path.clone(),
-        headers: parts.headers,
+        headers: parts.headers.clone(),
         body: json.clone(),
     });
     let reply = state.reply.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if !reply.head_delay.is_zero() {
         tokio::time::sleep(reply.head_delay).await;
     }
-    let path = parts.uri.path();
-    let ollama = path.ends_with("/api/chat") || path.ends_with("/api/generate");
-    let anthropic = path.ends_with("/v1/messages");
-    if parts.method != Method::POST || !(path.ends_with("/v1/chat/completions") || ollama || anthropic) {
+    let Some(wire) = Wire::of(&parts.method, parts.uri.path()) else {
         return full(StatusCode::NOT_FOUND, "application/json", json!({"detail": "Not Found"}).to_string());
+    };
+    if let Wire::Bedrock { .. } = wire
+        && let Err(why) = sigv4::verify(&parts.headers, &parts.uri, &bytes)
+    {
+        return full(StatusCode::FORBIDDEN, "application/json", json!({"message": why}).to_string());
+    }
+    if let Wire::Mistral { fim } = wire
+        && let Some(field) = mistral_unknown_field(&json, fim)
+    {
+        let detail = json!({"detail": [{"type": "extra_forbidden", "loc": ["body", field], "msg": "Extra inputs are not permitted"}]});
+        return full(StatusCode::UNPROCESSABLE_ENTITY, "application/json", detail.to_string());
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if !status.is_success() {
@@ -202,15 +226,90 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
         }
         return response;
     }
-    let model = json.get("model").and_then(Value::as_str).unwrap_or("mock").to_string();
-    if ollama {
-        return ollama_answer(state, reply, model, path.ends_with("/api/generate"), &json);
+    let stream = json.get("stream").and_then(Value::as_bool);
+    match wire {
+        Wire::Ollama { generate } => {
+            ollama_answer(state, reply, json_model(&json, "mock"), generate, stream != Some(false))
+        }
+        Wire::Anthropic => anthropic_answer(state, reply, json_model(&json, "mock"), stream == Some(true)),
+        Wire::Bedrock { stream } => bedrock_answer(state, reply, stream),
+        Wire::OpenAi => {
+            let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+            openai_answer(state, reply, json_model(&json, "mock"), stream == Some(true), include_usage)
+        }
+        Wire::Azure { deployment } => {
+            let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+            openai_answer(state, reply, deployment, stream == Some(true), include_usage)
+        }
+        // Mistral reports usage in the last chunk without being asked.
+        Wire::Mistral { .. } => openai_answer(state, reply, json_model(&json, "mock"), stream == Some(true), true),
     }
-    if anthropic {
-        return anthropic_answer(state, reply, model, &json);
+}
+
+/// Which provider's API a request is for, from its path.
+#[derive(Debug)]
+enum Wire {
+    OpenAi,
+    Azure { deployment: String },
+    Mistral { fim: bool },
+    Ollama { generate: bool },
+    Anthropic,
+    Bedrock { stream: bool },
+}
+
+impl Wire {
+    fn of(method: &Method, path: &str) -> Option<Wire> {
+        if method != Method::POST {
+            return None;
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        Some(match segments.as_slice() {
+            ["mistral", "v1", "chat", "completions"] => Wire::Mistral { fim: false },
+            ["mistral", "v1", "fim", "completions"] => Wire::Mistral { fim: true },
+            ["openai", "deployments", deployment, "chat", "completions"] => {
+                Wire::Azure { deployment: deployment.to_string() }
+            }
+            ["model", _, "converse"] => Wire::Bedrock { stream: false },
+            ["model", _, "converse-stream"] => Wire::Bedrock { stream: true },
+            [.., "api", "chat"] => Wire::Ollama { generate: false },
+            [.., "api", "generate"] => Wire::Ollama { generate: true },
+            [.., "v1", "messages"] => Wire::Anthropic,
+            [.., "v1", "chat", "completions"] => Wire::OpenAi,
+            _ => return None,
+        })
     }
-    if json.get("stream").and_then(Value::as_bool) == Some(true) {
-        let include_usage = json.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+}
+
+fn json_model(request: &Value, default: &str) -> String {
+    request.get("model").and_then(Value::as_str).unwrap_or(default).to_string()
+}
+
+/// The first body field Mistral's API would refuse, if any.
+fn mistral_unknown_field(request: &Value, fim: bool) -> Option<String> {
+    const COMMON: [&str; 7] = ["model", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed"];
+    const CHAT: [&str; 8] = [
+        "messages",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "safe_prompt",
+        "presence_penalty",
+        "frequency_penalty",
+        "n",
+    ];
+    const FIM: [&str; 3] = ["prompt", "suffix", "min_tokens"];
+    let known = |field: &str| COMMON.contains(&field) || if fim { FIM.contains(&field) } else { CHAT.contains(&field) };
+    request.as_object()?.keys().find(|field| !known(field)).cloned()
+}
+
+fn openai_answer(
+    state: Arc<State>,
+    reply: Reply,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+) -> Response<MockBody> {
+    if stream {
         return stream_answer(state, reply, model, include_usage);
     }
     let body = json!({
@@ -256,13 +355,7 @@ fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: 
 
 /// Ollama's native answers: whole, or NDJSON lines ending with `"done": true` and the counts.
 /// Ollama streams unless the request says `"stream": false`.
-fn ollama_answer(
-    state: Arc<State>,
-    reply: Reply,
-    model: String,
-    generate: bool,
-    request: &Value,
-) -> Response<MockBody> {
+fn ollama_answer(state: Arc<State>, reply: Reply, model: String, generate: bool, stream: bool) -> Response<MockBody> {
     let piece = |text: &str, done: bool| {
         let mut line = json!({"model": model, "created_at": "2026-01-01T00:00:00Z"});
         if generate {
@@ -278,7 +371,7 @@ fn ollama_answer(
         }
         line
     };
-    if request.get("stream").and_then(Value::as_bool) == Some(false) {
+    if !stream {
         return full(StatusCode::OK, "application/json", piece(&reply.text, true).to_string());
     }
     let mut lines: Vec<String> =
@@ -288,9 +381,9 @@ fn ollama_answer(
 }
 
 /// The Anthropic Messages API: a message object, or its SSE event sequence.
-fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, request: &Value) -> Response<MockBody> {
+fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, stream: bool) -> Response<MockBody> {
     let (input, output) = reply.usage;
-    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+    if !stream {
         let body = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
                           "content": [{"type": "text", "text": reply.text}], "stop_reason": "end_turn",
                           "usage": {"input_tokens": input, "output_tokens": output}});
@@ -327,8 +420,36 @@ fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, request: &Va
     streamed(state, events, reply.chunk_delay, "text/event-stream")
 }
 
+/// Bedrock's Converse answer, or its ConverseStream events in AWS event-stream framing.
+fn bedrock_answer(state: Arc<State>, reply: Reply, stream: bool) -> Response<MockBody> {
+    let (input, output) = reply.usage;
+    let usage = json!({"inputTokens": input, "outputTokens": output, "totalTokens": input + output});
+    if !stream {
+        let body = json!({"output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
+                          "stopReason": "end_turn", "usage": usage, "metrics": {"latencyMs": 1}});
+        return full(StatusCode::OK, "application/json", body.to_string());
+    }
+    // Bedrock pads events with a `p` field so that their sizes do not reveal the text.
+    let mut events = vec![event_stream::event("messageStart", &json!({"role": "assistant", "p": "abcdefgh"}))];
+    for piece in split_text(&reply.text, reply.chunks) {
+        events.push(event_stream::event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"text": piece}, "p": "abcd"}),
+        ));
+    }
+    events.push(event_stream::event("contentBlockStop", &json!({"contentBlockIndex": 0, "p": "ab"})));
+    events.push(event_stream::event("messageStop", &json!({"stopReason": "end_turn", "p": "abc"})));
+    events.push(event_stream::event("metadata", &json!({"usage": usage, "metrics": {"latencyMs": 1}, "p": "a"})));
+    streamed(state, events, reply.chunk_delay, "application/vnd.amazon.eventstream")
+}
+
 /// Send `events` one by one, `delay` apart, counting the stream as open until it is dropped.
-fn streamed(state: Arc<State>, events: Vec<String>, delay: Duration, content_type: &'static str) -> Response<MockBody> {
+fn streamed(
+    state: Arc<State>,
+    events: Vec<impl Into<Bytes> + Send + 'static>,
+    delay: Duration,
+    content_type: &'static str,
+) -> Response<MockBody> {
     state.open_streams.fetch_add(1, Ordering::SeqCst);
     let guard = StreamGuard(state);
     let stream = futures_util::stream::unfold((events.into_iter(), guard), move |(mut events, guard)| async move {
@@ -336,7 +457,7 @@ fn streamed(state: Arc<State>, events: Vec<String>, delay: Duration, content_typ
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(event))), (events, guard)))
+        Some((Ok::<_, Infallible>(Frame::data(event.into())), (events, guard)))
     });
     let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));

@@ -20,8 +20,9 @@ pub struct ModelTarget {
     pub model: String,
     /// Model family, which selects the prompt (e.g. `codestral`).
     pub family: String,
-    /// Model endpoint, without trailing `/`.
-    pub endpoint: http::Uri,
+    /// Model endpoint, without trailing `/`; `None` when the request named none, and then the
+    /// plugin's default endpoint applies (Bedrock's regional one, for example).
+    pub endpoint: Option<http::Uri>,
     /// API key; empty when none was given.
     pub api_key: String,
 }
@@ -85,11 +86,7 @@ impl ModelTarget {
             },
             None => (DEFAULT_PROVIDER, family),
         };
-        let endpoint = fields
-            .endpoint
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| GatewayError::Unprocessable("model_endpoint is required for this model".into()))?;
+        let endpoint = fields.endpoint.map(str::trim).filter(|e| !e.is_empty());
         if !custom_models_enabled {
             return Err(GatewayError::Unprocessable(
                 "self-hosted model endpoints are disabled on this gateway (AIGW_CUSTOM_MODELS__ENABLED)".into(),
@@ -99,7 +96,7 @@ impl ModelTarget {
             provider: provider.to_string(),
             model: model.to_string(),
             family: family.to_string(),
-            endpoint: parse_endpoint(endpoint)?,
+            endpoint: endpoint.map(parse_endpoint).transpose()?,
             api_key: fields.api_key.unwrap_or_default().to_string(),
         })
     }
@@ -175,11 +172,20 @@ mod tests {
     fn identifier_routes_provider_and_model() {
         let t = ModelTarget::resolve(fields(Some("custom_openai/codestral-22b"), "http://h:8000/v1/"), true).unwrap();
         assert_eq!((t.provider.as_str(), t.model.as_str()), ("custom_openai", "codestral-22b"));
-        assert_eq!(t.endpoint.to_string(), "http://h:8000/v1");
+        assert_eq!(t.endpoint.unwrap().to_string(), "http://h:8000/v1");
         let bare = ModelTarget::resolve(fields(Some("my-model"), "http://h/v1"), true).unwrap();
         assert_eq!((bare.provider.as_str(), bare.model.as_str()), ("custom_openai", "my-model"));
         let none = ModelTarget::resolve(fields(None, "http://h/v1"), true).unwrap();
         assert_eq!(none.model, "codestral");
+    }
+
+    #[test]
+    fn an_absent_endpoint_is_left_to_the_plugin_default() {
+        let mut f = fields(Some("bedrock/anthropic.claude-3-haiku-20240307-v1:0"), "");
+        f.endpoint = None;
+        let t = ModelTarget::resolve(f, true).unwrap();
+        assert_eq!(t.endpoint, None);
+        assert_eq!(t.model, "anthropic.claude-3-haiku-20240307-v1:0");
     }
 
     #[test]

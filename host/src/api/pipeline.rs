@@ -2,12 +2,13 @@
 //! the plugin parses the answer (whole, or event by event as it streams).
 
 use super::AppState;
-use super::model::ModelTarget;
+use super::model::{ModelTarget, parse_endpoint};
 use crate::error::GatewayError;
 use crate::plugins::runtime::PluginIdentity;
 use crate::plugins::{PluginError, PluginSession, wit};
 use crate::telemetry::Metrics;
-use crate::upstream::framing::Decoder;
+use crate::upstream::aws::AwsEnvironment;
+use crate::upstream::framing::{Decoder, FramingError};
 use crate::upstream::{ModelCall, UpstreamError, UpstreamResponse, client::MAX_ANSWER_BYTES};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,27 +43,31 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     }
     let metrics = &state.metrics;
     let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
+    let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;
     let started = Instant::now();
     let mut session = plugin.session().await.map_err(|e| log_plugin_failure(metrics, plugin.identity(), e))?;
     let built =
         session.build_request(&job.request).await.map_err(|e| log_plugin_failure(metrics, session.identity(), e))?;
     metrics.plugin_call(&session.identity().name, "build_request", started.elapsed());
     let call = ModelCall {
-        endpoint: &job.target.endpoint,
+        endpoint: &endpoint,
         request: built,
         api_key: &job.target.api_key,
         total_timeout: job.total_timeout,
     };
     let sent = Instant::now();
+    let provider = job.target.provider.as_str();
     let response = state.upstream.send(call).await.map_err(|e| {
         if matches!(e, UpstreamError::Refused(_)) {
             metrics.egress_refused();
         }
-        hint_missing_v1(e, &job.target)
+        metrics.upstream_failure(provider, e.reason());
+        hint_missing_v1(e, &job.target, &endpoint)
     })?;
-    metrics.upstream(&job.target.provider, sent.elapsed());
+    metrics.upstream(provider, sent.elapsed());
     if !job.request.stream {
-        let body = response.collect(MAX_ANSWER_BYTES).await?;
+        let body =
+            response.collect(MAX_ANSWER_BYTES).await.inspect_err(|e| metrics.upstream_failure(provider, e.reason()))?;
         crate::telemetry::add_upstream_time(sent.elapsed());
         let parsing = Instant::now();
         let completion =
@@ -88,12 +93,14 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
             finished: true,
             metrics: Arc::clone(metrics),
             model: job.target.model,
+            provider: job.target.provider,
         })));
     }
     crate::telemetry::add_upstream_time(sent.elapsed());
     let decoder = match session.identity().framing {
         wit::Framing::Sse => Decoder::sse(),
         wit::Framing::Ndjson => Decoder::ndjson(),
+        wit::Framing::AwsEventStream => Decoder::aws_event_stream(),
     };
     Ok(Outcome::Stream(Box::new(ChunkStream {
         session,
@@ -103,6 +110,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
         finished: false,
         metrics: Arc::clone(metrics),
         model: job.target.model,
+        provider: job.target.provider,
     })))
 }
 
@@ -122,14 +130,32 @@ fn log_plugin_failure(metrics: &Metrics, identity: &PluginIdentity, error: Plugi
     GatewayError::Plugin(error)
 }
 
+/// The endpoint the request named, else the plugin's default one (with the AWS region filled in).
+fn endpoint_for(
+    target: &ModelTarget,
+    plugin: &PluginIdentity,
+    aws: &AwsEnvironment,
+) -> Result<http::Uri, GatewayError> {
+    if let Some(endpoint) = &target.endpoint {
+        return Ok(endpoint.clone());
+    }
+    let Some(template) = &plugin.default_endpoint else {
+        return Err(GatewayError::Unprocessable(format!(
+            "model_endpoint is required for provider {:?} (plugin {} has no default endpoint)",
+            target.provider, plugin.name
+        )));
+    };
+    let endpoint = aws.expand_endpoint(template).map_err(UpstreamError::from)?;
+    parse_endpoint(&endpoint)
+}
+
 /// A 404 from an OpenAI-compatible endpoint without `/v1` is the most common misconfiguration.
-fn hint_missing_v1(error: UpstreamError, target: &ModelTarget) -> GatewayError {
+fn hint_missing_v1(error: UpstreamError, target: &ModelTarget, endpoint: &http::Uri) -> GatewayError {
     let not_found = matches!(&error, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND);
     let openai_style = matches!(target.provider.as_str(), "custom_openai" | "openai");
-    if not_found && openai_style && !target.endpoint.path().trim_end_matches('/').ends_with("/v1") {
+    if not_found && openai_style && !endpoint.path().trim_end_matches('/').ends_with("/v1") {
         return GatewayError::Unprocessable(format!(
-            "The model server answered 404 Not Found at {}; OpenAI-compatible endpoints usually end with /v1",
-            target.endpoint
+            "The model server answered 404 Not Found at {endpoint}; OpenAI-compatible endpoints usually end with /v1"
         ));
     }
     GatewayError::Upstream(error)
@@ -147,6 +173,8 @@ pub struct ChunkStream {
     metrics: Arc<Metrics>,
     /// Served model id, for token metrics.
     model: String,
+    /// Provider name, for failure metrics.
+    provider: String,
 }
 
 impl ChunkStream {
@@ -172,7 +200,9 @@ impl ChunkStream {
             self.finished = true;
             return Ok(());
         };
-        let bytes = match response.next_chunk().await? {
+        let next = response.next_chunk().await;
+        let next = next.inspect_err(|e| self.metrics.upstream_failure(&self.provider, e.reason()))?;
+        let bytes = match next {
             Some(bytes) => bytes,
             None => {
                 self.finished = true;
@@ -182,14 +212,21 @@ impl ChunkStream {
                 return Ok(());
             }
         };
-        self.decoder.push(&bytes).map_err(|e| UpstreamError::Body(e.to_string()))?;
-        while let Some(event) = self.decoder.next_event().map_err(|e| UpstreamError::Body(e.to_string()))? {
+        self.decoder.push(&bytes).map_err(|e| self.framing_failed(e))?;
+        while let Some(event) = self.decoder.next_event().map_err(|e| self.framing_failed(e))? {
             self.parse(event).await?;
             if self.finished {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// A stream that cannot be decoded ends like a broken one, and is counted.
+    fn framing_failed(&self, error: FramingError) -> UpstreamError {
+        let error = UpstreamError::Body(error.to_string());
+        self.metrics.upstream_failure(&self.provider, error.reason());
+        error
     }
 
     async fn parse(&mut self, event: crate::upstream::framing::Event) -> Result<(), GatewayError> {

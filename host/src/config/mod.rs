@@ -29,6 +29,9 @@ impl ConfigError {
 /// Validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Credentials and region for plugins that ask for AWS SigV4 (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    pub aws: crate::upstream::aws::AwsEnvironment,
     /// Address the API listens on (`AIGW_FASTAPI__API_HOST`, `AIGW_FASTAPI__API_PORT`).
     pub listen: SocketAddr,
     /// Serve HTTPS with these files (`AIGW_FASTAPI__TLS__ENABLED`, `__CERT_FILE`, `__KEY_FILE`).

@@ -40,6 +40,9 @@ pub struct RawConfig {
     ingress: Ingress,
     #[serde(default)]
     duo_chat: DuoChat,
+    /// The standard AWS variables (environment only, never in the file).
+    #[serde(skip)]
+    aws: crate::upstream::aws::AwsEnvironment,
 }
 
 #[derive(Default, Deserialize)]
@@ -212,7 +215,9 @@ impl RawConfig {
                 "AIGW_SELF_SIGNED_JWT__VALIDATION_KEY" => self.self_signed_jwt.validation_key = Some(value),
                 "AIGW_PROMPTS__DIR" => self.prompts.dir = Some(PathBuf::from(value)),
                 "AIGW_DEV__KEY_FILE" => self.dev.key_file = Some(PathBuf::from(value)),
-                _ => {}
+                _ => {
+                    self.aws.set(n, value);
+                }
             }
         }
         Ok(())
@@ -355,6 +360,7 @@ impl RawConfig {
             max_body_bytes: max_body as usize,
             prompts_dir: self.prompts.dir,
             jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms.unwrap_or(10_000)),
+            aws: self.aws,
             dev: dev.then(|| DevSettings {
                 key_file: self.dev.key_file.unwrap_or_else(|| PathBuf::from(".aigw/dev-signing-key.pem")),
             }),

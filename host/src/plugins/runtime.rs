@@ -129,8 +129,20 @@ impl PluginRuntime {
                 "the component imports {network}: plugins get no network, the host does all I/O"
             )));
         }
+        if let Some(other) =
+            imports.iter().find(|name| name.starts_with("aigw:plugin/") && !name.ends_with(WIT_VERSION))
+        {
+            return Err(PluginError::Invalid(format!(
+                "the component was built against {other}; this gateway speaks aigw:plugin@{WIT_VERSION}: \
+                 rebuild it against this gateway's wit/provider.wit"
+            )));
+        }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = ProviderPre::new(instance_pre).map_err(invalid)?;
+        let pre = ProviderPre::new(instance_pre).map_err(|e| {
+            PluginError::Invalid(format!(
+                "the component does not export the aigw:plugin@{WIT_VERSION} provider world: {e:#}"
+            ))
+        })?;
         Ok(Compiled { pre, digest: sha256_hex(bytes), imports })
     }
 
@@ -170,6 +182,9 @@ impl PluginRuntime {
         store
     }
 }
+
+/// The version of `wit/provider.wit` this host is built against.
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// Import prefixes refused at load time. The sandbox would answer them with PermissionDenied
 /// anyway; refusing says plainly to the plugin author that translation must not do I/O.
@@ -292,6 +307,8 @@ pub struct PluginIdentity {
     pub providers: Vec<String>,
     /// Stream framing.
     pub framing: wit::Framing,
+    /// Endpoint used when the model configuration names none (may contain `{aws-region}`).
+    pub default_endpoint: Option<String>,
 }
 
 impl PluginIdentity {
@@ -301,6 +318,7 @@ impl PluginIdentity {
             version: String::new(),
             providers: Vec::new(),
             framing: wit::Framing::Sse,
+            default_endpoint: None,
         }
     }
 
@@ -320,7 +338,22 @@ impl PluginIdentity {
         if let Some(bad) = info.providers.iter().find(|p| !token_ok(p) || p.contains('/')) {
             return Err(PluginError::BadInfo(format!("invalid provider name {bad:?}")));
         }
-        Ok(PluginIdentity { name: info.name, version: info.version, providers: info.providers, framing: info.framing })
+        if let Some(endpoint) = &info.default_endpoint {
+            let example = endpoint.replace("{aws-region}", "us-east-1");
+            let usable = (example.starts_with("http://") || example.starts_with("https://"))
+                && example.len() <= 255
+                && example.parse::<http::Uri>().is_ok_and(|uri| uri.query().is_none());
+            if !usable {
+                return Err(PluginError::BadInfo(format!("invalid default endpoint {endpoint:?}")));
+            }
+        }
+        Ok(PluginIdentity {
+            name: info.name,
+            version: info.version,
+            providers: info.providers,
+            framing: info.framing,
+            default_endpoint: info.default_endpoint,
+        })
     }
 }
 
@@ -451,5 +484,14 @@ impl PluginSession {
                 tracing::info!(plugin = %self.info.name, version = %self.info.version, stream, "{line}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wit_version_is_the_one_in_the_wit_file() {
+        let wit = include_str!("../../../wit/provider.wit");
+        assert!(wit.contains(&format!("package aigw:plugin@{};", super::WIT_VERSION)));
     }
 }

@@ -79,6 +79,7 @@ pub struct Metrics {
     tokens: Family<u64>,
     reloads: Family<u64>,
     egress_refusals: Family<u64>,
+    upstream_failures: Family<u64>,
     jwks_refreshes: Family<u64>,
 }
 
@@ -116,6 +117,11 @@ impl Default for Metrics {
                 "aigw_egress_refusals_total",
                 "Model endpoints refused by the egress policy.",
                 &[],
+            ),
+            upstream_failures: Family::new(
+                "aigw_upstream_failures_total",
+                "Model calls that failed, by provider and reason (a timeout phase, connect, refused, status class, body, signing).",
+                &["provider", "reason"],
             ),
             jwks_refreshes: Family::new(
                 "aigw_jwks_refreshes_total",
@@ -170,6 +176,11 @@ impl Metrics {
         self.egress_refusals.with(&[], |c| *c += 1);
     }
 
+    /// A failed model call, before or during the answer.
+    pub fn upstream_failure(&self, provider: &str, reason: &str) {
+        self.upstream_failures.with(&[provider, reason], |c| *c += 1);
+    }
+
     /// A key set refresh (`ok` or `failed`).
     pub fn jwks_refresh(&self, outcome: &str) {
         self.jwks_refreshes.with(&[outcome], |c| *c += 1);
@@ -184,6 +195,7 @@ impl Metrics {
             &self.tokens,
             &self.reloads,
             &self.egress_refusals,
+            &self.upstream_failures,
             &self.jwks_refreshes,
         ] {
             let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", counter.name, counter.help, counter.name);

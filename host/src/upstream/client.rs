@@ -1,6 +1,7 @@
 //! The pooled HTTP client: sends what a plugin built to the model endpoint, with the credential
-//! injected here, under the egress policy and the four timeouts.
+//! injected (or the request signed) here, under the egress policy and the four timeouts.
 
+use super::aws::AwsEnvironment;
 use super::connector::{ConnectError, EgressConnector};
 use super::{EgressPolicy, TimeoutPhase, UpstreamError};
 use crate::config::UpstreamSettings;
@@ -23,7 +24,7 @@ pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Headers a plugin may not set: framing and hop-by-hop headers belong to the HTTP layer, and
 /// credentials only ever come from the host.
-const RESERVED_HEADERS: [&str; 12] = [
+const RESERVED_HEADERS: [&str; 13] = [
     "host",
     "content-length",
     "transfer-encoding",
@@ -36,7 +37,14 @@ const RESERVED_HEADERS: [&str; 12] = [
     "authorization",
     "api-key",
     "x-api-key",
+    "cookie",
 ];
+
+/// Most headers a plugin may add to one request.
+pub const MAX_PLUGIN_HEADERS: usize = 32;
+
+/// Most bytes (names and values together) of the headers a plugin adds to one request.
+pub const MAX_PLUGIN_HEADER_BYTES: usize = 8 * 1024;
 
 type HttpsConnector = hyper_rustls::HttpsConnector<EgressConnector>;
 
@@ -58,6 +66,7 @@ pub struct ModelCall<'a> {
 pub struct Upstream {
     client: Client<HttpsConnector, Full<Bytes>>,
     settings: UpstreamSettings,
+    aws: Arc<AwsEnvironment>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -68,7 +77,11 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// A client whose connections obey `policy` (`None`: operator-configured destinations only).
-    pub fn new(policy: Option<Arc<EgressPolicy>>, settings: UpstreamSettings) -> Result<Self, UpstreamError> {
+    pub fn new(
+        policy: Option<Arc<EgressPolicy>>,
+        settings: UpstreamSettings,
+        aws: AwsEnvironment,
+    ) -> Result<Self, UpstreamError> {
         let connector = EgressConnector { policy, connect_timeout: settings.connect_timeout };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config()?)
@@ -79,7 +92,12 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(https);
-        Ok(Upstream { client, settings })
+        Ok(Upstream { client, settings, aws: Arc::new(aws) })
+    }
+
+    /// The AWS environment requests are signed with.
+    pub fn aws(&self) -> &AwsEnvironment {
+        &self.aws
     }
 
     /// Timeouts in force.
@@ -94,7 +112,7 @@ impl Upstream {
         if let Some(total) = call.total_timeout {
             settings.total_timeout = total;
         }
-        let request = build_http_request(call)?;
+        let request = build_http_request(call, &self.aws)?;
         // A connection refused or closed before any byte of the answer is retried once, on a
         // fresh connection: a pooled connection the server had just closed looks the same.
         let (parts, body) = request.into_parts();
@@ -184,8 +202,8 @@ fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamE
 }
 
 /// Join the endpoint and the plugin's path, copy the plugin's headers (minus reserved ones) and
-/// inject the credential where the plugin said.
-fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+/// inject the credential where the plugin said, or sign the finished request.
+fn build_http_request(call: ModelCall<'_>, aws: &AwsEnvironment) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
     let wit::UpstreamRequest { method, path, headers, body, credential } = call.request;
     if !path.starts_with('/') || path.starts_with("//") || path.contains(['\r', '\n', ' ', '#', '\\']) {
         return Err(UpstreamError::InvalidRequest(format!("plugin built an unusable path {path:?}")));
@@ -204,6 +222,13 @@ fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>,
         wit::Method::Get => http::Method::GET,
         wit::Method::Post => http::Method::POST,
     };
+    let header_bytes: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    if headers.len() > MAX_PLUGIN_HEADERS || header_bytes > MAX_PLUGIN_HEADER_BYTES {
+        return Err(UpstreamError::InvalidRequest(format!(
+            "plugin set {} headers of {header_bytes} bytes; at most {MAX_PLUGIN_HEADERS} and {MAX_PLUGIN_HEADER_BYTES} bytes are allowed",
+            headers.len()
+        )));
+    }
     let mut builder = http::Request::builder().method(method).uri(uri);
     let mut has_content_type = false;
     for wit::Header { name, value } in headers {
@@ -221,8 +246,9 @@ fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>,
     if !has_content_type {
         builder = builder.header(header::CONTENT_TYPE, "application/json");
     }
-    builder = match credential {
-        wit::Credential::None => builder,
+    let body = Bytes::from(body);
+    builder = match &credential {
+        wit::Credential::None | wit::Credential::AwsSigv4(_) => builder,
         wit::Credential::Bearer => {
             let key = if call.api_key.is_empty() { PLACEHOLDER_API_KEY } else { call.api_key };
             builder.header(header::AUTHORIZATION, secret_value(&format!("Bearer {key}"))?)
@@ -233,7 +259,13 @@ fn build_http_request(call: ModelCall<'_>) -> Result<http::Request<Full<Bytes>>,
             builder.header(name, secret_value(call.api_key)?)
         }
     };
-    builder.body(Full::new(Bytes::from(body))).map_err(|e| UpstreamError::InvalidRequest(e.to_string()))
+    let mut request =
+        builder.body(Full::new(body.clone())).map_err(|e| UpstreamError::InvalidRequest(e.to_string()))?;
+    if let wit::Credential::AwsSigv4(service) = credential {
+        // Signed last, over the final method, URI, headers and body.
+        aws.sign(&service, &mut request, &body, std::time::SystemTime::now())?;
+    }
+    Ok(request)
 }
 
 /// A header value marked sensitive (never printed by `Debug`), without echoing the key on error.

@@ -56,10 +56,12 @@ impl EgressConnector {
         let host = uri.host().ok_or(ConnectError::NoHost)?;
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = match literal.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
+        let addrs: Vec<SocketAddr> = match (literal.parse::<IpAddr>(), super::egress::legacy_ipv4(literal)) {
+            (Ok(ip), _) => vec![SocketAddr::new(ip, port)],
+            // Decimal, octal and hex spellings are read here, not left to the resolver.
+            (Err(_), Some(ipv4)) => vec![SocketAddr::new(IpAddr::V4(ipv4?), port)],
             // One resolution; the addresses checked below are the ones connected to.
-            Err(_) => tokio::net::lookup_host((host, port)).await?.collect(),
+            (Err(_), None) => tokio::net::lookup_host((host, port)).await?.collect(),
         };
         if addrs.is_empty() {
             return Err(EgressError::Unresolved(host.to_string()).into());

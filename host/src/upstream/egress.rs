@@ -18,6 +18,9 @@ pub enum EgressError {
     /// The host name resolved to nothing.
     #[error("model endpoint host {0:?} did not resolve")]
     Unresolved(String),
+    /// A numeric host that is no IPv4 address (a part out of range, too many parts).
+    #[error("model endpoint host {0:?} is not a valid IPv4 address")]
+    BadNumericHost(String),
 }
 
 /// The operator's allowlist plus the ranges that are always refused.
@@ -60,6 +63,47 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// Read a host written in one of the legacy IPv4 spellings `inet_aton` and browsers accept:
+/// one to four parts, each decimal, octal (leading `0`) or hex (`0x`), the last part filling the
+/// remaining bytes (`2130706433`, `0x7f.1`, `0177.0.0.1` are all 127.0.0.1). `None` when the host
+/// is a name (some part is not a number); `Some(Err)` when it is numeric but no address, which
+/// is refused rather than handed to a resolver that might read it differently.
+pub fn legacy_ipv4(host: &str) -> Option<Result<Ipv4Addr, EgressError>> {
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<&str> = trimmed.split('.').collect();
+    let numbers: Vec<Option<u64>> = parts.iter().map(|part| parse_ipv4_part(part)).collect();
+    let looks_numeric = |part: &&str| {
+        let digits = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")).unwrap_or(part);
+        !part.is_empty()
+            && digits.chars().all(|c| c.is_ascii_hexdigit())
+            && (part.starts_with("0x") || part.starts_with("0X") || part.chars().all(|c| c.is_ascii_digit()))
+    };
+    if !parts.iter().all(looks_numeric) {
+        return None;
+    }
+    let bad = || EgressError::BadNumericHost(host.to_string());
+    let numbers: Option<Vec<u64>> = numbers.into_iter().collect();
+    let Some(numbers) = numbers.filter(|n| (1..=4).contains(&n.len())) else {
+        return Some(Err(bad()));
+    };
+    let (last, leading) = numbers.split_last()?;
+    if leading.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (4 - leading.len())) {
+        return Some(Err(bad()));
+    }
+    let value = leading.iter().enumerate().fold(*last, |acc, (i, &n)| acc | (n << (8 * (3 - i))));
+    Some(u32::try_from(value).map(Ipv4Addr::from).map_err(|_| bad()))
+}
+
+fn parse_ipv4_part(part: &str) -> Option<u64> {
+    if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+        return if hex.is_empty() { Some(0) } else { u64::from_str_radix(hex, 16).ok() };
+    }
+    if part.len() > 1 && part.starts_with('0') {
+        return u64::from_str_radix(&part[1..], 8).ok();
+    }
+    part.parse().ok()
+}
+
 fn is_metadata_or_link_local(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(v4) => v4.is_link_local() || v4 == Ipv4Addr::new(100, 100, 100, 200),
@@ -92,6 +136,24 @@ mod tests {
         }
         for addr in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
             assert!(matches!(p.check(addr.parse().unwrap()), Err(EgressError::Unspecified(_))), "{addr}");
+        }
+    }
+
+    #[test]
+    fn legacy_ipv4_spellings_are_normalised() {
+        let loopback = Ipv4Addr::new(127, 0, 0, 1);
+        for host in
+            ["2130706433", "0x7f000001", "017700000001", "0x7f.1", "127.1", "0177.0.0.1", "127.0.0.1.", "0x7F.0.0.0x1"]
+        {
+            assert_eq!(legacy_ipv4(host), Some(Ok(loopback)), "{host}");
+        }
+        assert_eq!(legacy_ipv4("0xa9.0xfe.0xa9.0xfe"), Some(Ok(Ipv4Addr::new(169, 254, 169, 254))));
+        assert_eq!(legacy_ipv4("0"), Some(Ok(Ipv4Addr::UNSPECIFIED)));
+        for host in ["256.0.0.1", "1.2.3.4.5", "4294967296", "08.0.0.1", "1.2.65536"] {
+            assert!(matches!(legacy_ipv4(host), Some(Err(EgressError::BadNumericHost(_)))), "{host}");
+        }
+        for host in ["localhost", "vllm.internal", "0x7f.example", "deadbeef", "a.1"] {
+            assert_eq!(legacy_ipv4(host), None, "{host}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! The way out: one pooled HTTP client, the egress policy checked on the address actually
-//! connected to, credential injection, timeouts, and stream frame decoding.
+//! connected to, credential injection and AWS signing, timeouts, and stream frame decoding.
 
+pub mod aws;
 pub mod client;
 mod connector;
 pub mod egress;
@@ -52,10 +53,34 @@ pub enum UpstreamError {
         /// Its `Retry-After`, passed on for 429.
         retry_after: Option<http::HeaderValue>,
     },
+    /// The request could not be signed (AWS SigV4): the gateway's AWS environment is incomplete.
+    #[error("model request not signed: {0}")]
+    Signing(String),
     /// The TLS client could not be set up (start-up only).
     #[error("TLS setup failed: {0}")]
     Tls(String),
     /// The answer body was larger than allowed or a frame could not be decoded.
     #[error("model server answer unusable: {0}")]
     Body(String),
+}
+
+impl UpstreamError {
+    /// A short, fixed label for metrics: which timeout, or what else went wrong.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::InvalidRequest(_) => "invalid_request",
+            UpstreamError::Refused(_) => "egress_refused",
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout { phase: TimeoutPhase::Connect, .. } => "connect_timeout",
+            UpstreamError::Timeout { phase: TimeoutPhase::FirstByte, .. } => "first_byte_timeout",
+            UpstreamError::Timeout { phase: TimeoutPhase::Idle, .. } => "idle_timeout",
+            UpstreamError::Timeout { phase: TimeoutPhase::Total, .. } => "total_timeout",
+            UpstreamError::Status { status, .. } if *status == http::StatusCode::TOO_MANY_REQUESTS => "status_429",
+            UpstreamError::Status { status, .. } if status.is_client_error() => "status_4xx",
+            UpstreamError::Status { .. } => "status_other",
+            UpstreamError::Signing(_) => "signing",
+            UpstreamError::Tls(_) => "tls",
+            UpstreamError::Body(_) => "body",
+        }
+    }
 }

@@ -18,12 +18,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
 /// Plugin identity reported to the host.
 pub fn info() -> PluginInfo {
-    PluginInfo {
-        name: env!("CARGO_PKG_NAME").to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        providers: PROVIDERS.iter().map(|p| p.to_string()).collect(),
-        framing: Framing::Sse,
-    }
+    aigw_plugin_sdk::plugin_info(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), &PROVIDERS, Framing::Sse, None)
 }
 
 #[derive(Serialize)]

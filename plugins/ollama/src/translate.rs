@@ -12,12 +12,7 @@ pub const PROVIDERS: [&str; 1] = ["ollama"];
 
 /// Plugin identity reported to the host.
 pub fn info() -> PluginInfo {
-    PluginInfo {
-        name: env!("CARGO_PKG_NAME").to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        providers: PROVIDERS.iter().map(|p| p.to_string()).collect(),
-        framing: Framing::Ndjson,
-    }
+    aigw_plugin_sdk::plugin_info(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), &PROVIDERS, Framing::Ndjson, None)
 }
 
 /// Sampling in Ollama's `options` object.
@@ -158,7 +153,7 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, PluginError> {
 }
 
 /// Parse one NDJSON line; the line with `"done": true` ends the stream and carries the usage.
-pub fn parse_event(data: &[u8]) -> Result<StreamChunk, PluginError> {
+pub fn parse_event(_event: Option<&str>, data: &[u8]) -> Result<StreamChunk, PluginError> {
     let (text, finish_reason, usage, done) = parse(data)?;
     Ok(StreamChunk { text, finish_reason, usage, done })
 }
@@ -215,16 +210,17 @@ mod tests {
         assert!(matches!(done.finish_reason, Some(FinishReason::Stop)));
         assert_eq!(done.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((7, 2)));
 
-        let piece = parse_event(br#"{"model":"m","response":"ret","done":false}"#).unwrap();
+        let piece = parse_event(None, br#"{"model":"m","response":"ret","done":false}"#).unwrap();
         assert_eq!((piece.text.as_str(), piece.done), ("ret", false));
         let last =
-            parse_event(br#"{"model":"m","response":"","done":true,"done_reason":"length","eval_count":5}"#).unwrap();
+            parse_event(None, br#"{"model":"m","response":"","done":true,"done_reason":"length","eval_count":5}"#)
+                .unwrap();
         assert!(last.done && matches!(last.finish_reason, Some(FinishReason::Length)));
     }
 
     #[test]
     fn errors_are_malformed_responses() {
-        assert!(matches!(parse_event(br#"{"error":"model not found"}"#), Err(PluginError::MalformedResponse(_))));
+        assert!(matches!(parse_event(None, br#"{"error":"model not found"}"#), Err(PluginError::MalformedResponse(_))));
         assert!(matches!(parse_response(b"not json"), Err(PluginError::MalformedResponse(_))));
     }
 }

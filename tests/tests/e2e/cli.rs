@@ -67,7 +67,8 @@ fn free_port() -> u16 {
 /// A model key that must reach the model server and nothing else (no log line at any level).
 const CANARY_KEY: &str = "sk-canary-7f3a9c2e51d8";
 
-async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
+/// The status of a completion request, or why there was none.
+async fn complete(port: u16, token: &str, endpoint: &str) -> Result<u16, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let body = json!({
         "current_file": {"file_name": "add.py", "content_above_cursor": "def add(a, b):\n    ", "content_below_cursor": ""},
@@ -80,7 +81,7 @@ async fn complete(port: u16, token: &str, endpoint: &str) -> u16 {
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
         .unwrap();
-    client.request(request).await.unwrap().status().as_u16()
+    client.request(request).await.map(|response| response.status().as_u16()).map_err(|e| format!("{e:?}"))
 }
 
 /// `aigw serve --dev` on a free port with its key and log in `state`, plus `(name, value)`
@@ -119,13 +120,13 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_
     let state = tempfile::tempdir().unwrap();
     let (key_file, log_file) = (state.path().join("dev-key.pem"), state.path().join("aigw.log"));
     let (mut server, port, token) = dev_server(state.path(), &[("AIGW_LOGGING__LEVEL", "trace")]).await;
-    assert_eq!(complete(port, &token, &model.base_url()).await, 200);
+    assert_eq!(complete(port, &token, &model.base_url()).await, Ok(200));
 
     let minted = aigw().args(["token", "mint"]).env("AIGW_DEV__KEY_FILE", &key_file).output().await.unwrap();
     assert!(minted.status.success());
     let minted = String::from_utf8(minted.stdout).unwrap();
-    assert_eq!(complete(port, minted.trim(), &model.base_url()).await, 200);
-    assert_eq!(complete(port, "not-a-token", &model.base_url()).await, 401);
+    assert_eq!(complete(port, minted.trim(), &model.base_url()).await, Ok(200));
+    assert_eq!(complete(port, "not-a-token", &model.base_url()).await, Ok(401));
     assert_eq!(model.requests().len(), 2);
     for request in model.requests() {
         assert_eq!(request.headers.get("authorization").unwrap(), &format!("Bearer {CANARY_KEY}"));
@@ -172,11 +173,12 @@ async fn json_logs_carry_one_structured_line_per_request() {
     let state = tempfile::tempdir().unwrap();
     let log_file = state.path().join("aigw.log");
     let (mut server, port, token) = dev_server(state.path(), &[("AIGW_LOGGING__FORMAT_JSON", "true")]).await;
-    assert_eq!(complete(port, &token, &model.base_url()).await, 200);
+    let status = complete(port, &token, &model.base_url()).await;
     server.kill().await.unwrap();
     let _ = server.wait().await;
 
     let log = std::fs::read_to_string(&log_file).unwrap();
+    assert_eq!(status, Ok(200), "server log:\n{log}");
     let entries: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))

@@ -186,3 +186,125 @@ async fn a_connection_dropped_before_any_byte_is_retried_once() {
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2, "one retry, no more");
 }
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Each timeout answers in the endpoint's own form, and the metric says which one fired.
+#[tokio::test]
+async fn timeouts_answer_in_each_endpoints_form_and_are_counted_by_phase() {
+    let t = Setup::default()
+        .env("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "400")
+        .env("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", "400")
+        .start()
+        .await;
+    let chat = serde_json::json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
+        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
+                           "api_key": "k", "identifier": "custom_openai/mistral-7b"}});
+    let headers = t.gitlab_headers(&t.token(&["duo_chat"]));
+
+    // Within both limits: a whole answer.
+    t.model.set_reply(Reply {
+        text: "Thought: easy\nFinal Answer: Use git bisect.".into(),
+        chunk_delay: Duration::from_millis(30),
+        ..Reply::default()
+    });
+    let ok = t.post("/v2/chat/agent", &headers, &chat).await;
+    assert_eq!(aigw_tests::final_answer(&ok.ndjson()), "Use git bisect.");
+
+    // Before the first byte: 504 JSON, for chat as for code.
+    t.model.set_reply(Reply { head_delay: Duration::from_millis(1500), ..Reply::default() });
+    let late = t.post("/v2/chat/agent", &headers, &chat).await;
+    assert_eq!(late.status, 504);
+    assert_eq!(late.json(), serde_json::json!({"detail": "The model server did not answer in time"}));
+
+    // After the stream started: chat ends with its NDJSON error event, retryable.
+    t.model.set_reply(Reply { chunk_delay: Duration::from_millis(1500), ..Reply::default() });
+    let stalled = t.post("/v2/chat/agent", &headers, &chat).await;
+    assert_eq!(stalled.status, 200, "the head went out before the stall");
+    let events = stalled.ndjson();
+    assert_eq!(
+        events.last().unwrap(),
+        &serde_json::json!({"type": "error", "data": {"message": "The model server did not answer in time", "retryable": true}})
+    );
+
+    let text = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
+    let failures = |reason: &str| {
+        metric(&text, &format!("aigw_upstream_failures_total{{provider=\"custom_openai\",reason=\"{reason}\"}}"))
+    };
+    assert_eq!(failures("first_byte_timeout"), Some(1.0), "{text}");
+    assert_eq!(failures("idle_timeout"), Some(1.0), "{text}");
+}
+
+/// A loopback listener that never accepts, with its accept queue filled: Linux drops further
+/// SYNs, so a connection attempt hangs as it would towards a firewalled model server.
+async fn unanswering_listener() -> (std::net::SocketAddr, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            Err(_) => return (addr, listener, queued),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[tokio::test]
+async fn connect_timeout_obeyed_and_violated() {
+    let t = Setup::default().env("AIGW_UPSTREAM__CONNECT_TIMEOUT_MS", "300").start().await;
+    // Within the limit: a listening model server.
+    assert_eq!(t.complete(&t.completion_body("codestral", None, false)).await.status, 200);
+
+    let (addr, _listener, _queued) = unanswering_listener().await;
+    let mut body = t.completion_body("codestral", None, false);
+    body["model_endpoint"] = serde_json::json!(format!("http://{addr}/v1"));
+    let started = std::time::Instant::now();
+    let answer = t.complete(&body).await;
+    assert_eq!(answer.status, 504, "{}", answer.text());
+    assert_eq!(answer.json()["detail"], "The model server did not answer in time");
+    assert!(started.elapsed() < Duration::from_secs(5), "the connect timeout, not the total one, fired");
+    let text = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
+    let series = "aigw_upstream_failures_total{provider=\"custom_openai\",reason=\"connect_timeout\"}";
+    assert_eq!(metric(&text, series), Some(1.0), "{text}");
+}
+
+/// Chat's total limit is GitLab's `AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT` (seconds).
+#[tokio::test]
+async fn total_timeout_ends_a_stream_that_never_goes_quiet() {
+    let t = Setup::default()
+        .env("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", "900")
+        .env("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "1")
+        .start()
+        .await;
+    let chat = serde_json::json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
+        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
+                           "api_key": "k", "identifier": "custom_openai/mistral-7b"}});
+    let headers = t.gitlab_headers(&t.token(&["duo_chat"]));
+    let text = "Thought: easy\nFinal Answer: Use git bisect.".to_string();
+
+    // Within: 4 chunks 50 ms apart.
+    t.model.set_reply(Reply {
+        text: text.clone(),
+        chunks: 4,
+        chunk_delay: Duration::from_millis(50),
+        ..Reply::default()
+    });
+    let ok = t.post("/v2/chat/agent", &headers, &chat).await;
+    assert_eq!(aigw_tests::final_answer(&ok.ndjson()), "Use git bisect.");
+
+    // Past: 20 chunks 200 ms apart; never idle for 900 ms, but 4 s in all.
+    t.model.set_reply(Reply { text, chunks: 20, chunk_delay: Duration::from_millis(200), ..Reply::default() });
+    let started = std::time::Instant::now();
+    let cut = t.post("/v2/chat/agent", &headers, &chat).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "ended by the total timeout: {:?}", started.elapsed());
+    assert_eq!(cut.ndjson().last().unwrap()["type"], "error");
+    let metrics = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
+    let series = "aigw_upstream_failures_total{provider=\"custom_openai\",reason=\"total_timeout\"}";
+    assert_eq!(metric(&metrics, series), Some(1.0), "{metrics}");
+}

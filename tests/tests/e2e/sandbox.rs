@@ -92,6 +92,16 @@ async fn a_component_that_imports_sockets_is_refused_at_load() {
 }
 
 #[tokio::test]
+async fn a_component_built_against_another_wit_version_is_refused_with_the_versions_named() {
+    let t = Setup::default().plugin(component("test-guests/stale.wasm"), "stale.wasm").start().await;
+    let report = t.gateway.plugins().reload().await;
+    let (_, error) = report.rejected.iter().find(|(path, _)| path.ends_with("stale.wasm")).unwrap();
+    let error = error.to_string();
+    assert!(error.contains("aigw:plugin/types@0.1.0") && error.contains("aigw:plugin@0.2.0"), "{error}");
+    assert_eq!(t.gateway.plugins().snapshot().provider_names(), ["custom_openai", "openai"]);
+}
+
+#[tokio::test]
 async fn plugins_cannot_set_framing_or_credential_headers_or_leave_the_endpoint() {
     let t = hostile_gateway(&[]).await;
     let answer = hostile(&t, "headers").await;
@@ -107,4 +117,17 @@ async fn plugins_cannot_set_framing_or_credential_headers_or_leave_the_endpoint(
     let escape = hostile(&t, "escape").await;
     assert_eq!(escape.status, 502, "{}", escape.text());
     assert_eq!(t.model.requests().len(), 1, "nothing was sent for the escaping path");
+}
+
+#[tokio::test]
+async fn plugin_headers_are_limited_in_count_and_size_and_never_split() {
+    let t = hostile_gateway(&[]).await;
+    let at_limit = hostile(&t, "headers-at-limit").await;
+    assert_eq!(at_limit.status, 200, "{}", at_limit.text());
+    assert_eq!(t.model.requests()[0].headers.get("x-ok-31").unwrap(), &"y".repeat(100));
+    for misbehaviour in ["header-flood", "header-crlf"] {
+        let answer = hostile(&t, misbehaviour).await;
+        assert_eq!(answer.status, 502, "{misbehaviour}: {}", answer.text());
+    }
+    assert_eq!(t.model.requests().len(), 1, "nothing was sent for the refused requests");
 }

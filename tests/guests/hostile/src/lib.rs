@@ -3,9 +3,10 @@
 //! It serves the provider name `hostile`. The model id picks the misbehaviour inside
 //! `build-request`: `loop` spins forever (the epoch deadline must stop it), `oom` allocates until
 //! the memory cap refuses, `trap` panics, `print` writes to stdout and stderr (the host log must
-//! get it), `headers` tries to set framing and credential headers itself, `escape` builds a path
-//! that would leave the model endpoint. Any other model id gets a well-formed OpenAI-style request, so the same component also
-//! serves good requests concurrently with the bad ones. Every request it builds carries an
+//! get it), `headers` tries to set framing and credential headers itself, `header-flood`,
+//! `header-crlf` and `headers-at-limit` probe the header limits from both sides, `escape` builds
+//! a path that would leave the model endpoint. Any other model id gets a well-formed OpenAI-style
+//! request, so the same component also serves good requests concurrently with the bad ones. Every request it builds carries an
 //! `x-hostile-version` header, so the hot-reload test can see which version served it; the `v2`
 //! feature builds version 0.2.0.
 
@@ -47,6 +48,7 @@ impl Guest for Hostile {
             version: VERSION.to_string(),
             providers: vec!["hostile".to_string()],
             framing: Framing::Sse,
+            default_endpoint: None,
         }
     }
 
@@ -69,6 +71,25 @@ impl Guest for Hostile {
                     .iter()
                     .map(|(name, value)| Header { name: name.to_string(), value: value.to_string() })
                     .collect();
+                return Ok(UpstreamRequest {
+                    method: Method::Post,
+                    path: "/chat/completions".to_string(),
+                    headers,
+                    body: b"{\"model\":\"headers\",\"messages\":[]}".to_vec(),
+                    credential: Credential::Bearer,
+                });
+            }
+            "header-flood" | "header-crlf" | "headers-at-limit" => {
+                let headers = match request.model.as_str() {
+                    // One past the host's count limit.
+                    "header-flood" => {
+                        (0..33).map(|i| Header { name: format!("x-flood-{i}"), value: "x".into() }).collect()
+                    }
+                    // Response splitting: a header value carrying a second header.
+                    "header-crlf" => vec![Header { name: "x-note".into(), value: "a\r\nx-injected: yes".into() }],
+                    // Exactly at the count limit, and well inside the size limit.
+                    _ => (0..32).map(|i| Header { name: format!("x-ok-{i}"), value: "y".repeat(100) }).collect(),
+                };
                 return Ok(UpstreamRequest {
                     method: Method::Post,
                     path: "/chat/completions".to_string(),

@@ -19,6 +19,7 @@ impl Guest for Networked {
             version: "0.1.0".to_string(),
             providers: vec!["networked".to_string()],
             framing: Framing::Sse,
+            default_endpoint: None,
         }
     }
 

@@ -1,0 +1,308 @@
+//! Translation to AWS Bedrock's Converse API: `POST /model/{modelId}/converse` (and
+//! `converse-stream`), typed content blocks, `inferenceConfig`, and the ConverseStream events the
+//! host has already decoded from the AWS event-stream framing.
+
+use crate::types::{
+    Completion, Credential, FinishReason, Framing, Method, ModelRequest, PluginError, PluginInfo, Role, StreamChunk,
+    UpstreamRequest, Usage,
+};
+use aigw_plugin_sdk::{empty_chunk, invalid, malformed, to_json};
+use serde::{Deserialize, Serialize};
+
+/// Provider names routed to this plugin: `bedrock/<model id or inference profile>`.
+pub const PROVIDERS: [&str; 1] = ["bedrock"];
+
+/// The Bedrock runtime endpoint of the gateway's AWS region.
+pub const DEFAULT_ENDPOINT: &str = "https://bedrock-runtime.{aws-region}.amazonaws.com";
+
+/// The SigV4 service name.
+pub const SIGNING_SERVICE: &str = "bedrock";
+
+/// Plugin identity reported to the host.
+pub fn info() -> PluginInfo {
+    aigw_plugin_sdk::plugin_info(
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        &PROVIDERS,
+        Framing::AwsEventStream,
+        Some(DEFAULT_ENDPOINT),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseRequest<'a> {
+    messages: Vec<Turn<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<TextBlock<'a>>,
+    #[serde(skip_serializing_if = "InferenceConfig::is_empty")]
+    inference_config: InferenceConfig<'a>,
+}
+
+#[derive(Serialize)]
+struct Turn<'a> {
+    role: &'static str,
+    content: [TextBlock<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct TextBlock<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InferenceConfig<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+}
+
+impl InferenceConfig<'_> {
+    fn is_empty(&self) -> bool {
+        self.max_tokens.is_none()
+            && self.temperature.is_none()
+            && self.top_p.is_none()
+            && self.stop_sequences.is_empty()
+    }
+}
+
+/// A model id or inference-profile ARN as one path segment: everything but RFC 3986 unreserved
+/// characters is percent-encoded (`:` in versioned ids, `/` in ARNs).
+fn path_segment(model: &str) -> String {
+    let mut encoded = String::with_capacity(model.len() + 8);
+    for byte in model.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// System messages become `system` blocks; the conversation must start with the user, as the
+/// Converse API requires. The host signs the request (SigV4, service `bedrock`).
+pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginError> {
+    if request.model.is_empty() {
+        return Err(invalid("the model id is empty"));
+    }
+    let system = request
+        .messages
+        .iter()
+        .filter(|m| matches!(m.role, Role::System))
+        .map(|m| TextBlock { text: &m.content })
+        .collect();
+    let messages: Vec<Turn<'_>> = request
+        .messages
+        .iter()
+        .filter_map(|m| match m.role {
+            Role::System => None,
+            Role::User => Some(Turn { role: "user", content: [TextBlock { text: &m.content }] }),
+            Role::Assistant => Some(Turn { role: "assistant", content: [TextBlock { text: &m.content }] }),
+        })
+        .collect();
+    if messages.first().is_none_or(|first| first.role != "user") {
+        return Err(invalid("the Converse API needs a conversation that starts with the user"));
+    }
+    let sampling = &request.sampling;
+    let body = ConverseRequest {
+        messages,
+        system,
+        inference_config: InferenceConfig {
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            stop_sequences: &sampling.stop,
+        },
+    };
+    let operation = if request.stream { "converse-stream" } else { "converse" };
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: format!("/model/{}/{operation}", path_segment(&request.model)),
+        headers: Vec::new(),
+        body: to_json(&body)?,
+        credential: Credential::AwsSigv4(SIGNING_SERVICE.to_string()),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseResponse {
+    output: Option<Output>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Output {
+    message: Option<OutputMessage>,
+}
+
+#[derive(Deserialize)]
+struct OutputMessage {
+    #[serde(default)]
+    content: Vec<OutputBlock>,
+}
+
+/// A content block; only text blocks carry text (tool use and reasoning blocks are skipped).
+#[derive(Deserialize)]
+struct OutputBlock {
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: u32,
+    #[serde(default)]
+    output_tokens: u32,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(usage: WireUsage) -> Self {
+        Usage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens }
+    }
+}
+
+fn finish_reason(reason: &str) -> FinishReason {
+    aigw_plugin_sdk::finish_reason(reason, &["end_turn", "stop_sequence"], &["max_tokens"])
+}
+
+/// Parse a Converse answer: the text blocks of the output message, joined.
+pub fn parse_response(body: &[u8]) -> Result<Completion, PluginError> {
+    let response: ConverseResponse = serde_json::from_slice(body).map_err(malformed)?;
+    let message =
+        response.output.and_then(|o| o.message).ok_or_else(|| malformed("the answer has no output message"))?;
+    Ok(Completion {
+        text: message.content.into_iter().filter_map(|block| block.text).collect(),
+        finish_reason: response.stop_reason.as_deref().map(finish_reason),
+        usage: response.usage.map(Usage::from),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamEvent {
+    delta: Option<Delta>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    text: Option<String>,
+}
+
+/// Parse one ConverseStream event. `metadata`, which carries the usage, is the last event;
+/// exception messages (`throttlingException`, `modelStreamErrorException`, …) end the stream
+/// with their message.
+pub fn parse_event(event: Option<&str>, data: &[u8]) -> Result<StreamChunk, PluginError> {
+    let Some(name) = event else {
+        return Ok(empty_chunk());
+    };
+    let parsed = || serde_json::from_slice::<StreamEvent>(data).map_err(malformed);
+    if name.ends_with("Exception") {
+        let message = parsed().ok().and_then(|e| e.message).unwrap_or_else(|| "(no message)".to_string());
+        return Err(malformed(format!("Bedrock reported {name}: {message}")));
+    }
+    Ok(match name {
+        "contentBlockDelta" => {
+            StreamChunk { text: parsed()?.delta.and_then(|d| d.text).unwrap_or_default(), ..empty_chunk() }
+        }
+        "messageStop" => {
+            StreamChunk { finish_reason: parsed()?.stop_reason.as_deref().map(finish_reason), ..empty_chunk() }
+        }
+        "metadata" => StreamChunk { usage: parsed()?.usage.map(Usage::from), done: true, ..empty_chunk() },
+        // messageStart, contentBlockStart/Stop and events added later carry no text.
+        _ => empty_chunk(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Message, Sampling};
+    use serde_json::{Value, json};
+
+    fn request(stream: bool) -> ModelRequest {
+        ModelRequest {
+            model: "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
+            messages: vec![
+                Message { role: Role::System, content: "Be brief.".into() },
+                Message { role: Role::User, content: "Hi".into() },
+            ],
+            fill_in_middle: None,
+            sampling: Sampling { max_tokens: Some(100), temperature: Some(0.1), top_p: None, stop: vec![] },
+            stream,
+        }
+    }
+
+    #[test]
+    fn converse_request_is_typed_blocks_and_signed_for_bedrock() {
+        let built = build_request(&request(false)).unwrap();
+        assert_eq!(built.path, "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse");
+        assert!(matches!(built.credential, Credential::AwsSigv4(ref service) if service == "bedrock"));
+        let body: Value = serde_json::from_slice(&built.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+                   "system": [{"text": "Be brief."}],
+                   "inferenceConfig": {"maxTokens": 100, "temperature": 0.1}})
+        );
+        assert!(build_request(&request(true)).unwrap().path.ends_with("/converse-stream"));
+    }
+
+    #[test]
+    fn inference_profile_arns_stay_one_segment() {
+        let mut arn = request(false);
+        arn.model = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.meta.llama3-2-3b".into();
+        let path = build_request(&arn).unwrap().path;
+        assert_eq!(
+            path,
+            "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.meta.llama3-2-3b/converse"
+        );
+    }
+
+    #[test]
+    fn parses_converse_answer() {
+        let body = br#"{"output":{"message":{"role":"assistant","content":[{"text":"return "},{"text":"a + b"}]}},
+            "stopReason":"max_tokens","usage":{"inputTokens":9,"outputTokens":4,"totalTokens":13},"metrics":{"latencyMs":5}}"#;
+        let done = parse_response(body).unwrap();
+        assert_eq!(done.text, "return a + b");
+        assert!(matches!(done.finish_reason, Some(FinishReason::Length)));
+        assert_eq!(done.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((9, 4)));
+        assert!(matches!(parse_response(b"{}"), Err(PluginError::MalformedResponse(_))));
+    }
+
+    #[test]
+    fn parses_converse_stream_events() {
+        assert_eq!(parse_event(Some("messageStart"), br#"{"role":"assistant","p":"abc"}"#).unwrap().text, "");
+        let delta =
+            parse_event(Some("contentBlockDelta"), br#"{"contentBlockIndex":0,"delta":{"text":"ret"}}"#).unwrap();
+        assert_eq!(delta.text, "ret");
+        let stop = parse_event(Some("messageStop"), br#"{"stopReason":"end_turn"}"#).unwrap();
+        assert!(matches!(stop.finish_reason, Some(FinishReason::Stop)));
+        let metadata =
+            parse_event(Some("metadata"), br#"{"usage":{"inputTokens":3,"outputTokens":2},"metrics":{}}"#).unwrap();
+        assert!(metadata.done);
+        assert_eq!(metadata.usage.map(|u| u.output_tokens), Some(2));
+    }
+
+    #[test]
+    fn exceptions_end_the_stream_with_their_message() {
+        match parse_event(Some("throttlingException"), br#"{"message":"Too many requests"}"#) {
+            Err(PluginError::MalformedResponse(message)) => {
+                assert!(message.contains("throttlingException") && message.contains("Too many requests"))
+            }
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Translation to Mistral's API: chat completions for conversations, the native
+//! fill-in-the-middle endpoint for Codestral code completion. Answers are OpenAI-shaped.
+
+use crate::types::{Credential, Framing, Method, ModelRequest, PluginError, PluginInfo, UpstreamRequest};
+use aigw_plugin_sdk::openai::{self, Dialect, SamplingFields};
+pub use aigw_plugin_sdk::openai::{parse_event, parse_response};
+use aigw_plugin_sdk::to_json;
+use serde::Serialize;
+
+/// Provider names routed to this plugin: `mistral/<model>` and `codestral/<model>`.
+pub const PROVIDERS: [&str; 2] = ["mistral", "codestral"];
+
+/// Mistral's public API. Like LiteLLM's `api_base`, the endpoint includes `/v1`.
+pub const DEFAULT_ENDPOINT: &str = "https://api.mistral.ai/v1";
+
+/// Mistral refuses unknown fields (so no `stream_options`) and reports usage in the last chunk
+/// without being asked.
+const DIALECT: Dialect = Dialect { model_in_body: true, stream_options: false };
+
+/// Plugin identity reported to the host.
+pub fn info() -> PluginInfo {
+    aigw_plugin_sdk::plugin_info(
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        &PROVIDERS,
+        Framing::Sse,
+        Some(DEFAULT_ENDPOINT),
+    )
+}
+
+#[derive(Serialize)]
+struct FimRequest<'a> {
+    model: &'a str,
+    prompt: &'a str,
+    suffix: &'a str,
+    #[serde(flatten)]
+    sampling: SamplingFields<'a>,
+    stream: bool,
+}
+
+/// Only Codestral models are served by the fill-in-the-middle endpoint.
+fn serves_fim(model: &str) -> bool {
+    model.starts_with("codestral")
+}
+
+/// A code completion for a Codestral model goes to `POST /fim/completions` with the raw prefix and
+/// suffix; everything else to `POST /chat/completions` with the rendered messages.
+pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginError> {
+    openai::check_request(request)?;
+    let (path, body) = match &request.fill_in_middle {
+        Some(fim) if serves_fim(&request.model) => (
+            "/fim/completions",
+            to_json(&FimRequest {
+                model: &request.model,
+                prompt: &fim.prefix,
+                suffix: &fim.suffix,
+                sampling: SamplingFields::of(request),
+                stream: request.stream,
+            })?,
+        ),
+        _ => ("/chat/completions", openai::chat_body(request, DIALECT)?),
+    };
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: path.to_string(),
+        headers: Vec::new(),
+        body,
+        credential: Credential::Bearer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{FillInMiddle, Message, Role, Sampling};
+    use serde_json::{Value, json};
+
+    fn completion(model: &str) -> ModelRequest {
+        ModelRequest {
+            model: model.into(),
+            messages: vec![Message { role: Role::User, content: "<s>[SUFFIX]\n[PREFIX]def add(a, b):".into() }],
+            fill_in_middle: Some(FillInMiddle { prefix: "def add(a, b):".into(), suffix: "\n".into() }),
+            sampling: Sampling {
+                max_tokens: Some(64),
+                temperature: Some(0.25),
+                top_p: None,
+                stop: vec!["\n\n".into()],
+            },
+            stream: true,
+        }
+    }
+
+    #[test]
+    fn codestral_completion_uses_fill_in_the_middle() {
+        let built = build_request(&completion("codestral-latest")).unwrap();
+        assert_eq!(built.path, "/fim/completions");
+        assert!(matches!(built.credential, Credential::Bearer));
+        let body: Value = serde_json::from_slice(&built.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"model": "codestral-latest", "prompt": "def add(a, b):", "suffix": "\n",
+                   "max_tokens": 64, "temperature": 0.25, "stop": ["\n\n"], "stream": true})
+        );
+    }
+
+    #[test]
+    fn other_models_and_chat_use_chat_completions_without_stream_options() {
+        let mut chat = completion("mistral-large-latest");
+        let built = build_request(&chat).unwrap();
+        assert_eq!(built.path, "/chat/completions");
+        let body: Value = serde_json::from_slice(&built.body).unwrap();
+        assert_eq!(body.get("stream_options"), None);
+        assert_eq!(body["model"], "mistral-large-latest");
+
+        chat.model = "codestral-latest".into();
+        chat.fill_in_middle = None;
+        assert_eq!(build_request(&chat).unwrap().path, "/chat/completions");
+    }
+}

@@ -1,0 +1,135 @@
+//! What every aigw provider plugin shares: the bindings of `wit/provider.wit`, the export macro,
+//! error helpers and the OpenAI chat wire format several providers speak.
+//!
+//! A plugin keeps its translation in a plain-Rust module, unit-tested natively, with four
+//! functions (`info`, `build_request`, `parse_response`, `parse_event`), and exports it with
+//! [`provider!`]:
+//!
+//! ```ignore
+//! pub mod translate; // fn info() -> PluginInfo, fn build_request(&ModelRequest) -> …, …
+//! aigw_plugin_sdk::provider!(translate);
+//! ```
+//!
+//! A plugin that needs more than delegation implements [`Guest`] itself and uses
+//! [`export_provider!`].
+
+#![allow(unsafe_code, reason = "wit-bindgen's generated ABI glue is unsafe code")]
+
+pub mod openai;
+
+/// The generated bindings. In a module of their own: the exported macros must not land next to
+/// the generated `use` of the same name at the crate root.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "provider",
+        pub_export_macro: true,
+        export_macro_name: "export_provider",
+        default_bindings_module: "aigw_plugin_sdk::bindings",
+    });
+}
+
+/// The WIT types, for plugins and for native callers (tests, benchmarks) that build inputs.
+pub use bindings::aigw::plugin::types;
+pub use bindings::{Guest, export_provider};
+
+use types::{FinishReason, PluginError, StreamChunk};
+
+/// Implement the `provider` world by delegating to a translation module and export it. The
+/// module provides `info() -> PluginInfo`, `build_request(&ModelRequest)`,
+/// `parse_response(&[u8])` and `parse_event(Option<&str>, &[u8])`.
+#[macro_export]
+macro_rules! provider {
+    ($translate:ident) => {
+        struct ExportedProvider;
+
+        impl $crate::Guest for ExportedProvider {
+            fn info() -> $crate::types::PluginInfo {
+                $translate::info()
+            }
+
+            fn build_request(
+                request: $crate::types::ModelRequest,
+            ) -> Result<$crate::types::UpstreamRequest, $crate::types::PluginError> {
+                $translate::build_request(&request)
+            }
+
+            fn parse_response(body: Vec<u8>) -> Result<$crate::types::Completion, $crate::types::PluginError> {
+                $translate::parse_response(&body)
+            }
+
+            fn parse_event(
+                event: Option<String>,
+                data: Vec<u8>,
+            ) -> Result<$crate::types::StreamChunk, $crate::types::PluginError> {
+                $translate::parse_event(event.as_deref(), &data)
+            }
+        }
+
+        $crate::export_provider!(ExportedProvider);
+    };
+}
+
+/// A plugin's identity: pass `env!("CARGO_PKG_NAME")` and `env!("CARGO_PKG_VERSION")`.
+pub fn plugin_info(
+    name: &str,
+    version: &str,
+    providers: &[&str],
+    framing: types::Framing,
+    default_endpoint: Option<&str>,
+) -> types::PluginInfo {
+    types::PluginInfo {
+        name: name.to_string(),
+        version: version.to_string(),
+        providers: providers.iter().map(|p| p.to_string()).collect(),
+        framing,
+        default_endpoint: default_endpoint.map(str::to_string),
+    }
+}
+
+/// The model server's answer could not be understood.
+pub fn malformed(what: impl std::fmt::Display) -> PluginError {
+    PluginError::MalformedResponse(what.to_string())
+}
+
+/// The canonical request cannot be expressed for this provider.
+pub fn invalid(what: impl std::fmt::Display) -> PluginError {
+    PluginError::InvalidInput(what.to_string())
+}
+
+/// Encode a request body as JSON.
+pub fn to_json(body: &impl serde::Serialize) -> Result<Vec<u8>, PluginError> {
+    serde_json::to_vec(body).map_err(|e| invalid(format!("cannot encode the request: {e}")))
+}
+
+/// A stream event that carries nothing (keep-alives, bookkeeping events).
+pub fn empty_chunk() -> StreamChunk {
+    StreamChunk { text: String::new(), finish_reason: None, usage: None, done: false }
+}
+
+/// A stream event that ends the stream.
+pub fn done_chunk() -> StreamChunk {
+    StreamChunk { done: true, ..empty_chunk() }
+}
+
+/// Map a provider's stop reason: `stop_words` mean a natural stop, `length_words` the token
+/// limit, anything else is passed on verbatim.
+pub fn finish_reason(reason: &str, stop_words: &[&str], length_words: &[&str]) -> FinishReason {
+    if stop_words.contains(&reason) {
+        FinishReason::Stop
+    } else if length_words.contains(&reason) {
+        FinishReason::Length
+    } else {
+        FinishReason::Other(reason.to_string())
+    }
+}
+
+/// The role name most chat APIs use.
+pub fn role_name(role: types::Role) -> &'static str {
+    match role {
+        types::Role::System => "system",
+        types::Role::User => "user",
+        types::Role::Assistant => "assistant",
+    }
+}

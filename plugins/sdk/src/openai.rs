@@ -1,0 +1,294 @@
+//! The OpenAI chat completions wire format, spoken by vLLM and every OpenAI-compatible server,
+//! Azure OpenAI and Mistral: the request body, the complete answer and the SSE stream events.
+
+use crate::types::{Completion, FinishReason, Message, ModelRequest, PluginError, StreamChunk, Usage};
+use crate::{done_chunk, invalid, malformed, role_name, to_json};
+use serde::{Deserialize, Serialize};
+
+/// How a provider's dialect differs from OpenAI's.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialect {
+    /// Send `model` in the body (Azure names the deployment in the path instead).
+    pub model_in_body: bool,
+    /// Ask for a final usage chunk with `stream_options` (Mistral sends usage unasked and refuses
+    /// unknown fields).
+    pub stream_options: bool,
+}
+
+impl Dialect {
+    /// OpenAI and the servers that copy it.
+    pub const OPENAI: Dialect = Dialect { model_in_body: true, stream_options: true };
+}
+
+#[derive(Serialize)]
+struct ChatRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    messages: Vec<ChatMessage<'a>>,
+    #[serde(flatten)]
+    sampling: SamplingFields<'a>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+/// The sampling fields OpenAI-style APIs share (chat and Mistral's fill-in-the-middle).
+#[derive(Serialize)]
+pub struct SamplingFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+}
+
+impl<'a> SamplingFields<'a> {
+    /// The request's sampling parameters; unset ones are left out of the body.
+    pub fn of(request: &'a ModelRequest) -> Self {
+        let sampling = &request.sampling;
+        SamplingFields {
+            max_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            stop: &sampling.stop,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// Refuse what no provider can serve: an empty model id or no messages.
+pub fn check_request(request: &ModelRequest) -> Result<(), PluginError> {
+    if request.model.is_empty() {
+        return Err(invalid("the model id is empty"));
+    }
+    if request.messages.is_empty() {
+        return Err(invalid("the request has no messages"));
+    }
+    Ok(())
+}
+
+/// The chat completions request body for `request`.
+pub fn chat_body(request: &ModelRequest, dialect: Dialect) -> Result<Vec<u8>, PluginError> {
+    check_request(request)?;
+    to_json(&ChatRequest {
+        model: dialect.model_in_body.then_some(request.model.as_str()),
+        messages: request.messages.iter().map(chat_message).collect(),
+        sampling: SamplingFields::of(request),
+        stream: request.stream,
+        stream_options: (request.stream && dialect.stream_options).then_some(StreamOptions { include_usage: true }),
+    })
+}
+
+fn chat_message(message: &Message) -> ChatMessage<'_> {
+    ChatMessage { role: role_name(message.role), content: &message.content }
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    usage: Option<WireUsage>,
+    /// vLLM and LiteLLM report failures, mid-stream too, as `{"error": {...}}`.
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Option<WireMessage>,
+    /// Present in streamed chunks.
+    delta: Option<WireMessage>,
+    /// Present in `/completions` answers, which some servers return for chat requests too.
+    text: Option<String>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: Option<String>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(usage: WireUsage) -> Self {
+        Usage { input_tokens: usage.prompt_tokens, output_tokens: usage.completion_tokens }
+    }
+}
+
+fn finish_reason(reason: &str) -> FinishReason {
+    crate::finish_reason(reason, &["stop", "eos"], &["length", "model_length"])
+}
+
+fn reported_error(answer: &ChatResponse) -> Result<(), PluginError> {
+    match &answer.error {
+        Some(error) => Err(malformed(format!(
+            "the model server reported an error: {}",
+            error.message.as_deref().unwrap_or("(no message)")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Parse a complete chat completion: the first choice's text, its finish reason and the usage.
+pub fn parse_response(body: &[u8]) -> Result<Completion, PluginError> {
+    let response: ChatResponse = serde_json::from_slice(body).map_err(malformed)?;
+    reported_error(&response)?;
+    let choice = response.choices.into_iter().next().ok_or_else(|| malformed("the answer has no choices"))?;
+    let text = choice.message.and_then(|m| m.content).or(choice.text).unwrap_or_default();
+    Ok(Completion {
+        text,
+        finish_reason: choice.finish_reason.as_deref().map(finish_reason),
+        usage: response.usage.map(Usage::from),
+    })
+}
+
+/// Parse one SSE `data:` payload: a chunk, the usage-only chunk, an error object or `[DONE]`.
+/// OpenAI-style streams name no events, so `_event` is not used.
+pub fn parse_event(_event: Option<&str>, data: &[u8]) -> Result<StreamChunk, PluginError> {
+    if data.trim_ascii() == b"[DONE]" {
+        return Ok(done_chunk());
+    }
+    let chunk: ChatResponse = serde_json::from_slice(data).map_err(malformed)?;
+    reported_error(&chunk)?;
+    let (text, finish) = match chunk.choices.into_iter().next() {
+        Some(choice) => (
+            choice.delta.and_then(|d| d.content).or(choice.text).unwrap_or_default(),
+            choice.finish_reason.as_deref().map(finish_reason),
+        ),
+        None => (String::new(), None),
+    };
+    Ok(StreamChunk { text, finish_reason: finish, usage: chunk.usage.map(Usage::from), done: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{FillInMiddle, Role, Sampling};
+    use serde_json::{Value, json};
+
+    fn request(stream: bool) -> ModelRequest {
+        ModelRequest {
+            model: "qwen2.5-coder".to_string(),
+            messages: vec![
+                Message { role: Role::System, content: "You complete code.".to_string() },
+                Message { role: Role::User, content: "def add(a, b):".to_string() },
+            ],
+            fill_in_middle: Some(FillInMiddle { prefix: "def add(a, b):".into(), suffix: "".into() }),
+            sampling: Sampling {
+                max_tokens: Some(64),
+                temperature: Some(0.32),
+                top_p: None,
+                stop: vec!["[INST]".to_string()],
+            },
+            stream,
+        }
+    }
+
+    #[test]
+    fn chat_body_carries_messages_and_set_sampling_only() {
+        let body: Value = serde_json::from_slice(&chat_body(&request(false), Dialect::OPENAI).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "qwen2.5-coder",
+                "messages": [
+                    {"role": "system", "content": "You complete code."},
+                    {"role": "user", "content": "def add(a, b):"}
+                ],
+                "max_tokens": 64,
+                "temperature": 0.32,
+                "stop": ["[INST]"],
+                "stream": false
+            })
+        );
+    }
+
+    #[test]
+    fn dialects_differ_in_model_and_stream_options() {
+        let openai: Value = serde_json::from_slice(&chat_body(&request(true), Dialect::OPENAI).unwrap()).unwrap();
+        assert_eq!(openai["stream_options"], json!({"include_usage": true}));
+        let bare = Dialect { model_in_body: false, stream_options: false };
+        let other: Value = serde_json::from_slice(&chat_body(&request(true), bare).unwrap()).unwrap();
+        assert_eq!(other.get("model"), None);
+        assert_eq!(other.get("stream_options"), None);
+        assert_eq!(other["stream"], json!(true));
+    }
+
+    #[test]
+    fn empty_model_or_messages_are_invalid_input() {
+        let mut no_model = request(false);
+        no_model.model.clear();
+        assert!(matches!(chat_body(&no_model, Dialect::OPENAI), Err(PluginError::InvalidInput(_))));
+        let mut no_messages = request(false);
+        no_messages.messages.clear();
+        assert!(matches!(chat_body(&no_messages, Dialect::OPENAI), Err(PluginError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn parses_complete_answer_with_usage() {
+        let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,
+            "message":{"role":"assistant","content":"return a + b"},"finish_reason":"length"}],
+            "usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+        let done = parse_response(body).unwrap();
+        assert_eq!(done.text, "return a + b");
+        assert!(matches!(done.finish_reason, Some(FinishReason::Length)));
+        let usage = done.usage.unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (12, 5));
+    }
+
+    #[test]
+    fn answer_without_choices_is_malformed() {
+        assert!(matches!(parse_response(b"{\"choices\":[]}"), Err(PluginError::MalformedResponse(_))));
+        assert!(matches!(parse_response(b"<html>"), Err(PluginError::MalformedResponse(_))));
+    }
+
+    #[test]
+    fn parses_stream_events() {
+        let chunk =
+            parse_event(None, br#"{"choices":[{"index":0,"delta":{"content":"ret"},"finish_reason":null}]}"#).unwrap();
+        assert_eq!(chunk.text, "ret");
+        assert!(!chunk.done && chunk.finish_reason.is_none());
+
+        let last = parse_event(None, br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        assert_eq!(last.text, "");
+        assert!(matches!(last.finish_reason, Some(FinishReason::Stop)));
+
+        let usage = parse_event(None, br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
+        assert_eq!(usage.usage.map(|u| u.output_tokens), Some(2));
+
+        assert!(parse_event(None, b"[DONE]").unwrap().done);
+    }
+
+    #[test]
+    fn stream_error_object_is_reported() {
+        let err = parse_event(None, br#"{"error":{"message":"model overloaded","code":503}}"#).unwrap_err();
+        match err {
+            PluginError::MalformedResponse(message) => assert!(message.contains("model overloaded")),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+}
