@@ -11,6 +11,7 @@ mod code;
 mod completions;
 mod conformance;
 mod egress;
+mod hostile_upstream;
 mod limits;
 mod metrics;
 mod ollama;
