@@ -151,11 +151,15 @@ async fn the_benchmark_runs_in_smoke_mode() {
     let binary = workspace().join("target/release/aigw-bench");
     assert!(binary.is_file(), "{} is missing: run `make test`", binary.display());
     let out = tempfile::tempdir().unwrap();
-    for (mode, file) in [("plugin", "plugin.json"), ("gateway", "gateway.json")] {
+    for (mode, file, extra) in
+        [("plugin", "plugin.json", &[][..]), ("gateway", "gateway.json", &["--open-streams", "50"][..])]
+    {
         let output = out.path().join(file);
         let run = tokio::process::Command::new(&binary)
             .current_dir(workspace())
-            .args([mode, "--iterations", "100", "--output"])
+            .args([mode, "--iterations", "100"])
+            .args(extra)
+            .arg("--output")
             .arg(&output)
             .output()
             .await
@@ -164,6 +168,14 @@ async fn the_benchmark_runs_in_smoke_mode() {
         let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
         let p50 = if mode == "plugin" { &results["wasm_us"]["p50"] } else { &results["aigw_us"]["p50"] };
         assert!(p50.as_f64().is_some_and(|v| v > 0.0), "{mode}: {results}");
+        if mode == "gateway" {
+            assert!(results["legs"]["bare_proxy"]["c64"]["requests_per_second"].as_f64().is_some_and(|v| v > 0.0));
+            assert_eq!(results["budget"].as_array().map(Vec::len), Some(7), "every budget line is reported");
+            assert_eq!(
+                results["memory"]["streams_closed_after_hang_up"], true,
+                "50 hung-up streams all closed upstream"
+            );
+        }
     }
 }
 
@@ -191,5 +203,11 @@ async fn json_logs_carry_one_structured_line_per_request() {
     assert_eq!(request["level"], "INFO");
     assert!(request["request_id"].as_str().is_some_and(|id| id.len() == 32), "an id was assigned: {request}");
     assert!(request["overhead_ms"].as_f64().is_some() && request["upstream_ms"].as_f64().is_some());
+    assert!(request["duration_ms"].as_f64().unwrap() >= request["head_ms"].as_f64().unwrap());
+    assert_eq!(request["provider"], "custom_openai");
+    assert_eq!(request["model"], "codestral");
+    assert_eq!(request["plugin"], "openai-compatible@0.1.0");
+    assert_eq!((request["input_tokens"].as_u64(), request["output_tokens"].as_u64()), (Some(12), Some(5)));
+    assert_eq!(request["outcome"], "completed");
     assert!(!log.contains(CANARY_KEY));
 }

@@ -1,0 +1,382 @@
+//! The end-to-end benchmark: the same completion sent directly to the mock model server, through
+//! the bare proxy, and through aigw (each a separate process whose CPU and memory are read from
+//! /proc), at concurrency 1 and 64, whole and streamed; then memory with many open streams. The
+//! ratios and differences are the result; the budget is checked and printed, never asserted.
+
+use crate::load::{self, BenchClient, Summary, Target, Timing, summarize};
+use crate::procfs;
+use aigw_mock::{MockModelServer, Reply};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How much to run; everything is bounded in count and time.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Requests per target at concurrency 1.
+    pub iterations: usize,
+    /// Streams held open at once for the memory measurement.
+    pub open_streams: usize,
+}
+
+/// A child process that is killed when dropped.
+struct Process {
+    child: Child,
+    pid: u32,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Start `command`, wait for a stdout line containing `marker`, and return the process and the
+/// text following the marker on that line.
+async fn spawn_until(mut command: Command, marker: &str) -> anyhow::Result<(Process, String)> {
+    command.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("the child exited at once"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(at) = line.find(marker) {
+                return anyhow::Ok(line[at + marker.len()..].to_string());
+            }
+        }
+        anyhow::bail!("the child ended without printing {marker:?}")
+    })
+    .await??;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((Process { child, pid }, found))
+}
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().map(|dir| dir.join(name)).ok_or_else(|| anyhow::anyhow!("no binary directory"))?;
+    anyhow::ensure!(path.is_file(), "{} is missing: run `make build`", path.display());
+    Ok(path)
+}
+
+async fn start_aigw(state: &Path) -> anyhow::Result<(Process, String, String)> {
+    let key_file = state.join("dev-key.pem");
+    let key = aigw::auth::SigningKey::load_or_create(&key_file)?;
+    let token = key.sign(&aigw::auth::keys::DevClaims::new(aigw::DEV_ISSUER, Duration::from_secs(3600)))?;
+    let mut command = Command::new(sibling_binary("aigw")?);
+    command
+        .args(["serve", "--dev"])
+        .env("AIGW_FASTAPI__API_PORT", "0")
+        .env("AIGW_PLUGINS__DIR", "target/plugins")
+        .env("AIGW_DEV__KEY_FILE", &key_file)
+        .env("AIGW_LOGGING__LEVEL", "warn");
+    let (process, rest) = spawn_until(command, "curl -s http://").await?;
+    let addr = rest.split('/').next().unwrap_or_default().to_string();
+    Ok((process, addr, token))
+}
+
+async fn start_proxy(upstream: &str) -> anyhow::Result<(Process, String)> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream]);
+    spawn_until(command, "listening on ").await
+}
+
+/// About 7.5 KB of code before the cursor, as in a real completion request.
+fn gitlab_body(model: &MockModelServer, stream: bool) -> Bytes {
+    Bytes::from(
+        json!({"current_file": {"file_name": "app.py", "content_above_cursor": crate::prefix(), "content_below_cursor": "\n"},
+               "model_provider": "litellm", "model_name": "codestral", "model_endpoint": model.base_url(),
+               "model_identifier": "custom_openai/codestral-22b", "stream": stream})
+        .to_string(),
+    )
+}
+
+/// The request aigw sends upstream for the body above, for the direct and proxied calls.
+fn openai_body(stream: bool) -> Bytes {
+    let prompt = format!("<s>[SUFFIX]\n[PREFIX]{}", crate::prefix());
+    Bytes::from(
+        json!({"model": "codestral-22b", "messages": [{"role": "user", "content": prompt}],
+               "max_tokens": 64, "temperature": 0.32, "stream": stream})
+        .to_string(),
+    )
+}
+
+/// One measured target.
+struct Leg {
+    name: &'static str,
+    target: Target,
+    body: Bytes,
+    stream_body: Bytes,
+    /// The process whose CPU counts (none for the direct call).
+    pid: Option<u32>,
+}
+
+fn cpu_of(pid: Option<u32>) -> Duration {
+    pid.map(procfs::cpu).unwrap_or_default()
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+/// Sequential rounds over all legs, interleaved so that drift in the machine hits each alike.
+/// Returns per leg: timings and CPU per request of its process.
+async fn interleaved(
+    client: &BenchClient,
+    legs: &[Leg],
+    stream: bool,
+    iterations: usize,
+) -> anyhow::Result<Vec<(Vec<Timing>, f64)>> {
+    let rounds = 10;
+    let per_round = (iterations / rounds).max(1);
+    let mut results: Vec<(Vec<Timing>, Duration)> = legs.iter().map(|_| (Vec::new(), Duration::ZERO)).collect();
+    for round in 0..=rounds {
+        for (leg, result) in legs.iter().zip(results.iter_mut()) {
+            let body = if stream { &leg.stream_body } else { &leg.body };
+            let cpu = cpu_of(leg.pid);
+            let timings = load::sequential(client, &leg.target, body, per_round).await?;
+            let spent = cpu_of(leg.pid).saturating_sub(cpu);
+            // Round 0 warms connections, caches and allocators.
+            if round > 0 {
+                result.0.extend(timings);
+                result.1 += spent;
+            }
+        }
+    }
+    let counted = (per_round * rounds) as f64;
+    Ok(results.into_iter().map(|(timings, cpu)| (timings, micros(cpu) / counted)).collect())
+}
+
+fn latency(timings: &[Timing]) -> Summary {
+    summarize(timings.iter().map(|t| t.total).collect())
+}
+
+fn first_byte(timings: &[Timing]) -> Summary {
+    summarize(timings.iter().map(|t| t.first_byte).collect())
+}
+
+/// Time per stream piece after the first, microseconds (mean).
+fn per_piece(timings: &[Timing]) -> f64 {
+    let pieces: usize = timings.iter().map(|t| t.pieces.saturating_sub(1)).sum();
+    let after_first: Duration = timings.iter().map(|t| t.total.saturating_sub(t.first_byte)).sum();
+    micros(after_first) / pieces.max(1) as f64
+}
+
+/// Hold `count` streams open through aigw and return the resident memory added per stream, and
+/// whether they all closed again upstream once the callers hung up.
+async fn open_streams_memory(model: &MockModelServer, aigw: &Leg, count: usize) -> anyhow::Result<(u64, u64, bool)> {
+    let pid = aigw.pid.ok_or_else(|| anyhow::anyhow!("aigw has no pid"))?;
+    model.set_reply(Reply { chunks: 2, chunk_delay: Duration::from_secs(20), ..Reply::default() });
+    let client = load::client(count);
+    let before = procfs::rss(pid);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (client, target, body) = (client.clone(), aigw.target.clone(), aigw.stream_body.clone());
+        callers.spawn(async move { load::post(&client, &target, &body).await });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.open_streams() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(model.open_streams() >= count, "only {} of {count} streams opened", model.open_streams());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = procfs::rss(pid);
+    callers.abort_all();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while model.open_streams() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closed = model.open_streams() == 0;
+    model.set_reply(Reply::default());
+    Ok((held.saturating_sub(before) / count.max(1) as u64, held, closed))
+}
+
+/// One budget line: what was measured against what is allowed.
+fn budget(name: &str, measured: f64, limit: f64, unit: &str) -> Value {
+    let status = if measured <= limit { "within" } else { "OVER" };
+    println!("  {status:<7} {name:<58} {measured:>10.1} {unit} (budget {limit:.1})");
+    json!({"name": name, "measured": measured, "limit": limit, "unit": unit, "within": measured <= limit})
+}
+
+/// Run the whole benchmark and write `output`.
+pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
+    let model = MockModelServer::start().await?;
+    let state = tempfile::tempdir()?;
+    let (aigw_process, aigw_addr, token) = start_aigw(state.path()).await?;
+    let (proxy_process, proxy_addr) = start_proxy(&format!("http://{}", model.addr())).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = procfs::rss(aigw_process.pid);
+    let json_header = ("content-type", "application/json".to_string());
+    let legs = [
+        Leg {
+            name: "direct",
+            target: Target {
+                url: format!("{}/chat/completions", model.base_url()),
+                headers: vec![json_header.clone()],
+            },
+            body: openai_body(false),
+            stream_body: openai_body(true),
+            pid: None,
+        },
+        Leg {
+            name: "bare proxy",
+            target: Target {
+                url: format!("http://{proxy_addr}/v1/chat/completions"),
+                headers: vec![json_header.clone()],
+            },
+            body: openai_body(false),
+            stream_body: openai_body(true),
+            pid: Some(proxy_process.pid),
+        },
+        Leg {
+            name: "aigw",
+            target: Target {
+                url: format!("http://{aigw_addr}/v2/code/completions"),
+                headers: vec![
+                    ("authorization", format!("Bearer {token}")),
+                    ("x-gitlab-authentication-type", "oidc".to_string()),
+                    json_header,
+                ],
+            },
+            body: gitlab_body(&model, false),
+            stream_body: gitlab_body(&model, true),
+            pid: Some(aigw_process.pid),
+        },
+    ];
+    let client = load::client(128);
+    let iterations = plan.iterations.clamp(50, 200_000);
+
+    // Concurrency 1, whole answers.
+    let whole = interleaved(&client, &legs, false, iterations).await?;
+    // Concurrency 64, whole answers: throughput, p99, CPU per request.
+    let mut busy = Vec::new();
+    for leg in &legs {
+        let cpu = cpu_of(leg.pid);
+        let total = (iterations * 4).clamp(256, 100_000);
+        let (latencies, wall) =
+            load::concurrent(&client, &leg.target, &leg.body, total, 64, Duration::from_secs(30)).await?;
+        let count = latencies.len() as f64;
+        let cpu_per_request = micros(cpu_of(leg.pid).saturating_sub(cpu)) / count;
+        busy.push((summarize(latencies), count / wall.as_secs_f64(), cpu_per_request));
+    }
+    // Streams: 1 piece and 32 pieces, for time to first token and the cost of each further piece.
+    model.set_reply(Reply { text: "x".repeat(64), chunks: 1, ..Reply::default() });
+    let one_piece = interleaved(&client, &legs, true, iterations / 2).await?;
+    model.set_reply(Reply { text: "x".repeat(64), chunks: 32, ..Reply::default() });
+    let many_pieces = interleaved(&client, &legs, true, iterations / 2).await?;
+    model.set_reply(Reply::default());
+    // Memory with many open streams.
+    let (per_stream, held_rss, all_closed) = open_streams_memory(&model, &legs[2], plan.open_streams).await?;
+    let peak_rss = procfs::peak_rss(aigw_process.pid);
+
+    println!("completion through aigw and through a bare proxy vs direct, same mock model server, same run");
+    println!("  concurrency 1, keep-alive, {iterations} requests each; CPU is the process's own (/proc schedstat)");
+    println!("  {:<12} {:>9} {:>9} {:>9} {:>12}", "", "p50 µs", "p99 µs", "mean µs", "CPU µs/req");
+    let mut report = serde_json::Map::new();
+    for (leg, (timings, cpu)) in legs.iter().zip(&whole) {
+        let s = latency(timings);
+        println!("  {:<12} {:>9.1} {:>9.1} {:>9.1} {:>12.1}", leg.name, s.p50, s.p99, s.mean, cpu);
+    }
+    let added = |i: usize, pick: fn(&Summary) -> f64| pick(&latency(&whole[i].0)) - pick(&latency(&whole[0].0));
+    println!(
+        "  added p50/p99: bare proxy {:.1}/{:.1} µs, aigw {:.1}/{:.1} µs",
+        added(1, |s| s.p50),
+        added(1, |s| s.p99),
+        added(2, |s| s.p50),
+        added(2, |s| s.p99)
+    );
+    println!("  concurrency 64:");
+    for (leg, (s, throughput, cpu)) in legs.iter().zip(&busy) {
+        println!("  {:<12} {:>9.0} req/s  p99 {:>9.1} µs  CPU {:>7.1} µs/req", leg.name, throughput, s.p99, cpu);
+    }
+    println!("  streams (64 characters in 1 and in 32 pieces):");
+    let ttft_added = |i: usize| first_byte(&one_piece[i].0).p99 - first_byte(&one_piece[0].0).p99;
+    let piece_added = |i: usize| per_piece(&many_pieces[i].0) - per_piece(&many_pieces[0].0);
+    let cpu_per_piece = |i: usize| (many_pieces[i].1 - one_piece[i].1) / 31.0;
+    for (i, leg) in legs.iter().enumerate() {
+        let ttft = first_byte(&one_piece[i].0);
+        println!(
+            "  {:<12} first token p50 {:>8.1} p99 {:>8.1} µs; per further piece {:>6.1} µs wall, {:>5.1} µs CPU",
+            leg.name,
+            ttft.p50,
+            ttft.p99,
+            per_piece(&many_pieces[i].0),
+            cpu_per_piece(i)
+        );
+    }
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "  aigw memory: idle {:.1} MiB, {} open streams {:.1} MiB ({:.1} KiB each), peak {:.1} MiB; streams closed upstream after hang-up: {all_closed}",
+        mib(idle_rss),
+        plan.open_streams,
+        mib(held_rss),
+        per_stream as f64 / 1024.0,
+        mib(peak_rss)
+    );
+
+    println!("  budget (issue 5):");
+    let (proxy_cpu, aigw_cpu) = (whole[1].1, whole[2].1);
+    let budgets = vec![
+        budget("aigw CPU per completion request", aigw_cpu, 60.0, "µs"),
+        budget("aigw CPU per request / bare proxy's", aigw_cpu / proxy_cpu, 2.0, "x"),
+        budget(
+            "added p99, concurrency 1 (limit: bare proxy's + 50 µs)",
+            added(2, |s| s.p99),
+            added(1, |s| s.p99) + 50.0,
+            "µs",
+        ),
+        budget(
+            "added time to first token p99 (limit: bare proxy's + 100 µs)",
+            ttft_added(2),
+            ttft_added(1) + 100.0,
+            "µs",
+        ),
+        budget("aigw CPU per further stream piece", cpu_per_piece(2), 10.0, "µs"),
+        budget("aigw idle RSS, default plugins loaded", mib(idle_rss), 40.0, "MiB"),
+        budget("aigw RSS per open stream", per_stream as f64 / 1024.0, 64.0, "KiB"),
+    ];
+
+    let leg_json = |i: usize| {
+        let (timings, cpu) = &whole[i];
+        let (busy_summary, throughput, busy_cpu) = busy[i];
+        json!({
+            "c1": {"latency_us": latency(timings), "cpu_us_per_request": cpu},
+            "c64": {"latency_us": busy_summary, "requests_per_second": throughput, "cpu_us_per_request": busy_cpu},
+            "stream": {"first_token_us": first_byte(&one_piece[i].0), "per_piece_wall_us": per_piece(&many_pieces[i].0),
+                       "cpu_us_per_piece": cpu_per_piece(i)},
+        })
+    };
+    for (i, leg) in legs.iter().enumerate() {
+        report.insert(leg.name.replace(' ', "_"), leg_json(i));
+    }
+    let results = json!({
+        "benchmark": "gateway",
+        "requests_c1": iterations,
+        "legs": report,
+        // Kept for comparison with earlier runs.
+        "aigw_us": latency(&whole[2].0),
+        "direct_us": latency(&whole[0].0),
+        "added_p50_us": added(2, |s| s.p50),
+        "added_p99_us": added(2, |s| s.p99),
+        "bare_proxy_added_p99_us": added(1, |s| s.p99),
+        "added_first_token_p99_us": ttft_added(2),
+        "bare_proxy_added_first_token_p99_us": ttft_added(1),
+        "added_per_piece_us": piece_added(2),
+        "memory": {"idle_rss_bytes": idle_rss, "open_streams": plan.open_streams, "rss_with_open_streams_bytes": held_rss,
+                   "rss_per_open_stream_bytes": per_stream, "peak_rss_bytes": peak_rss, "streams_closed_after_hang_up": all_closed},
+        "budget": budgets,
+    });
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&output, serde_json::to_string_pretty(&results)?)?;
+    println!("  results: {}", output.display());
+    drop(aigw_process);
+    drop(proxy_process);
+    Ok(())
+}

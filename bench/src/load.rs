@@ -1,0 +1,129 @@
+//! The load generator: bounded sequential and concurrent request loops on loopback, timing each
+//! request to its first body byte and to its end.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The benchmark's HTTP client (keep-alive, pooled).
+pub type BenchClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A new client whose pool can hold `connections` idle connections per host.
+pub fn client(connections: usize) -> BenchClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(connections).build(connector)
+}
+
+/// Where requests go and what they carry.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Full URL.
+    pub url: String,
+    /// Request headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// One request's timings.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// To the first non-empty body piece (the first token of a stream).
+    pub first_byte: Duration,
+    /// To the end of the body.
+    pub total: Duration,
+    /// Body pieces received.
+    pub pieces: usize,
+}
+
+/// POST `body` to `target` and read the whole answer; a non-2xx status is an error.
+pub async fn post(client: &BenchClient, target: &Target, body: &Bytes) -> anyhow::Result<Timing> {
+    let mut request = http::Request::post(&target.url);
+    for (name, value) in &target.headers {
+        request = request.header(*name, value);
+    }
+    let started = Instant::now();
+    let response = client.request(request.body(Full::new(body.clone()))?).await?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "{} answered {status}", target.url);
+    let mut body = response.into_body();
+    let (mut first_byte, mut pieces) = (None, 0);
+    while let Some(frame) = body.frame().await {
+        if frame?.data_ref().is_some_and(|data| !data.is_empty()) {
+            first_byte.get_or_insert_with(|| started.elapsed());
+            pieces += 1;
+        }
+    }
+    let total = started.elapsed();
+    Ok(Timing { first_byte: first_byte.unwrap_or(total), total, pieces })
+}
+
+/// `count` requests one after another.
+pub async fn sequential(
+    client: &BenchClient,
+    target: &Target,
+    body: &Bytes,
+    count: usize,
+) -> anyhow::Result<Vec<Timing>> {
+    let mut timings = Vec::with_capacity(count);
+    for _ in 0..count {
+        timings.push(post(client, target, body).await?);
+    }
+    Ok(timings)
+}
+
+/// Up to `total` requests from `concurrency` workers, stopping early at `time_cap`. Returns the
+/// latencies and the wall time the run took.
+pub async fn concurrent(
+    client: &BenchClient,
+    target: &Target,
+    body: &Bytes,
+    total: usize,
+    concurrency: usize,
+    time_cap: Duration,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, target, body, issued) = (client.clone(), target.clone(), body.clone(), Arc::clone(&issued));
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            while issued.fetch_add(1, Ordering::Relaxed) < total && started.elapsed() < time_cap {
+                latencies.push(post(&client, &target, &body).await?.total);
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    while let Some(worker) = workers.join_next().await {
+        latencies.extend(worker??);
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+/// Percentiles and mean of a set of durations, in microseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// Summarize `samples` (at least one).
+pub fn summarize(mut samples: Vec<Duration>) -> Summary {
+    samples.sort();
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    if samples.is_empty() {
+        return Summary { p50: f64::NAN, p99: f64::NAN, mean: f64::NAN };
+    }
+    let at = |q: f64| micros(samples[((samples.len() as f64 - 1.0) * q).round() as usize]);
+    let mean = samples.iter().map(|d| micros(*d)).sum::<f64>() / samples.len() as f64;
+    Summary { p50: at(0.50), p99: at(0.99), mean }
+}

@@ -1,0 +1,93 @@
+//! One plugin round trip as the gateway does it per request (fresh store + instance,
+//! `build-request`, `parse-response`) for an ~8 KB completion request, against the same
+//! translation called natively.
+
+use crate::load::summarize;
+use crate::{ANSWER, native_request, prefix, wit_request};
+use aigw::plugins::{PluginRuntime, SandboxLimits};
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Run it and write `output`.
+pub async fn run(component: PathBuf, iterations: usize, output: PathBuf) -> anyhow::Result<()> {
+    let iterations = iterations.clamp(100, 1_000_000);
+    let bytes = std::fs::read(&component).with_context(|| format!("{} (run `make build`)", component.display()))?;
+    let runtime = PluginRuntime::new(SandboxLimits::default())?;
+    let plugin = runtime.load(bytes).await?;
+    let prefix = prefix();
+    let request = wit_request(&prefix);
+    let native_req = native_request(&prefix);
+    let request_bytes =
+        openai_compatible::translate::build_request(&native_req).map_err(|e| anyhow::anyhow!("{e:?}"))?.body.len();
+
+    let mut wasm = Vec::with_capacity(iterations);
+    let mut phases: [Vec<Duration>; 4] = std::array::from_fn(|_| Vec::with_capacity(iterations));
+    let mut native_samples = Vec::with_capacity(iterations);
+    for i in 0..iterations + iterations / 10 {
+        let started = Instant::now();
+        let mut session = plugin.session().await?;
+        let instantiated = started.elapsed();
+        let built = session.build_request(&request).await?;
+        let after_build = started.elapsed();
+        let parsed = session.parse_response(ANSWER.as_bytes()).await?;
+        let after_parse = started.elapsed();
+        drop(session);
+        let total = started.elapsed();
+
+        let _ = std::hint::black_box((built, parsed));
+
+        let started = Instant::now();
+        let built = openai_compatible::translate::build_request(&native_req);
+        let parsed = openai_compatible::translate::parse_response(ANSWER.as_bytes());
+        let native_total = started.elapsed();
+        let _ = std::hint::black_box((built, parsed));
+
+        if i >= iterations / 10 {
+            wasm.push(total);
+            let splits = [instantiated, after_build - instantiated, after_parse - after_build, total - after_parse];
+            for (phase, split) in phases.iter_mut().zip(splits) {
+                phase.push(split);
+            }
+            native_samples.push(native_total);
+        }
+    }
+    let wasm = summarize(wasm);
+    let [instantiate, build, parse, teardown] = phases.map(summarize);
+    let native_summary = summarize(native_samples);
+    println!("plugin round trip: fresh store + build-request + parse-response, {iterations} iterations");
+    println!("  request JSON body: {request_bytes} bytes; answer {} bytes", ANSWER.len());
+    println!("  {:<28} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "mean µs");
+    let rows = [
+        ("wasm (fresh store per call)", wasm),
+        ("  instantiate", instantiate),
+        ("  build-request", build),
+        ("  parse-response", parse),
+        ("  store teardown", teardown),
+        ("native Rust", native_summary),
+    ];
+    for (name, s) in rows {
+        println!("  {name:<28} {:>9.1} {:>9.1} {:>9.1}", s.p50, s.p99, s.mean);
+    }
+    let ratio = wasm.p50 / native_summary.p50;
+    println!(
+        "  ratio wasm/native (p50): {ratio:.2}x; added per request (p50): {:.1} µs",
+        wasm.p50 - native_summary.p50
+    );
+    let json = serde_json::json!({
+        "benchmark": "plugin-roundtrip",
+        "iterations": iterations,
+        "request_body_bytes": request_bytes,
+        "wasm_us": {"p50": wasm.p50, "p99": wasm.p99, "mean": wasm.mean},
+        "phases_p50_us": {"instantiate": instantiate.p50, "build_request": build.p50,
+                          "parse_response": parse.p50, "teardown": teardown.p50},
+        "native_us": {"p50": native_summary.p50, "p99": native_summary.p99, "mean": native_summary.mean},
+        "ratio_p50": ratio,
+    });
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&output, serde_json::to_string_pretty(&json)?)?;
+    println!("  results: {}", output.display());
+    Ok(())
+}
