@@ -44,6 +44,15 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     let metrics = &state.metrics;
     let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
     let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;
+    let facts = crate::telemetry::current_facts();
+    if let Some(facts) = &facts {
+        let identity = plugin.identity();
+        crate::telemetry::record(facts, |f| {
+            f.provider = Some(job.target.provider.clone());
+            f.model = Some(job.target.model.clone());
+            f.plugin = Some(format!("{}@{}", identity.name, identity.version));
+        });
+    }
     let started = Instant::now();
     let mut session = plugin.session().await.map_err(|e| log_plugin_failure(metrics, plugin.identity(), e))?;
     let built =
@@ -65,16 +74,20 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
         hint_missing_v1(e, &job.target, &endpoint)
     })?;
     metrics.upstream(provider, sent.elapsed());
+    let accounts =
+        Accounts { metrics: Arc::clone(metrics), facts, model: job.target.model, provider: job.target.provider };
     if !job.request.stream {
-        let body =
-            response.collect(MAX_ANSWER_BYTES).await.inspect_err(|e| metrics.upstream_failure(provider, e.reason()))?;
+        let body = response
+            .collect(MAX_ANSWER_BYTES)
+            .await
+            .inspect_err(|e| accounts.metrics.upstream_failure(&accounts.provider, e.reason()))?;
         crate::telemetry::add_upstream_time(sent.elapsed());
         let parsing = Instant::now();
         let completion =
             session.parse_response(&body).await.map_err(|e| log_plugin_failure(metrics, session.identity(), e))?;
         metrics.plugin_call(&session.identity().name, "parse_response", parsing.elapsed());
         if let Some(usage) = &completion.usage {
-            metrics.tokens(&job.target.model, usage.input_tokens, usage.output_tokens);
+            accounts.tokens(usage);
         }
         if !deliver_as_stream {
             return Ok(Outcome::Complete(completion));
@@ -82,36 +95,36 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
         let whole = wit::StreamChunk {
             text: completion.text,
             finish_reason: completion.finish_reason,
+            // Already counted above; carried on for the endpoint's own usage report.
             usage: completion.usage,
             done: true,
         };
-        return Ok(Outcome::Stream(Box::new(ChunkStream {
-            session,
-            response: None,
-            decoder: Decoder::sse(),
-            ready: VecDeque::from([whole]),
-            finished: true,
-            metrics: Arc::clone(metrics),
-            model: job.target.model,
-            provider: job.target.provider,
-        })));
+        return Ok(Outcome::Stream(Box::new(ChunkStream::new(session, None, accounts, sent, Some(whole)))));
     }
     crate::telemetry::add_upstream_time(sent.elapsed());
-    let decoder = match session.identity().framing {
-        wit::Framing::Sse => Decoder::sse(),
-        wit::Framing::Ndjson => Decoder::ndjson(),
-        wit::Framing::AwsEventStream => Decoder::aws_event_stream(),
-    };
-    Ok(Outcome::Stream(Box::new(ChunkStream {
-        session,
-        response: Some(response),
-        decoder,
-        ready: VecDeque::new(),
-        finished: false,
-        metrics: Arc::clone(metrics),
-        model: job.target.model,
-        provider: job.target.provider,
-    })))
+    Ok(Outcome::Stream(Box::new(ChunkStream::new(session, Some(response), accounts, sent, None))))
+}
+
+/// Where a model call's numbers go: the metrics and the request's log line.
+struct Accounts {
+    metrics: Arc<Metrics>,
+    facts: Option<crate::telemetry::SharedFacts>,
+    /// Served model id.
+    model: String,
+    /// Provider name.
+    provider: String,
+}
+
+impl Accounts {
+    fn tokens(&self, usage: &wit::Usage) {
+        self.metrics.tokens(&self.model, usage.input_tokens, usage.output_tokens);
+        if let Some(facts) = &self.facts {
+            crate::telemetry::record(facts, |f| {
+                f.input_tokens += u64::from(usage.input_tokens);
+                f.output_tokens += u64::from(usage.output_tokens);
+            });
+        }
+    }
 }
 
 /// Plugin traps and limits are logged with the plugin's identity; the caller gets a generic body.
@@ -170,14 +183,39 @@ pub struct ChunkStream {
     decoder: Decoder,
     ready: VecDeque<wit::StreamChunk>,
     finished: bool,
-    metrics: Arc<Metrics>,
-    /// Served model id, for token metrics.
-    model: String,
-    /// Provider name, for failure metrics.
-    provider: String,
+    accounts: Accounts,
+    /// When the model request was sent, and when its first text arrived.
+    sent: Instant,
+    first_text: Option<Instant>,
+    output_tokens: u32,
 }
 
 impl ChunkStream {
+    fn new(
+        session: PluginSession,
+        response: Option<UpstreamResponse>,
+        accounts: Accounts,
+        sent: Instant,
+        whole: Option<wit::StreamChunk>,
+    ) -> Self {
+        let decoder = match session.identity().framing {
+            wit::Framing::Sse => Decoder::sse(),
+            wit::Framing::Ndjson => Decoder::ndjson(),
+            wit::Framing::AwsEventStream => Decoder::aws_event_stream(),
+        };
+        ChunkStream {
+            session,
+            response,
+            decoder,
+            finished: whole.is_some(),
+            ready: whole.into_iter().collect(),
+            accounts,
+            sent,
+            first_text: None,
+            output_tokens: 0,
+        }
+    }
+
     /// The next chunk with text or metadata; `None` at the end of the answer.
     pub async fn next(&mut self) -> Option<Result<wit::StreamChunk, GatewayError>> {
         loop {
@@ -185,6 +223,7 @@ impl ChunkStream {
                 return Some(Ok(chunk));
             }
             if self.finished {
+                self.report_pace();
                 return None;
             }
             if let Err(error) = self.fill().await {
@@ -201,7 +240,7 @@ impl ChunkStream {
             return Ok(());
         };
         let next = response.next_chunk().await;
-        let next = next.inspect_err(|e| self.metrics.upstream_failure(&self.provider, e.reason()))?;
+        let next = next.inspect_err(|e| self.accounts.metrics.upstream_failure(&self.accounts.provider, e.reason()))?;
         let bytes = match next {
             Some(bytes) => bytes,
             None => {
@@ -225,8 +264,16 @@ impl ChunkStream {
     /// A stream that cannot be decoded ends like a broken one, and is counted.
     fn framing_failed(&self, error: FramingError) -> UpstreamError {
         let error = UpstreamError::Body(error.to_string());
-        self.metrics.upstream_failure(&self.provider, error.reason());
+        self.accounts.metrics.upstream_failure(&self.accounts.provider, error.reason());
         error
+    }
+
+    /// At the end of a stream: time per generated token after the first.
+    fn report_pace(&mut self) {
+        if let Some(first) = self.first_text.take() {
+            let after_first = self.output_tokens.saturating_sub(1);
+            self.accounts.metrics.tokens_after_first(&self.accounts.provider, after_first, first.elapsed());
+        }
     }
 
     async fn parse(&mut self, event: crate::upstream::framing::Event) -> Result<(), GatewayError> {
@@ -235,10 +282,15 @@ impl ChunkStream {
             .session
             .parse_event(event.name.as_deref(), &event.data)
             .await
-            .map_err(|e| log_plugin_failure(&self.metrics, self.session.identity(), e))?;
-        self.metrics.plugin_call(&self.session.identity().name, "parse_event", parsing.elapsed());
+            .map_err(|e| log_plugin_failure(&self.accounts.metrics, self.session.identity(), e))?;
+        self.accounts.metrics.plugin_call(&self.session.identity().name, "parse_event", parsing.elapsed());
         if let Some(usage) = &chunk.usage {
-            self.metrics.tokens(&self.model, usage.input_tokens, usage.output_tokens);
+            self.accounts.tokens(usage);
+            self.output_tokens += usage.output_tokens;
+        }
+        if !chunk.text.is_empty() && self.first_text.is_none() {
+            self.first_text = Some(Instant::now());
+            self.accounts.metrics.first_token(&self.accounts.provider, self.sent.elapsed());
         }
         if chunk.done {
             self.finished = true;

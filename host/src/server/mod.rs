@@ -3,6 +3,8 @@
 
 pub mod tls;
 
+mod request_log;
+
 use crate::api::{self, AppState};
 use crate::error::GatewayError;
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use request_log::{LoggedBody, RequestLine};
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -120,19 +123,18 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
     let (parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let body = read_body(body, &parts.headers, limit);
-    let (result, upstream) = crate::telemetry::with_upstream_clock(api::dispatch(
-        state,
-        &parts.method,
-        parts.uri.path(),
-        &parts.headers,
-        body,
-    ))
+    let facts = crate::telemetry::SharedFacts::default();
+    let result = crate::telemetry::with_facts(
+        Arc::clone(&facts),
+        api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body),
+    )
     .await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
     let elapsed = started.elapsed();
+    let upstream = facts.lock().map(|f| f.upstream).unwrap_or_default();
     let overhead = elapsed.saturating_sub(upstream);
     let request_id = request_id(&parts.headers);
     let headers = response.headers_mut();
@@ -142,20 +144,21 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", value);
     }
-    // One line per request; never the token, the key or the body. For streams this is the time
-    // to the response head.
-    state.metrics.request(endpoint, response.status().as_u16(), elapsed);
-    tracing::info!(
+    let status = response.status().as_u16();
+    state.metrics.request(endpoint, status, elapsed);
+    state.metrics.overhead(endpoint, overhead);
+    // The log line is written when the body is done, so streams report tokens and duration.
+    let line = RequestLine {
         request_id,
-        method = %parts.method,
-        path = parts.uri.path(),
-        status = response.status().as_u16(),
-        head_ms = elapsed.as_secs_f64() * 1e3,
-        upstream_ms = upstream.as_secs_f64() * 1e3,
-        overhead_ms = overhead.as_secs_f64() * 1e3,
-        "request"
-    );
-    response
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        status,
+        started,
+        head: elapsed,
+        overhead,
+        facts,
+    };
+    response.map(|body| LoggedBody::new(body, line).boxed_unsync())
 }
 
 async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {

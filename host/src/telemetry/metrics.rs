@@ -73,7 +73,10 @@ fn label_text(names: &[&str], values: &[String], extra: Option<(&str, &str)>) ->
 pub struct Metrics {
     requests: Family<u64>,
     request_seconds: Family<Histogram>,
+    overhead_seconds: Family<Histogram>,
     upstream_seconds: Family<Histogram>,
+    first_token_seconds: Family<Histogram>,
+    per_token_seconds: Family<Histogram>,
     plugin_call_seconds: Family<Histogram>,
     plugin_failures: Family<u64>,
     tokens: Family<u64>,
@@ -95,6 +98,21 @@ impl Default for Metrics {
                 "aigw_request_duration_seconds",
                 "Time from request to response head (streams: until the head), by endpoint.",
                 &["endpoint"],
+            ),
+            overhead_seconds: Family::new(
+                "aigw_overhead_seconds",
+                "The gateway's own time to the response head (total minus model server time), by endpoint.",
+                &["endpoint"],
+            ),
+            first_token_seconds: Family::new(
+                "aigw_time_to_first_token_seconds",
+                "Streams: from sending the model request to the first generated text, by provider.",
+                &["provider"],
+            ),
+            per_token_seconds: Family::new(
+                "aigw_time_per_output_token_seconds",
+                "Streams: time per generated token after the first, by provider.",
+                &["provider"],
             ),
             upstream_seconds: Family::new(
                 "aigw_upstream_duration_seconds",
@@ -141,6 +159,23 @@ impl Metrics {
     pub fn request(&self, endpoint: &str, status: u16, elapsed: Duration) {
         self.requests.with(&[endpoint, &status.to_string()], |c| *c += 1);
         self.request_seconds.with(&[endpoint], |h| h.observe(seconds(elapsed)));
+    }
+
+    /// The gateway's own share of a request's time to the response head.
+    pub fn overhead(&self, endpoint: &str, elapsed: Duration) {
+        self.overhead_seconds.with(&[endpoint], |h| h.observe(seconds(elapsed)));
+    }
+
+    /// A stream's first generated text arrived `elapsed` after the model request was sent.
+    pub fn first_token(&self, provider: &str, elapsed: Duration) {
+        self.first_token_seconds.with(&[provider], |h| h.observe(seconds(elapsed)));
+    }
+
+    /// A finished stream generated `tokens` tokens in `elapsed` after its first one.
+    pub fn tokens_after_first(&self, provider: &str, tokens: u32, elapsed: Duration) {
+        if tokens > 0 {
+            self.per_token_seconds.with(&[provider], |h| h.observe(seconds(elapsed) / f64::from(tokens)));
+        }
     }
 
     /// A model server's time to response head.
@@ -203,7 +238,14 @@ impl Metrics {
                 let _ = writeln!(out, "{}{} {value}", counter.name, label_text(counter.labels, &labels, None));
             }
         }
-        for histogram in [&self.request_seconds, &self.upstream_seconds, &self.plugin_call_seconds] {
+        for histogram in [
+            &self.request_seconds,
+            &self.overhead_seconds,
+            &self.upstream_seconds,
+            &self.first_token_seconds,
+            &self.per_token_seconds,
+            &self.plugin_call_seconds,
+        ] {
             let name = histogram.name;
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", histogram.help);
             for (labels, h) in histogram.snapshot() {

@@ -17,23 +17,49 @@ pub fn init(config: &Config) {
     }
 }
 
-tokio::task_local! {
-    /// Time this request spent waiting for model servers, so the gateway's own share can be
-    /// reported per request.
-    static UPSTREAM_TIME: std::cell::Cell<std::time::Duration>;
+/// What one request learned on its way through the gateway, for its log line: time spent
+/// waiting for model servers, which model and plugin served it, and the tokens reported.
+#[derive(Debug, Default, Clone)]
+pub struct RequestFacts {
+    /// Time spent waiting for model servers.
+    pub upstream: std::time::Duration,
+    /// Provider name of the model call.
+    pub provider: Option<String>,
+    /// Served model id.
+    pub model: Option<String>,
+    /// `name@version` of the plugin that translated the call.
+    pub plugin: Option<String>,
+    /// Prompt tokens reported.
+    pub input_tokens: u64,
+    /// Generated tokens reported.
+    pub output_tokens: u64,
 }
 
-/// Run `request` while accounting model server time; returns its output and that time.
-pub async fn with_upstream_clock<F: std::future::Future>(request: F) -> (F::Output, std::time::Duration) {
-    UPSTREAM_TIME
-        .scope(std::cell::Cell::new(std::time::Duration::ZERO), async move {
-            let output = request.await;
-            (output, UPSTREAM_TIME.with(std::cell::Cell::get))
-        })
-        .await
+/// Facts shared between the request's task and its streamed body (which outlives the task).
+pub type SharedFacts = std::sync::Arc<std::sync::Mutex<RequestFacts>>;
+
+tokio::task_local! {
+    static FACTS: SharedFacts;
+}
+
+/// Run `request` with `facts` as the current request's account.
+pub async fn with_facts<F: std::future::Future>(facts: SharedFacts, request: F) -> F::Output {
+    FACTS.scope(facts, request).await
+}
+
+/// The current request's facts (`None` outside a request).
+pub fn current_facts() -> Option<SharedFacts> {
+    FACTS.try_with(std::sync::Arc::clone).ok()
+}
+
+/// Update `facts`; a poisoned lock (a panic elsewhere) still gets the update.
+pub fn record(facts: &SharedFacts, update: impl FnOnce(&mut RequestFacts)) {
+    update(&mut facts.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
 }
 
 /// Add time spent waiting for a model server to the current request's account (no-op outside one).
 pub fn add_upstream_time(elapsed: std::time::Duration) {
-    let _ = UPSTREAM_TIME.try_with(|total| total.set(total.get() + elapsed));
+    if let Some(facts) = current_facts() {
+        record(&facts, |f| f.upstream += elapsed);
+    }
 }

@@ -48,6 +48,10 @@ async fn requests_plugins_tokens_refusals_and_reloads_are_counted() {
     assert_eq!(value(&text, "aigw_egress_refusals_total"), 1.0);
     assert_eq!(value(&text, "aigw_plugin_reloads_total{outcome=\"loaded\"}"), 2.0);
     assert!(value(&text, "aigw_jwks_refreshes_total{outcome=\"ok\"}") >= 1.0);
+    // The gateway's own share, per request; the stream's first token and its pace after it.
+    assert_eq!(value(&text, "aigw_overhead_seconds_count{endpoint=\"/v2/code/completions\"}"), 4.0);
+    assert_eq!(value(&text, "aigw_time_to_first_token_seconds_count{provider=\"custom_openai\"}"), 1.0);
+    assert_eq!(value(&text, "aigw_time_per_output_token_seconds_count{provider=\"custom_openai\"}"), 1.0);
     assert!(!text.contains("sk-test-key"), "no secret in metrics");
 }
 
