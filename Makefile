@@ -67,6 +67,7 @@ bench: build
 	$(CARGO) build --release -p aigw-bench
 	./target/release/aigw-bench plugin
 	./target/release/aigw-bench gateway
+	$(CARGO) bench -p aigw-bench --bench micro
 
 ## lint: formatting and clippy, warnings denied.
 lint:
