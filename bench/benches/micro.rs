@@ -28,7 +28,12 @@ fn wit_request(prefix: &str) -> wit::ModelRequest {
         model: "codestral-22b".into(),
         messages: vec![wit::Message { role: wit::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
         fill_in_middle: Some(wit::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
-        sampling: wit::Sampling { max_tokens: Some(64), temperature: Some(0.32), top_p: None, stop: vec!["[INST]".into()] },
+        sampling: wit::Sampling {
+            max_tokens: Some(64),
+            temperature: Some(0.32),
+            top_p: None,
+            stop: vec!["[INST]".into()],
+        },
         stream: false,
     }
 }
@@ -39,7 +44,12 @@ fn native_request(prefix: &str) -> openai_compatible::types::ModelRequest {
         model: "codestral-22b".into(),
         messages: vec![native::Message { role: native::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
         fill_in_middle: Some(native::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
-        sampling: native::Sampling { max_tokens: Some(64), temperature: Some(0.32), top_p: None, stop: vec!["[INST]".into()] },
+        sampling: native::Sampling {
+            max_tokens: Some(64),
+            temperature: Some(0.32),
+            top_p: None,
+            stop: vec!["[INST]".into()],
+        },
         stream: false,
     }
 }
@@ -78,7 +88,8 @@ fn jwt_verification(c: &mut Criterion) {
     let mut headers = http::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
     headers.insert("x-gitlab-authentication-type", "oidc".parse().unwrap());
-    let verifier = || aigw::auth::Verifier::new().trust_local_key(aigw::DEV_ISSUER, key.kid(), key.decoding_key().clone());
+    let verifier =
+        || aigw::auth::Verifier::new().trust_local_key(aigw::DEV_ISSUER, key.kid(), key.decoding_key().clone());
     let mut group = c.benchmark_group("jwt_verification");
     let cached = verifier();
     runtime.block_on(cached.authenticate(&headers)).unwrap();
@@ -95,7 +106,8 @@ fn prompt_rendering(c: &mut Criterion) {
     let mut group = c.benchmark_group("prompt_rendering");
     for family in ["codestral", "qwen", "llama3"] {
         let prompt = registry.code_completion(family).unwrap();
-        let variables = minijinja::context! { prefix => prefix, suffix => "\n", language => "python", file_name => "app.py" };
+        let variables =
+            minijinja::context! { prefix => prefix, suffix => "\n", language => "python", file_name => "app.py" };
         group.bench_function(family, |b| b.iter(|| black_box(registry.render(prompt, &variables).unwrap())));
     }
     group.finish();
@@ -104,7 +116,9 @@ fn prompt_rendering(c: &mut Criterion) {
 fn stream_framing(c: &mut Criterion) {
     let mut sse = Vec::new();
     for i in 0..100 {
-        sse.extend_from_slice(format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\r\n\r\n").as_bytes());
+        sse.extend_from_slice(
+            format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\r\n\r\n").as_bytes(),
+        );
     }
     let mut aws = Vec::new();
     for i in 0..100 {

@@ -124,32 +124,47 @@ fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
 
+/// One leg's sequential run: timings, and its process's CPU time and context switches per request.
+struct LegRun {
+    timings: Vec<Timing>,
+    cpu_us: f64,
+    switches: f64,
+}
+
 /// Sequential rounds over all legs, interleaved so that drift in the machine hits each alike.
-/// Returns per leg: timings and CPU per request of its process.
 async fn interleaved(
     client: &BenchClient,
     legs: &[Leg],
     stream: bool,
     iterations: usize,
-) -> anyhow::Result<Vec<(Vec<Timing>, f64)>> {
+) -> anyhow::Result<Vec<LegRun>> {
     let rounds = 10;
     let per_round = (iterations / rounds).max(1);
-    let mut results: Vec<(Vec<Timing>, Duration)> = legs.iter().map(|_| (Vec::new(), Duration::ZERO)).collect();
+    let mut results: Vec<(Vec<Timing>, Duration, u64)> = legs.iter().map(|_| (Vec::new(), Duration::ZERO, 0)).collect();
     for round in 0..=rounds {
         for (leg, result) in legs.iter().zip(results.iter_mut()) {
             let body = if stream { &leg.stream_body } else { &leg.body };
-            let cpu = cpu_of(leg.pid);
+            let (cpu, switches) = (cpu_of(leg.pid), leg.pid.map(procfs::context_switches).unwrap_or_default());
             let timings = load::sequential(client, &leg.target, body, per_round).await?;
             let spent = cpu_of(leg.pid).saturating_sub(cpu);
+            let switched = leg.pid.map(procfs::context_switches).unwrap_or_default().saturating_sub(switches);
             // Round 0 warms connections, caches and allocators.
             if round > 0 {
                 result.0.extend(timings);
                 result.1 += spent;
+                result.2 += switched;
             }
         }
     }
     let counted = (per_round * rounds) as f64;
-    Ok(results.into_iter().map(|(timings, cpu)| (timings, micros(cpu) / counted)).collect())
+    Ok(results
+        .into_iter()
+        .map(|(timings, cpu, switches)| LegRun {
+            timings,
+            cpu_us: micros(cpu) / counted,
+            switches: switches as f64 / counted,
+        })
+        .collect())
 }
 
 fn latency(timings: &[Timing]) -> Summary {
@@ -272,17 +287,25 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     model.set_reply(Reply::default());
     // Memory with many open streams.
     let (per_stream, held_rss, all_closed) = open_streams_memory(&model, &legs[2], plan.open_streams).await?;
+    let (proxy_per_stream, _, _) = open_streams_memory(&model, &legs[1], plan.open_streams).await?;
     let peak_rss = procfs::peak_rss(aigw_process.pid);
 
     println!("completion through aigw and through a bare proxy vs direct, same mock model server, same run");
     println!("  concurrency 1, keep-alive, {iterations} requests each; CPU is the process's own (/proc schedstat)");
-    println!("  {:<12} {:>9} {:>9} {:>9} {:>12}", "", "p50 µs", "p99 µs", "mean µs", "CPU µs/req");
+    println!(
+        "  {:<12} {:>9} {:>9} {:>9} {:>12} {:>13}",
+        "", "p50 µs", "p99 µs", "mean µs", "CPU µs/req", "switches/req"
+    );
     let mut report = serde_json::Map::new();
-    for (leg, (timings, cpu)) in legs.iter().zip(&whole) {
-        let s = latency(timings);
-        println!("  {:<12} {:>9.1} {:>9.1} {:>9.1} {:>12.1}", leg.name, s.p50, s.p99, s.mean, cpu);
+    for (leg, run) in legs.iter().zip(&whole) {
+        let s = latency(&run.timings);
+        println!(
+            "  {:<12} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>13.1}",
+            leg.name, s.p50, s.p99, s.mean, run.cpu_us, run.switches
+        );
     }
-    let added = |i: usize, pick: fn(&Summary) -> f64| pick(&latency(&whole[i].0)) - pick(&latency(&whole[0].0));
+    let added =
+        |i: usize, pick: fn(&Summary) -> f64| pick(&latency(&whole[i].timings)) - pick(&latency(&whole[0].timings));
     println!(
         "  added p50/p99: bare proxy {:.1}/{:.1} µs, aigw {:.1}/{:.1} µs",
         added(1, |s| s.p50),
@@ -295,32 +318,33 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         println!("  {:<12} {:>9.0} req/s  p99 {:>9.1} µs  CPU {:>7.1} µs/req", leg.name, throughput, s.p99, cpu);
     }
     println!("  streams (64 characters in 1 and in 32 pieces):");
-    let ttft_added = |i: usize| first_byte(&one_piece[i].0).p99 - first_byte(&one_piece[0].0).p99;
-    let piece_added = |i: usize| per_piece(&many_pieces[i].0) - per_piece(&many_pieces[0].0);
-    let cpu_per_piece = |i: usize| (many_pieces[i].1 - one_piece[i].1) / 31.0;
+    let ttft_added = |i: usize| first_byte(&one_piece[i].timings).p99 - first_byte(&one_piece[0].timings).p99;
+    let piece_added = |i: usize| per_piece(&many_pieces[i].timings) - per_piece(&many_pieces[0].timings);
+    let cpu_per_piece = |i: usize| (many_pieces[i].cpu_us - one_piece[i].cpu_us) / 31.0;
     for (i, leg) in legs.iter().enumerate() {
-        let ttft = first_byte(&one_piece[i].0);
+        let ttft = first_byte(&one_piece[i].timings);
         println!(
             "  {:<12} first token p50 {:>8.1} p99 {:>8.1} µs; per further piece {:>6.1} µs wall, {:>5.1} µs CPU",
             leg.name,
             ttft.p50,
             ttft.p99,
-            per_piece(&many_pieces[i].0),
+            per_piece(&many_pieces[i].timings),
             cpu_per_piece(i)
         );
     }
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     println!(
-        "  aigw memory: idle {:.1} MiB, {} open streams {:.1} MiB ({:.1} KiB each), peak {:.1} MiB; streams closed upstream after hang-up: {all_closed}",
+        "  aigw memory: idle {:.1} MiB, {} open streams {:.1} MiB ({:.1} KiB each; bare proxy {:.1} KiB each), peak {:.1} MiB; streams closed upstream after hang-up: {all_closed}",
         mib(idle_rss),
         plan.open_streams,
         mib(held_rss),
         per_stream as f64 / 1024.0,
+        proxy_per_stream as f64 / 1024.0,
         mib(peak_rss)
     );
 
     println!("  budget (issue 5):");
-    let (proxy_cpu, aigw_cpu) = (whole[1].1, whole[2].1);
+    let (proxy_cpu, aigw_cpu) = (whole[1].cpu_us, whole[2].cpu_us);
     let budgets = vec![
         budget("aigw CPU per completion request", aigw_cpu, 60.0, "µs"),
         budget("aigw CPU per request / bare proxy's", aigw_cpu / proxy_cpu, 2.0, "x"),
@@ -342,12 +366,13 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     ];
 
     let leg_json = |i: usize| {
-        let (timings, cpu) = &whole[i];
+        let run = &whole[i];
         let (busy_summary, throughput, busy_cpu) = busy[i];
         json!({
-            "c1": {"latency_us": latency(timings), "cpu_us_per_request": cpu},
+            "c1": {"latency_us": latency(&run.timings), "cpu_us_per_request": run.cpu_us,
+                   "context_switches_per_request": run.switches},
             "c64": {"latency_us": busy_summary, "requests_per_second": throughput, "cpu_us_per_request": busy_cpu},
-            "stream": {"first_token_us": first_byte(&one_piece[i].0), "per_piece_wall_us": per_piece(&many_pieces[i].0),
+            "stream": {"first_token_us": first_byte(&one_piece[i].timings), "per_piece_wall_us": per_piece(&many_pieces[i].timings),
                        "cpu_us_per_piece": cpu_per_piece(i)},
         })
     };
@@ -359,8 +384,8 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         "requests_c1": iterations,
         "legs": report,
         // Kept for comparison with earlier runs.
-        "aigw_us": latency(&whole[2].0),
-        "direct_us": latency(&whole[0].0),
+        "aigw_us": latency(&whole[2].timings),
+        "direct_us": latency(&whole[0].timings),
         "added_p50_us": added(2, |s| s.p50),
         "added_p99_us": added(2, |s| s.p99),
         "bare_proxy_added_p99_us": added(1, |s| s.p99),
@@ -368,7 +393,8 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         "bare_proxy_added_first_token_p99_us": ttft_added(1),
         "added_per_piece_us": piece_added(2),
         "memory": {"idle_rss_bytes": idle_rss, "open_streams": plan.open_streams, "rss_with_open_streams_bytes": held_rss,
-                   "rss_per_open_stream_bytes": per_stream, "peak_rss_bytes": peak_rss, "streams_closed_after_hang_up": all_closed},
+                   "rss_per_open_stream_bytes": per_stream, "bare_proxy_rss_per_open_stream_bytes": proxy_per_stream,
+                   "peak_rss_bytes": peak_rss, "streams_closed_after_hang_up": all_closed},
         "budget": budgets,
     });
     if let Some(parent) = output.parent() {
