@@ -75,6 +75,7 @@ pub struct StartOptions {
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     state: Arc<AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
@@ -118,6 +119,15 @@ impl Gateway {
             .await
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let mut background = background;
+        let mut metrics_addr = None;
+        if let Some(metrics_listen) = config.metrics_listen {
+            let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .map_err(|source| StartError::Listen { addr: metrics_listen, source })?;
+            metrics_addr = metrics_listener.local_addr().ok();
+            background.push(tokio::spawn(server::serve_metrics(metrics_listener, Arc::clone(&metrics))));
+        }
         let state = Arc::new(AppState {
             prompts: arc_swap::ArcSwap::from_pointee(prompts),
             config,
@@ -140,13 +150,18 @@ impl Gateway {
         let server = tokio::spawn(server::serve(listener, tls, Arc::clone(&state), async {
             let _ = stopped.await;
         }));
-        tracing::info!(%addr, "aigw listening");
-        Ok(Gateway { addr, state, stop: Some(stop), server, background, _watchers: watchers })
+        tracing::info!(%addr, metrics = ?metrics_addr, "aigw listening");
+        Ok(Gateway { addr, metrics_addr, state, stop: Some(stop), server, background, _watchers: watchers })
     }
 
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the separate metrics listener, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The plugin registry (to reload or inspect).

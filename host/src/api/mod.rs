@@ -169,6 +169,8 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
             let body = json!({"status": problem.unwrap_or("ok"), "providers": plugins.provider_names()});
             json_response(status, body.to_string().into())
         }
+        // With a metrics listener of its own, the API port does not expose them.
+        Public::Metrics if state.config.metrics_listen.is_some() => GatewayError::NotFound.into_response(),
         Public::Metrics => {
             let mut response = json_response(StatusCode::OK, state.metrics.render().into());
             response.headers_mut().insert(

@@ -36,6 +36,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Serve HTTPS with these files (`AIGW_FASTAPI__TLS__ENABLED`, `__CERT_FILE`, `__KEY_FILE`).
     pub tls: Option<TlsSettings>,
+    /// Serve `GET /metrics` on this address instead of the API port (`AIGW_METRICS__LISTEN`),
+    /// so that scraping stays on a private interface.
+    pub metrics_listen: Option<SocketAddr>,
     /// Client networks allowed to call the gateway at all (`AIGW_INGRESS__ALLOW`); `None`: any.
     /// Others get 403 before any token work.
     pub ingress_allow: Option<Vec<IpNet>>,

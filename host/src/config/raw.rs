@@ -40,6 +40,8 @@ pub struct RawConfig {
     ingress: Ingress,
     #[serde(default)]
     duo_chat: DuoChat,
+    #[serde(default)]
+    metrics: MetricsSection,
     /// The standard AWS variables (environment only, never in the file).
     #[serde(skip)]
     aws: crate::upstream::aws::AwsEnvironment,
@@ -96,6 +98,12 @@ struct Tls {
 #[serde(deny_unknown_fields)]
 struct Ingress {
     allow: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +195,7 @@ impl RawConfig {
                 "AIGW_FASTAPI__TLS__CERT_FILE" => self.fastapi.tls.cert_file = Some(PathBuf::from(value)),
                 "AIGW_FASTAPI__TLS__KEY_FILE" => self.fastapi.tls.key_file = Some(PathBuf::from(value)),
                 "AIGW_INGRESS__ALLOW" => self.ingress.allow = Some(value),
+                "AIGW_METRICS__LISTEN" => self.metrics.listen = Some(value),
                 "AIGW_AUTH__BYPASS_EXTERNAL" => self.auth.bypass_external = Some(parse_bool(n, &value)?),
                 "AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT" => {
                     self.duo_chat.model_request_timeout = Some(parse(n, &value, "a number of seconds")?)
@@ -337,6 +346,10 @@ impl RawConfig {
             Some(text) => Some(parse_allowlist("AIGW_INGRESS__ALLOW", text)?),
             None => None,
         };
+        let metrics_listen = match self.metrics.listen.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+            Some(text) => Some(parse("AIGW_METRICS__LISTEN", text, "an address and port such as 127.0.0.1:9090")?),
+            None => None,
+        };
         let chat_secs = self.duo_chat.model_request_timeout.unwrap_or(30);
         if !(1..=3600).contains(&chat_secs) {
             return Err(ConfigError::new("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "must be between 1 and 3600 seconds"));
@@ -361,6 +374,7 @@ impl RawConfig {
             prompts_dir: self.prompts.dir,
             jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms.unwrap_or(10_000)),
             aws: self.aws,
+            metrics_listen,
             dev: dev.then(|| DevSettings {
                 key_file: self.dev.key_file.unwrap_or_else(|| PathBuf::from(".aigw/dev-signing-key.pem")),
             }),
@@ -399,6 +413,7 @@ mod tests {
             ("AIGW_PLUGINS__MEMORY_LIMIT_MB", "0"),
             ("AIGW_CUSTOM_MODELS__ENABLED", "maybe"),
             ("AIGW_LOGGING__LEVEL", "loud=[["),
+            ("AIGW_METRICS__LISTEN", "9090"),
             ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", "-----BEGIN RSA PRIVATE KEY-----\nnope\n"),
         ];
         for (name, value) in cases {

@@ -117,7 +117,7 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
     if !ingress_allows(state, peer) {
         // Before any token work: a caller outside the allowlist learns nothing else.
         tracing::info!(%peer, path = request.uri().path(), "client outside AIGW_INGRESS__ALLOW refused");
-        state.metrics.request(endpoint, 403, started.elapsed());
+        state.metrics.request(endpoint, 403, None, started.elapsed());
         return json_response(StatusCode::FORBIDDEN, serde_json::json!({"detail": "Forbidden"}).to_string().into());
     }
     let (parts, body) = request.into_parts();
@@ -134,7 +134,7 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
         Err(error) => error.into_response(),
     };
     let elapsed = started.elapsed();
-    let upstream = facts.lock().map(|f| f.upstream).unwrap_or_default();
+    let (upstream, provider) = facts.lock().map(|f| (f.upstream, f.provider.clone())).unwrap_or_default();
     let overhead = elapsed.saturating_sub(upstream);
     let request_id = request_id(&parts.headers);
     let headers = response.headers_mut();
@@ -145,7 +145,7 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
         headers.insert("x-request-id", value);
     }
     let status = response.status().as_u16();
-    state.metrics.request(endpoint, status, elapsed);
+    state.metrics.request(endpoint, status, provider.as_deref(), elapsed);
     state.metrics.overhead(endpoint, overhead);
     // The log line is written when the body is done, so streams report tokens and duration.
     let line = RequestLine {
@@ -175,5 +175,37 @@ async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> R
             loc: vec![serde_json::json!("body")],
             msg: format!("the request body could not be read: {error}"),
         }])),
+    }
+}
+
+/// The separate metrics listener (`AIGW_METRICS__LISTEN`): `GET /metrics` and nothing else.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry::Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let response = if request.uri().path() == "/metrics" && request.method() == http::Method::GET {
+                        let mut response = http::Response::new(Full::new(Bytes::from(metrics.render())));
+                        response.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        );
+                        response
+                    } else {
+                        let mut response =
+                            http::Response::new(Full::new(Bytes::from_static(b"{\"detail\":\"Not Found\"}")));
+                        *response.status_mut() = StatusCode::NOT_FOUND;
+                        response
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
     }
 }

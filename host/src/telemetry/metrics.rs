@@ -91,8 +91,8 @@ impl Default for Metrics {
         Metrics {
             requests: Family::new(
                 "aigw_requests_total",
-                "Requests answered, by endpoint and status.",
-                &["endpoint", "status"],
+                "Requests answered, by endpoint, status and the provider of their model call (none: no call).",
+                &["endpoint", "status", "provider"],
             ),
             request_seconds: Family::new(
                 "aigw_request_duration_seconds",
@@ -156,8 +156,8 @@ fn seconds(duration: Duration) -> f64 {
 
 impl Metrics {
     /// One answered request.
-    pub fn request(&self, endpoint: &str, status: u16, elapsed: Duration) {
-        self.requests.with(&[endpoint, &status.to_string()], |c| *c += 1);
+    pub fn request(&self, endpoint: &str, status: u16, provider: Option<&str>, elapsed: Duration) {
+        self.requests.with(&[endpoint, &status.to_string(), provider.unwrap_or("none")], |c| *c += 1);
         self.request_seconds.with(&[endpoint], |h| h.observe(seconds(elapsed)));
     }
 
@@ -277,11 +277,16 @@ mod tests {
     #[test]
     fn renders_counters_and_cumulative_histograms() {
         let metrics = Metrics::default();
-        metrics.request("/v2/code/completions", 200, Duration::from_micros(300));
-        metrics.request("/v2/code/completions", 200, Duration::from_millis(2));
+        metrics.request("/v2/code/completions", 200, Some("custom_openai"), Duration::from_micros(300));
+        metrics.request("/v2/code/completions", 200, Some("custom_openai"), Duration::from_millis(2));
         metrics.egress_refused();
         let text = metrics.render();
-        assert!(text.contains("aigw_requests_total{endpoint=\"/v2/code/completions\",status=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains(
+                "aigw_requests_total{endpoint=\"/v2/code/completions\",status=\"200\",provider=\"custom_openai\"} 2"
+            ),
+            "{text}"
+        );
         assert!(text.contains("aigw_egress_refusals_total 1"));
         assert!(
             text.contains("aigw_request_duration_seconds_bucket{endpoint=\"/v2/code/completions\",le=\"0.0005\"} 1")

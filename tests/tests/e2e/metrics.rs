@@ -28,9 +28,17 @@ async fn requests_plugins_tokens_refusals_and_reloads_are_counted() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let text = answer.text();
-    assert_eq!(value(&text, "aigw_requests_total{endpoint=\"/v2/code/completions\",status=\"200\"}"), 2.0);
-    assert_eq!(value(&text, "aigw_requests_total{endpoint=\"/v2/code/completions\",status=\"502\"}"), 1.0);
-    assert_eq!(value(&text, "aigw_requests_total{endpoint=\"/v2/code/completions\",status=\"403\"}"), 1.0);
+    let requests = |status: &str, provider: &str| {
+        value(
+            &text,
+            &format!(
+                "aigw_requests_total{{endpoint=\"/v2/code/completions\",status=\"{status}\",provider=\"{provider}\"}}"
+            ),
+        )
+    };
+    assert_eq!(requests("200", "custom_openai"), 2.0);
+    assert_eq!(requests("502", "hostile"), 1.0);
+    assert_eq!(requests("403", "custom_openai"), 1.0, "refused by the egress policy, after routing");
     assert_eq!(value(&text, "aigw_request_duration_seconds_count{endpoint=\"/v2/code/completions\"}"), 4.0);
     let calls = |function: &str| {
         value(
@@ -67,4 +75,28 @@ async fn answers_carry_the_request_id_and_the_gateways_own_overhead() {
     let bare = t.request(Method::GET, "/monitoring/healthz", &[], Bytes::new()).await;
     let generated = bare.header("x-request-id").unwrap();
     assert_eq!(generated.len(), 32, "a new id when the caller sent none: {generated}");
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn metrics_can_move_to_a_listener_of_their_own() {
+    let t = Setup::default().env("AIGW_METRICS__LISTEN", "127.0.0.1:0").start().await;
+    assert_eq!(t.complete(&t.completion_body("codestral", None, false)).await.status, 200);
+    let on_api_port = t.request(Method::GET, "/metrics", &[], Bytes::new()).await;
+    assert_eq!(on_api_port.status, 404, "API clients no longer see the metrics");
+
+    let addr = t.gateway.metrics_addr().unwrap();
+    let (status, text) = get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200);
+    let series = "aigw_requests_total{endpoint=\"/v2/code/completions\",status=\"200\",provider=\"custom_openai\"}";
+    assert_eq!(value(&text, series), 1.0);
+    assert_eq!(get(&format!("http://{addr}/v2/code/completions")).await.0, 404, "only metrics on that port");
 }
