@@ -70,6 +70,15 @@ pub async fn run(component: PathBuf, iterations: usize, output: PathBuf) -> anyh
         println!("  {name:<28} {:>9.1} {:>9.1} {:>9.1}", s.p50, s.p99, s.mean);
     }
     let ratio = wasm.p50 / native_summary.p50;
+    // Both batches stay alive together, so neither lands on slots the other has made resident.
+    let (fresh_store, fresh_batch) = resident_per_store(&plugin, 400, false).await?;
+    let (live_store, live_batch) = resident_per_store(&plugin, 400, true).await?;
+    drop((fresh_batch, live_batch));
+    println!(
+        "  resident memory per store: {:.1} KiB instantiated, {:.1} KiB once it has parsed one stream event",
+        fresh_store as f64 / 1024.0,
+        live_store as f64 / 1024.0
+    );
     println!(
         "  ratio wasm/native (p50): {ratio:.2}x; added per request (p50): {:.1} µs",
         wasm.p50 - native_summary.p50
@@ -83,6 +92,7 @@ pub async fn run(component: PathBuf, iterations: usize, output: PathBuf) -> anyh
                           "parse_response": parse.p50, "teardown": teardown.p50},
         "native_us": {"p50": native_summary.p50, "p99": native_summary.p99, "mean": native_summary.mean},
         "ratio_p50": ratio,
+        "resident_bytes_per_store": {"instantiated": fresh_store, "after_one_stream_event": live_store},
     });
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)?;
@@ -90,4 +100,26 @@ pub async fn run(component: PathBuf, iterations: usize, output: PathBuf) -> anyh
     std::fs::write(&output, serde_json::to_string_pretty(&json)?)?;
     println!("  results: {}", output.display());
     Ok(())
+}
+
+/// Resident memory one store holds, as an open stream holds it: `count` stores (each having parsed
+/// one stream event when `used`), measured together and returned alive.
+async fn resident_per_store(
+    plugin: &aigw::plugins::LoadedPlugin,
+    count: usize,
+    used: bool,
+) -> anyhow::Result<(u64, Vec<aigw::plugins::PluginSession>)> {
+    let event = br#"{"choices":[{"index":0,"delta":{"content":"ret"},"finish_reason":null}]}"#;
+    let pid = std::process::id();
+    let before = crate::procfs::rss(pid);
+    let mut stores = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut session = plugin.session().await?;
+        if used {
+            session.parse_event(None, event).await?;
+        }
+        stores.push(session);
+    }
+    let held = crate::procfs::rss(pid);
+    Ok((held.saturating_sub(before) / count as u64, stores))
 }
