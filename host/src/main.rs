@@ -7,6 +7,7 @@ use aigw::plugins::{PluginRuntime, SandboxLimits};
 use aigw::{DEV_ISSUER, Gateway, StartOptions};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -112,7 +113,10 @@ async fn serve(config_file: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
     let gateway = Gateway::start(config, options).await?;
     if let Some(token) = dev_token {
         let addr = gateway.addr();
-        println!(
+        // Whoever started us may have stopped reading stdout (a script that took the token and
+        // closed the pipe): the gateway keeps serving regardless.
+        let banner = writeln!(
+            std::io::stdout(),
             "\nDevelopment mode: tokens signed by the local key are accepted (valid 24 h):\n\n\
              export AIGW_TOKEN={token}\n\n\
              curl -s http://{addr}/v2/code/completions \\\n  \
@@ -121,6 +125,9 @@ async fn serve(config_file: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
              -d '{{\"current_file\": {{\"file_name\": \"add.py\", \"content_above_cursor\": \"def add(a, b):\\n    \", \"content_below_cursor\": \"\"}},\n       \
              \"model_provider\": \"litellm\", \"model_name\": \"codestral\", \"model_endpoint\": \"http://127.0.0.1:8000/v1\"}}'\n"
         );
+        if let Err(error) = banner.and_then(|()| std::io::stdout().flush()) {
+            tracing::warn!(%error, "could not print the development banner; serving anyway");
+        }
     }
     shutdown_signal().await;
     tracing::info!("shutting down; finishing in-flight requests");

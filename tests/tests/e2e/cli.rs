@@ -211,3 +211,35 @@ async fn json_logs_carry_one_structured_line_per_request() {
     assert_eq!(request["outcome"], "completed");
     assert!(!log.contains(CANARY_KEY));
 }
+
+#[tokio::test]
+async fn the_dev_server_keeps_serving_when_nobody_reads_its_stdout() {
+    // A script that took the token and closed the pipe (or `| head -3`): printing the banner fails
+    // with a broken pipe, and the gateway must serve regardless.
+    let model = MockModelServer::start().await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let key_file = state.path().join("dev-key.pem");
+    let port = free_port();
+    let mut server = aigw()
+        .args(["serve", "--dev"])
+        .env("AIGW_FASTAPI__API_PORT", port.to_string())
+        .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
+        .env("AIGW_DEV__KEY_FILE", &key_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(server.stdout.take());
+    let listening = async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), listening).await.expect("the gateway listens");
+    let minted = aigw().args(["token", "mint"]).env("AIGW_DEV__KEY_FILE", &key_file).output().await.unwrap();
+    let token = String::from_utf8(minted.stdout).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(complete(port, token.trim(), &model.base_url()).await, Ok(200));
+    assert!(server.try_wait().unwrap().is_none(), "still running");
+    server.kill().await.unwrap();
+}
