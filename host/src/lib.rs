@@ -120,6 +120,7 @@ impl Gateway {
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let mut background = background;
+        background.push(tokio::spawn(keep_a_timer_armed()));
         let mut metrics_addr = None;
         if let Some(metrics_listen) = config.metrics_listen {
             let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
@@ -175,6 +176,21 @@ impl Gateway {
             let _ = stop.send(());
         }
         let _ = (&mut self.server).await;
+    }
+}
+
+/// Keeps a timer due within 10 ms in tokio's time driver at all times.
+///
+/// Every model call arms timeouts. When a new timer is due before everything the driver already
+/// waits for, tokio wakes the worker parked in the driver to re-arm it: an eventfd write, a
+/// context switch and a futex wake-up per request, measured at ~40 µs of CPU per completion
+/// at concurrency 1. With a near timer always pending, request timeouts (seconds away) are never
+/// the earliest, and nothing needs waking. The price is one timer firing every 10 ms.
+async fn keep_a_timer_armed() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 
