@@ -170,6 +170,9 @@ impl PluginRuntime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        // A new store's deadline is epoch 0, long past: without this, the component's start-up
+        // code would hit it at once and yield to the scheduler on every instantiation.
+        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
             if state.call_started.elapsed() >= state.deadline {
