@@ -32,12 +32,21 @@ impl Histogram {
 /// Label values, in the order of the family's label names.
 type Labels = Vec<String>;
 
+/// Separates label values in a series key; a value containing it has it replaced.
+const SEPARATOR: char = '\u{1f}';
+
+thread_local! {
+    /// Where series keys are assembled, so that updating an existing series allocates nothing.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 #[derive(Debug)]
 struct Family<T> {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    series: Mutex<BTreeMap<Labels, T>>,
+    /// Series by their label values joined with [`SEPARATOR`].
+    series: Mutex<BTreeMap<Box<str>, T>>,
 }
 
 impl<T: Default + Clone> Family<T> {
@@ -46,13 +55,32 @@ impl<T: Default + Clone> Family<T> {
     }
 
     fn with(&self, labels: &[&str], update: impl FnOnce(&mut T)) {
-        let key: Labels = labels.iter().map(|l| l.to_string()).collect();
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        update(series.entry(key).or_default());
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            for (i, label) in labels.iter().enumerate() {
+                if i > 0 {
+                    key.push(SEPARATOR);
+                }
+                if label.contains(SEPARATOR) {
+                    key.push_str(&label.replace(SEPARATOR, "\u{fffd}"));
+                } else {
+                    key.push_str(label);
+                }
+            }
+            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            match series.get_mut(key.as_str()) {
+                Some(value) => update(value),
+                None => update(series.entry(key.as_str().into()).or_default()),
+            }
+        });
     }
 
     fn snapshot(&self) -> BTreeMap<Labels, T> {
-        self.series.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let split = |key: &str| -> Labels {
+            if self.labels.is_empty() { Vec::new() } else { key.split(SEPARATOR).map(str::to_string).collect() }
+        };
+        series.iter().map(|(key, value)| (split(key), value.clone())).collect()
     }
 }
 
@@ -302,5 +330,26 @@ mod tests {
         let metrics = Metrics::default();
         metrics.tokens("we\"ird\nmodel", 1, 2);
         assert!(metrics.render().contains("model=\"we\\\"ird\\nmodel\""));
+    }
+
+    #[test]
+    fn series_keys_survive_any_label_text() {
+        let metrics = Metrics::default();
+        let odd_model = "model\u{1f}with\u{1f}separators\"and quotes";
+        metrics.tokens(odd_model, 3, 4);
+        metrics.tokens(odd_model, 1, 1);
+        metrics.tokens("plain", 1, 0);
+        let text = metrics.render();
+        let line = |direction: &str| {
+            text.lines()
+                .find(|l| l.starts_with("aigw_tokens_total{model=\"model\u{fffd}with") && l.contains(direction))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            line("input").as_deref(),
+            Some("aigw_tokens_total{model=\"model\u{fffd}with\u{fffd}separators\\\"and quotes\",direction=\"input\"} 4")
+        );
+        assert!(line("output").is_some_and(|l| l.ends_with(" 5")));
+        assert!(text.contains("aigw_tokens_total{model=\"plain\",direction=\"input\"} 1"));
     }
 }
