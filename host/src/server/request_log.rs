@@ -37,6 +37,9 @@ fn millis(duration: Duration) -> f64 {
 
 impl RequestLine {
     fn write(self, outcome: &'static str) {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
         let facts = self.facts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         tracing::info!(
             request_id = self.request_id,

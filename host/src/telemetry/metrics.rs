@@ -347,7 +347,9 @@ mod tests {
         };
         assert_eq!(
             line("input").as_deref(),
-            Some("aigw_tokens_total{model=\"model\u{fffd}with\u{fffd}separators\\\"and quotes\",direction=\"input\"} 4")
+            Some(
+                "aigw_tokens_total{model=\"model\u{fffd}with\u{fffd}separators\\\"and quotes\",direction=\"input\"} 4"
+            )
         );
         assert!(line("output").is_some_and(|l| l.ends_with(" 5")));
         assert!(text.contains("aigw_tokens_total{model=\"plain\",direction=\"input\"} 1"));
