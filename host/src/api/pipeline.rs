@@ -5,7 +5,7 @@ use super::AppState;
 use super::model::{ModelTarget, parse_endpoint};
 use crate::error::GatewayError;
 use crate::plugins::runtime::PluginIdentity;
-use crate::plugins::{PluginError, PluginSession, wit};
+use crate::plugins::{LoadedPlugin, PluginError, PluginSession, SlotPermit, wit};
 use crate::telemetry::Metrics;
 use crate::upstream::aws::AwsEnvironment;
 use crate::upstream::framing::{Decoder, FramingError};
@@ -99,10 +99,10 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
             usage: completion.usage,
             done: true,
         };
-        return Ok(Outcome::Stream(Box::new(ChunkStream::new(session, None, accounts, sent, Some(whole)))));
+        return Ok(Outcome::Stream(Box::new(ChunkStream::new(plugin, session, None, accounts, sent, Some(whole)))));
     }
     crate::telemetry::add_upstream_time(sent.elapsed());
-    Ok(Outcome::Stream(Box::new(ChunkStream::new(session, Some(response), accounts, sent, None))))
+    Ok(Outcome::Stream(Box::new(ChunkStream::new(plugin, session, Some(response), accounts, sent, None))))
 }
 
 /// Where a model call's numbers go: the metrics and the request's log line.
@@ -174,10 +174,20 @@ fn hint_missing_v1(error: UpstreamError, target: &ModelTarget, endpoint: &http::
     GatewayError::Upstream(error)
 }
 
+/// How long a stream keeps its plugin store while the model server sends nothing. A stream that
+/// flows keeps one store throughout; one that waits frees it (keeping its slot, so the capacity
+/// limit still counts it) and takes a fresh one (~11 µs) when the next bytes arrive, so idle
+/// streams hold no plugin memory.
+const STORE_IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A model answer being streamed: upstream bytes → frames → plugin → chunks. Dropping it drops
 /// the upstream response, which cancels the upstream request at once.
 pub struct ChunkStream {
-    session: PluginSession,
+    plugin: LoadedPlugin,
+    /// The store events are parsed in; `None` while the stream is idle.
+    session: Option<PluginSession>,
+    /// The slot an idle stream keeps for its next store.
+    idle_slot: Option<SlotPermit>,
     /// `None` when the whole answer was already read (streaming disabled).
     response: Option<UpstreamResponse>,
     decoder: Decoder,
@@ -192,19 +202,22 @@ pub struct ChunkStream {
 
 impl ChunkStream {
     fn new(
+        plugin: LoadedPlugin,
         session: PluginSession,
         response: Option<UpstreamResponse>,
         accounts: Accounts,
         sent: Instant,
         whole: Option<wit::StreamChunk>,
     ) -> Self {
-        let decoder = match session.identity().framing {
+        let decoder = match plugin.identity().framing {
             wit::Framing::Sse => Decoder::sse(),
             wit::Framing::Ndjson => Decoder::ndjson(),
             wit::Framing::AwsEventStream => Decoder::aws_event_stream(),
         };
         ChunkStream {
-            session,
+            plugin,
+            session: Some(session),
+            idle_slot: None,
             response,
             decoder,
             finished: whole.is_some(),
@@ -239,7 +252,18 @@ impl ChunkStream {
             self.finished = true;
             return Ok(());
         };
-        let next = response.next_chunk().await;
+        let next = match self.session {
+            Some(_) => match tokio::time::timeout(STORE_IDLE_RELEASE, response.next_chunk()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    // Idle: free the store while waiting. (The idle timeout restarts here, so it
+                    // is measured from at most 100 ms after the last bytes.)
+                    self.idle_slot = self.session.take().map(PluginSession::release);
+                    response.next_chunk().await
+                }
+            },
+            None => response.next_chunk().await,
+        };
         let next = next.inspect_err(|e| self.accounts.metrics.upstream_failure(&self.accounts.provider, e.reason()))?;
         let bytes = match next {
             Some(bytes) => bytes,
@@ -278,12 +302,22 @@ impl ChunkStream {
 
     async fn parse(&mut self, event: crate::upstream::framing::Event) -> Result<(), GatewayError> {
         let parsing = Instant::now();
-        let chunk = self
-            .session
+        let metrics = &self.accounts.metrics;
+        let session = match &mut self.session {
+            Some(session) => session,
+            empty => {
+                let fresh = match self.idle_slot.take() {
+                    Some(slot) => self.plugin.session_in(slot).await,
+                    None => self.plugin.session().await,
+                };
+                empty.insert(fresh.map_err(|e| log_plugin_failure(metrics, self.plugin.identity(), e))?)
+            }
+        };
+        let chunk = session
             .parse_event(event.name.as_deref(), &event.data)
             .await
-            .map_err(|e| log_plugin_failure(&self.accounts.metrics, self.session.identity(), e))?;
-        self.accounts.metrics.plugin_call(&self.session.identity().name, "parse_event", parsing.elapsed());
+            .map_err(|e| log_plugin_failure(metrics, self.plugin.identity(), e))?;
+        metrics.plugin_call(&self.plugin.identity().name, "parse_event", parsing.elapsed());
         if let Some(usage) = &chunk.usage {
             self.accounts.tokens(usage);
             self.output_tokens += usage.output_tokens;

@@ -7,7 +7,7 @@ pub mod runtime;
 
 pub use bindings::types as wit;
 pub use registry::{PluginRegistry, Snapshot};
-pub use runtime::{LoadedPlugin, PluginRuntime, PluginSession, SandboxLimits};
+pub use runtime::{LoadedPlugin, PluginRuntime, PluginSession, SandboxLimits, SlotPermit};
 
 /// Why a plugin could not be loaded or a plugin call did not produce a result.
 #[derive(Debug, thiserror::Error)]

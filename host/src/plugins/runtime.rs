@@ -43,6 +43,9 @@ pub struct PluginRuntime {
     linker: Linker<GuestState>,
     limits: SandboxLimits,
     ticker: Arc<EpochTicker>,
+    /// One permit per pool slot. A request holds one for its whole life, even while it holds no
+    /// store (an idle stream), so a permit holder always finds a free slot.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -90,7 +93,8 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         let ticker = Arc::new(EpochTicker { stop: AtomicBool::new(false) });
         spawn_epoch_ticker(&engine, &ticker, tick_period(limits.call_deadline))?;
-        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker }))
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent as usize));
+        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots }))
     }
 
     /// The limits every store gets.
@@ -393,7 +397,14 @@ impl LoadedPlugin {
     }
 
     /// A fresh sandbox for one request: new store, new instance, nothing shared with any other.
+    /// Fails with [`PluginError::Capacity`] when every slot is taken.
     pub async fn session(&self) -> Result<PluginSession, PluginError> {
+        let permit = Arc::clone(&self.runtime.slots).try_acquire_owned().map_err(|_| PluginError::Capacity)?;
+        self.session_in(SlotPermit { _held: permit }).await
+    }
+
+    /// A fresh sandbox in a slot the caller already holds (see [`PluginSession::release`]).
+    pub async fn session_in(&self, permit: SlotPermit) -> Result<PluginSession, PluginError> {
         let mut store = self.runtime.new_store();
         let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
@@ -402,7 +413,7 @@ impl LoadedPlugin {
                 PluginError::Trap(format!("{e:#}"))
             }
         })?;
-        Ok(PluginSession { store, instance, info: Arc::clone(&self.info) })
+        Ok(PluginSession { store, instance, info: Arc::clone(&self.info), permit })
     }
 
     async fn call_info(&self) -> Result<wit::PluginInfo, PluginError> {
@@ -413,11 +424,19 @@ impl LoadedPlugin {
     }
 }
 
+/// A claim on one sandbox slot, held by a request that has no store at the moment.
+#[derive(Debug)]
+pub struct SlotPermit {
+    _held: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// One request's sandbox. Dropping it frees the store and returns its slot to the pool.
 pub struct PluginSession {
+    // Field order is drop order: the store goes back to the pool before the permit is released.
     store: Store<GuestState>,
     instance: Provider,
     info: Arc<PluginIdentity>,
+    permit: SlotPermit,
 }
 
 impl std::fmt::Debug for PluginSession {
@@ -427,6 +446,12 @@ impl std::fmt::Debug for PluginSession {
 }
 
 impl PluginSession {
+    /// Free the store (its memory goes back to the pool) but keep the slot, for a request that
+    /// will need a fresh store later.
+    pub fn release(self) -> SlotPermit {
+        self.permit
+    }
+
     /// Identity of the plugin this session runs.
     pub fn identity(&self) -> &PluginIdentity {
         &self.info

@@ -308,3 +308,27 @@ async fn total_timeout_ends_a_stream_that_never_goes_quiet() {
     let series = "aigw_upstream_failures_total{provider=\"custom_openai\",reason=\"total_timeout\"}";
     assert_eq!(metric(&metrics, series), Some(1.0), "{metrics}");
 }
+
+/// A stream idle for longer than 100 ms gives its plugin store back and parses what comes next
+/// on a fresh one; the answer is the same.
+#[tokio::test]
+async fn a_stream_that_pauses_continues_on_a_fresh_store() {
+    let t = Setup::default().start().await;
+    t.model.set_reply(Reply { chunk_delay: Duration::from_millis(150), chunks: 4, ..Reply::default() });
+    let answer = t.complete(&t.completion_body("codestral", None, true)).await;
+    assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "return a + b"));
+
+    let chat = serde_json::json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
+        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
+                           "api_key": "k", "identifier": "custom_openai/mistral-7b"}});
+    t.model.set_reply(Reply {
+        text: "Thought: easy\nFinal Answer: Use git bisect.".into(),
+        chunks: 3,
+        chunk_delay: Duration::from_millis(150),
+        ..Reply::default()
+    });
+    let answer = t.post("/v2/chat/agent", &t.gitlab_headers(&t.token(&["duo_chat"])), &chat).await;
+    let events = answer.ndjson();
+    assert_eq!(aigw_tests::final_answer(&events), "Use git bisect.");
+    assert_eq!(events.last().unwrap()["type"], "usage", "usage still summed across the stores");
+}
