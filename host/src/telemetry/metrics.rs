@@ -32,6 +32,12 @@ impl Histogram {
 /// Label values, in the order of the family's label names.
 type Labels = Vec<String>;
 
+/// Most series of a family whose labels the caller chooses (models); past it, `other`.
+const MAX_CALLER_SERIES: usize = 512;
+
+/// The label value that stands for every value past [`MAX_CALLER_SERIES`].
+const OTHER: &str = "other";
+
 /// Separates label values in a series key; a value containing it has it replaced.
 const SEPARATOR: char = '\u{1f}';
 
@@ -55,6 +61,13 @@ impl<T: Default + Clone> Family<T> {
     }
 
     fn with(&self, labels: &[&str], update: impl FnOnce(&mut T)) {
+        self.with_capped(labels, usize::MAX, update);
+    }
+
+    /// Like [`Family::with`], but once the family has `max_series` series a new one is not
+    /// created and the update goes to the series whose first label is `other` instead: for
+    /// labels a caller chooses (a model name), so no request can grow the metrics without bound.
+    fn with_capped(&self, labels: &[&str], max_series: usize, update: impl FnOnce(&mut T)) {
         KEY.with_borrow_mut(|key| {
             key.clear();
             for (i, label) in labels.iter().enumerate() {
@@ -68,10 +81,18 @@ impl<T: Default + Clone> Family<T> {
                 }
             }
             let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-            match series.get_mut(key.as_str()) {
-                Some(value) => update(value),
-                None => update(series.entry(key.as_str().into()).or_default()),
+            if let Some(value) = series.get_mut(key.as_str()) {
+                return update(value);
             }
+            if series.len() >= max_series {
+                key.clear();
+                key.push_str(OTHER);
+                for label in labels.iter().skip(1) {
+                    key.push(SEPARATOR);
+                    key.push_str(&label.replace(SEPARATOR, "\u{fffd}"));
+                }
+            }
+            update(series.entry(key.as_str().into()).or_default());
         });
     }
 
@@ -222,9 +243,10 @@ impl Metrics {
     }
 
     /// Tokens a model server reported.
+    /// The model id comes from the request, so its series are capped (see [`MAX_CALLER_SERIES`]).
     pub fn tokens(&self, model: &str, input: u32, output: u32) {
-        self.tokens.with(&[model, "input"], |c| *c += u64::from(input));
-        self.tokens.with(&[model, "output"], |c| *c += u64::from(output));
+        self.tokens.with_capped(&[model, "input"], MAX_CALLER_SERIES, |c| *c += u64::from(input));
+        self.tokens.with_capped(&[model, "output"], MAX_CALLER_SERIES, |c| *c += u64::from(output));
     }
 
     /// Plugin reload outcomes: files loaded, rejected, unloaded.
@@ -353,5 +375,22 @@ mod tests {
         );
         assert!(line("output").is_some_and(|l| l.ends_with(" 5")));
         assert!(text.contains("aigw_tokens_total{model=\"plain\",direction=\"input\"} 1"));
+    }
+
+    #[test]
+    fn caller_chosen_models_cannot_grow_the_series_without_bound() {
+        let metrics = Metrics::default();
+        for n in 0..2_000 {
+            metrics.tokens(&format!("model-{n}"), 1, 1);
+        }
+        let text = metrics.render();
+        let series = text.lines().filter(|l| l.starts_with("aigw_tokens_total{")).count();
+        assert!(series <= MAX_CALLER_SERIES + 2, "{series} series");
+        assert!(
+            text.contains("aigw_tokens_total{model=\"model-0\",direction=\"input\"} 1"),
+            "early models keep theirs"
+        );
+        let other = text.lines().find(|l| l.starts_with("aigw_tokens_total{model=\"other\",direction=\"input\"}"));
+        assert_eq!(other, Some("aigw_tokens_total{model=\"other\",direction=\"input\"} 1744"));
     }
 }
