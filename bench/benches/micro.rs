@@ -4,55 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up: failing loudly is the point")]
 
-use aigw::plugins::{PluginRuntime, SandboxLimits, wit};
+use aigw::plugins::{PluginRuntime, SandboxLimits};
 use aigw::upstream::framing::Decoder;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::Duration;
 
-/// About 7.5 KB of code before the cursor.
-fn prefix() -> String {
-    let mut text = String::new();
-    let mut n = 0;
-    while text.len() < 7_500 {
-        text.push_str(&format!("def handler_{n}(request):\n    return {{\"id\": {n}}}\n\n"));
-        n += 1;
-    }
-    text
-}
+#[path = "../src/workload.rs"]
+mod workload;
 
-const ANSWER: &[u8] = br#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"codestral-22b","choices":[{"index":0,"message":{"role":"assistant","content":"    return {\"id\": 99}\n"},"finish_reason":"stop"}],"usage":{"prompt_tokens":2100,"completion_tokens":24,"total_tokens":2124}}"#;
-
-fn wit_request(prefix: &str) -> wit::ModelRequest {
-    wit::ModelRequest {
-        model: "codestral-22b".into(),
-        messages: vec![wit::Message { role: wit::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
-        fill_in_middle: Some(wit::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
-        sampling: wit::Sampling {
-            max_tokens: Some(64),
-            temperature: Some(0.32),
-            top_p: None,
-            stop: vec!["[INST]".into()],
-        },
-        stream: false,
-    }
-}
-
-fn native_request(prefix: &str) -> openai_compatible::types::ModelRequest {
-    use openai_compatible::types as native;
-    native::ModelRequest {
-        model: "codestral-22b".into(),
-        messages: vec![native::Message { role: native::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
-        fill_in_middle: Some(native::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
-        sampling: native::Sampling {
-            max_tokens: Some(64),
-            temperature: Some(0.32),
-            top_p: None,
-            stop: vec!["[INST]".into()],
-        },
-        stream: false,
-    }
-}
+use workload::{ANSWER, native_request, prefix, wit_request};
 
 fn plugin_round_trip(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -68,14 +29,14 @@ fn plugin_round_trip(c: &mut Criterion) {
             runtime.block_on(async {
                 let mut session = plugin.session().await.unwrap();
                 let built = session.build_request(&request).await.unwrap();
-                black_box((built, session.parse_response(ANSWER).await.unwrap()))
+                black_box((built, session.parse_response(ANSWER.as_bytes()).await.unwrap()))
             })
         })
     });
     group.bench_function("native", |b| {
         b.iter(|| {
             let built = openai_compatible::translate::build_request(&native).unwrap();
-            black_box((built, openai_compatible::translate::parse_response(ANSWER).unwrap()))
+            black_box((built, openai_compatible::translate::parse_response(ANSWER.as_bytes()).unwrap()))
         })
     });
     group.finish();

@@ -89,7 +89,7 @@ async fn start_proxy(upstream: &str) -> anyhow::Result<(Process, String)> {
 /// About 7.5 KB of code before the cursor, as in a real completion request.
 fn gitlab_body(model: &MockModelServer, stream: bool) -> Bytes {
     Bytes::from(
-        json!({"current_file": {"file_name": "app.py", "content_above_cursor": crate::prefix(), "content_below_cursor": "\n"},
+        json!({"current_file": {"file_name": "app.py", "content_above_cursor": crate::workload::prefix(), "content_below_cursor": "\n"},
                "model_provider": "litellm", "model_name": "codestral", "model_endpoint": model.base_url(),
                "model_identifier": "custom_openai/codestral-22b", "stream": stream})
         .to_string(),
@@ -98,7 +98,7 @@ fn gitlab_body(model: &MockModelServer, stream: bool) -> Bytes {
 
 /// The request aigw sends upstream for the body above, for the direct and proxied calls.
 fn openai_body(stream: bool) -> Bytes {
-    let prompt = format!("<s>[SUFFIX]\n[PREFIX]{}", crate::prefix());
+    let prompt = format!("<s>[SUFFIX]\n[PREFIX]{}", crate::workload::prefix());
     Bytes::from(
         json!({"model": "codestral-22b", "messages": [{"role": "user", "content": prompt}],
                "max_tokens": 64, "temperature": 0.32, "stream": stream})

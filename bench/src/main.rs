@@ -12,10 +12,9 @@ mod load;
 mod plugin;
 mod procfs;
 mod proxy;
+mod workload;
 
-use aigw::plugins::wit;
 use clap::{Parser, Subcommand};
-use openai_compatible::types as native;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -62,51 +61,6 @@ enum Command {
         #[arg(long)]
         upstream: String,
     },
-}
-
-/// Code before the cursor: about 7.5 KB of Python.
-fn prefix() -> String {
-    let unit =
-        "def handler_{n}(request):\n    payload = request.json()\n    return {\"id\": {n}, \"ok\": bool(payload)}\n\n";
-    let mut text = String::new();
-    let mut n = 0;
-    while text.len() < 7_500 {
-        text.push_str(&unit.replace("{n}", &n.to_string()));
-        n += 1;
-    }
-    text
-}
-
-const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"codestral-22b","choices":[{"index":0,"message":{"role":"assistant","content":"    payload = request.json()\n    return {\"id\": 99, \"ok\": bool(payload)}\n"},"finish_reason":"stop"}],"usage":{"prompt_tokens":2100,"completion_tokens":24,"total_tokens":2124}}"#;
-
-fn wit_request(prefix: &str) -> wit::ModelRequest {
-    wit::ModelRequest {
-        model: "codestral-22b".into(),
-        messages: vec![wit::Message { role: wit::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
-        fill_in_middle: Some(wit::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
-        sampling: wit::Sampling {
-            max_tokens: Some(64),
-            temperature: Some(0.32),
-            top_p: None,
-            stop: ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"].map(String::from).to_vec(),
-        },
-        stream: false,
-    }
-}
-
-fn native_request(prefix: &str) -> native::ModelRequest {
-    native::ModelRequest {
-        model: "codestral-22b".into(),
-        messages: vec![native::Message { role: native::Role::User, content: format!("<s>[SUFFIX]\n[PREFIX]{prefix}") }],
-        fill_in_middle: Some(native::FillInMiddle { prefix: prefix.to_string(), suffix: "\n".into() }),
-        sampling: native::Sampling {
-            max_tokens: Some(64),
-            temperature: Some(0.32),
-            top_p: None,
-            stop: ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"].map(String::from).to_vec(),
-        },
-        stream: false,
-    }
 }
 
 fn main() -> anyhow::Result<()> {

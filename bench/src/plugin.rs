@@ -3,7 +3,7 @@
 //! translation called natively.
 
 use crate::load::summarize;
-use crate::{ANSWER, native_request, prefix, wit_request};
+use crate::workload::{ANSWER, native_request, prefix, wit_request};
 use aigw::plugins::{PluginRuntime, SandboxLimits};
 use anyhow::Context as _;
 use std::path::PathBuf;
