@@ -2,8 +2,8 @@
 //! `POST /v1/messages`, top-level `system`, `x-api-key` and `anthropic-version`, SSE events.
 
 use crate::types::{
-    Completion, Credential, FinishReason, Framing, Header, Method, ModelRequest, PluginError, PluginInfo, Role,
-    StreamChunk, UpstreamRequest, Usage,
+    Completion, Credential, FinishReason, Framing, Header, Method, ModelRequest, PluginError, PluginInfo, StreamChunk,
+    UpstreamRequest, Usage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,22 +49,9 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
     if request.model.is_empty() {
         return Err(PluginError::InvalidInput("the model id is empty".to_string()));
     }
-    let system: Vec<&str> =
-        request.messages.iter().filter(|m| matches!(m.role, Role::System)).map(|m| m.content.as_str()).collect();
-    let messages: Vec<Turn<'_>> = request
-        .messages
-        .iter()
-        .filter_map(|m| match m.role {
-            Role::System => None,
-            Role::User => Some(Turn { role: "user", content: &m.content }),
-            Role::Assistant => Some(Turn { role: "assistant", content: &m.content }),
-        })
-        .collect();
-    if messages.first().is_none_or(|first| first.role != "user") {
-        return Err(PluginError::InvalidInput(
-            "the Messages API needs a conversation that starts with the user".into(),
-        ));
-    }
+    let aigw_plugin_sdk::SystemAndTurns { system, turns } =
+        aigw_plugin_sdk::system_and_turns(&request.messages, "Messages API")?;
+    let messages = turns.into_iter().map(|(role, content)| Turn { role, content }).collect();
     let sampling = &request.sampling;
     let body = MessagesRequest {
         model: &request.model,
@@ -201,7 +188,7 @@ pub fn parse_event(event: Option<&str>, data: &[u8]) -> Result<StreamChunk, Plug
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Message, Sampling};
+    use crate::types::{Message, Role, Sampling};
     use serde_json::{Value, json};
 
     fn request() -> ModelRequest {

@@ -3,7 +3,7 @@
 //! host has already decoded from the AWS event-stream framing.
 
 use crate::types::{
-    Completion, Credential, FinishReason, Framing, Method, ModelRequest, PluginError, PluginInfo, Role, StreamChunk,
+    Completion, Credential, FinishReason, Framing, Method, ModelRequest, PluginError, PluginInfo, StreamChunk,
     UpstreamRequest, Usage,
 };
 use aigw_plugin_sdk::{empty_chunk, invalid, malformed, to_json};
@@ -92,24 +92,10 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
     if request.model.is_empty() {
         return Err(invalid("the model id is empty"));
     }
-    let system = request
-        .messages
-        .iter()
-        .filter(|m| matches!(m.role, Role::System))
-        .map(|m| TextBlock { text: &m.content })
-        .collect();
-    let messages: Vec<Turn<'_>> = request
-        .messages
-        .iter()
-        .filter_map(|m| match m.role {
-            Role::System => None,
-            Role::User => Some(Turn { role: "user", content: [TextBlock { text: &m.content }] }),
-            Role::Assistant => Some(Turn { role: "assistant", content: [TextBlock { text: &m.content }] }),
-        })
-        .collect();
-    if messages.first().is_none_or(|first| first.role != "user") {
-        return Err(invalid("the Converse API needs a conversation that starts with the user"));
-    }
+    let aigw_plugin_sdk::SystemAndTurns { system, turns } =
+        aigw_plugin_sdk::system_and_turns(&request.messages, "Converse API")?;
+    let system = system.into_iter().map(|text| TextBlock { text }).collect();
+    let messages = turns.into_iter().map(|(role, text)| Turn { role, content: [TextBlock { text }] }).collect();
     let sampling = &request.sampling;
     let body = ConverseRequest {
         messages,
@@ -229,7 +215,7 @@ pub fn parse_event(event: Option<&str>, data: &[u8]) -> Result<StreamChunk, Plug
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Message, Sampling};
+    use crate::types::{Message, Role, Sampling};
     use serde_json::{Value, json};
 
     fn request(stream: bool) -> ModelRequest {

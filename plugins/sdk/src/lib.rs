@@ -125,6 +125,33 @@ pub fn finish_reason(reason: &str, stop_words: &[&str], length_words: &[&str]) -
     }
 }
 
+/// A conversation split the way APIs with a separate system prompt want it (Anthropic Messages,
+/// Bedrock Converse).
+#[derive(Debug)]
+pub struct SystemAndTurns<'a> {
+    /// The system messages' texts, in order.
+    pub system: Vec<&'a str>,
+    /// The user and assistant turns (role name, text), in order, starting with the user.
+    pub turns: Vec<(&'static str, &'a str)>,
+}
+
+/// Split `messages` into system texts and turns; the turns must start with the user. `api` names
+/// the API in the error.
+pub fn system_and_turns<'a>(messages: &'a [types::Message], api: &str) -> Result<SystemAndTurns<'a>, PluginError> {
+    let mut system = Vec::new();
+    let mut turns = Vec::with_capacity(messages.len());
+    for message in messages {
+        match message.role {
+            types::Role::System => system.push(message.content.as_str()),
+            role => turns.push((role_name(role), message.content.as_str())),
+        }
+    }
+    if turns.first().is_none_or(|(role, _)| *role != "user") {
+        return Err(invalid(format!("the {api} needs a conversation that starts with the user")));
+    }
+    Ok(SystemAndTurns { system, turns })
+}
+
 /// The role name most chat APIs use.
 pub fn role_name(role: types::Role) -> &'static str {
     match role {
