@@ -422,3 +422,11 @@ pub fn deploy(path: &Path, bytes: &[u8]) {
     std::fs::write(&temporary, bytes).unwrap();
     std::fs::rename(&temporary, path).unwrap();
 }
+
+/// A `/v2/chat/agent` body as the instance sends it: one user question, a self-hosted
+/// OpenAI-compatible model at `endpoint`.
+pub fn agent_body(endpoint: &str) -> Value {
+    json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
+           "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": endpoint,
+                              "api_key": "k", "identifier": "custom_openai/mistral-7b"}})
+}

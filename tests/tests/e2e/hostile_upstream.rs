@@ -2,8 +2,8 @@
 //! finishes an event, redirects and garbage. Each ends its own request with a clear error, in
 //! bounded memory, and nothing is followed or retried that should not be.
 
-use aigw_tests::{Setup, TestGateway};
-use serde_json::{Value, json};
+use aigw_tests::{Setup, TestGateway, agent_body};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,12 +47,6 @@ async fn scripted_server(head: String, fill: u8, body_len: usize) -> (SocketAddr
         }
     });
     (addr, seen)
-}
-
-fn agent_body(endpoint: &str) -> Value {
-    json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
-           "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": endpoint,
-                              "api_key": "k", "identifier": "custom_openai/mistral-7b"}})
 }
 
 async fn complete_at(t: &TestGateway, endpoint: &str) -> aigw_tests::Answer {

@@ -199,9 +199,7 @@ async fn timeouts_answer_in_each_endpoints_form_and_are_counted_by_phase() {
         .env("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", "400")
         .start()
         .await;
-    let chat = serde_json::json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
-        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
-                           "api_key": "k", "identifier": "custom_openai/mistral-7b"}});
+    let chat = aigw_tests::agent_body(&t.model.base_url());
     let headers = t.gitlab_headers(&t.token(&["duo_chat"]));
 
     // Within both limits: a whole answer.
@@ -282,9 +280,7 @@ async fn total_timeout_ends_a_stream_that_never_goes_quiet() {
         .env("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "1")
         .start()
         .await;
-    let chat = serde_json::json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
-        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
-                           "api_key": "k", "identifier": "custom_openai/mistral-7b"}});
+    let chat = aigw_tests::agent_body(&t.model.base_url());
     let headers = t.gitlab_headers(&t.token(&["duo_chat"]));
     let text = "Thought: easy\nFinal Answer: Use git bisect.".to_string();
 
@@ -318,9 +314,7 @@ async fn a_stream_that_pauses_continues_on_a_fresh_store() {
     let answer = t.complete(&t.completion_body("codestral", None, true)).await;
     assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "return a + b"));
 
-    let chat = serde_json::json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
-        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
-                           "api_key": "k", "identifier": "custom_openai/mistral-7b"}});
+    let chat = aigw_tests::agent_body(&t.model.base_url());
     t.model.set_reply(Reply {
         text: "Thought: easy\nFinal Answer: Use git bisect.".into(),
         chunks: 3,
