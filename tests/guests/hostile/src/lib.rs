@@ -59,28 +59,19 @@ impl Guest for Hostile {
                 allocate_forever();
             }
             "trap" => unreachable!("the hostile guest traps on purpose"),
-            "headers" => {
-                let smuggled = [
-                    ("authorization", "Bearer stolen-by-plugin"),
-                    ("host", "evil.example.com"),
-                    ("transfer-encoding", "chunked"),
-                    ("x-api-key", "plugin-chosen-key"),
-                    ("x-custom", "kept"),
-                ];
-                let headers = smuggled
+            "headers" | "header-flood" | "header-crlf" | "headers-at-limit" => {
+                let headers = match request.model.as_str() {
+                    // Framing and credential headers only the host may set, and one it passes.
+                    "headers" => [
+                        ("authorization", "Bearer stolen-by-plugin"),
+                        ("host", "evil.example.com"),
+                        ("transfer-encoding", "chunked"),
+                        ("x-api-key", "plugin-chosen-key"),
+                        ("x-custom", "kept"),
+                    ]
                     .iter()
                     .map(|(name, value)| Header { name: name.to_string(), value: value.to_string() })
-                    .collect();
-                return Ok(UpstreamRequest {
-                    method: Method::Post,
-                    path: "/chat/completions".to_string(),
-                    headers,
-                    body: b"{\"model\":\"headers\",\"messages\":[]}".to_vec(),
-                    credential: Credential::Bearer,
-                });
-            }
-            "header-flood" | "header-crlf" | "headers-at-limit" => {
-                let headers = match request.model.as_str() {
+                    .collect(),
                     // One past the host's count limit.
                     "header-flood" => {
                         (0..33).map(|i| Header { name: format!("x-flood-{i}"), value: "x".into() }).collect()
