@@ -71,18 +71,15 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
 pub fn legacy_ipv4(host: &str) -> Option<Result<Ipv4Addr, EgressError>> {
     let trimmed = host.strip_suffix('.').unwrap_or(host);
     let parts: Vec<&str> = trimmed.split('.').collect();
-    let numbers: Vec<Option<u64>> = parts.iter().map(|part| parse_ipv4_part(part)).collect();
-    let looks_numeric = |part: &&str| {
-        let digits = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")).unwrap_or(part);
-        !part.is_empty()
-            && digits.chars().all(|c| c.is_ascii_hexdigit())
-            && (part.starts_with("0x") || part.starts_with("0X") || part.chars().all(|c| c.is_ascii_digit()))
+    let looks_numeric = |part: &&str| match part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+        Some(hex) => hex.chars().all(|c| c.is_ascii_hexdigit()),
+        None => !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()),
     };
     if !parts.iter().all(looks_numeric) {
         return None;
     }
     let bad = || EgressError::BadNumericHost(host.to_string());
-    let numbers: Option<Vec<u64>> = numbers.into_iter().collect();
+    let numbers: Option<Vec<u64>> = parts.iter().map(|part| parse_ipv4_part(part)).collect();
     let Some(numbers) = numbers.filter(|n| (1..=4).contains(&n.len())) else {
         return Some(Err(bad()));
     };
