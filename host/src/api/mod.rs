@@ -175,7 +175,7 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
             let mut response = json_response(StatusCode::OK, state.metrics.render().into());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
             );
             response
         }

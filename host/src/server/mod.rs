@@ -193,7 +193,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry:
                         let mut response = http::Response::new(Full::new(Bytes::from(metrics.render())));
                         response.headers_mut().insert(
                             header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                            http::HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
                         );
                         response
                     } else {
