@@ -45,8 +45,8 @@ const TOOLS: [(&str, &str, &str); 6] = [
 /// Scopes that grant the agent endpoint.
 const SCOPES: [&str; 2] = ["duo_classic_chat", "duo_chat"];
 
-/// The ReAct prompt: system message template in the registry.
-const PROMPT_ID: &str = "chat/react/base";
+/// The ReAct prompt: the system message, per family (`chat/react/<family>`, else `base`).
+const PROMPT_ID: &str = "chat/react";
 
 #[derive(Debug, Deserialize)]
 struct AgentRequest {
@@ -177,7 +177,7 @@ pub async fn handle(
         .map(|(name, _, description)| json!({"name": name, "description": description}))
         .collect();
     let prompts = state.prompts();
-    let prompt = prompts.latest(PROMPT_ID)?;
+    let prompt = prompts.for_family(PROMPT_ID, &target.family, None)?;
     let variables = minijinja::context! { tools => tools, unavailable_resources => request.unavailable_resources };
     let mut system = prompts.render(prompt, &variables)?;
     system.append(&mut messages);

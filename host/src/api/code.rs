@@ -139,7 +139,7 @@ async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayE
     let prompts = state.prompts();
     let prompt = match (input.task, &input.prompt) {
         (Task::Completion, _) => prompts.code_completion(&family)?,
-        (Task::Generation, GenerationPrompt::ById(id)) => prompts.latest(id)?,
+        (Task::Generation, GenerationPrompt::ById(id)) => prompts.for_family(id, &family, None)?,
         (Task::Generation, _) => prompts.code_generation(&family)?,
     };
     let Some(lang) = language::resolve(input.language_identifier.as_deref(), &input.file_name) else {

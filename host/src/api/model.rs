@@ -57,7 +57,7 @@ fn too_long(field: &str, max: usize) -> GatewayError {
 }
 
 impl ModelTarget {
-    /// Resolve and validate. `custom_models_enabled: false` refuses request-supplied endpoints.
+    /// Resolve and validate. `custom_models_enabled: false` refuses request-supplied endpoints and keys.
     pub fn resolve(fields: ModelFields<'_>, custom_models_enabled: bool) -> Result<Self, GatewayError> {
         let family = fields
             .family
@@ -87,10 +87,11 @@ impl ModelTarget {
             None => (DEFAULT_PROVIDER, family),
         };
         let endpoint = fields.endpoint.map(str::trim).filter(|e| !e.is_empty());
-        if !custom_models_enabled {
-            return Err(GatewayError::Unprocessable(
-                "self-hosted model endpoints are disabled on this gateway (AIGW_CUSTOM_MODELS__ENABLED)".into(),
-            ));
+        // As GitLab's gateway: with custom models disabled, a request may not say where to send
+        // the model call or with which key (a model the gateway reaches on its own, such as
+        // Bedrock with the gateway's AWS credentials, still works).
+        if !custom_models_enabled && (endpoint.is_some() || fields.api_key.is_some_and(|k| !k.is_empty())) {
+            return Err(GatewayError::Unprocessable("specifying custom models endpoint is disabled".into()));
         }
         Ok(ModelTarget {
             provider: provider.to_string(),

@@ -38,6 +38,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     // With streaming disabled the model server is asked for a whole answer, which a caller that
     // asked for a stream then receives as a single piece.
     let deliver_as_stream = job.request.stream;
+    crate::prompts::fit_roles(&job.target.family, &mut job.request.messages);
     if state.config.disable_streaming {
         job.request.stream = false;
     }

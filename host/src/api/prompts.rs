@@ -75,14 +75,19 @@ pub async fn handle(
 ) -> Result<http::Response<Body>, GatewayError> {
     let request: PromptRequest = parse_json(body)?;
     let prompts = state.prompts();
-    let prompt = prompts.matching(id, request.prompt_version.as_deref())?;
-    if let Some(scope) = &prompt.unit_primitive
-        && !principal.has_scope(scope)
-    {
+    let family = request.model_metadata.as_ref().and_then(|m| m.name.as_deref()).unwrap_or("base");
+    let prompt = prompts.for_family(id, family, request.prompt_version.as_deref())?;
+    if !prompt.unit_primitives.is_empty() && !prompt.unit_primitives.iter().any(|scope| principal.has_scope(scope)) {
         return Err(GatewayError::Auth(AuthError::PromptScope(id.to_string())));
     }
     let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
-    let messages = prompts.render(prompt, &minijinja::Value::from_serialize(&request.inputs))?;
+    // Each input is a template variable; `inputs` holds them all, for prompts that show the model
+    // whatever the instance sent.
+    let variables = minijinja::context! {
+        inputs => &request.inputs,
+        ..minijinja::Value::from_serialize(&request.inputs)
+    };
+    let messages = prompts.render(prompt, &variables)?;
     let model_request = wit::ModelRequest {
         model: target.model.clone(),
         messages,

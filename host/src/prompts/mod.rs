@@ -1,9 +1,13 @@
 //! The prompt registry: versioned prompt files (Jinja templates plus parameters) per model family,
 //! rendered by the host into the canonical model request's messages and sampling.
 
+mod family;
 mod trim;
+mod version;
 
+pub use family::{FAMILIES, fit_roles};
 pub use trim::trim_to_budget;
+pub use version::{Constraint, Version};
 
 use crate::plugins::wit;
 use serde::Deserialize;
@@ -12,23 +16,6 @@ use std::collections::HashMap;
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_prompts.rs"));
 }
-
-/// Model families GitLab sends as `model_name`. Families without a template of their own for a
-/// task use the task's `base` prompt.
-pub const FAMILIES: [&str; 12] = [
-    "mistral",
-    "mixtral",
-    "codestral",
-    "llama3",
-    "codellama",
-    "codegemma",
-    "deepseekcoder",
-    "gpt",
-    "qwen",
-    "claude_3",
-    "gemini",
-    "general",
-];
 
 /// Prompt registry failures.
 #[derive(Debug, thiserror::Error)]
@@ -65,83 +52,65 @@ pub enum PromptError {
     },
 }
 
-/// A prompt version, `major.minor.patch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version(pub u64, pub u64, pub u64);
-
-impl std::str::FromStr for Version {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut parts = text.split('.').map(|p| p.parse::<u64>());
-        match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(Ok(a)), Some(Ok(b)), Some(Ok(c)), None) => Ok(Version(a, b, c)),
-            _ => Err(format!("{text:?} is not a version like 1.0.0")),
-        }
-    }
-}
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.0, self.1, self.2)
-    }
-}
-
-/// A version constraint: caret (same major, or same minor below 1.0), tilde (same minor), exact.
-#[derive(Debug, Clone, Copy)]
-enum Constraint {
-    Caret(Version),
-    Tilde(Version),
-    Exact(Version),
-}
-
-impl Constraint {
-    fn parse(text: &str) -> Option<Self> {
-        let (kind, rest): (fn(Version) -> Self, &str) = match text.as_bytes().first()? {
-            b'^' => (Constraint::Caret, &text[1..]),
-            b'~' => (Constraint::Tilde, &text[1..]),
-            b'=' => (Constraint::Exact, &text[1..]),
-            _ => (Constraint::Exact, text),
-        };
-        rest.trim().parse().ok().map(kind)
-    }
-
-    fn matches(self, v: Version) -> bool {
-        match self {
-            Constraint::Exact(want) => v == want,
-            Constraint::Tilde(want) => v >= want && (v.0, v.1) == (want.0, want.1),
-            Constraint::Caret(want) if want.0 > 0 => v >= want && v.0 == want.0,
-            Constraint::Caret(want) => v >= want && (v.0, v.1) == (want.0, want.1),
-        }
-    }
-}
-
-impl std::fmt::Display for Constraint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Constraint::Caret(v) => write!(f, "^{v}"),
-            Constraint::Tilde(v) => write!(f, "~{v}"),
-            Constraint::Exact(v) => write!(f, "{v}"),
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PromptFile {
     #[serde(default)]
     description: String,
-    /// Scope (unit primitive) a caller needs to use the prompt through `/v*/prompts`; absent means
-    /// any authenticated caller.
-    unit_primitive: Option<String>,
+    /// A prompt id whose highest stable version supplies what this file leaves out: messages,
+    /// each sampling parameter, the budget, the unit primitive. A family's file then says only
+    /// how that family differs from `base`.
+    extends: Option<String>,
+    /// Scope(s) a caller needs to use the prompt through `/v*/prompts`: one, or a list of which
+    /// any one will do; absent means any authenticated caller.
+    unit_primitive: Option<Scopes>,
     #[serde(default)]
-    params: Params,
+    params: ParamsFile,
     budget: Option<Budget>,
+    #[serde(default)]
     messages: Vec<MessageFile>,
 }
 
-/// Default sampling parameters of a prompt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Scopes {
+    One(String),
+    AnyOf(Vec<String>),
+}
+
+impl From<Scopes> for Vec<String> {
+    fn from(scopes: Scopes) -> Self {
+        match scopes {
+            Scopes::One(scope) => vec![scope],
+            Scopes::AnyOf(scopes) => scopes,
+        }
+    }
+}
+
+/// Sampling parameters as a file states them: each one optional, so that an extending file can
+/// override one and inherit the rest.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ParamsFile {
+    temperature: Option<f32>,
+    max_tokens: Option<u32>,
+    top_p: Option<f32>,
+    stop: Option<Vec<String>>,
+}
+
+impl ParamsFile {
+    fn over(self, inherited: &Params) -> Params {
+        Params {
+            temperature: self.temperature.or(inherited.temperature),
+            max_tokens: self.max_tokens.or(inherited.max_tokens),
+            top_p: self.top_p.or(inherited.top_p),
+            stop: self.stop.unwrap_or_else(|| inherited.stop.clone()),
+        }
+    }
+}
+
+/// Default sampling parameters of a prompt.
+#[derive(Debug, Clone, Default)]
 pub struct Params {
     /// Sampling temperature.
     pub temperature: Option<f32>,
@@ -150,7 +119,6 @@ pub struct Params {
     /// Nucleus sampling.
     pub top_p: Option<f32>,
     /// Stop sequences.
-    #[serde(default)]
     pub stop: Vec<String>,
 }
 
@@ -198,11 +166,13 @@ pub struct Prompt {
     pub version: Version,
     /// What it is for.
     pub description: String,
-    /// Scope needed to call it by id; `None`: any authenticated caller.
-    pub unit_primitive: Option<String>,
+    /// The prompt it extends, if any.
+    pub extends: Option<String>,
+    /// Scopes of which a caller needs one to call it by id; empty: any authenticated caller.
+    pub unit_primitives: Vec<String>,
     /// Default sampling.
     pub params: Params,
-    /// Context budget, for completion prompts.
+    /// Context budget, for code prompts.
     pub budget: Option<Budget>,
     /// (role, template name in the environment) per message.
     messages: Vec<(wit::Role, String)>,
@@ -230,6 +200,14 @@ impl std::fmt::Debug for PromptRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PromptRegistry").field("prompts", &self.prompts.len()).finish()
     }
+}
+
+/// A parsed file waiting to become a [`Prompt`].
+struct Pending {
+    path: String,
+    id: String,
+    version: Version,
+    file: PromptFile,
 }
 
 impl PromptRegistry {
@@ -266,10 +244,7 @@ impl PromptRegistry {
 
     /// Build a registry from `(relative path, contents)` pairs; the path is `<id>/<version>.toml`.
     pub fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, PromptError> {
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(true);
-        let mut prompts: HashMap<String, Vec<Prompt>> = HashMap::new();
+        let mut parsed = Vec::new();
         for (path, text) in files {
             let bad = |problem: String| PromptError::BadFile { file: path.clone(), problem };
             let normalized = path.replace('\\', "/");
@@ -277,51 +252,111 @@ impl PromptRegistry {
                 normalized.rsplit_once('/').ok_or_else(|| bad("expected <prompt id>/<version>.toml".into()))?;
             let version: Version = file_name.trim_end_matches(".toml").parse().map_err(bad)?;
             let file: PromptFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-            let mut messages = Vec::with_capacity(file.messages.len());
-            for (index, message) in file.messages.into_iter().enumerate() {
-                let name = format!("{id}@{version}#{index}");
-                env.add_template_owned(name.clone(), message.content).map_err(|e| bad(e.to_string()))?;
-                messages.push((message.role.into(), name));
+            if file.extends.is_none() && file.messages.is_empty() {
+                return Err(bad(
+                    "a prompt needs at least one message, or `extends` naming a prompt that has them".into()
+                ));
             }
-            if messages.is_empty() {
-                return Err(bad("a prompt needs at least one message".into()));
-            }
-            prompts.entry(id.to_string()).or_default().push(Prompt {
-                id: id.to_string(),
-                version,
-                description: file.description,
-                unit_primitive: file.unit_primitive,
-                params: file.params,
-                budget: file.budget,
-                messages,
+            parsed.push(Pending { id: id.to_string(), version, file, path });
+        }
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        let mut registry = PromptRegistry { env, prompts: HashMap::new() };
+        // Bases first, so that every extending file finds the finished prompt it builds on.
+        let (extending, bases): (Vec<_>, Vec<_>) = parsed.into_iter().partition(|p| p.file.extends.is_some());
+        let extending_ids: std::collections::HashSet<&str> = extending.iter().map(|p| p.id.as_str()).collect();
+        if let Some(chained) =
+            extending.iter().find(|p| p.file.extends.as_deref().is_some_and(|e| extending_ids.contains(e)))
+        {
+            return Err(PromptError::BadFile {
+                file: chained.path.clone(),
+                problem: format!(
+                    "extends '{}', which extends another prompt itself; extend a prompt that stands alone",
+                    chained.file.extends.as_deref().unwrap_or_default()
+                ),
             });
         }
-        for versions in prompts.values_mut() {
-            versions.sort_by_key(|p| p.version);
+        for pending in bases.into_iter().chain(extending) {
+            let prompt = registry.build(pending)?;
+            registry.prompts.entry(prompt.id.clone()).or_default().push(prompt);
         }
-        Ok(PromptRegistry { env, prompts })
+        for versions in registry.prompts.values_mut() {
+            versions.sort_by(|a, b| a.version.cmp(&b.version));
+        }
+        Ok(registry)
     }
 
-    /// Highest version of prompt `id`.
+    /// Compile one file's templates and settle what it inherits.
+    fn build(&mut self, pending: Pending) -> Result<Prompt, PromptError> {
+        let Pending { path, id, version, file } = pending;
+        let bad = |problem: String| PromptError::BadFile { file: path.clone(), problem };
+        let parent = match &file.extends {
+            None => None,
+            Some(parent_id) => {
+                let parent = self
+                    .latest(parent_id)
+                    .map_err(|_| bad(format!("extends '{parent_id}', which has no stable version")))?;
+                Some(parent)
+            }
+        };
+        let params = file.params.over(parent.map(|p| &p.params).unwrap_or(&Params::default()));
+        let budget = file.budget.or(parent.and_then(|p| p.budget));
+        let unit_primitives = match file.unit_primitive {
+            Some(scopes) => scopes.into(),
+            None => parent.map(|p| p.unit_primitives.clone()).unwrap_or_default(),
+        };
+        let inherited_messages = parent.map(|p| p.messages.clone()).unwrap_or_default();
+        let mut messages = Vec::with_capacity(file.messages.len());
+        for (index, message) in file.messages.into_iter().enumerate() {
+            let name = format!("{id}@{version}#{index}");
+            self.env.add_template_owned(name.clone(), message.content).map_err(|e| bad(e.to_string()))?;
+            messages.push((message.role.into(), name));
+        }
+        if messages.is_empty() {
+            messages = inherited_messages;
+        }
+        Ok(Prompt {
+            id,
+            version,
+            description: file.description,
+            extends: file.extends,
+            unit_primitives,
+            params,
+            budget,
+            messages,
+        })
+    }
+
+    /// Highest stable version of prompt `id`.
     pub fn latest(&self, id: &str) -> Result<&Prompt, PromptError> {
-        self.prompts.get(id).and_then(|versions| versions.last()).ok_or_else(|| PromptError::NotFound(id.to_string()))
+        self.matching(id, None)
     }
 
-    /// The highest version of `id` matching `constraint` (`^1.2.0`, `~1.2.0`, `1.2.0`, `*`;
-    /// `None` means the highest). A malformed constraint is a render error (422).
+    /// The highest version of `id` matching `constraint` (`^1.2.0`, `~1.2.0`, `1.2.0`,
+    /// `1.3.0-dev`, `*`; `None` means the highest stable). A malformed constraint, or one that
+    /// matches nothing, is a `BadVersion` (422).
     pub fn matching(&self, id: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
         let versions = self.prompts.get(id).ok_or_else(|| PromptError::NotFound(id.to_string()))?;
-        let constraint = match constraint.map(str::trim).filter(|c| !c.is_empty() && *c != "*") {
-            None => return versions.last().ok_or_else(|| PromptError::NotFound(id.to_string())),
-            Some(text) => Constraint::parse(text).ok_or_else(|| {
-                PromptError::BadVersion(format!("{text:?} is not a version constraint such as ^1.0.0"))
-            })?,
-        };
+        let text = constraint.unwrap_or("*");
+        let constraint = Constraint::parse(text)
+            .ok_or_else(|| PromptError::BadVersion(format!("{text:?} is not a version constraint such as ^1.0.0")))?;
         versions
             .iter()
             .rev()
-            .find(|p| constraint.matches(p.version))
+            .find(|p| constraint.matches(&p.version))
             .ok_or_else(|| PromptError::BadVersion(format!("no version of '{id}' matches {constraint}")))
+    }
+
+    /// Prompt `id` for model `family`, laid out as GitLab's registry is: `<id>/<family>`, else
+    /// `<id>/base`, else `<id>` itself; then the version `constraint` picks among its versions.
+    pub fn for_family(&self, id: &str, family: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
+        let candidates = [format!("{id}/{family}"), format!("{id}/base")];
+        let found = candidates.iter().map(String::as_str).chain([id]).find(|c| self.prompts.contains_key(*c));
+        match found {
+            Some(found) => self.matching(found, constraint),
+            None => Err(PromptError::NotFound(id.to_string())),
+        }
     }
 
     /// The code completion prompt for `family`: its own, else `code_completions/base`.
@@ -329,7 +364,7 @@ impl PromptRegistry {
         if !FAMILIES.contains(&family) {
             return Err(PromptError::UnsupportedFamily { family: family.to_string(), task: "code completion" });
         }
-        self.latest(&format!("code_completions/{family}")).or_else(|_| self.latest("code_completions/base"))
+        self.for_family("code_completions", family, None)
     }
 
     /// The code generation prompt for `family`: its own, else `code_generations/base`.
@@ -337,7 +372,7 @@ impl PromptRegistry {
         if !FAMILIES.contains(&family) {
             return Err(PromptError::UnsupportedFamily { family: family.to_string(), task: "code generation" });
         }
-        self.latest(&format!("code_generations/{family}")).or_else(|_| self.latest("code_generations/base"))
+        self.for_family("code_generations", family, None)
     }
 
     /// Render a prompt's messages with `variables`.
@@ -392,13 +427,123 @@ mod tests {
     }
 
     #[test]
-    fn other_known_families_fall_back_to_base() {
+    fn instruction_families_extend_base_with_their_own_defaults() {
         let registry = PromptRegistry::embedded().unwrap();
         let prompt = registry.code_completion("llama3").unwrap();
-        assert_eq!(prompt.id, "code_completions/base");
+        assert_eq!(prompt.id, "code_completions/llama3");
+        assert_eq!(prompt.extends.as_deref(), Some("code_completions/base"));
         let messages = registry.render(prompt, &completion_vars("x = ", "\nprint(x)")).unwrap();
         assert!(matches!(messages[0].role, wit::Role::System));
         assert!(messages[1].content.contains("x = <CURSOR>\nprint(x)"));
+        for task in ["code_completions", "code_generations", "chat/react"] {
+            for family in FAMILIES {
+                let prompt = registry.for_family(task, family, None).unwrap();
+                assert_eq!(prompt.id, format!("{task}/{family}"), "every family has its own {task} prompt");
+                assert!(prompt.params.max_tokens.is_some(), "{task}/{family} states its answer limit");
+                if task != "chat/react" {
+                    assert!(prompt.budget.is_some(), "{task}/{family} states its context budget");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extending_files_inherit_what_they_leave_out() {
+        let files = [
+            (
+                "t/base/1.0.0.toml",
+                "unit_primitive = \"duo_chat\"\n[params]\ntemperature = 0.5\nmax_tokens = 100\nstop = [\"x\"]\n[budget]\nmax_prompt_chars = 10\nsuffix_share = 0.1\n[[messages]]\nrole = \"user\"\ncontent = \"hello {{ name }}\"",
+            ),
+            ("t/base/1.1.0-dev.toml", "[[messages]]\nrole = \"user\"\ncontent = \"unreleased\""),
+            ("t/fast/1.0.0.toml", "extends = \"t/base\"\n[params]\nmax_tokens = 20"),
+        ];
+        let registry = PromptRegistry::from_files(files.map(|(p, t)| (p.to_string(), t.to_string()))).unwrap();
+        let fast = registry.for_family("t", "fast", None).unwrap();
+        assert_eq!(fast.params.max_tokens, Some(20));
+        assert_eq!(fast.params.temperature, Some(0.5));
+        assert_eq!(fast.params.stop, ["x"]);
+        assert_eq!(fast.budget.unwrap().max_prompt_chars, 10);
+        assert_eq!(fast.unit_primitives, ["duo_chat"]);
+        let rendered = registry.render(fast, &minijinja::context! { name => "you" }).unwrap();
+        assert_eq!(rendered[0].content, "hello you", "the stable base's messages, not the pre-release's");
+        // A family without a file of its own gets base; an id that is a leaf is served as itself.
+        assert_eq!(registry.for_family("t", "slow", None).unwrap().id, "t/base");
+        assert_eq!(registry.for_family("t/fast", "slow", None).unwrap().id, "t/fast");
+        assert!(matches!(registry.for_family("u", "fast", None), Err(PromptError::NotFound(id)) if id == "u"));
+        assert_eq!(registry.for_family("t", "slow", Some("1.1.0-dev")).unwrap().version.to_string(), "1.1.0-dev");
+
+        let chained = [
+            ("a/1.0.0.toml", "[[messages]]\nrole = \"user\"\ncontent = \"a\""),
+            ("b/1.0.0.toml", "extends = \"a\""),
+            ("c/1.0.0.toml", "extends = \"b\""),
+        ];
+        let error = PromptRegistry::from_files(chained.map(|(p, t)| (p.to_string(), t.to_string()))).unwrap_err();
+        assert!(error.to_string().contains("c/1.0.0.toml") && error.to_string().contains("stands alone"), "{error}");
+        let orphan = [("b/1.0.0.toml", "extends = \"nowhere\"")];
+        let error = PromptRegistry::from_files(orphan.map(|(p, t)| (p.to_string(), t.to_string()))).unwrap_err();
+        assert!(error.to_string().contains("'nowhere'"), "{error}");
+        let empty = [("b/1.0.0.toml", "description = \"nothing\"")];
+        assert!(PromptRegistry::from_files(empty.map(|(p, t)| (p.to_string(), t.to_string()))).is_err());
+    }
+
+    #[test]
+    fn without_a_constraint_the_highest_stable_version_serves() {
+        let file = |v: &str| (format!("p/{v}.toml"), "[[messages]]\nrole = \"user\"\ncontent = \"x\"".to_string());
+        let registry = PromptRegistry::from_files(["1.0.0", "1.0.1", "1.1.0-dev", "2.0.0-rc.1"].map(file)).unwrap();
+        assert_eq!(registry.latest("p").unwrap().version.to_string(), "1.0.1");
+        assert_eq!(registry.matching("p", Some("^1.0.0")).unwrap().version.to_string(), "1.0.1");
+        assert_eq!(registry.matching("p", Some("2.0.0-rc.1")).unwrap().version.to_string(), "2.0.0-rc.1");
+        assert!(matches!(registry.matching("p", Some("^2.0.0")), Err(PromptError::BadVersion(_))));
+    }
+
+    #[test]
+    fn chat_sub_feature_prompts_render_what_gitlab_sends() {
+        let registry = PromptRegistry::embedded().unwrap();
+        let slash = minijinja::context! {
+            input => "Explain the loop", selected_text => "for x in xs: pass", language_info => "The code is Python.",
+            file_content => "", file_content_reuse => "", libraries => ["requests (2.32)"],
+        };
+        for id in ["chat/explain_code", "chat/write_tests", "chat/refactor_code", "chat/fix_code"] {
+            let prompt = registry.for_family(id, "mistral", Some("^1.0.0")).unwrap();
+            assert_eq!(prompt.id, format!("{id}/base"));
+            assert!(prompt.unit_primitives.iter().any(|s| s == "duo_chat"), "{id}");
+            let text: String = registry.render(prompt, &slash).unwrap().into_iter().map(|m| m.content).collect();
+            assert!(text.contains("<selected_code>\nfor x in xs: pass\n</selected_code>"), "{id}: {text}");
+            assert!(text.contains("Explain the loop") && text.contains("The code is Python."), "{id}: {text}");
+            let missing = registry.render(prompt, &minijinja::context! { input => "only this" });
+            assert!(matches!(missing, Err(PromptError::Render { .. })), "{id} needs selected_text");
+        }
+        let fix: String = registry
+            .render(registry.for_family("chat/fix_code", "base", None).unwrap(), &slash)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert!(fix.contains("requests (2.32)"), "{fix}");
+
+        let job = registry.for_family("chat/troubleshoot_job", "llama3", None).unwrap();
+        for log in
+            [minijinja::context! { job_log => "npm ERR! 404" }, minijinja::context! { selected_text => "npm ERR! 404" }]
+        {
+            let text = registry.render(job, &log).unwrap()[1].content.clone();
+            assert!(text.contains("<job_log>\nnpm ERR! 404\n</job_log>"), "{text}");
+        }
+        assert!(registry.render(job, &minijinja::context! {}).is_err(), "a job log is required");
+
+        let inputs = serde_json::json!({"diff": "+fn a() {}", "mr_title": "Add a"});
+        let variables = minijinja::context! { inputs => &inputs, ..minijinja::Value::from_serialize(&inputs) };
+        for id in [
+            "generate_commit_message",
+            "summarize_new_merge_request",
+            "review_merge_request",
+            "summarize_review",
+            "chat/explain_vulnerability",
+        ] {
+            let prompt = registry.for_family(id, "gpt", Some("^1.0.0")).unwrap();
+            let text = registry.render(prompt, &variables).unwrap()[1].content.clone();
+            assert_eq!(text, "<diff>\n+fn a() {}\n</diff>\n<mr_title>\nAdd a\n</mr_title>\n", "{id}");
+            assert!(!prompt.unit_primitives.is_empty(), "{id} is gated");
+        }
     }
 
     #[test]
@@ -426,7 +571,7 @@ mod tests {
         assert_eq!(pick("1.2.0").unwrap(), "1.2.0");
         assert_eq!(pick("^0.3.0").unwrap(), "0.3.1");
         assert_eq!(pick("*").unwrap(), "2.0.0");
-        assert_eq!(registry.matching("p", None).unwrap().version, Version(2, 0, 0));
+        assert_eq!(registry.matching("p", None).unwrap().version, Version::new(2, 0, 0));
         assert!(matches!(pick("^3.0.0"), Err(PromptError::BadVersion(_))));
         assert!(matches!(pick("latest please"), Err(PromptError::BadVersion(_))));
         assert!(matches!(registry.matching("q", None), Err(PromptError::NotFound(_))));
@@ -439,6 +584,6 @@ mod tests {
             ("p/1.10.0.toml".to_string(), "[[messages]]\nrole = \"user\"\ncontent = \"new\"".to_string()),
         ])
         .unwrap();
-        assert_eq!(registry.latest("p").unwrap().version, Version(1, 10, 0));
+        assert_eq!(registry.latest("p").unwrap().version, Version::new(1, 10, 0));
     }
 }

@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 fn metadata(t: &TestGateway) -> Value {
-    json!({"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(), "api_key": "sk-agent",
-           "identifier": "custom_openai/mistral-7b"})
+    json!({"provider": "openai", "name": "llama3", "endpoint": t.model.base_url(), "api_key": "sk-agent",
+           "identifier": "custom_openai/llama-3-8b"})
 }
 
 fn events(answer: &aigw_tests::Answer) -> Vec<Value> {
@@ -41,7 +41,7 @@ async fn react_round_trip_action_then_final_answer() {
     );
     assert_eq!(
         first_events[1],
-        json!({"type": "usage", "data": {"usage": {"mistral-7b": {"input_tokens": 12, "output_tokens": 5}}}})
+        json!({"type": "usage", "data": {"usage": {"llama-3-8b": {"input_tokens": 12, "output_tokens": 5}}}})
     );
     assert_eq!(first_events.len(), 2);
     assert!(first.text().starts_with("{\"type\":\"action\",\"data\":{"), "type before data, as GitLab sends it");

@@ -28,11 +28,12 @@ async fn generation_renders_the_template_and_strips_the_fence() {
     assert_eq!(json["object"], "text_completion");
     assert_eq!(json["choices"], json!([{"text": BARE, "index": 0, "finish_reason": "length"}]));
     let upstream = &t.model.requests()[0].body;
-    assert_eq!(upstream["messages"][0]["role"], "system");
-    assert_eq!(
-        upstream["messages"][1],
-        json!({"role": "user", "content": "File: src/calc.py\n# subtract b from a\n<CURSOR>"})
-    );
+    // Codestral's chat template has no system role, so the instruction opens the user message.
+    let messages = upstream["messages"].as_array().unwrap();
+    assert_eq!((messages.len(), &messages[0]["role"]), (1, &json!("user")));
+    let content = messages[0]["content"].as_str().unwrap();
+    assert!(content.starts_with("You write python code inside an editor."), "{content}");
+    assert!(content.ends_with("\n\nFile: src/calc.py\n# subtract b from a\n<CURSOR>"), "{content}");
     assert_eq!((upstream["temperature"].clone(), upstream["max_tokens"].clone()), (json!(0.2), json!(2048)));
 }
 
@@ -63,13 +64,37 @@ async fn prompt_versions_2_and_3_send_the_instances_prompt() {
     v3["prompt_version"] = json!(3);
     v3["prompt"] = json!([{"role": "system", "content": "You write Python."}, {"role": "user", "content": "subtract"}]);
     assert_eq!(generate(&t, &v3).await.status, 200);
-    assert_eq!(t.model.requests()[1].body["messages"], v3["prompt"]);
+    // Codestral's chat template has no system role: the instruction travels in the user message.
+    assert_eq!(
+        t.model.requests()[1].body["messages"],
+        json!([{"role": "user", "content": "You write Python.\n\nsubtract"}])
+    );
 
     let mut bad = generation_body(&t, false);
     bad["prompt_version"] = json!(3);
     bad["prompt"] = json!("not a list");
     assert_eq!(generate(&t, &bad).await.status, 422);
     assert_eq!(t.model.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn generation_by_prompt_id_uses_the_registry_prompt() {
+    let t = TestGateway::start().await;
+    let mut body = generation_body(&t, false);
+    body["prompt_id"] = json!("code_suggestions/generations");
+    let answer = generate(&t, &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let upstream = &t.model.requests()[0].body;
+    let content = upstream["messages"][0]["content"].as_str().unwrap();
+    assert!(content.ends_with("File: src/calc.py\n# subtract b from a\n<CURSOR>"), "{content}");
+
+    body["prompt_id"] = json!("code_suggestions/no_such_prompt");
+    let answer = generate(&t, &body).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.json()),
+        (404, json!({"detail": "Prompt 'code_suggestions/no_such_prompt' not found"}))
+    );
+    assert_eq!(t.model.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -125,7 +125,7 @@ async fn unsupported_family_is_422_and_calls_no_model() {
 }
 
 #[tokio::test]
-async fn other_known_families_use_the_base_prompt() {
+async fn instruction_families_send_the_instruction_prompt() {
     let t = TestGateway::start().await;
     let answer = t.complete(&t.completion_body("llama3", Some("custom_openai/llama3-8b"), false)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -184,4 +184,37 @@ async fn model_server_errors_map_to_gateway_statuses() {
     let answer = t.complete(&body).await;
     assert_eq!(answer.status, 422);
     assert!(answer.json()["detail"].as_str().unwrap().contains("/v1"), "missing /v1 hint: {}", answer.text());
+}
+
+#[tokio::test]
+async fn model_fields_keep_gitlabs_limits_and_lose_a_trailing_slash() {
+    let t = TestGateway::start().await;
+    let base = t.model.base_url();
+    let pad = |text: &str, len: usize, fill: char| format!("{text}{}", fill.to_string().repeat(len - text.len()));
+    let metadata = |name: String, endpoint: String, api_key: String, identifier: String| {
+        json!({"inputs": {}, "model_metadata": {"provider": "openai", "name": name, "endpoint": endpoint,
+                                                "api_key": api_key, "identifier": identifier}})
+    };
+    let at_limit =
+        metadata(pad("", 255, 'n'), pad(&base, 255, '/'), pad("", 2000, 'k'), pad("custom_openai/", 1000, 'm'));
+    let headers = t.gitlab_headers(&t.token(&["duo_chat"]));
+    let answer = t.post("/v1/prompts/model_configuration%2Fcheck", &headers, &at_limit).await;
+    assert_eq!(answer.status, 200, "every field at its limit: {}", answer.text());
+    let upstream = &t.model.requests()[0];
+    assert_eq!(upstream.path, "/v1/chat/completions", "the trailing slashes are dropped");
+    assert_eq!(upstream.body["model"], pad("", 986, 'm'));
+
+    let over = [
+        ("name", pad("", 256, 'n'), "model_name must be at most 255 characters"),
+        ("endpoint", pad(&base, 256, '/'), "model_endpoint must be at most 255 characters"),
+        ("api_key", pad("", 2001, 'k'), "model_api_key must be at most 2000 characters"),
+        ("identifier", pad("custom_openai/", 1001, 'm'), "model_identifier must be at most 1000 characters"),
+    ];
+    for (field, value, detail) in over {
+        let mut body = at_limit.clone();
+        body["model_metadata"][field] = json!(value);
+        let answer = t.post("/v1/prompts/model_configuration%2Fcheck", &headers, &body).await;
+        assert_eq!((answer.status.as_u16(), answer.json()), (422, json!({"detail": detail})), "{field}");
+    }
+    assert_eq!(t.model.requests().len(), 1);
 }

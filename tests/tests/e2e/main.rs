@@ -17,6 +17,7 @@ mod metrics;
 mod ollama;
 mod prompts_chat;
 mod providers;
+mod registry;
 mod reload;
 mod sandbox;
 mod settings;

@@ -1,5 +1,5 @@
-//! GitLab's gateway settings that aigw honours: client allowlist, auth bypass, streaming off,
-//! the chat model timeout.
+//! GitLab's gateway settings that aigw honours: client allowlist, auth bypass, custom models
+//! off, streaming off, the chat model timeout.
 
 use aigw_tests::{Reply, Setup};
 use bytes::Bytes;
@@ -52,4 +52,26 @@ async fn chat_model_timeout_obeyed_and_violated() {
     assert_eq!(slow.status, 504, "past the chat timeout");
     let code = t.post("/v2/code/completions", &headers, &t.completion_body("codestral", None, false)).await;
     assert_eq!(code.status, 200, "code keeps its own (60 s) timeout");
+}
+
+#[tokio::test]
+async fn with_custom_models_disabled_a_request_may_not_name_an_endpoint_or_key() {
+    let t = Setup::default().env("AIGW_CUSTOM_MODELS__ENABLED", "false").start().await;
+    let refused = json!({"detail": "specifying custom models endpoint is disabled"});
+    let with_endpoint = t.completion_body("codestral", Some("custom_openai/codestral-22b"), false);
+    let answer = t.complete(&with_endpoint).await;
+    assert_eq!((answer.status.as_u16(), answer.json()), (422, refused.clone()));
+
+    let mut key_only = with_endpoint.clone();
+    key_only.as_object_mut().unwrap().remove("model_endpoint");
+    let answer = t.complete(&key_only).await;
+    assert_eq!((answer.status.as_u16(), answer.json()), (422, refused.clone()));
+
+    // Neither: the setting has nothing to refuse, and what is missing is named instead.
+    let mut neither = key_only.clone();
+    neither.as_object_mut().unwrap().remove("model_api_key");
+    let answer = t.complete(&neither).await;
+    assert_eq!(answer.status, 422);
+    assert_ne!(answer.json(), refused, "{}", answer.text());
+    assert!(t.model.requests().is_empty());
 }

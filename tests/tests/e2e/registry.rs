@@ -1,0 +1,170 @@
+//! The prompt registry as GitLab's features reach it: the chat sub-feature prompts called by id,
+//! each model family's own templates and defaults, and version constraints over pre-releases.
+
+use aigw_tests::{Reply, Setup, TestGateway};
+use serde_json::{Value, json};
+
+fn metadata(t: &TestGateway, family: &str, model: &str) -> Value {
+    json!({"provider": "openai", "name": family, "endpoint": t.model.base_url(), "api_key": "sk-registry",
+           "identifier": format!("custom_openai/{model}")})
+}
+
+async fn call(t: &TestGateway, path: &str, scopes: &[&str], body: &Value) -> aigw_tests::Answer {
+    t.post(path, &t.gitlab_headers(&t.token(scopes)), body).await
+}
+
+/// What GitLab sends for a Duo Chat slash command on selected code.
+fn slash_command_inputs() -> Value {
+    json!({
+        "input": "Explain what the selected code does.",
+        "selected_text": "total = sum(x * 2 for x in values)",
+        "language_info": "The code is written in Python.",
+        "file_content": "Here is the content of the file the user is working with:\n<file>\nvalues = [1, 2]\n</file>",
+        "file_content_reuse": "",
+    })
+}
+
+#[tokio::test]
+async fn explain_code_renders_gitlabs_inputs_and_gates_on_its_scope() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: "It doubles and sums the values.".into(), usage: (40, 7), ..Reply::default() });
+    let body = json!({"inputs": slash_command_inputs(), "prompt_version": "^1.0.0", "stream": false,
+                      "model_metadata": metadata(&t, "mistral", "mistral-7b")});
+
+    let refused = call(&t, "/v2/prompts/chat%2Fexplain_code", &["include_file_context"], &body).await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.json()),
+        (403, json!({"detail": "Unauthorized to access 'chat/explain_code'"}))
+    );
+
+    // The feature's own unit primitive is enough; so is duo_chat (older instances).
+    for scope in ["explain_code", "duo_chat"] {
+        let answer = call(&t, "/v2/prompts/chat%2Fexplain_code", &[scope], &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(
+            answer.json(),
+            json!({"content": "It doubles and sums the values.", "usage": {"input_tokens": 40, "output_tokens": 7}})
+        );
+    }
+    let upstream = &t.model.requests()[0].body;
+    assert_eq!(upstream["model"], "mistral-7b");
+    // Mistral's chat template has no system role: one user message, the instruction first.
+    let messages = upstream["messages"].as_array().unwrap();
+    assert_eq!((messages.len(), &messages[0]["role"]), (1, &json!("user")));
+    let content = messages[0]["content"].as_str().unwrap();
+    assert!(content.starts_with("You explain code to a software developer"), "{content}");
+    for part in [
+        "The code is written in Python.",
+        "<file>\nvalues = [1, 2]\n</file>",
+        "<selected_code>\ntotal = sum(x * 2 for x in values)\n</selected_code>",
+        "Explain what the selected code does.",
+    ] {
+        assert!(content.contains(part), "missing {part:?} in {content}");
+    }
+
+    let mut missing = body.clone();
+    missing["inputs"].as_object_mut().unwrap().remove("selected_text");
+    let answer = call(&t, "/v2/prompts/chat%2Fexplain_code", &["explain_code"], &missing).await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert!(answer.json()["detail"].as_str().unwrap().contains("chat/explain_code/base"), "{}", answer.text());
+    assert_eq!(t.model.requests().len(), 2, "a prompt that cannot be rendered calls no model");
+}
+
+#[tokio::test]
+async fn every_chat_sub_feature_gitlab_calls_has_a_prompt() {
+    let t = TestGateway::start().await;
+    let diff = json!({"diff": "--- a/app.rb\n+++ b/app.rb\n@@ -1 +1 @@\n-puts 1\n+puts 2\n", "mr_title": "Print 2"});
+    let features: [(&str, &str, Value); 10] = [
+        ("chat/write_tests", "write_tests", slash_command_inputs()),
+        ("chat/refactor_code", "refactor_code", slash_command_inputs()),
+        ("chat/fix_code", "fix_code", slash_command_inputs()),
+        ("chat/troubleshoot_job", "troubleshoot_job", json!({"job_log": "$ bundle exec rspec\nexit code 1"})),
+        ("chat/summarize_comments", "summarize_comments", json!({"notes_content": "LGTM\nneeds a test"})),
+        ("chat/explain_vulnerability", "explain_vulnerability", json!({"name": "SQL injection", "code": "q(x)"})),
+        ("generate_commit_message", "generate_commit_message", diff.clone()),
+        ("summarize_new_merge_request", "summarize_new_merge_request", diff.clone()),
+        ("review_merge_request", "review_merge_request", diff.clone()),
+        ("summarize_review", "summarize_review", json!({"draft_notes_content": "Rename x"})),
+    ];
+    for (index, (id, scope, inputs)) in features.into_iter().enumerate() {
+        let body = json!({"inputs": inputs, "prompt_version": "^1.0.0",
+                          "model_metadata": metadata(&t, "llama3", "llama-3-8b")});
+        let path = format!("/v1/prompts/{}", id.replace('/', "%2F"));
+        let answer = call(&t, &path, &[scope], &body).await;
+        assert_eq!(answer.status, 200, "{id}: {}", answer.text());
+        assert_eq!(answer.json(), json!("return a + b"), "{id}: v1 answers a JSON string");
+        let upstream = &t.model.requests()[index].body;
+        let messages = upstream["messages"].as_array().unwrap();
+        assert_eq!(messages[0]["role"], "system", "{id}: llama3 keeps the system role");
+        let shown: String = messages.iter().filter_map(|m| m["content"].as_str()).collect();
+        for value in inputs.as_object().unwrap().values().filter_map(Value::as_str).filter(|v| !v.is_empty()) {
+            assert!(shown.contains(value), "{id}: the model is shown {value:?}: {shown}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn families_bring_their_own_prompt_defaults() {
+    let t = TestGateway::start().await;
+    // Generation for llama3: its 18 000-character budget keeps the end of a 30 000-character file.
+    let mut generation = t.completion_body("llama3", Some("custom_openai/llama-3-8b"), false);
+    let above = format!("{}# add a and b\n", "x".repeat(30_000));
+    generation["current_file"]["content_above_cursor"] = json!(above);
+    generation["current_file"]["content_below_cursor"] = json!("");
+    let answer = t.post("/v2/code/generations", &t.gitlab_headers(&t.token(&["generate_code"])), &generation).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let upstream = t.model.requests()[0].body.clone();
+    assert_eq!(
+        (upstream["messages"][0]["role"].clone(), upstream["max_tokens"].clone()),
+        (json!("system"), json!(2048))
+    );
+    let user = upstream["messages"][1]["content"].as_str().unwrap();
+    let kept = user.trim_start_matches("File: src/calc.py\n").trim_end_matches("<CURSOR>");
+    assert_eq!(kept.chars().count(), 18_000);
+    assert!(above.ends_with(kept));
+
+    // Completion answer limits: llama3 64 tokens, gpt 128.
+    for (family, max_tokens) in [("llama3", 64), ("gpt", 128)] {
+        let answer = t.complete(&t.completion_body(family, Some("custom_openai/m"), false)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(t.model.requests().last().unwrap().body["max_tokens"], max_tokens, "{family}");
+    }
+
+    // Duo Chat on codegemma: its own answer limit, and the ReAct instructions in the user's first
+    // message, because Gemma's chat template refuses a system role.
+    t.model.set_reply(Reply { text: "Thought: easy.\nFinal Answer: Use git bisect.".into(), ..Reply::default() });
+    let chat = json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
+                      "model_metadata": metadata(&t, "codegemma", "codegemma-7b")});
+    let answer = t.post("/v2/chat/agent", &t.gitlab_headers(&t.token(&["duo_chat"])), &chat).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(aigw_tests::final_answer(&answer.ndjson()), "Use git bisect.");
+    let upstream = t.model.requests().last().unwrap().body.clone();
+    assert_eq!(upstream["max_tokens"], 1024);
+    assert_eq!(upstream["stop"], json!(["Observation:"]));
+    let messages = upstream["messages"].as_array().unwrap();
+    assert_eq!((messages.len(), &messages[0]["role"]), (1, &json!("user")));
+    let content = messages[0]["content"].as_str().unwrap();
+    assert!(content.starts_with("You are GitLab Duo Chat") && content.ends_with("How do I find the bad commit?"));
+}
+
+#[tokio::test]
+async fn pre_releases_are_served_only_when_asked_for_by_name() {
+    let prompts = tempfile::tempdir().unwrap();
+    let dir = prompts.path().join("greeting/base");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (version, text) in [("1.0.0", "stable"), ("1.1.0-dev", "unreleased")] {
+        let file = format!("[[messages]]\nrole = \"user\"\ncontent = \"{text}\"\n");
+        std::fs::write(dir.join(format!("{version}.toml")), file).unwrap();
+    }
+    let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
+    let mut sent = Vec::new();
+    for constraint in ["^1.0.0", "1.1.0-dev", "^1.1.0"] {
+        let body = json!({"inputs": {}, "prompt_version": constraint,
+                          "model_metadata": metadata(&t, "general", "m")});
+        let answer = call(&t, "/v1/prompts/greeting", &["duo_chat"], &body).await;
+        sent.push((constraint, answer.status.as_u16()));
+    }
+    assert_eq!(sent, [("^1.0.0", 200), ("1.1.0-dev", 200), ("^1.1.0", 422)]);
+    let contents: Vec<Value> = t.model.requests().iter().map(|r| r.body["messages"][0]["content"].clone()).collect();
+    assert_eq!(contents, [json!("stable"), json!("unreleased")]);
+}
