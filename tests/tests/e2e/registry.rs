@@ -37,9 +37,12 @@ async fn explain_code_renders_gitlabs_inputs_and_gates_on_its_scope() {
         (403, json!({"detail": "Unauthorized to access 'chat/explain_code'"}))
     );
 
-    // The feature's own unit primitive is enough; so is duo_chat (older instances).
-    for scope in ["explain_code", "duo_chat"] {
-        let answer = call(&t, "/v2/prompts/chat%2Fexplain_code", &[scope], &body).await;
+    // The feature's own unit primitive is enough; so is duo_chat (older instances). The id may
+    // arrive percent-encoded or with a literal slash.
+    for (scope, path) in
+        [("explain_code", "/v2/prompts/chat%2Fexplain_code"), ("duo_chat", "/v2/prompts/chat/explain_code")]
+    {
+        let answer = call(&t, path, &[scope], &body).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(
             answer.json(),
