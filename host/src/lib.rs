@@ -71,14 +71,15 @@ pub struct StartOptions {
     pub local_key: Option<(SigningKey, String)>,
 }
 
-/// A running gateway. Dropping it without [`Gateway::shutdown`] stops accepting at once.
+/// A running gateway. Dropping it without [`Gateway::shutdown`] stops it at once, cancelling
+/// requests in flight.
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     state: Arc<AppState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<()>,
+    /// The serving threads; `None` once drained.
+    workers: Option<server::workers::Workers>,
     /// Periodic work (key refresh), stopped with the gateway.
     background: Vec<tokio::task::JoinHandle<()>>,
     _watchers: Vec<DirWatcher>,
@@ -107,7 +108,10 @@ impl Gateway {
         let mut watchers = vec![plugins_watcher];
         let (verifier, background) = build_verifier(&config, options, &metrics)?;
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
-        let upstream = Upstream::new(Some(policy), config.upstream, config.aws.clone())?;
+        // One model-server client (and connection pool) per worker thread.
+        let upstreams = (0..config.workers)
+            .map(|_| Upstream::new(Some(Arc::clone(&policy)), config.upstream, config.aws.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         if config.bypass_auth {
             tracing::warn!(
                 "AIGW_AUTH__BYPASS_EXTERNAL is true: AUTHENTICATION IS OFF. Anyone who can reach {} can use \
@@ -115,12 +119,11 @@ impl Gateway {
                 config.listen
             );
         }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let listen_error = |source| StartError::Listen { addr: config.listen, source };
+        let listener = std::net::TcpListener::bind(config.listen).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let addr = listener.local_addr().map_err(listen_error)?;
         let mut background = background;
-        background.push(tokio::spawn(keep_a_timer_armed()));
         let mut metrics_addr = None;
         if let Some(metrics_listen) = config.metrics_listen {
             let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
@@ -134,7 +137,7 @@ impl Gateway {
             config,
             verifier,
             plugins: registry,
-            upstream,
+            upstreams,
             metrics,
         });
         if let Some(dir) = state.config.prompts_dir.clone() {
@@ -147,12 +150,10 @@ impl Gateway {
                 .map_err(|source| StartError::Watch { dir: dir.display().to_string(), source })?;
             watchers.push(watcher);
         }
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(listener, tls, Arc::clone(&state), async {
-            let _ = stopped.await;
-        }));
-        tracing::info!(%addr, metrics = ?metrics_addr, "aigw listening");
-        Ok(Gateway { addr, metrics_addr, state, stop: Some(stop), server, background, _watchers: watchers })
+        let workers = server::workers::Workers::start(state.config.workers, &listener, tls, &state)
+            .map_err(|source| StartError::Listen { addr, source })?;
+        tracing::info!(%addr, metrics = ?metrics_addr, workers = state.config.workers, "aigw listening");
+        Ok(Gateway { addr, metrics_addr, state, workers: Some(workers), background, _watchers: watchers })
     }
 
     /// The bound address (useful with port 0).
@@ -172,25 +173,9 @@ impl Gateway {
 
     /// Stop accepting, let in-flight requests finish, then return.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(workers) = self.workers.take() {
+            workers.drain().await;
         }
-        let _ = (&mut self.server).await;
-    }
-}
-
-/// Keeps a timer due within 10 ms in tokio's time driver at all times.
-///
-/// Every model call arms timeouts. When a new timer is due before everything the driver already
-/// waits for, tokio wakes the worker parked in the driver to re-arm it (an eventfd write and a
-/// context switch; perf found ~1.2 per completion). With a near timer always pending, request
-/// timeouts (seconds away) are never the earliest, and nothing needs waking. The price is one
-/// timer firing every 10 ms.
-async fn keep_a_timer_armed() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
     }
 }
 
@@ -274,9 +259,7 @@ fn build_verifier(
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if self.stop.is_some() {
-            self.server.abort();
-        }
+        // Dropping the workers (when not drained) stops them at once.
         for task in &self.background {
             task.abort();
         }

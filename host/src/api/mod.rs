@@ -35,13 +35,19 @@ pub struct AppState {
     pub plugins: Arc<PluginRegistry>,
     /// Prompt templates; swapped whole when the prompts directory changes.
     pub prompts: arc_swap::ArcSwap<PromptRegistry>,
-    /// Client for model servers (egress-policed).
-    pub upstream: Upstream,
+    /// Clients for model servers (egress-policed), one per serving thread: see [`AppState::upstream`].
+    pub upstreams: Vec<Upstream>,
     /// Prometheus metrics.
     pub metrics: std::sync::Arc<crate::telemetry::Metrics>,
 }
 
 impl AppState {
+    /// The model-server client of the serving thread this runs on, so that pooled connections
+    /// are driven by the thread that uses them.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstreams[crate::server::workers::current() % self.upstreams.len()]
+    }
+
     /// The current prompt registry; a request keeps the one it started with.
     pub fn prompts(&self) -> std::sync::Arc<PromptRegistry> {
         self.prompts.load_full()

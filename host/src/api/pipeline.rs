@@ -44,7 +44,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     }
     let metrics = &state.metrics;
     let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
-    let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;
+    let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream().aws())?;
     let facts = crate::telemetry::current_facts();
     if let Some(facts) = &facts {
         let identity = plugin.identity();
@@ -67,7 +67,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     };
     let sent = Instant::now();
     let provider = job.target.provider.as_str();
-    let response = state.upstream.send(call).await.map_err(|e| {
+    let response = state.upstream().send(call).await.map_err(|e| {
         if matches!(e, UpstreamError::Refused(_)) {
             metrics.egress_refused();
         }

@@ -72,6 +72,9 @@ pub struct Config {
     pub prompts_dir: Option<PathBuf>,
     /// Request body limit, bytes (`AIGW_SERVER__MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Serving threads, each with its own single-threaded runtime (`AIGW_SERVER__WORKERS`;
+    /// default: one per core).
+    pub workers: usize,
     /// Shortest interval between two key-set refreshes triggered by unknown key ids
     /// (`AIGW_AUTH__JWKS_MIN_REFRESH_MS`): bounds the load a stream of forged `kid`s can put on GitLab.
     pub jwks_min_refresh: Duration,

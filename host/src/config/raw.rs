@@ -155,6 +155,7 @@ struct Upstream {
 #[serde(deny_unknown_fields)]
 struct Server {
     max_body_bytes: Option<u64>,
+    workers: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +220,7 @@ impl RawConfig {
                 "AIGW_UPSTREAM__IDLE_TIMEOUT_MS" => self.upstream.idle_timeout_ms = Some(parse(n, &value, INTEGER)?),
                 "AIGW_UPSTREAM__TOTAL_TIMEOUT_MS" => self.upstream.total_timeout_ms = Some(parse(n, &value, INTEGER)?),
                 "AIGW_SERVER__MAX_BODY_BYTES" => self.server.max_body_bytes = Some(parse(n, &value, INTEGER)?),
+                "AIGW_SERVER__WORKERS" => self.server.workers = Some(parse(n, &value, INTEGER)?),
                 "AIGW_AUTH__JWKS_MIN_REFRESH_MS" => self.auth.jwks_min_refresh_ms = Some(parse(n, &value, INTEGER)?),
                 "AIGW_SELF_SIGNED_JWT__SIGNING_KEY" => self.self_signed_jwt.signing_key = Some(value),
                 "AIGW_SELF_SIGNED_JWT__VALIDATION_KEY" => self.self_signed_jwt.validation_key = Some(value),
@@ -311,6 +313,12 @@ impl RawConfig {
         if !(1024..=(256 << 20)).contains(&max_body) {
             return Err(ConfigError::new("AIGW_SERVER__MAX_BODY_BYTES", "must be between 1024 and 268435456"));
         }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let workers = match self.server.workers {
+            None => cores,
+            Some(n @ 1..=1024) => n as usize,
+            Some(_) => return Err(ConfigError::new("AIGW_SERVER__WORKERS", "must be between 1 and 1024")),
+        };
 
         let mut gateway_keys = Vec::new();
         for (setting, pem) in [
@@ -371,6 +379,7 @@ impl RawConfig {
             egress,
             upstream,
             max_body_bytes: max_body as usize,
+            workers,
             prompts_dir: self.prompts.dir,
             jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms.unwrap_or(10_000)),
             aws: self.aws,
@@ -397,6 +406,10 @@ mod tests {
         assert_eq!(config.gitlab_url.as_deref(), Some("https://gitlab.example.com"));
         assert_eq!(config.plugins.memory_bytes, 64 << 20);
         assert_eq!(config.plugins.call_deadline, Duration::from_millis(100));
+        assert_eq!(config.workers, std::thread::available_parallelism().map_or(1, usize::from));
+        let one =
+            Config::load(None, env(&[("AIGW_GITLAB_URL", "http://gitlab"), ("AIGW_SERVER__WORKERS", "1")]), false);
+        assert_eq!(one.unwrap().workers, 1);
     }
 
     #[test]
@@ -414,6 +427,8 @@ mod tests {
             ("AIGW_CUSTOM_MODELS__ENABLED", "maybe"),
             ("AIGW_LOGGING__LEVEL", "loud=[["),
             ("AIGW_METRICS__LISTEN", "9090"),
+            ("AIGW_SERVER__WORKERS", "0"),
+            ("AIGW_SERVER__WORKERS", "1025"),
             ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", "-----BEGIN RSA PRIVATE KEY-----\nnope\n"),
         ];
         for (name, value) in cases {

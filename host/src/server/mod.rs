@@ -2,6 +2,7 @@
 //! response helpers, graceful drain.
 
 pub mod tls;
+pub mod workers;
 
 mod request_log;
 

@@ -326,3 +326,36 @@ async fn a_stream_that_pauses_continues_on_a_fresh_store() {
     assert_eq!(aigw_tests::final_answer(&events), "Use git bisect.");
     assert_eq!(events.last().unwrap()["type"], "usage", "usage still summed across the stores");
 }
+
+#[tokio::test]
+async fn shutdown_drains_streams_in_flight_then_closes_the_port() {
+    let t = Setup::default().env("AIGW_SERVER__WORKERS", "2").start().await;
+    t.model.set_reply(Reply {
+        text: "abcdefgh".into(),
+        chunks: 8,
+        chunk_delay: Duration::from_millis(40),
+        ..Reply::default()
+    });
+    let addr = t.gateway.addr();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder().method(Method::POST).uri(format!("http://{addr}/v2/code/completions"));
+    for (name, value) in &t.gitlab_headers(&t.token(&["complete_code"])) {
+        request = request.header(name, value);
+    }
+    let body = Bytes::from(t.completion_body("codestral", None, true).to_string());
+    let response = client.request(request.body(http_body_util::Full::new(body)).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(t.model.open_streams(), 1);
+
+    // Shut down while the stream is still coming: it finishes whole, then the port closes.
+    let TestGateway { gateway, model, .. } = t;
+    let (drained, streamed) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), gateway.shutdown()),
+        http_body_util::BodyExt::collect(response.into_body()),
+    );
+    assert!(drained.is_ok(), "the drain ends once the last request has");
+    assert_eq!(streamed.unwrap().to_bytes(), "abcdefgh");
+    assert_eq!(model.open_streams(), 0);
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "nothing listens once the gateway has shut down");
+}
