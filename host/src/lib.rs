@@ -189,6 +189,17 @@ async fn load_plugins(
         call_deadline: config.plugins.call_deadline,
         max_concurrent: config.plugins.max_concurrent,
     })?;
+    let (slots, stores) = (Arc::clone(&runtime), Arc::clone(&runtime));
+    metrics.gauge(
+        "aigw_plugin_slots_in_use",
+        "Plugin sandbox slots held by requests in flight (AIGW_PLUGINS__MAX_CONCURRENT is the limit).",
+        move || slots.slots_in_use() as u64,
+    );
+    metrics.gauge(
+        "aigw_plugin_stores_alive",
+        "Plugin stores alive; a request waiting on its model server holds a slot but no store.",
+        move || stores.stores_alive() as u64,
+    );
     let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dir.clone()));
     let report = registry.reload().await;
     metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());

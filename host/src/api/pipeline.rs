@@ -5,7 +5,7 @@ use super::AppState;
 use super::model::{ModelTarget, parse_endpoint};
 use crate::error::GatewayError;
 use crate::plugins::runtime::PluginIdentity;
-use crate::plugins::{LoadedPlugin, PluginError, PluginSession, SlotPermit, wit};
+use crate::plugins::{PluginError, PluginLease, wit};
 use crate::telemetry::Metrics;
 use crate::upstream::aws::AwsEnvironment;
 use crate::upstream::framing::{Decoder, FramingError};
@@ -55,10 +55,14 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
         });
     }
     let started = Instant::now();
-    let mut session = plugin.session().await.map_err(|e| log_plugin_failure(metrics, plugin.identity(), e))?;
-    let built =
-        session.build_request(&job.request).await.map_err(|e| log_plugin_failure(metrics, session.identity(), e))?;
-    metrics.plugin_call(&session.identity().name, "build_request", started.elapsed());
+    let plugin_failed = |e| log_plugin_failure(metrics, plugin.identity(), e);
+    let mut lease = PluginLease::new(plugin.clone()).await.map_err(plugin_failed)?;
+    let built = match lease.session().await {
+        Ok(session) => session.build_request(&job.request).await,
+        Err(error) => Err(error),
+    }
+    .map_err(plugin_failed)?;
+    metrics.plugin_call(&plugin.identity().name, "build_request", started.elapsed());
     let call = ModelCall {
         endpoint: &endpoint,
         request: built,
@@ -67,7 +71,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     };
     let sent = Instant::now();
     let provider = job.target.provider.as_str();
-    let response = state.upstream().send(call).await.map_err(|e| {
+    let response = lease.wait(state.upstream().send(call)).await.map_err(|e| {
         if matches!(e, UpstreamError::Refused(_)) {
             metrics.egress_refused();
         }
@@ -78,15 +82,18 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     let accounts =
         Accounts { metrics: Arc::clone(metrics), facts, model: job.target.model, provider: job.target.provider };
     if !job.request.stream {
-        let body = response
-            .collect(MAX_ANSWER_BYTES)
+        let body = lease
+            .wait(response.collect(MAX_ANSWER_BYTES))
             .await
             .inspect_err(|e| accounts.metrics.upstream_failure(&accounts.provider, e.reason()))?;
         crate::telemetry::add_upstream_time(sent.elapsed());
         let parsing = Instant::now();
-        let completion =
-            session.parse_response(&body).await.map_err(|e| log_plugin_failure(metrics, session.identity(), e))?;
-        metrics.plugin_call(&session.identity().name, "parse_response", parsing.elapsed());
+        let completion = match lease.session().await {
+            Ok(session) => session.parse_response(&body).await,
+            Err(error) => Err(error),
+        }
+        .map_err(plugin_failed)?;
+        metrics.plugin_call(&plugin.identity().name, "parse_response", parsing.elapsed());
         if let Some(usage) = &completion.usage {
             accounts.tokens(usage);
         }
@@ -100,10 +107,10 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
             usage: completion.usage,
             done: true,
         };
-        return Ok(Outcome::Stream(Box::new(ChunkStream::new(plugin, session, None, accounts, sent, Some(whole)))));
+        return Ok(Outcome::Stream(Box::new(ChunkStream::new(lease, None, accounts, sent, Some(whole)))));
     }
     crate::telemetry::add_upstream_time(sent.elapsed());
-    Ok(Outcome::Stream(Box::new(ChunkStream::new(plugin, session, Some(response), accounts, sent, None))))
+    Ok(Outcome::Stream(Box::new(ChunkStream::new(lease, Some(response), accounts, sent, None))))
 }
 
 /// Where a model call's numbers go: the metrics and the request's log line.
@@ -175,20 +182,11 @@ fn hint_missing_v1(error: UpstreamError, target: &ModelTarget, endpoint: &http::
     GatewayError::Upstream(error)
 }
 
-/// How long a stream keeps its plugin store while the model server sends nothing. A stream that
-/// flows keeps one store throughout; one that waits frees it (keeping its slot, so the capacity
-/// limit still counts it) and takes a fresh one (~11 µs) when the next bytes arrive, so idle
-/// streams hold no plugin memory.
-const STORE_IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// A model answer being streamed: upstream bytes → frames → plugin → chunks. Dropping it drops
 /// the upstream response, which cancels the upstream request at once.
 pub struct ChunkStream {
-    plugin: LoadedPlugin,
-    /// The store events are parsed in; `None` while the stream is idle.
-    session: Option<PluginSession>,
-    /// The slot an idle stream keeps for its next store.
-    idle_slot: Option<SlotPermit>,
+    /// The plugin that parses the events, and its store (freed while the stream waits).
+    lease: PluginLease,
     /// `None` when the whole answer was already read (streaming disabled).
     response: Option<UpstreamResponse>,
     decoder: Decoder,
@@ -203,22 +201,19 @@ pub struct ChunkStream {
 
 impl ChunkStream {
     fn new(
-        plugin: LoadedPlugin,
-        session: PluginSession,
+        lease: PluginLease,
         response: Option<UpstreamResponse>,
         accounts: Accounts,
         sent: Instant,
         whole: Option<wit::StreamChunk>,
     ) -> Self {
-        let decoder = match plugin.identity().framing {
+        let decoder = match lease.identity().framing {
             wit::Framing::Sse => Decoder::sse(),
             wit::Framing::Ndjson => Decoder::ndjson(),
             wit::Framing::AwsEventStream => Decoder::aws_event_stream(),
         };
         ChunkStream {
-            plugin,
-            session: Some(session),
-            idle_slot: None,
+            lease,
             response,
             decoder,
             finished: whole.is_some(),
@@ -253,18 +248,7 @@ impl ChunkStream {
             self.finished = true;
             return Ok(());
         };
-        let next = match self.session {
-            Some(_) => match tokio::time::timeout(STORE_IDLE_RELEASE, response.next_chunk()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    // Idle: free the store while waiting. (The idle timeout restarts here, so it
-                    // is measured from at most 100 ms after the last bytes.)
-                    self.idle_slot = self.session.take().map(PluginSession::release);
-                    response.next_chunk().await
-                }
-            },
-            None => response.next_chunk().await,
-        };
+        let next = self.lease.wait(response.next_chunk()).await;
         let next = next.inspect_err(|e| self.accounts.metrics.upstream_failure(&self.accounts.provider, e.reason()))?;
         let bytes = match next {
             Some(bytes) => bytes,
@@ -304,21 +288,12 @@ impl ChunkStream {
     async fn parse(&mut self, event: crate::upstream::framing::Event) -> Result<(), GatewayError> {
         let parsing = Instant::now();
         let metrics = &self.accounts.metrics;
-        let session = match &mut self.session {
-            Some(session) => session,
-            empty => {
-                let fresh = match self.idle_slot.take() {
-                    Some(slot) => self.plugin.session_in(slot).await,
-                    None => self.plugin.session().await,
-                };
-                empty.insert(fresh.map_err(|e| log_plugin_failure(metrics, self.plugin.identity(), e))?)
-            }
-        };
-        let chunk = session
-            .parse_event(event.name.as_deref(), &event.data)
-            .await
-            .map_err(|e| log_plugin_failure(metrics, self.plugin.identity(), e))?;
-        metrics.plugin_call(&self.plugin.identity().name, "parse_event", parsing.elapsed());
+        let chunk = match self.lease.session().await {
+            Ok(session) => session.parse_event(event.name.as_deref(), &event.data).await,
+            Err(error) => Err(error),
+        }
+        .map_err(|e| log_plugin_failure(metrics, self.lease.identity(), e))?;
+        metrics.plugin_call(&self.lease.identity().name, "parse_event", parsing.elapsed());
         if let Some(usage) = &chunk.usage {
             self.accounts.tokens(usage);
             self.output_tokens += usage.output_tokens;

@@ -2,10 +2,12 @@
 //! (reloaded by [`crate::watch::DirWatcher`]).
 
 mod bindings;
+pub mod lease;
 pub mod registry;
 pub mod runtime;
 
 pub use bindings::types as wit;
+pub use lease::PluginLease;
 pub use registry::{PluginRegistry, Snapshot};
 pub use runtime::{LoadedPlugin, PluginRuntime, PluginSession, SandboxLimits, SlotPermit};
 

@@ -4,7 +4,7 @@
 use super::bindings::{Provider, ProviderPre};
 use super::{PluginError, wit};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
@@ -46,6 +46,8 @@ pub struct PluginRuntime {
     /// One permit per pool slot. A request holds one for its whole life, even while it holds no
     /// store (an idle stream), so a permit holder always finds a free slot.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Stores alive now (each request holds at most one, none while it waits).
+    stores: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -82,7 +84,11 @@ impl PluginRuntime {
             .linear_memory_keep_resident(4 << 20)
             .async_stack_keep_resident(128 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // Reuse warm slots before touching cold ones, so the slots that keep pages resident
+            // are never more than the most stores ever alive at once (the default keeps up to
+            // 100 extra warm slots).
+            .max_unused_warm_slots(0);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -94,7 +100,18 @@ impl PluginRuntime {
         let ticker = Arc::new(EpochTicker { stop: AtomicBool::new(false) });
         spawn_epoch_ticker(&engine, &ticker, tick_period(limits.call_deadline))?;
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent as usize));
-        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots }))
+        let stores = Arc::new(AtomicUsize::new(0));
+        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots, stores }))
+    }
+
+    /// Slots held by requests (each request in flight holds one, waiting or not).
+    pub fn slots_in_use(&self) -> usize {
+        (self.limits.max_concurrent as usize).saturating_sub(self.slots.available_permits())
+    }
+
+    /// Stores alive (requests whose plugin is working, or that have not waited long yet).
+    pub fn stores_alive(&self) -> usize {
+        self.stores.load(Ordering::Relaxed)
     }
 
     /// The limits every store gets.
@@ -413,7 +430,8 @@ impl LoadedPlugin {
                 PluginError::Trap(format!("{e:#}"))
             }
         })?;
-        Ok(PluginSession { store, instance, info: Arc::clone(&self.info), permit })
+        let alive = StoreAlive::new(&self.runtime.stores);
+        Ok(PluginSession { store, instance, info: Arc::clone(&self.info), _alive: alive, permit })
     }
 
     async fn call_info(&self) -> Result<wit::PluginInfo, PluginError> {
@@ -436,7 +454,24 @@ pub struct PluginSession {
     store: Store<GuestState>,
     instance: Provider,
     info: Arc<PluginIdentity>,
+    _alive: StoreAlive,
     permit: SlotPermit,
+}
+
+/// Counts a store as alive until dropped.
+struct StoreAlive(Arc<AtomicUsize>);
+
+impl StoreAlive {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        StoreAlive(Arc::clone(count))
+    }
+}
+
+impl Drop for StoreAlive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for PluginSession {

@@ -8,7 +8,12 @@ use super::Budget;
 pub fn trim_to_budget<'a>(prefix: &'a str, suffix: &'a str, budget: Budget) -> (&'a str, &'a str) {
     let total = budget.max_prompt_chars;
     let suffix_cap = ((total as f64) * f64::from(budget.suffix_share.clamp(0.0, 1.0))) as usize;
-    let suffix = keep_first_chars(suffix, suffix_cap);
+    // A string has at most as many characters as bytes: what fits in bytes fits, without
+    // counting characters (the common case, and a count is a pass over up to 200 KB).
+    let suffix = if suffix.len() <= suffix_cap { suffix } else { keep_first_chars(suffix, suffix_cap) };
+    if prefix.len() + suffix.len() <= total {
+        return (prefix, suffix);
+    }
     let prefix_cap = total.saturating_sub(suffix.chars().count());
     (keep_last_chars(prefix, prefix_cap), suffix)
 }
@@ -39,6 +44,16 @@ mod tests {
     #[test]
     fn within_budget_is_untouched() {
         assert_eq!(trim_to_budget("abc", "def", BUDGET), ("abc", "def"));
+    }
+
+    #[test]
+    fn the_budget_counts_characters_not_bytes() {
+        // 130 bytes, but 65 characters: within the 100-character budget.
+        let (prefix, suffix) = ("é".repeat(60), "ü".repeat(5));
+        assert_eq!(trim_to_budget(&prefix, &suffix, BUDGET), (prefix.as_str(), suffix.as_str()));
+        // 12 characters of suffix are over its 10, even though the whole would fit.
+        let long_suffix = "ü".repeat(12);
+        assert_eq!(trim_to_budget("a", &long_suffix, BUDGET).1.chars().count(), 10);
     }
 
     #[test]

@@ -136,6 +136,21 @@ pub struct Metrics {
     egress_refusals: Family<u64>,
     upstream_failures: Family<u64>,
     jwks_refreshes: Family<u64>,
+    /// Values read when rendered, from the parts that own them (the plugin pool).
+    gauges: std::sync::RwLock<Vec<Gauge>>,
+}
+
+/// A value read at render time.
+struct Gauge {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Gauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gauge").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -198,6 +213,7 @@ impl Default for Metrics {
                 "Signing key set refreshes, by outcome.",
                 &["outcome"],
             ),
+            gauges: std::sync::RwLock::new(Vec::new()),
         }
     }
 }
@@ -319,7 +335,20 @@ impl Metrics {
                 );
             }
         }
+        if let Ok(gauges) = self.gauges.read() {
+            for gauge in gauges.iter() {
+                let (name, help) = (gauge.name, gauge.help);
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", (gauge.read)());
+            }
+        }
         out
+    }
+
+    /// Expose `read()` as the gauge `name`, read whenever the metrics are rendered.
+    pub fn gauge(&self, name: &'static str, help: &'static str, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        if let Ok(mut gauges) = self.gauges.write() {
+            gauges.push(Gauge { name, help, read: Box::new(read) });
+        }
     }
 }
 

@@ -327,6 +327,44 @@ async fn a_stream_that_pauses_continues_on_a_fresh_store() {
     assert_eq!(events.last().unwrap()["type"], "usage", "usage still summed across the stores");
 }
 
+/// `(slots in use, stores alive)` as `/metrics` reports them.
+async fn sandbox_gauges(t: &TestGateway) -> (u64, u64) {
+    let text = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
+    let gauge = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing"));
+        line[name.len()..].trim().parse::<u64>().unwrap()
+    };
+    (gauge("aigw_plugin_slots_in_use "), gauge("aigw_plugin_stores_alive "))
+}
+
+#[tokio::test]
+async fn requests_waiting_on_the_model_hold_a_slot_but_no_store() {
+    let t = Setup::default().start().await;
+    assert_eq!(sandbox_gauges(&t).await, (0, 0));
+
+    // A whole answer slow to come: the store is freed while the head is awaited, and a fresh
+    // one parses the answer.
+    t.model.set_reply(Reply { head_delay: Duration::from_millis(400), ..Reply::default() });
+    let body = t.completion_body("codestral", None, false);
+    let (answer, waiting) = tokio::join!(t.complete(&body), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sandbox_gauges(&t).await
+    });
+    assert_eq!((answer.status.as_u16(), answer.json()["choices"][0]["text"].clone()), (200, "return a + b".into()));
+    assert_eq!(waiting, (1, 0), "a slot held, no store, while the model server thinks");
+
+    // A stream that pauses between pieces: the same, and it still arrives whole.
+    t.model.set_reply(Reply { chunks: 3, chunk_delay: Duration::from_millis(300), ..Reply::default() });
+    let body = t.completion_body("codestral", None, true);
+    let (answer, waiting) = tokio::join!(t.complete(&body), async {
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        sandbox_gauges(&t).await
+    });
+    assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "return a + b"));
+    assert_eq!(waiting, (1, 0));
+    assert_eq!(sandbox_gauges(&t).await, (0, 0), "everything returned at the end");
+}
+
 #[tokio::test]
 async fn shutdown_drains_streams_in_flight_then_closes_the_port() {
     let t = Setup::default().env("AIGW_SERVER__WORKERS", "2").start().await;
