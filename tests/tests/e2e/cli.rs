@@ -170,7 +170,7 @@ async fn the_benchmark_runs_in_smoke_mode() {
         assert!(p50.as_f64().is_some_and(|v| v > 0.0), "{mode}: {results}");
         if mode == "gateway" {
             assert!(results["legs"]["bare_proxy"]["c64"]["requests_per_second"].as_f64().is_some_and(|v| v > 0.0));
-            assert_eq!(results["budget"].as_array().map(Vec::len), Some(7), "every budget line is reported");
+            assert_eq!(results["budget"].as_array().map(Vec::len), Some(8), "every budget line is reported");
             assert_eq!(
                 results["memory"]["streams_closed_after_hang_up"], true,
                 "50 hung-up streams all closed upstream"
