@@ -57,11 +57,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
     let started = Instant::now();
     let plugin_failed = |e| log_plugin_failure(metrics, plugin.identity(), e);
     let mut lease = PluginLease::new(plugin.clone()).await.map_err(plugin_failed)?;
-    let built = match lease.session().await {
-        Ok(session) => session.build_request(&job.request).await,
-        Err(error) => Err(error),
-    }
-    .map_err(plugin_failed)?;
+    let built = async { lease.session().await?.build_request(&job.request).await }.await.map_err(plugin_failed)?;
     metrics.plugin_call(&plugin.identity().name, "build_request", started.elapsed());
     let call = ModelCall {
         endpoint: &endpoint,
@@ -88,11 +84,7 @@ pub async fn run(state: &AppState, mut job: ModelJob) -> Result<Outcome, Gateway
             .inspect_err(|e| accounts.metrics.upstream_failure(&accounts.provider, e.reason()))?;
         crate::telemetry::add_upstream_time(sent.elapsed());
         let parsing = Instant::now();
-        let completion = match lease.session().await {
-            Ok(session) => session.parse_response(&body).await,
-            Err(error) => Err(error),
-        }
-        .map_err(plugin_failed)?;
+        let completion = async { lease.session().await?.parse_response(&body).await }.await.map_err(plugin_failed)?;
         metrics.plugin_call(&plugin.identity().name, "parse_response", parsing.elapsed());
         if let Some(usage) = &completion.usage {
             accounts.tokens(usage);
@@ -288,11 +280,10 @@ impl ChunkStream {
     async fn parse(&mut self, event: crate::upstream::framing::Event) -> Result<(), GatewayError> {
         let parsing = Instant::now();
         let metrics = &self.accounts.metrics;
-        let chunk = match self.lease.session().await {
-            Ok(session) => session.parse_event(event.name.as_deref(), &event.data).await,
-            Err(error) => Err(error),
-        }
-        .map_err(|e| log_plugin_failure(metrics, self.lease.identity(), e))?;
+        let lease = &mut self.lease;
+        let chunk = async { lease.session().await?.parse_event(event.name.as_deref(), &event.data).await }
+            .await
+            .map_err(|e| log_plugin_failure(metrics, self.lease.identity(), e))?;
         metrics.plugin_call(&self.lease.identity().name, "parse_event", parsing.elapsed());
         if let Some(usage) = &chunk.usage {
             self.accounts.tokens(usage);
