@@ -109,9 +109,9 @@ impl Gateway {
         let (verifier, background) = build_verifier(&config, options, &metrics)?;
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
         // One model-server client (and connection pool) per worker thread.
-        let upstreams = (0..config.workers)
-            .map(|_| Upstream::new(Some(Arc::clone(&policy)), config.upstream, config.aws.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let first = Upstream::new(Some(policy), config.upstream, config.aws.clone())?;
+        let mut upstreams: Vec<Upstream> = (1..config.workers).map(|_| first.with_own_pool()).collect();
+        upstreams.push(first);
         if config.bypass_auth {
             tracing::warn!(
                 "AIGW_AUTH__BYPASS_EXTERNAL is true: AUTHENTICATION IS OFF. Anyone who can reach {} can use \

@@ -67,6 +67,9 @@ pub struct Upstream {
     client: Client<HttpsConnector, Full<Bytes>>,
     settings: UpstreamSettings,
     aws: Arc<AwsEnvironment>,
+    /// What a client with its own pool needs (see [`Upstream::with_own_pool`]).
+    policy: Option<Arc<EgressPolicy>>,
+    tls: rustls::ClientConfig,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -82,17 +85,15 @@ impl Upstream {
         settings: UpstreamSettings,
         aws: AwsEnvironment,
     ) -> Result<Self, UpstreamError> {
-        let connector = EgressConnector { policy, connect_timeout: settings.connect_timeout };
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
-        Ok(Upstream { client, settings, aws: Arc::new(aws) })
+        let tls = tls_config()?;
+        let client = pooled_client(policy.clone(), settings, tls.clone());
+        Ok(Upstream { client, settings, aws: Arc::new(aws), policy, tls })
+    }
+
+    /// The same client with a connection pool of its own (one per serving thread), without
+    /// reading the system's trust store again.
+    pub fn with_own_pool(&self) -> Self {
+        Upstream { client: pooled_client(self.policy.clone(), self.settings, self.tls.clone()), ..self.clone() }
     }
 
     /// The AWS environment requests are signed with.
@@ -167,6 +168,23 @@ impl Upstream {
         }
         Ok(UpstreamResponse { body, deadline, settings })
     }
+}
+
+fn pooled_client(
+    policy: Option<Arc<EgressPolicy>>,
+    settings: UpstreamSettings,
+    tls: rustls::ClientConfig,
+) -> Client<HttpsConnector, Full<Bytes>> {
+    let connector = EgressConnector { policy, connect_timeout: settings.connect_timeout };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build(https)
 }
 
 /// TLS to model servers and the GitLab instance: the system's trust store, TLS 1.2+.
