@@ -184,11 +184,12 @@ async fn load_plugins(
     config: &Config,
     metrics: &Arc<telemetry::Metrics>,
 ) -> Result<(Arc<PluginRegistry>, DirWatcher), StartError> {
-    let runtime = PluginRuntime::new(SandboxLimits {
+    let limits = SandboxLimits {
         memory_bytes: config.plugins.memory_bytes,
         call_deadline: config.plugins.call_deadline,
         max_concurrent: config.plugins.max_concurrent,
-    })?;
+    };
+    let runtime = PluginRuntime::with_perf_map(limits, config.plugins.perf_map)?;
     let (slots, stores) = (Arc::clone(&runtime), Arc::clone(&runtime));
     metrics.gauge(
         "aigw_plugin_slots_in_use",

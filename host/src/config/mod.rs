@@ -95,6 +95,9 @@ pub struct PluginSettings {
     pub max_concurrent: u32,
     /// Quiet period before a change in the directory triggers a reload (`AIGW_PLUGINS__RELOAD_DEBOUNCE_MS`).
     pub reload_debounce: Duration,
+    /// Write `/tmp/perf-<pid>.map` so that `perf` names the plugins' compiled functions
+    /// (`AIGW_PLUGINS__PERF_MAP`).
+    pub perf_map: bool,
 }
 
 /// Egress policy for model endpoints.

@@ -134,6 +134,7 @@ struct Plugins {
     call_timeout_ms: Option<u64>,
     max_concurrent: Option<u32>,
     reload_debounce_ms: Option<u64>,
+    perf_map: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +207,7 @@ impl RawConfig {
                 "AIGW_PLUGINS__DIR" => self.plugins.dir = Some(PathBuf::from(value)),
                 "AIGW_PLUGINS__MEMORY_LIMIT_MB" => self.plugins.memory_limit_mb = Some(parse(n, &value, INTEGER)?),
                 "AIGW_PLUGINS__CALL_TIMEOUT_MS" => self.plugins.call_timeout_ms = Some(parse(n, &value, INTEGER)?),
+                "AIGW_PLUGINS__PERF_MAP" => self.plugins.perf_map = Some(parse_bool(n, &value)?),
                 "AIGW_PLUGINS__MAX_CONCURRENT" => self.plugins.max_concurrent = Some(parse(n, &value, INTEGER)?),
                 "AIGW_PLUGINS__RELOAD_DEBOUNCE_MS" => {
                     self.plugins.reload_debounce_ms = Some(parse(n, &value, INTEGER)?)
@@ -287,6 +289,7 @@ impl RawConfig {
             call_deadline: Duration::from_millis(call_ms),
             max_concurrent,
             reload_debounce: Duration::from_millis(self.plugins.reload_debounce_ms.unwrap_or(250)),
+            perf_map: self.plugins.perf_map.unwrap_or(false),
         };
 
         let allow_text = self.egress.allow.unwrap_or_else(|| DEFAULT_EGRESS_ALLOW.to_string());
@@ -425,6 +428,7 @@ mod tests {
             ("AIGW_EGRESS__ALLOW", "10.0.0.0/8,not-a-net"),
             ("AIGW_PLUGINS__MEMORY_LIMIT_MB", "0"),
             ("AIGW_CUSTOM_MODELS__ENABLED", "maybe"),
+            ("AIGW_PLUGINS__PERF_MAP", "sometimes"),
             ("AIGW_LOGGING__LEVEL", "loud=[["),
             ("AIGW_METRICS__LISTEN", "9090"),
             ("AIGW_SERVER__WORKERS", "0"),

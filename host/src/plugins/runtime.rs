@@ -70,6 +70,13 @@ impl Drop for PluginRuntime {
 impl PluginRuntime {
     /// Build the engine (Cranelift, pooling allocator, epoch interruption) and the WASI linker.
     pub fn new(limits: SandboxLimits) -> Result<Arc<Self>, PluginError> {
+        Self::with_perf_map(limits, false)
+    }
+
+    /// As [`PluginRuntime::new`]; with `perf_map`, wasmtime writes `/tmp/perf-<pid>.map` as it
+    /// compiles, so that `perf report` names each plugin function (`wasm[0]::function[73]`, or
+    /// its own name when the component keeps a name section) instead of a bare JIT address.
+    pub fn with_perf_map(limits: SandboxLimits, perf_map: bool) -> Result<Arc<Self>, PluginError> {
         let mut pool = PoolingAllocationConfig::new();
         let slots = limits.max_concurrent.max(1);
         pool.total_component_instances(slots)
@@ -94,6 +101,9 @@ impl PluginRuntime {
             .epoch_interruption(true)
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;

@@ -146,6 +146,23 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_
 }
 
 #[tokio::test]
+async fn a_perf_map_of_the_plugins_is_written_only_when_asked_for() {
+    let state = tempfile::tempdir().unwrap();
+    for (setting, wanted) in [("false", false), ("true", true)] {
+        let (mut server, _port, _token) = dev_server(state.path(), &[("AIGW_PLUGINS__PERF_MAP", setting)]).await;
+        // The plugins are compiled before the server announces itself, and each compiled
+        // function is written to the map as it is published.
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", server.id().unwrap()));
+        let written = std::fs::read_to_string(&map).ok();
+        server.kill().await.unwrap();
+        let _ = server.wait().await;
+        let _ = std::fs::remove_file(&map);
+        let names_plugin_code = written.as_deref().is_some_and(|m| m.lines().any(|l| l.contains(" wasm[")));
+        assert_eq!(names_plugin_code, wanted, "AIGW_PLUGINS__PERF_MAP={setting}: {written:?}");
+    }
+}
+
+#[tokio::test]
 async fn the_benchmark_runs_in_smoke_mode() {
     // A short run proves the benchmark still works; its timings are never asserted here.
     let binary = workspace().join("target/release/aigw-bench");
