@@ -40,11 +40,6 @@ impl PluginLease {
         self.plugin.identity()
     }
 
-    /// The plugin this lease is for.
-    pub fn plugin(&self) -> &LoadedPlugin {
-        &self.plugin
-    }
-
     /// The live store, instantiating a fresh one in the held slot if it was released.
     pub async fn session(&mut self) -> Result<&mut PluginSession, PluginError> {
         match &mut self.session {
