@@ -366,9 +366,11 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
             "µs",
         ),
         budget("aigw CPU per further stream piece", cpu_per_piece(2), 10.0, "µs"),
-        budget("aigw idle RSS, default plugins loaded", mib(idle_rss), 40.0, "MiB"),
-        budget("aigw RSS per open stream, first burst", per_stream as f64 / 1024.0, 64.0, "KiB"),
-        budget("aigw RSS per open stream, warm plugin pool", per_stream_warm as f64 / 1024.0, 64.0, "KiB"),
+        // The issue says 40 MB: 40 000 000 bytes, 38.1 MiB.
+        budget("aigw idle RSS, default plugins loaded", mib(idle_rss), mib(40_000_000), "MiB"),
+        // 64 KB: 64 000 bytes, 62.5 KiB.
+        budget("aigw RSS per open stream, first burst", per_stream as f64 / 1024.0, 64_000.0 / 1024.0, "KiB"),
+        budget("aigw RSS per open stream, warm plugin pool", per_stream_warm as f64 / 1024.0, 64_000.0 / 1024.0, "KiB"),
     ];
 
     let leg_json = |i: usize| {
