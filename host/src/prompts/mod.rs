@@ -544,6 +544,11 @@ mod tests {
             assert_eq!(text, "<diff>\n+fn a() {}\n</diff>\n<mr_title>\nAdd a\n</mr_title>\n", "{id}");
             assert!(!prompt.unit_primitives.is_empty(), "{id} is gated");
         }
+        let by_id = registry.for_family("code_suggestions/generations", "codestral", None).unwrap();
+        assert_eq!(
+            (by_id.unit_primitives.as_slice(), by_id.params.max_tokens),
+            (&["generate_code".to_string()][..], Some(2048))
+        );
     }
 
     #[test]
