@@ -177,14 +177,7 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
         }
         // With a metrics listener of its own, the API port does not expose them.
         Public::Metrics if state.config.metrics_listen.is_some() => GatewayError::NotFound.into_response(),
-        Public::Metrics => {
-            let mut response = json_response(StatusCode::OK, state.metrics.render().into());
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
-            );
-            response
-        }
+        Public::Metrics => crate::server::metrics_response(&state.metrics),
         Public::ModelDefinitions => {
             let models: Vec<Value> =
                 crate::prompts::FAMILIES.iter().map(|family| json!({"name": family, "identifier": family})).collect();

@@ -361,18 +361,20 @@ impl PromptRegistry {
 
     /// The code completion prompt for `family`: its own, else `code_completions/base`.
     pub fn code_completion(&self, family: &str) -> Result<&Prompt, PromptError> {
-        if !FAMILIES.contains(&family) {
-            return Err(PromptError::UnsupportedFamily { family: family.to_string(), task: "code completion" });
-        }
-        self.for_family("code_completions", family, None)
+        self.code_prompt("code_completions", "code completion", family)
     }
 
     /// The code generation prompt for `family`: its own, else `code_generations/base`.
     pub fn code_generation(&self, family: &str) -> Result<&Prompt, PromptError> {
+        self.code_prompt("code_generations", "code generation", family)
+    }
+
+    /// Code endpoints accept only the known families (GitLab answers 422 for others).
+    fn code_prompt(&self, id: &str, task: &'static str, family: &str) -> Result<&Prompt, PromptError> {
         if !FAMILIES.contains(&family) {
-            return Err(PromptError::UnsupportedFamily { family: family.to_string(), task: "code generation" });
+            return Err(PromptError::UnsupportedFamily { family: family.to_string(), task });
         }
-        self.for_family("code_generations", family, None)
+        self.for_family(id, family, None)
     }
 
     /// Render a prompt's messages with `variables`.

@@ -30,6 +30,18 @@ pub fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
     response
 }
 
+/// `GET /metrics`, on the API port or on the metrics listener: the Prometheus text format.
+pub fn metrics_response(metrics: &crate::telemetry::Metrics) -> http::Response<Body> {
+    let mut response = json_response(StatusCode::OK, metrics.render().into());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE));
+    response
+}
+
+/// Pause after a failed `accept` (out of file descriptors and the like), instead of spinning.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Longest a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -49,9 +61,8 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -182,8 +193,13 @@ async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> R
 /// The separate metrics listener (`AIGW_METRICS__LISTEN`): `GET /metrics` and nothing else.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry::Metrics>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "metrics listener: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
@@ -191,17 +207,9 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry:
                 let metrics = Arc::clone(&metrics);
                 async move {
                     let response = if request.uri().path() == "/metrics" && request.method() == http::Method::GET {
-                        let mut response = http::Response::new(Full::new(Bytes::from(metrics.render())));
-                        response.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            http::HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
-                        );
-                        response
+                        metrics_response(&metrics)
                     } else {
-                        let mut response =
-                            http::Response::new(Full::new(Bytes::from_static(b"{\"detail\":\"Not Found\"}")));
-                        *response.status_mut() = StatusCode::NOT_FOUND;
-                        response
+                        GatewayError::NotFound.into_response()
                     };
                     Ok::<_, Infallible>(response)
                 }

@@ -49,6 +49,21 @@ thread_local! {
     static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// Replace `key` with `labels` joined by [`SEPARATOR`] (a separator inside a label becomes U+FFFD).
+fn write_key<'a>(key: &mut String, labels: impl Iterator<Item = &'a str>) {
+    key.clear();
+    for (i, label) in labels.enumerate() {
+        if i > 0 {
+            key.push(SEPARATOR);
+        }
+        if label.contains(SEPARATOR) {
+            key.push_str(&label.replace(SEPARATOR, "\u{fffd}"));
+        } else {
+            key.push_str(label);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Family<T> {
     name: &'static str,
@@ -72,28 +87,13 @@ impl<T: Default + Clone> Family<T> {
     /// labels a caller chooses (a model name), so no request can grow the metrics without bound.
     fn with_capped(&self, labels: &[&str], max_series: usize, update: impl FnOnce(&mut T)) {
         KEY.with_borrow_mut(|key| {
-            key.clear();
-            for (i, label) in labels.iter().enumerate() {
-                if i > 0 {
-                    key.push(SEPARATOR);
-                }
-                if label.contains(SEPARATOR) {
-                    key.push_str(&label.replace(SEPARATOR, "\u{fffd}"));
-                } else {
-                    key.push_str(label);
-                }
-            }
+            write_key(key, labels.iter().copied());
             let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(value) = series.get_mut(key.as_str()) {
                 return update(value);
             }
             if series.len() >= max_series {
-                key.clear();
-                key.push_str(OTHER);
-                for label in labels.iter().skip(1) {
-                    key.push(SEPARATOR);
-                    key.push_str(&label.replace(SEPARATOR, "\u{fffd}"));
-                }
+                write_key(key, std::iter::once(OTHER).chain(labels.iter().skip(1).copied()));
             }
             update(series.entry(key.as_str().into()).or_default());
         });
