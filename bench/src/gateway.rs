@@ -3,6 +3,7 @@
 //! /proc), at concurrency 1 and 64, whole and streamed; then memory with many open streams. The
 //! ratios and differences are the result; the budget is checked and printed, never asserted.
 
+use crate::breakdown::Histograms;
 use crate::load::{self, BenchClient, Summary, Target, Timing, summarize};
 use crate::procfs;
 use aigw_mock::{MockModelServer, Reply};
@@ -129,6 +130,45 @@ struct LegRun {
     timings: Vec<Timing>,
     cpu_us: f64,
     switches: f64,
+    /// Share of that CPU time spent in the kernel, from clock ticks; `None` when too few ticks
+    /// passed for the share to mean anything (a short run).
+    kernel_share: Option<f64>,
+}
+
+/// Clock ticks are 10 ms: below 0.3 s of CPU time the user/kernel split is too coarse to report.
+const MIN_TICKS_FOR_SHARE: u64 = 30;
+
+/// A process's counters at one moment: CPU time, context switches, user and kernel ticks.
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    cpu: Duration,
+    switches: u64,
+    ticks: (u64, u64),
+}
+
+impl Counters {
+    fn read(pid: Option<u32>) -> Counters {
+        let Some(pid) = pid else { return Counters::default() };
+        Counters {
+            cpu: procfs::cpu(pid),
+            switches: procfs::context_switches(pid),
+            ticks: procfs::user_and_kernel_ticks(pid),
+        }
+    }
+
+    fn since(self, before: Counters) -> Counters {
+        Counters {
+            cpu: self.cpu.saturating_sub(before.cpu),
+            switches: self.switches.saturating_sub(before.switches),
+            ticks: (self.ticks.0.saturating_sub(before.ticks.0), self.ticks.1.saturating_sub(before.ticks.1)),
+        }
+    }
+
+    fn add(&mut self, other: Counters) {
+        self.cpu += other.cpu;
+        self.switches += other.switches;
+        self.ticks = (self.ticks.0 + other.ticks.0, self.ticks.1 + other.ticks.1);
+    }
 }
 
 /// Sequential rounds over all legs, interleaved so that drift in the machine hits each alike.
@@ -140,29 +180,31 @@ async fn interleaved(
 ) -> anyhow::Result<Vec<LegRun>> {
     let rounds = 10;
     let per_round = (iterations / rounds).max(1);
-    let mut results: Vec<(Vec<Timing>, Duration, u64)> = legs.iter().map(|_| (Vec::new(), Duration::ZERO, 0)).collect();
+    let mut results: Vec<(Vec<Timing>, Counters)> = legs.iter().map(|_| (Vec::new(), Counters::default())).collect();
     for round in 0..=rounds {
         for (leg, result) in legs.iter().zip(results.iter_mut()) {
             let body = if stream { &leg.stream_body } else { &leg.body };
-            let (cpu, switches) = (cpu_of(leg.pid), leg.pid.map(procfs::context_switches).unwrap_or_default());
+            let before = Counters::read(leg.pid);
             let timings = load::sequential(client, &leg.target, body, per_round).await?;
-            let spent = cpu_of(leg.pid).saturating_sub(cpu);
-            let switched = leg.pid.map(procfs::context_switches).unwrap_or_default().saturating_sub(switches);
+            let spent = Counters::read(leg.pid).since(before);
             // Round 0 warms connections, caches and allocators.
             if round > 0 {
                 result.0.extend(timings);
-                result.1 += spent;
-                result.2 += switched;
+                result.1.add(spent);
             }
         }
     }
     let counted = (per_round * rounds) as f64;
     Ok(results
         .into_iter()
-        .map(|(timings, cpu, switches)| LegRun {
+        .map(|(timings, spent)| LegRun {
             timings,
-            cpu_us: micros(cpu) / counted,
-            switches: switches as f64 / counted,
+            cpu_us: micros(spent.cpu) / counted,
+            switches: spent.switches as f64 / counted,
+            kernel_share: {
+                let ticks = spent.ticks.0 + spent.ticks.1;
+                (ticks >= MIN_TICKS_FOR_SHARE).then(|| spent.ticks.1 as f64 / ticks as f64)
+            },
         })
         .collect())
 }
@@ -209,6 +251,47 @@ async fn open_streams_memory(model: &MockModelServer, aigw: &Leg, count: usize) 
     let closed = model.open_streams() == 0;
     model.set_reply(Reply::default());
     Ok((held.saturating_sub(before) / count.max(1) as u64, held, closed))
+}
+
+/// aigw's own account of a completion at concurrency 1, from its histograms: wall-time means per
+/// request, microseconds. On an otherwise idle worker the gateway's share is CPU time on the
+/// request's path (nothing in it waits); the model server's share includes both TCP legs' sends.
+#[derive(Debug, serde::Serialize)]
+struct Inside {
+    to_response_head: Option<f64>,
+    gateway_own: Option<f64>,
+    model_server: Option<f64>,
+    build_request: Option<f64>,
+    parse_response: Option<f64>,
+}
+
+impl Inside {
+    fn between(before: &Histograms, after: &Histograms) -> Inside {
+        let endpoint = "endpoint=\"/v2/code/completions\"";
+        let mean = |metric: &str, labels: &[&str]| after.mean_since(before, metric, labels);
+        let to_response_head = mean("aigw_request_duration_seconds", &[endpoint]);
+        let gateway_own = mean("aigw_overhead_seconds", &[endpoint]);
+        Inside {
+            to_response_head,
+            gateway_own,
+            model_server: to_response_head.zip(gateway_own).map(|(total, own)| total - own),
+            build_request: mean("aigw_plugin_call_duration_seconds", &["function=\"build_request\""]),
+            parse_response: mean("aigw_plugin_call_duration_seconds", &["function=\"parse_response\""]),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let us = |value: Option<f64>| value.map_or("n/a".to_string(), |v| format!("{v:.1} µs"));
+        format!(
+            "  aigw's own histograms, wall time per request: {} to the response head = model server {} + gateway {}; \
+             of the gateway's, plugin calls: build_request {} (fresh store included), parse_response {}",
+            us(self.to_response_head),
+            us(self.model_server),
+            us(self.gateway_own),
+            us(self.build_request),
+            us(self.parse_response)
+        )
+    }
 }
 
 /// One budget line: what was measured against what is allowed.
@@ -266,8 +349,12 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     let client = load::client(128);
     let iterations = plan.iterations.clamp(50, 200_000);
 
-    // Concurrency 1, whole answers.
+    // Concurrency 1, whole answers, with aigw's own account of where each request's time went.
+    let metrics_url = format!("http://{aigw_addr}/metrics");
+    let before = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
     let whole = interleaved(&client, &legs, false, iterations).await?;
+    let after = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
+    let inside = Inside::between(&before, &after);
     // Concurrency 64, whole answers: throughput, p99, CPU per request.
     let mut busy = Vec::new();
     for leg in &legs {
@@ -317,6 +404,16 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         added(2, |s| s.p50),
         added(2, |s| s.p99)
     );
+    let (proxy_run, aigw_run) = (&whole[1], &whole[2]);
+    let split = |run: &LegRun| run.kernel_share.map(|share| (run.cpu_us * (1.0 - share), run.cpu_us * share));
+    let (proxy_split, aigw_split) = (split(proxy_run), split(aigw_run));
+    if let (Some((proxy_user, proxy_kernel)), Some((aigw_user, aigw_kernel))) = (proxy_split, aigw_split) {
+        println!(
+            "  where aigw's CPU per request goes: user space {aigw_user:.1} µs, kernel {aigw_kernel:.1} µs \
+             (bare proxy {proxy_user:.1} and {proxy_kernel:.1} µs)"
+        );
+    }
+    println!("{}", inside.describe());
     println!("  concurrency 64:");
     for (leg, (s, throughput, cpu)) in legs.iter().zip(&busy) {
         println!("  {:<12} {:>9.0} req/s  p99 {:>9.1} µs  CPU {:>7.1} µs/req", leg.name, throughput, s.p99, cpu);
@@ -405,6 +502,9 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
                    "bare_proxy_rss_per_open_stream_bytes": proxy_per_stream,
                    "peak_rss_bytes": peak_rss, "streams_closed_after_hang_up": all_closed},
         "budget": budgets,
+        "c1_breakdown_us": {"aigw_user": aigw_split.map(|s| s.0), "aigw_kernel": aigw_split.map(|s| s.1),
+                            "bare_proxy_user": proxy_split.map(|s| s.0), "bare_proxy_kernel": proxy_split.map(|s| s.1),
+                            "aigw_histograms": inside},
     });
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)?;

@@ -61,6 +61,15 @@ pub async fn post(client: &BenchClient, target: &Target, body: &Bytes) -> anyhow
     Ok(Timing { first_byte: first_byte.unwrap_or(total), total, pieces })
 }
 
+/// GET `url` and return its body as text; a non-2xx status is an error.
+pub async fn get_text(client: &BenchClient, url: &str) -> anyhow::Result<String> {
+    let response = client.request(http::Request::get(url).body(Full::new(Bytes::new()))?).await?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// `count` requests one after another.
 pub async fn sequential(
     client: &BenchClient,

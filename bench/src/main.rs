@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod breakdown;
 mod gateway;
 mod load;
 mod plugin;

@@ -17,6 +17,19 @@ pub fn cpu(pid: u32) -> Duration {
     Duration::from_nanos(nanos)
 }
 
+/// Clock ticks `pid` has spent in user mode and in the kernel (`utime`, `stime` of
+/// `/proc/<pid>/stat`). Tick resolution: used for the split of the `cpu` total, not as a total.
+pub fn user_and_kernel_ticks(pid: u32) -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (0, 0);
+    };
+    // Fields after the command name (which may hold spaces), counted from `state`, field 3.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (field(14), field(15))
+}
+
 /// Context switches (voluntary and not) of all threads of `pid` so far.
 pub fn context_switches(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -71,6 +84,8 @@ mod tests {
         // A running thread's account is brought up to date when it is switched out.
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(cpu(me) > spent, "busy work shows as CPU time");
+        let (user, _) = user_and_kernel_ticks(me);
+        assert!(user > 0, "50 million additions take more than a clock tick in user mode");
         assert!(rss(me) > 1 << 20);
         assert!(peak_rss(me) >= rss(me));
     }

@@ -188,6 +188,11 @@ async fn the_benchmark_runs_in_smoke_mode() {
         if mode == "gateway" {
             assert!(results["legs"]["bare_proxy"]["c64"]["requests_per_second"].as_f64().is_some_and(|v| v > 0.0));
             assert_eq!(results["budget"].as_array().map(Vec::len), Some(8), "every budget line is reported");
+            // The breakdown comes from aigw's own /metrics: its plugin calls and its share were seen.
+            let inside = &results["c1_breakdown_us"]["aigw_histograms"];
+            for part in ["build_request", "parse_response", "gateway_own", "model_server"] {
+                assert!(inside[part].as_f64().is_some_and(|v| v > 0.0), "{part}: {inside}");
+            }
             assert_eq!(
                 results["memory"]["streams_closed_after_hang_up"], true,
                 "50 hung-up streams all closed upstream"
