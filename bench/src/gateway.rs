@@ -135,8 +135,14 @@ struct LegRun {
     kernel_share: Option<f64>,
 }
 
-/// Clock ticks are 10 ms: below 0.3 s of CPU time the user/kernel split is too coarse to report.
-const MIN_TICKS_FOR_SHARE: u64 = 30;
+/// An idle gateway is measured this long after the last request (its epoch ticker and workers
+/// slow down after a second without work), over this window.
+const IDLE_SETTLE: Duration = Duration::from_millis(1500);
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Clock ticks are 10 ms: below 0.15 s of CPU time the user/kernel split is too coarse to report
+/// (at 15 ticks, one tick is 7 % of it).
+const MIN_TICKS_FOR_SHARE: u64 = 15;
 
 /// A process's counters at one moment: CPU time, context switches, user and kernel ticks.
 #[derive(Default, Clone, Copy)]
@@ -380,6 +386,12 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     let all_closed = all_closed && closed_again;
     let (proxy_per_stream, _, _) = open_streams_memory(&model, &legs[1], plan.open_streams).await?;
     let peak_rss = procfs::peak_rss(aigw_process.pid);
+    // Idle, once the load is over: what a gateway nobody calls costs in CPU.
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let idle_cpu = Counters::read(Some(aigw_process.pid));
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_ms_per_s =
+        micros(Counters::read(Some(aigw_process.pid)).since(idle_cpu).cpu) / 1e3 / IDLE_WINDOW.as_secs_f64();
 
     println!("completion through aigw and through a bare proxy vs direct, same mock model server, same run");
     println!("  concurrency 1, keep-alive, {iterations} requests each; CPU is the process's own (/proc schedstat)");
@@ -407,12 +419,12 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     let (proxy_run, aigw_run) = (&whole[1], &whole[2]);
     let split = |run: &LegRun| run.kernel_share.map(|share| (run.cpu_us * (1.0 - share), run.cpu_us * share));
     let (proxy_split, aigw_split) = (split(proxy_run), split(aigw_run));
-    if let (Some((proxy_user, proxy_kernel)), Some((aigw_user, aigw_kernel))) = (proxy_split, aigw_split) {
-        println!(
-            "  where aigw's CPU per request goes: user space {aigw_user:.1} µs, kernel {aigw_kernel:.1} µs \
-             (bare proxy {proxy_user:.1} and {proxy_kernel:.1} µs)"
-        );
-    }
+    let show = |split: Option<(f64, f64)>| {
+        split.map_or("n/a (too few clock ticks)".to_string(), |(user, kernel)| {
+            format!("user space {user:.1} µs, kernel {kernel:.1} µs")
+        })
+    };
+    println!("  where the CPU per request goes: aigw {}; bare proxy {}", show(aigw_split), show(proxy_split));
     println!("{}", inside.describe());
     println!("  concurrency 64:");
     for (leg, (s, throughput, cpu)) in legs.iter().zip(&busy) {
@@ -435,7 +447,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     }
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     println!(
-        "  aigw memory: idle {:.1} MiB, {} open streams {:.1} MiB ({:.1} KiB each, first burst; {:.1} KiB each on a warm pool; bare proxy {:.1} KiB each), peak {:.1} MiB; streams closed upstream after hang-up: {all_closed}",
+        "  aigw idle CPU after the load: {idle_ms_per_s:.2} ms per second\n  aigw memory: idle {:.1} MiB, {} open streams {:.1} MiB ({:.1} KiB each, first burst; {:.1} KiB each on a warm pool; bare proxy {:.1} KiB each), peak {:.1} MiB; streams closed upstream after hang-up: {all_closed}",
         mib(idle_rss),
         plan.open_streams,
         mib(held_rss),
@@ -497,6 +509,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         "added_first_token_p99_us": ttft_added(2),
         "bare_proxy_added_first_token_p99_us": ttft_added(1),
         "added_per_piece_us": piece_added(2),
+        "idle_cpu_ms_per_second": idle_ms_per_s,
         "memory": {"idle_rss_bytes": idle_rss, "open_streams": plan.open_streams, "rss_with_open_streams_bytes": held_rss,
                    "rss_per_open_stream_bytes": per_stream, "rss_per_open_stream_warm_pool_bytes": per_stream_warm,
                    "bare_proxy_rss_per_open_stream_bytes": proxy_per_stream,

@@ -2,6 +2,7 @@
 //! (reloaded by [`crate::watch::DirWatcher`]).
 
 mod bindings;
+mod epoch;
 pub mod lease;
 pub mod registry;
 pub mod runtime;

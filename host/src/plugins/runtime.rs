@@ -2,9 +2,9 @@
 //! cap and a per-call deadline.
 
 use super::bindings::{Provider, ProviderPre};
+use super::epoch::{Alive, EpochTicker};
 use super::{PluginError, wit};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
@@ -42,12 +42,12 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<GuestState>,
     limits: SandboxLimits,
+    /// Bounds every call in time; counts the stores alive (each request holds at most one,
+    /// none while it waits).
     ticker: Arc<EpochTicker>,
     /// One permit per pool slot. A request holds one for its whole life, even while it holds no
     /// store (an idle stream), so a permit holder always finds a free slot.
     slots: Arc<tokio::sync::Semaphore>,
-    /// Stores alive now (each request holds at most one, none while it waits).
-    stores: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -56,14 +56,9 @@ impl std::fmt::Debug for PluginRuntime {
     }
 }
 
-/// Advances the engine's epoch on a fixed period; stops when the runtime is dropped.
-struct EpochTicker {
-    stop: AtomicBool,
-}
-
 impl Drop for PluginRuntime {
     fn drop(&mut self) {
-        self.ticker.stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -107,11 +102,10 @@ impl PluginRuntime {
         let engine = Engine::new(&config).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
-        let ticker = Arc::new(EpochTicker { stop: AtomicBool::new(false) });
-        spawn_epoch_ticker(&engine, &ticker, tick_period(limits.call_deadline))?;
+        let ticker = EpochTicker::start(&engine, tick_period(limits.call_deadline))
+            .map_err(|e| PluginError::Invalid(format!("cannot start the epoch ticker: {e}")))?;
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent as usize));
-        let stores = Arc::new(AtomicUsize::new(0));
-        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots, stores }))
+        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots }))
     }
 
     /// Slots held by requests (each request in flight holds one, waiting or not).
@@ -121,7 +115,13 @@ impl PluginRuntime {
 
     /// Stores alive (requests whose plugin is working, or that have not waited long yet).
     pub fn stores_alive(&self) -> usize {
-        self.stores.load(Ordering::Relaxed)
+        self.ticker.stores_alive()
+    }
+
+    /// Whether the epoch ticker sleeps because no store has been alive for a while (an idle
+    /// gateway wakes no thread); the next store wakes it.
+    pub fn epoch_ticker_asleep(&self) -> bool {
+        self.ticker.asleep()
     }
 
     /// The limits every store gets.
@@ -233,21 +233,6 @@ struct Compiled {
 
 fn tick_period(deadline: Duration) -> Duration {
     (deadline / 10).max(Duration::from_millis(1))
-}
-
-fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<EpochTicker>, period: Duration) -> Result<(), PluginError> {
-    let engine = engine.clone();
-    let ticker = Arc::clone(ticker);
-    std::thread::Builder::new()
-        .name("aigw-epoch".into())
-        .spawn(move || {
-            while !ticker.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(period);
-                engine.increment_epoch();
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| PluginError::Invalid(format!("cannot start the epoch ticker: {e}")))
 }
 
 /// Rejects what is not a binary component before Cranelift sees it: text (WAT is never
@@ -432,6 +417,8 @@ impl LoadedPlugin {
 
     /// A fresh sandbox in a slot the caller already holds (see [`PluginSession::release`]).
     pub async fn session_in(&self, permit: SlotPermit) -> Result<PluginSession, PluginError> {
+        // Counted (and the epoch ticker awake) before any guest code runs, start-up included.
+        let alive = Alive::new(&self.runtime.ticker);
         let mut store = self.runtime.new_store();
         let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
@@ -440,7 +427,6 @@ impl LoadedPlugin {
                 PluginError::Trap(format!("{e:#}"))
             }
         })?;
-        let alive = StoreAlive::new(&self.runtime.stores);
         Ok(PluginSession { store, instance, info: Arc::clone(&self.info), _alive: alive, permit })
     }
 
@@ -464,24 +450,8 @@ pub struct PluginSession {
     store: Store<GuestState>,
     instance: Provider,
     info: Arc<PluginIdentity>,
-    _alive: StoreAlive,
+    _alive: Alive,
     permit: SlotPermit,
-}
-
-/// Counts a store as alive until dropped.
-struct StoreAlive(Arc<AtomicUsize>);
-
-impl StoreAlive {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        StoreAlive(Arc::clone(count))
-    }
-}
-
-impl Drop for StoreAlive {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl std::fmt::Debug for PluginSession {

@@ -125,6 +125,7 @@ fn ingress_allows(state: &AppState, peer: std::net::IpAddr) -> bool {
 
 async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request<Incoming>) -> http::Response<Body> {
     let started = std::time::Instant::now();
+    workers::note_request(started);
     let endpoint = api::endpoint_label(request.uri().path());
     if !ingress_allows(state, peer) {
         // Before any token work: a caller outside the allowlist learns nothing else.

@@ -13,15 +13,23 @@ use super::serve;
 use crate::api::AppState;
 use std::cell::Cell;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
+    /// When this thread last began a request (none yet: `None`).
+    static LAST_REQUEST: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The index of the worker running on this thread (0 on any other thread).
 pub fn current() -> usize {
     WORKER.with(Cell::get)
+}
+
+/// Note that this thread began a request at `started`: its worker keeps a timer armed for a while.
+pub fn note_request(started: Instant) {
+    LAST_REQUEST.with(|last| last.set(Some(started)));
 }
 
 /// How a worker is asked to stop.
@@ -120,17 +128,22 @@ async fn run(
     keep_armed.abort();
 }
 
-/// Keeps a timer due within 10 ms in the worker's time driver at all times.
+/// While the worker serves requests, keeps a timer due within 10 ms in its time driver.
 ///
-/// Every model call arms timeouts. When a new timer is due before everything the driver already
-/// waits for, tokio has to re-arm the driver's wait (on a multi-threaded runtime, by waking the
-/// thread parked in it: perf found ~1.2 eventfd writes and context switches per completion).
-/// With a near timer always pending, request timeouts (seconds away) are never the earliest. The
-/// price is one timer firing every 10 ms per worker.
+/// Every model call arms timers (timeouts, and 20 ms before a waiting request frees its plugin
+/// store). When a new timer is due before everything the driver already waits for, tokio
+/// re-arms the driver's wait with an eventfd write, even on the driver's own thread; on a
+/// multi-threaded runtime perf found ~1.2 of them, and as many context switches, per completion.
+/// With a near timer always pending, a request's timers are never the earliest.
+///
+/// The price is a wake-up every 10 ms, about 4 ms of CPU per second each on the 2-core machine,
+/// so an idle worker (no request begun for a second) wakes once a second instead: the first
+/// requests after an idle spell pay the eventfd writes until the worker is ticking again.
 async fn keep_a_timer_armed() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    const BUSY_TICK: Duration = Duration::from_millis(10);
+    const IDLE_TICK: Duration = Duration::from_secs(1);
     loop {
-        tick.tick().await;
+        let busy = LAST_REQUEST.with(Cell::get).is_some_and(|last| last.elapsed() < IDLE_TICK);
+        tokio::time::sleep(if busy { BUSY_TICK } else { IDLE_TICK }).await;
     }
 }

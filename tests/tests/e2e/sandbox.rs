@@ -65,6 +65,41 @@ async fn call_deadline_obeyed_and_violated() {
 }
 
 #[tokio::test]
+async fn the_deadline_holds_after_an_idle_spell_put_the_epoch_ticker_to_sleep() {
+    use aigw::plugins::{PluginError, PluginRuntime, SandboxLimits, wit};
+    // An idle gateway's ticker sleeps; the first store after must wake it, or this runaway call
+    // would never be stopped.
+    let runtime =
+        PluginRuntime::new(SandboxLimits { call_deadline: Duration::from_millis(100), ..Default::default() }).unwrap();
+    let plugin = runtime.load(std::fs::read(component("test-guests/hostile.wasm")).unwrap()).await.unwrap();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !runtime.epoch_ticker_asleep() {
+        assert!(Instant::now() < give_up, "the ticker of an idle runtime goes to sleep");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runaway = wit::ModelRequest {
+        model: "loop".into(),
+        messages: Vec::new(),
+        fill_in_middle: None,
+        sampling: wit::Sampling { max_tokens: None, temperature: None, top_p: None, stop: Vec::new() },
+        stream: false,
+    };
+    // On a thread of its own: were the ticker not woken, the call would spin forever and the
+    // test must fail, not hang.
+    let (done, outcome) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let calling = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = calling.block_on(async { plugin.session().await?.build_request(&runaway).await });
+        let _ = done.send(result.map(|_| ()));
+    });
+    let error = outcome.recv_timeout(Duration::from_secs(10)).expect("the runaway call was stopped").unwrap_err();
+    assert!(matches!(error, PluginError::Deadline(_)), "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(100), "not before the deadline");
+    assert!(!runtime.epoch_ticker_asleep());
+}
+
+#[tokio::test]
 async fn memory_cap_obeyed_and_violated() {
     let t = hostile_gateway(&[("AIGW_PLUGINS__MEMORY_LIMIT_MB", "16")]).await;
     assert_eq!(hostile(&t, "oom").await.status, 502, "growing past 16 MiB fails");
