@@ -14,12 +14,14 @@ use crate::api::AppState;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
     /// When this thread last began a request (none yet: `None`).
     static LAST_REQUEST: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Tells this worker's timer keeper that a request came after an idle spell.
+    static BUSY_AGAIN: Arc<Notify> = Arc::new(Notify::new());
 }
 
 /// The index of the worker running on this thread (0 on any other thread).
@@ -29,7 +31,12 @@ pub fn current() -> usize {
 
 /// Note that this thread began a request at `started`: its worker keeps a timer armed for a while.
 pub fn note_request(started: Instant) {
-    LAST_REQUEST.with(|last| last.set(Some(started)));
+    let was_idle = LAST_REQUEST.with(|last| {
+        last.replace(Some(started)).is_none_or(|before| started.saturating_duration_since(before) >= IDLE_AFTER)
+    });
+    if was_idle {
+        BUSY_AGAIN.with(|busy| busy.notify_one());
+    }
 }
 
 /// How a worker is asked to stop.
@@ -128,6 +135,9 @@ async fn run(
     keep_armed.abort();
 }
 
+/// A worker without a request for this long is idle.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// While the worker serves requests, keeps a timer due within 10 ms in its time driver.
 ///
 /// Every model call arms timers (timeouts, and 20 ms before a waiting request frees its plugin
@@ -137,13 +147,16 @@ async fn run(
 /// With a near timer always pending, a request's timers are never the earliest.
 ///
 /// The price is a wake-up every 10 ms, about 4 ms of CPU per second each on the 2-core machine,
-/// so an idle worker (no request begun for a second) wakes once a second instead: the first
-/// requests after an idle spell pay the eventfd writes until the worker is ticking again.
+/// so an idle worker (no request begun for [`IDLE_AFTER`]) waits for its next request instead.
 async fn keep_a_timer_armed() {
     const BUSY_TICK: Duration = Duration::from_millis(10);
-    const IDLE_TICK: Duration = Duration::from_secs(1);
+    let busy_again = BUSY_AGAIN.with(Arc::clone);
     loop {
-        let busy = LAST_REQUEST.with(Cell::get).is_some_and(|last| last.elapsed() < IDLE_TICK);
-        tokio::time::sleep(if busy { BUSY_TICK } else { IDLE_TICK }).await;
+        let busy = LAST_REQUEST.with(Cell::get).is_some_and(|last| last.elapsed() < IDLE_AFTER);
+        if busy {
+            tokio::time::sleep(BUSY_TICK).await;
+        } else {
+            busy_again.notified().await;
+        }
     }
 }
