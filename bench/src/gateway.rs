@@ -135,8 +135,8 @@ struct LegRun {
     kernel_share: Option<f64>,
 }
 
-/// An idle gateway is measured this long after the last request (its epoch ticker and workers
-/// slow down after a second without work), over this window.
+/// An idle gateway is measured this long after the last request (its epoch ticker and workers go
+/// quiet after a second without work), over this window.
 const IDLE_SETTLE: Duration = Duration::from_millis(1500);
 const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
