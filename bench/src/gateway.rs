@@ -117,10 +117,6 @@ struct Leg {
     pid: Option<u32>,
 }
 
-fn cpu_of(pid: Option<u32>) -> Duration {
-    pid.map(procfs::cpu).unwrap_or_default()
-}
-
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
@@ -364,12 +360,12 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     // Concurrency 64, whole answers: throughput, p99, CPU per request.
     let mut busy = Vec::new();
     for leg in &legs {
-        let cpu = cpu_of(leg.pid);
+        let before = Counters::read(leg.pid);
         let total = (iterations * 4).clamp(256, 100_000);
         let (latencies, wall) =
             load::concurrent(&client, &leg.target, &leg.body, total, 64, Duration::from_secs(30)).await?;
         let count = latencies.len() as f64;
-        let cpu_per_request = micros(cpu_of(leg.pid).saturating_sub(cpu)) / count;
+        let cpu_per_request = micros(Counters::read(leg.pid).since(before).cpu) / count;
         busy.push((summarize(latencies), count / wall.as_secs_f64(), cpu_per_request));
     }
     // Streams: 1 piece and 32 pieces, for time to first token and the cost of each further piece.

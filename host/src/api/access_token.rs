@@ -17,7 +17,7 @@ pub fn handle(
     headers: &http::HeaderMap,
 ) -> Result<http::Response<Body>, GatewayError> {
     // A gateway-issued token cannot mint another one; the caller must hold a completion scope.
-    if principal.gateway_issued || !GRANTABLE.iter().any(|scope| principal.has_scope(scope)) {
+    if principal.gateway_issued || !principal.has_any_scope(&GRANTABLE) {
         return Err(AuthError::MissingScope("user access token").into());
     }
     let user = headers

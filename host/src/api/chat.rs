@@ -80,7 +80,7 @@ pub async fn handle(
     invokable: &str,
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
-    if !principal.has_scope("duo_chat") && !principal.has_scope(invokable) {
+    if !principal.has_any_scope(&["duo_chat", invokable]) {
         return Err(crate::auth::AuthError::MissingScope("duo chat").into());
     }
     let request: ChatRequest = parse_json(body)?;

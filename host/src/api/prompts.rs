@@ -77,7 +77,7 @@ pub async fn handle(
     let prompts = state.prompts();
     let family = request.model_metadata.as_ref().and_then(|m| m.name.as_deref()).unwrap_or("base");
     let prompt = prompts.for_family(id, family, request.prompt_version.as_deref())?;
-    if !prompt.unit_primitives.is_empty() && !prompt.unit_primitives.iter().any(|scope| principal.has_scope(scope)) {
+    if !prompt.unit_primitives.is_empty() && !principal.has_any_scope(&prompt.unit_primitives) {
         return Err(GatewayError::Auth(AuthError::PromptScope(id.to_string())));
     }
     let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;

@@ -47,9 +47,14 @@ impl Principal {
         self.unrestricted || self.scopes.iter().any(|s| s == scope)
     }
 
+    /// Whether any of `scopes` was granted.
+    pub fn has_any_scope(&self, scopes: &[impl AsRef<str>]) -> bool {
+        scopes.iter().any(|scope| self.has_scope(scope.as_ref()))
+    }
+
     /// Succeeds when any of `accepted` was granted; else 403 naming `feature`.
     pub fn require_any(&self, accepted: &[&str], feature: &'static str) -> Result<(), AuthError> {
-        if accepted.iter().any(|scope| self.has_scope(scope)) { Ok(()) } else { Err(AuthError::MissingScope(feature)) }
+        if self.has_any_scope(accepted) { Ok(()) } else { Err(AuthError::MissingScope(feature)) }
     }
 }
 

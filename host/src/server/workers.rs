@@ -31,12 +31,14 @@ pub fn current() -> usize {
 
 /// Note that this thread began a request at `started`: its worker keeps a timer armed for a while.
 pub fn note_request(started: Instant) {
-    let was_idle = LAST_REQUEST.with(|last| {
-        last.replace(Some(started)).is_none_or(|before| started.saturating_duration_since(before) >= IDLE_AFTER)
-    });
-    if was_idle {
+    if !busy_at(LAST_REQUEST.with(|last| last.replace(Some(started))), started) {
         BUSY_AGAIN.with(|busy| busy.notify_one());
     }
+}
+
+/// Whether a worker whose last request began at `last` counts as busy at `now`.
+fn busy_at(last: Option<Instant>, now: Instant) -> bool {
+    last.is_some_and(|last| now.saturating_duration_since(last) < IDLE_AFTER)
 }
 
 /// How a worker is asked to stop.
@@ -152,8 +154,7 @@ async fn keep_a_timer_armed() {
     const BUSY_TICK: Duration = Duration::from_millis(10);
     let busy_again = BUSY_AGAIN.with(Arc::clone);
     loop {
-        let busy = LAST_REQUEST.with(Cell::get).is_some_and(|last| last.elapsed() < IDLE_AFTER);
-        if busy {
+        if busy_at(LAST_REQUEST.with(Cell::get), Instant::now()) {
             tokio::time::sleep(BUSY_TICK).await;
         } else {
             busy_again.notified().await;
