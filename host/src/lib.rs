@@ -257,7 +257,7 @@ fn build_verifier(
                 tokio::time::sleep(JWKS_REFRESH_PERIOD).await;
             }
         }));
-        verifier = verifier.trust_instance(gitlab_url, jwks);
+        verifier = verifier.trust_instance(gitlab_url, jwks, config.allowed_kids.clone());
     }
     if !config.gateway_keys.is_empty() {
         let keys: Vec<&SigningKey> = config.gateway_keys.iter().collect();

@@ -58,15 +58,72 @@ impl Principal {
     }
 }
 
+/// The claims aigw reads. `scopes` has no default: a token without a list of scopes is not an
+/// AI-gateway token, whatever else it carries.
 #[derive(Debug, Clone, Deserialize)]
 struct Claims {
     exp: u64,
     nbf: u64,
     sub: Option<String>,
-    #[serde(default)]
     scopes: Vec<String>,
     gitlab_realm: Option<String>,
     gitlab_instance_id: Option<serde_json::Value>,
+}
+
+/// A token's claims as decoded: the ones aigw reads, and the names of all the others.
+#[derive(Deserialize)]
+struct DecodedClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(flatten)]
+    others: HashMap<String, serde::de::IgnoredAny>,
+}
+
+/// Claims that only GitLab CI job tokens (`id_tokens`) carry. The instance signs those with a
+/// key published in the same key set as the one that signs its AI-gateway tokens, and a job's
+/// author chooses their `aud`, so a signature and an audience alone do not make a token ours.
+const CI_JOB_CLAIMS: [&str; 21] = [
+    "namespace_id",
+    "namespace_path",
+    "project_id",
+    "project_path",
+    "project_visibility",
+    "pipeline_id",
+    "pipeline_source",
+    "job_id",
+    "ref",
+    "ref_type",
+    "ref_path",
+    "ref_protected",
+    "runner_id",
+    "runner_environment",
+    "sha",
+    "ci_config_ref_uri",
+    "ci_config_sha",
+    "environment",
+    "environment_protected",
+    "environment_action",
+    "deployment_tier",
+];
+
+/// How a CI job token's `sub` starts (`project_path:grp/proj:ref_type:branch:ref:main`).
+const CI_JOB_SUBJECT_PREFIX: &str = "project_path:";
+
+impl DecodedClaims {
+    /// Refuse what is not shaped as an AI-gateway token: any CI job claim, a CI subject, or
+    /// (for the instance's tokens, which always carry it) no realm.
+    fn into_gateway_claims(self, require_realm: bool) -> Result<Claims, AuthError> {
+        if let Some(claim) = CI_JOB_CLAIMS.iter().find(|claim| self.others.contains_key(**claim)) {
+            return Err(AuthError::forbidden(format!("a CI job token (claim {claim:?}) is not an AI-gateway token")));
+        }
+        if self.claims.sub.as_deref().is_some_and(|sub| sub.starts_with(CI_JOB_SUBJECT_PREFIX)) {
+            return Err(AuthError::forbidden("a CI job token (sub \"project_path:…\") is not an AI-gateway token"));
+        }
+        if require_realm && self.claims.gitlab_realm.as_deref().is_none_or(|realm| realm.trim().is_empty()) {
+            return Err(AuthError::forbidden("the token has no gitlab_realm claim, so it is not an AI-gateway token"));
+        }
+        Ok(self.claims)
+    }
 }
 
 /// Where an issuer's keys come from.
@@ -82,6 +139,11 @@ struct TrustedIssuer {
     keys: KeySource,
     /// Tokens this gateway minted for IDE direct access: `sub` is the user, not the instance.
     gateway: bool,
+    /// The issuer's AI-gateway tokens always name their realm (the instance's do; the
+    /// development key's do not, so that a newcomer's curl needs no realm header).
+    require_realm: bool,
+    /// Key ids accepted from this issuer (`AIGW_AUTH__ALLOWED_KIDS`); `None`: any it publishes.
+    allowed_kids: Option<Vec<String>>,
 }
 
 /// Verifies bearer tokens against the trusted issuers.
@@ -122,12 +184,15 @@ impl Verifier {
         Verifier { issuers: Vec::new(), verified: std::sync::Mutex::new(HashMap::new()) }
     }
 
-    /// Trust tokens with `iss` = the instance URL, signed by a key the instance publishes.
-    pub fn trust_instance(mut self, gitlab_url: &str, jwks: Arc<JwksCache>) -> Self {
+    /// Trust tokens with `iss` = the instance URL, signed by a key the instance publishes; when
+    /// `allowed_kids` is given, only by a key with one of those ids.
+    pub fn trust_instance(mut self, gitlab_url: &str, jwks: Arc<JwksCache>, allowed_kids: Option<Vec<String>>) -> Self {
         self.issuers.push(TrustedIssuer {
             issuer: gitlab_url.to_string(),
             keys: KeySource::Instance(jwks),
             gateway: false,
+            require_realm: true,
+            allowed_kids,
         });
         self
     }
@@ -135,15 +200,28 @@ impl Verifier {
     /// Trust tokens with `iss` = `issuer`, signed by `key` (kid `kid`).
     pub fn trust_local_key(mut self, issuer: &str, kid: &str, key: DecodingKey) -> Self {
         let keys = HashMap::from([(kid.to_string(), key)]);
-        self.issuers.push(TrustedIssuer { issuer: issuer.to_string(), keys: KeySource::Local(keys), gateway: false });
+        self.issuers.push(TrustedIssuer {
+            issuer: issuer.to_string(),
+            keys: KeySource::Local(keys),
+            gateway: false,
+            require_realm: false,
+            allowed_kids: None,
+        });
         self
     }
 
     /// Trust this gateway's own tokens (issuer and audience `gitlab-ai-gateway`) signed by any of
-    /// `keys` (the signing key, and the validation key kept through a rotation).
+    /// `keys` (the signing key, and the validation key kept through a rotation). Their realm is
+    /// copied from the instance token that asked for them, so it is not required here.
     pub fn trust_gateway_keys(mut self, keys: &[&super::SigningKey]) -> Self {
         let keys = keys.iter().map(|k| (k.kid().to_string(), k.decoding_key().clone())).collect();
-        self.issuers.push(TrustedIssuer { issuer: AUDIENCE.to_string(), keys: KeySource::Local(keys), gateway: true });
+        self.issuers.push(TrustedIssuer {
+            issuer: AUDIENCE.to_string(),
+            keys: KeySource::Local(keys),
+            gateway: true,
+            require_realm: false,
+            allowed_kids: None,
+        });
         self
     }
 
@@ -231,7 +309,14 @@ impl Verifier {
             return Err(AuthError::forbidden(format!("algorithm {:?} is not accepted", header.alg)));
         }
         let kid = header.kid.ok_or_else(|| AuthError::forbidden("token has no kid"))?;
+        let mut pinned_out = false;
         for issuer in &self.issuers {
+            // Checked before the key set is consulted, so a pinned deployment never refreshes
+            // the instance's keys for a kid it would refuse anyway.
+            if issuer.allowed_kids.as_ref().is_some_and(|allowed| !allowed.contains(&kid)) {
+                pinned_out = true;
+                continue;
+            }
             let key = match &issuer.keys {
                 KeySource::Local(keys) => keys.get(&kid).map(KeyRef::Borrowed),
                 KeySource::Instance(jwks) => jwks.key(&kid).await.map(KeyRef::Shared),
@@ -243,11 +328,15 @@ impl Verifier {
             validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss"]);
             validation.validate_nbf = true;
             validation.leeway = LEEWAY_SECS;
-            return jsonwebtoken::decode::<Claims>(token, key.as_ref(), &validation)
-                .map(|data| (data.claims, issuer.gateway))
-                .map_err(AuthError::forbidden);
+            let decoded = jsonwebtoken::decode::<DecodedClaims>(token, key.as_ref(), &validation)
+                .map_err(AuthError::forbidden)?;
+            return Ok((decoded.claims.into_gateway_claims(issuer.require_realm)?, issuer.gateway));
         }
-        Err(AuthError::forbidden(format!("no trusted key with kid {kid:?}")))
+        Err(AuthError::forbidden(if pinned_out {
+            format!("kid {kid:?} is not in AIGW_AUTH__ALLOWED_KIDS")
+        } else {
+            format!("no trusted key with kid {kid:?}")
+        }))
     }
 }
 
@@ -285,5 +374,42 @@ fn check_header(
     match claim {
         Some(expected) if header_str(headers, name) != Some(expected) => Err(AuthError::HeaderMismatch(display)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn shaped(claims: serde_json::Value, require_realm: bool) -> Result<Claims, String> {
+        let decoded: DecodedClaims = serde_json::from_value(claims).map_err(|e| e.to_string())?;
+        decoded.into_gateway_claims(require_realm).map_err(|e| match e {
+            AuthError::Forbidden { reason } => reason,
+            other => panic!("not a Forbidden: {other:?}"),
+        })
+    }
+
+    fn gateway_claims() -> serde_json::Value {
+        json!({"exp": 2, "nbf": 1, "iss": "https://gitlab", "sub": "uuid", "gitlab_realm": "self-managed",
+               "scopes": ["complete_code"]})
+    }
+
+    #[test]
+    fn refusals_say_why_for_the_log() {
+        assert!(shaped(gateway_claims(), true).is_ok());
+        let mut ci = gateway_claims();
+        ci["job_id"] = json!("5005");
+        assert!(shaped(ci, true).unwrap_err().contains("\"job_id\""));
+        let mut subject = gateway_claims();
+        subject["sub"] = json!("project_path:g/p:ref_type:branch:ref:main");
+        assert!(shaped(subject, true).unwrap_err().contains("project_path:"));
+        let mut no_realm = gateway_claims();
+        no_realm.as_object_mut().map(|c| c.remove("gitlab_realm"));
+        assert!(shaped(no_realm.clone(), true).unwrap_err().contains("gitlab_realm"));
+        assert!(shaped(no_realm, false).is_ok(), "the development key's tokens name no realm");
+        let mut no_scopes = gateway_claims();
+        no_scopes.as_object_mut().map(|c| c.remove("scopes"));
+        assert!(shaped(no_scopes, true).unwrap_err().contains("scopes"));
     }
 }

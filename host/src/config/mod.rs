@@ -78,6 +78,9 @@ pub struct Config {
     /// Shortest interval between two key-set refreshes triggered by unknown key ids
     /// (`AIGW_AUTH__JWKS_MIN_REFRESH_MS`): bounds the load a stream of forged `kid`s can put on GitLab.
     pub jwks_min_refresh: Duration,
+    /// Key ids of the instance's key set whose tokens are accepted (`AIGW_AUTH__ALLOWED_KIDS`,
+    /// comma-separated); `None`: any key the instance publishes.
+    pub allowed_kids: Option<Vec<String>>,
     /// Development mode: trust a locally generated signing key.
     pub dev: Option<DevSettings>,
 }

@@ -75,6 +75,7 @@ struct Prompts {
 struct Auth {
     jwks_min_refresh_ms: Option<u64>,
     bypass_external: Option<bool>,
+    allowed_kids: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +200,7 @@ impl RawConfig {
                 "AIGW_INGRESS__ALLOW" => self.ingress.allow = Some(value),
                 "AIGW_METRICS__LISTEN" => self.metrics.listen = Some(value),
                 "AIGW_AUTH__BYPASS_EXTERNAL" => self.auth.bypass_external = Some(parse_bool(n, &value)?),
+                "AIGW_AUTH__ALLOWED_KIDS" => self.auth.allowed_kids = Some(value),
                 "AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT" => {
                     self.duo_chat.model_request_timeout = Some(parse(n, &value, "a number of seconds")?)
                 }
@@ -361,6 +363,12 @@ impl RawConfig {
             Some(text) => Some(parse("AIGW_METRICS__LISTEN", text, "an address and port such as 127.0.0.1:9090")?),
             None => None,
         };
+        let allowed_kids = self.auth.allowed_kids.as_deref().map(str::trim).filter(|k| !k.is_empty()).map(|text| {
+            text.split(',').map(str::trim).filter(|kid| !kid.is_empty()).map(String::from).collect::<Vec<_>>()
+        });
+        if allowed_kids.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::new("AIGW_AUTH__ALLOWED_KIDS", "names no key id; list them comma-separated"));
+        }
         let chat_secs = self.duo_chat.model_request_timeout.unwrap_or(30);
         if !(1..=3600).contains(&chat_secs) {
             return Err(ConfigError::new("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "must be between 1 and 3600 seconds"));
@@ -384,6 +392,7 @@ impl RawConfig {
             max_body_bytes: max_body as usize,
             workers,
             prompts_dir: self.prompts.dir,
+            allowed_kids,
             jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms.unwrap_or(10_000)),
             aws: self.aws,
             metrics_listen,
@@ -433,6 +442,7 @@ mod tests {
             ("AIGW_METRICS__LISTEN", "9090"),
             ("AIGW_SERVER__WORKERS", "0"),
             ("AIGW_SERVER__WORKERS", "1025"),
+            ("AIGW_AUTH__ALLOWED_KIDS", " , "),
             ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", "-----BEGIN RSA PRIVATE KEY-----\nnope\n"),
         ];
         for (name, value) in cases {

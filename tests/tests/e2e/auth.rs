@@ -125,12 +125,13 @@ async fn claim_and_header_disagreements_are_header_mismatches() {
     let missing = without(t.gitlab_headers(&token), "x-gitlab-instance-id");
     assert_401(&with_headers(&t, missing).await, "Header mismatch 'X-Gitlab-Instance-Id'");
 
-    // A token without the optional claims needs no matching headers.
+    // A token without the optional claims needs no matching header. The realm is not optional:
+    // every AI-gateway token the instance signs names it (see only_tokens_shaped_as_ai_gateway_tokens_pass).
     let mut bare = instance_claims(&t.gitlab.url(), &["complete_code"]);
-    for claim in ["gitlab_realm", "gitlab_instance_id", "sub"] {
+    for claim in ["gitlab_instance_id", "sub"] {
         bare.as_object_mut().unwrap().remove(claim);
     }
-    let headers = without(without(t.gitlab_headers(&t.key.sign(&bare)), "x-gitlab-realm"), "x-gitlab-instance-id");
+    let headers = without(t.gitlab_headers(&t.key.sign(&bare)), "x-gitlab-instance-id");
     assert_eq!(with_headers(&t, headers).await.status, 200);
     assert_eq!(INSTANCE_ID.len(), 36);
 }
@@ -207,4 +208,118 @@ async fn a_verified_token_stops_working_once_its_key_is_withdrawn() {
     assert_eq!(with_token(&t, &next.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))).await.status, 200);
     let answer = with_token(&t, &token).await;
     assert_eq!(answer.status, 401, "a cached verification does not outlive the key: {}", answer.text());
+}
+
+/// A GitLab CI job's `id_token` whose author chose `aud: gitlab-ai-gateway`: the instance signs it
+/// with a key from the same published set as its AI-gateway tokens.
+fn ci_job_claims(issuer: &str) -> Value {
+    let now = now();
+    json!({
+        "iss": issuer, "aud": "gitlab-ai-gateway", "iat": now, "nbf": now - 5, "exp": now + 300,
+        "jti": "ci-jti", "sub": "project_path:grp/proj:ref_type:branch:ref:main",
+        "namespace_id": "7", "namespace_path": "grp", "project_id": "42", "project_path": "grp/proj",
+        "user_id": "3", "user_login": "dev", "pipeline_id": "1001", "pipeline_source": "push",
+        "job_id": "5005", "ref": "main", "ref_type": "branch", "ref_path": "refs/heads/main",
+        "ref_protected": "true", "runner_id": 9, "runner_environment": "self-hosted", "sha": "abc123",
+    })
+}
+
+const TEST_CONNECTION: &str = "/v1/prompts/model_configuration%2Fcheck";
+
+fn test_connection_body(t: &TestGateway) -> Value {
+    json!({"stream": false, "inputs": {},
+           "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
+                              "api_key": "k", "identifier": "custom_openai/mistral-small"}})
+}
+
+#[tokio::test]
+async fn ci_job_tokens_are_not_ai_gateway_tokens() {
+    let t = TestGateway::start().await;
+    let issuer = t.gitlab.url();
+    let ci = ci_job_claims(&issuer);
+    // The same CI claims with everything an AI-gateway token has added, and CI claims one by one.
+    let mut dressed = ci.clone();
+    dressed["scopes"] = json!(["complete_code", "generate_code"]);
+    dressed["gitlab_realm"] = json!("self-managed");
+    dressed["sub"] = json!(INSTANCE_ID);
+    let mut one_claim = instance_claims(&issuer, &["complete_code"]);
+    one_claim["pipeline_id"] = json!("1001");
+    let mut ci_subject = instance_claims(&issuer, &["complete_code"]);
+    ci_subject["sub"] = json!("project_path:grp/proj:ref_type:branch:ref:main");
+    let cases = [("CI job token", ci), ("CI token with scopes and realm", dressed), ("one CI claim", one_claim)];
+    for (case, claims) in cases {
+        let token = t.key.sign(&claims);
+        for (path, body) in [
+            (TEST_CONNECTION, test_connection_body(&t)),
+            ("/v1/prompts/code_generations", test_connection_body(&t)),
+            ("/v2/code/completions", t.completion_body("codestral", None, false)),
+        ] {
+            let answer = t.post(path, &t.gitlab_headers(&token), &body).await;
+            assert_eq!(answer.status, 401, "{case} on {path}: {}", answer.text());
+            assert_eq!(answer.json(), json!({"error": "Forbidden by auth provider"}), "{case} on {path}");
+        }
+    }
+    // A CI subject is refused even when the instance id header matches nothing.
+    let headers = without(t.gitlab_headers(&t.key.sign(&ci_subject)), "x-gitlab-instance-id");
+    assert_401(&with_headers(&t, headers).await, "Forbidden by auth provider");
+    assert!(t.model.requests().is_empty(), "no CI token reached the model");
+}
+
+#[tokio::test]
+async fn only_tokens_shaped_as_ai_gateway_tokens_pass() {
+    let t = TestGateway::start().await;
+    let issuer = t.gitlab.url();
+    let mut no_scopes = instance_claims(&issuer, &["complete_code"]);
+    no_scopes.as_object_mut().unwrap().remove("scopes");
+    let mut scopes_string = instance_claims(&issuer, &["complete_code"]);
+    scopes_string["scopes"] = json!("complete_code");
+    let mut scopes_numbers = instance_claims(&issuer, &["complete_code"]);
+    scopes_numbers["scopes"] = json!([1, 2]);
+    let mut no_realm = instance_claims(&issuer, &["complete_code"]);
+    no_realm.as_object_mut().unwrap().remove("gitlab_realm");
+    let mut empty_realm = instance_claims(&issuer, &["complete_code"]);
+    empty_realm["gitlab_realm"] = json!("");
+    for (case, claims) in [
+        ("no scopes", no_scopes),
+        ("scopes as a string", scopes_string),
+        ("scopes as numbers", scopes_numbers),
+        ("no realm", no_realm),
+        ("empty realm", empty_realm),
+    ] {
+        for (path, body) in [
+            (TEST_CONNECTION, test_connection_body(&t)),
+            ("/v2/code/completions", t.completion_body("codestral", None, false)),
+        ] {
+            let answer = t.post(path, &t.gitlab_headers(&t.key.sign(&claims)), &body).await;
+            assert_eq!(answer.status, 401, "{case} on {path}: {}", answer.text());
+            assert_eq!(answer.json(), json!({"error": "Forbidden by auth provider"}), "{case}");
+        }
+    }
+    assert!(t.model.requests().is_empty());
+    // The shape the instance really sends, an empty scope list included, authenticates.
+    let answer = t.post(TEST_CONNECTION, &t.gitlab_headers(&t.token(&[])), &test_connection_body(&t)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn allowed_kids_pin_the_instance_keys() {
+    let t = Setup::default().env("AIGW_AUTH__ALLOWED_KIDS", "gitlab-key-1, gitlab-key-0").start().await;
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200, "a pinned kid");
+    // The instance publishes a second key (its CI key, say); tokens it signs are refused.
+    let ci_key = TestKey::generate("gitlab-ci-key");
+    t.gitlab.publish(&[&t.key, &ci_key]);
+    let fetches = t.gitlab.jwks_fetches();
+    let answer = with_token(&t, &ci_key.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))).await;
+    assert_401(&answer, "Forbidden by auth provider");
+    assert_eq!(t.gitlab.jwks_fetches(), fetches, "a kid outside the pin never refreshes the key set");
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
+
+    // Without the pin, the same token would pass: the pin is what refuses it.
+    let open = TestGateway::start().await;
+    let other = TestKey::generate("gitlab-key-2");
+    open.gitlab.publish(&[&open.key, &other]);
+    assert_eq!(
+        with_token(&open, &other.sign(&instance_claims(&open.gitlab.url(), &["complete_code"]))).await.status,
+        200
+    );
 }
