@@ -65,6 +65,19 @@ fn model_status_as_421(error: GatewayError) -> GatewayError {
     }
 }
 
+/// Who may call a prompt by id: a holder of one of its scopes, everyone for an open prompt, and
+/// nobody for a prompt that declares neither (so that forgetting a scope closes, not opens, it).
+fn authorize(prompt: &crate::prompts::Prompt, principal: &Principal, id: &str) -> Result<(), AuthError> {
+    let allowed = if prompt.open {
+        true
+    } else {
+        !prompt.unit_primitives.is_empty()
+            && principal.has_any_scope(&prompt.unit_primitives)
+            && (prompt.gateway_tokens || !principal.gateway_issued)
+    };
+    if allowed { Ok(()) } else { Err(AuthError::PromptScope(id.to_string())) }
+}
+
 /// Handle one call for prompt `id`.
 pub async fn handle(
     state: &AppState,
@@ -77,9 +90,7 @@ pub async fn handle(
     let prompts = state.prompts();
     let family = request.model_metadata.as_ref().and_then(|m| m.name.as_deref()).unwrap_or("base");
     let prompt = prompts.for_family(id, family, request.prompt_version.as_deref())?;
-    if !prompt.unit_primitives.is_empty() && !principal.has_any_scope(&prompt.unit_primitives) {
-        return Err(GatewayError::Auth(AuthError::PromptScope(id.to_string())));
-    }
+    authorize(prompt, principal, id)?;
     let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
     // Each input is a template variable; `inputs` holds them all, for prompts that show the model
     // whatever the instance sent.

@@ -62,8 +62,15 @@ struct PromptFile {
     /// how that family differs from `base`.
     extends: Option<String>,
     /// Scope(s) a caller needs to use the prompt through `/v*/prompts`: one, or a list of which
-    /// any one will do; absent means any authenticated caller.
+    /// any one will do. A prompt with none is refused by id unless it is `open`.
     unit_primitive: Option<Scopes>,
+    /// Any authenticated caller may use it by id (GitLab's "Test connection" prompt only). Never
+    /// inherited: a prompt is opened by its own file or not at all.
+    #[serde(default)]
+    open: bool,
+    /// Whether tokens this gateway issued for IDE direct access may use it by id (default yes;
+    /// generation prompts say no, as `/v2/code/generations` refuses those tokens).
+    gateway_tokens: Option<bool>,
     #[serde(default)]
     params: ParamsFile,
     budget: Option<Budget>,
@@ -168,8 +175,12 @@ pub struct Prompt {
     pub description: String,
     /// The prompt it extends, if any.
     pub extends: Option<String>,
-    /// Scopes of which a caller needs one to call it by id; empty: any authenticated caller.
+    /// Scopes of which a caller needs one to call it by id; empty: nobody, unless `open`.
     pub unit_primitives: Vec<String>,
+    /// Any authenticated caller may call it by id.
+    pub open: bool,
+    /// Tokens this gateway issued may call it by id.
+    pub gateway_tokens: bool,
     /// Default sampling.
     pub params: Params,
     /// Context budget, for code prompts.
@@ -284,6 +295,19 @@ impl PromptRegistry {
         for versions in registry.prompts.values_mut() {
             versions.sort_by(|a, b| a.version.cmp(&b.version));
         }
+        let mut closed: Vec<&str> = registry
+            .prompts
+            .iter()
+            .filter(|(_, versions)| versions.iter().any(|p| !p.open && p.unit_primitives.is_empty()))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !closed.is_empty() {
+            closed.sort_unstable();
+            tracing::warn!(
+                prompts = %closed.join(","),
+                "prompts without unit_primitive (and not open) are refused when called by id"
+            );
+        }
         Ok(registry)
     }
 
@@ -306,6 +330,12 @@ impl PromptRegistry {
             Some(scopes) => scopes.into(),
             None => parent.map(|p| p.unit_primitives.clone()).unwrap_or_default(),
         };
+        if file.open && !unit_primitives.is_empty() {
+            return Err(
+                bad("`open` and `unit_primitive` exclude each other: a prompt is open to all, or gated".into()),
+            );
+        }
+        let gateway_tokens = file.gateway_tokens.or(parent.map(|p| p.gateway_tokens)).unwrap_or(true);
         let inherited_messages = parent.map(|p| p.messages.clone()).unwrap_or_default();
         let mut messages = Vec::with_capacity(file.messages.len());
         for (index, message) in file.messages.into_iter().enumerate() {
@@ -322,6 +352,8 @@ impl PromptRegistry {
             description: file.description,
             extends: file.extends,
             unit_primitives,
+            open: file.open,
+            gateway_tokens,
             params,
             budget,
             messages,
@@ -551,6 +583,33 @@ mod tests {
             (by_id.unit_primitives.as_slice(), by_id.params.max_tokens),
             (&["generate_code".to_string()][..], Some(2048))
         );
+    }
+
+    #[test]
+    fn every_builtin_prompt_is_gated_and_only_test_connection_is_open() {
+        let registry = PromptRegistry::embedded().unwrap();
+        for (id, versions) in &registry.prompts {
+            for prompt in versions {
+                let gated = !prompt.unit_primitives.is_empty();
+                assert!(gated != prompt.open, "{id}: gated or open, exactly one");
+                assert_eq!(prompt.open, id == "model_configuration/check", "{id}");
+                let generation = id.starts_with("code_generations") || id.starts_with("code_suggestions/generations");
+                assert_eq!(prompt.gateway_tokens, !generation, "{id}: gateway tokens only where completion is");
+            }
+        }
+    }
+
+    #[test]
+    fn open_and_gated_at_once_is_refused() {
+        let file = "open = true\nunit_primitive = \"duo_chat\"\n[[messages]]\nrole = \"user\"\ncontent = \"hi\"";
+        let err = PromptRegistry::from_files([("p/1.0.0.toml".to_string(), file.to_string())]).unwrap_err();
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+        let extending = [
+            ("open/1.0.0.toml".to_string(), "open = true\n[[messages]]\nrole = \"user\"\ncontent = \"hi\"".to_string()),
+            ("child/1.0.0.toml".to_string(), "extends = \"open\"".to_string()),
+        ];
+        let registry = PromptRegistry::from_files(extending).unwrap();
+        assert!(!registry.latest("child").unwrap().open, "openness is never inherited");
     }
 
     #[test]

@@ -109,3 +109,31 @@ async fn without_a_signing_key_minting_is_unavailable() {
     assert_eq!(answer.status, 503);
     assert!(answer.json()["detail"].as_str().unwrap().contains("AIGW_SELF_SIGNED_JWT__SIGNING_KEY"));
 }
+
+#[tokio::test]
+async fn gateway_tokens_reach_completion_prompts_but_never_generation_prompts() {
+    let (signing, validation) = (TestKey::generate("s"), TestKey::generate("v"));
+    let t = gateway_with_keys(&signing, &validation).await;
+    let minted = mint(&t, &["complete_code"]).await.json()["token"].as_str().unwrap().to_string();
+    // Minting grants completion scopes only; a gateway token that somehow carried the generation
+    // scope must still be refused generation, as /v2/code/generations refuses it.
+    let key = SigningKey::from_pem(&signing.pem).unwrap();
+    let generation = key.sign(&UserAccessClaims::new("user-42", None, vec!["generate_code".into()])).unwrap();
+    let body = json!({"inputs": {"prefix": "def f():", "suffix": "", "language": "python", "file_name": "a.py"},
+                      "model_metadata": {"provider": "openai", "name": "codestral", "endpoint": t.model.base_url(),
+                                         "api_key": "k", "identifier": "custom_openai/codestral"}});
+    for token in [&minted, &generation] {
+        for id in ["code_generations", "code_suggestions%2Fgenerations"] {
+            let answer = t.post(&format!("/v1/prompts/{id}"), &ide_headers(token, "user-42"), &body).await;
+            assert_eq!(answer.status, 403, "{id}: {}", answer.text());
+        }
+    }
+    let refused = t.post("/v2/code/generations", &ide_headers(&generation, "user-42"), &json!({})).await;
+    assert_eq!(refused.status, 403, "the endpoint refuses it the same way");
+    assert!(t.model.requests().is_empty());
+    let answer = t.post("/v1/prompts/code_completions", &ide_headers(&minted, "user-42"), &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // The instance's own token with the generation scope does reach generation.
+    let instance = t.gitlab_headers(&t.token(&["generate_code"]));
+    assert_eq!(t.post("/v1/prompts/code_generations", &instance, &body).await.status, 200);
+}

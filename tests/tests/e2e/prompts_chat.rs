@@ -221,7 +221,7 @@ async fn the_prompts_directory_hot_reloads_and_keeps_the_last_good_set() {
     let dir = prompts.path().join("greeting");
     std::fs::create_dir_all(&dir).unwrap();
     let write = |version: &str, text: &str| {
-        let body = format!("[[messages]]\nrole = \"user\"\ncontent = \"{text}\"\n");
+        let body = format!("unit_primitive = \"duo_chat\"\n[[messages]]\nrole = \"user\"\ncontent = \"{text}\"\n");
         aigw_tests::deploy(&dir.join(format!("{version}.toml")), body.as_bytes());
     };
     write("1.0.0", "say A");
@@ -245,4 +245,67 @@ async fn the_prompts_directory_hot_reloads_and_keeps_the_last_good_set() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(greet(&t).await, 200, "a broken file never replaces the working set");
     assert_eq!(sent(&t), "say B");
+}
+
+/// Every prompt id the built-in registry serves, from its data directory (`<id>/<version>.toml`).
+fn builtin_prompt_ids() -> Vec<String> {
+    let root = aigw_tests::workspace().join("host/prompts");
+    let mut ids = std::collections::BTreeSet::new();
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                ids.insert(dir.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_token_without_scopes_reaches_only_the_open_prompts() {
+    let t = TestGateway::start().await;
+    let ids = builtin_prompt_ids();
+    assert!(ids.len() > 40, "the walk found the registry: {ids:?}");
+    let open = ["model_configuration/check"];
+    // The ids as callers send them: each folder, and each family-less id GitLab names.
+    let mut called: Vec<String> = ids.clone();
+    called.extend(["code_completions", "code_generations", "chat/react"].map(String::from));
+    for id in &called {
+        let path = format!("/v1/prompts/{}", id.replace('/', "%2F"));
+        let answer = call(&t, &path, &[], &check_body(&t, false)).await;
+        if open.contains(&id.as_str()) {
+            assert_eq!(answer.status, 200, "{id} is open: {}", answer.text());
+        } else {
+            assert_eq!(answer.status, 403, "{id}: {}", answer.text());
+            assert_eq!(answer.json(), json!({"detail": format!("Unauthorized to access '{id}'")}), "{id}");
+        }
+    }
+    assert_eq!(t.model.requests().len(), open.len(), "only the open prompts called the model");
+}
+
+#[tokio::test]
+async fn code_prompts_by_id_need_the_code_endpoints_scopes() {
+    let t = TestGateway::start().await;
+    let inputs = json!({"prefix": "def f():", "suffix": "", "language": "python", "file_name": "a.py",
+                        "instruction": "", "user_instruction": "", "context": ""});
+    let mut body = check_body(&t, false);
+    body["inputs"] = inputs;
+    // One unit primitive each, as GitLab's registry declares them.
+    for (id, granted, refused) in [
+        ("code_completions", "complete_code", ["generate_code", "duo_chat"]),
+        ("code_completions/codestral", "complete_code", ["generate_code", "duo_chat"]),
+        ("code_generations", "generate_code", ["complete_code", "duo_chat"]),
+        ("code_suggestions/generations", "generate_code", ["complete_code", "duo_chat"]),
+    ] {
+        let path = format!("/v1/prompts/{}", id.replace('/', "%2F"));
+        let answer = call(&t, &path, &[granted], &body).await;
+        assert_eq!(answer.status, 200, "{id} with {granted}: {}", answer.text());
+        for scope in refused {
+            assert_eq!(call(&t, &path, &[scope], &body).await.status, 403, "{id} with {scope}");
+        }
+    }
 }

@@ -156,7 +156,7 @@ async fn pre_releases_are_served_only_when_asked_for_by_name() {
     let dir = prompts.path().join("greeting/base");
     std::fs::create_dir_all(&dir).unwrap();
     for (version, text) in [("1.0.0", "stable"), ("1.1.0-dev", "unreleased")] {
-        let file = format!("[[messages]]\nrole = \"user\"\ncontent = \"{text}\"\n");
+        let file = format!("unit_primitive = \"duo_chat\"\n[[messages]]\nrole = \"user\"\ncontent = \"{text}\"\n");
         std::fs::write(dir.join(format!("{version}.toml")), file).unwrap();
     }
     let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
