@@ -69,9 +69,11 @@ bench: build
 	./target/release/aigw-bench gateway
 	$(CARGO) bench -p aigw-bench --bench micro
 
-## lint: formatting and clippy, warnings denied.
+## lint: formatting, clippy with warnings denied, and no import cycle between the host's
+## top-level modules.
 lint:
 	$(CARGO) fmt --all -- --check
+	python3 tools/module_cycles.py host/src
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:

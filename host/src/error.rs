@@ -1,11 +1,10 @@
-//! The gateway error: every module's error meets here, in one exhaustive mapping to the status
-//! and body GitLab's gateway would send.
+//! The gateway error: every module's error meets here, in one exhaustive mapping to the status,
+//! body and headers GitLab's gateway would send. Data only: `response` renders it.
 
 use crate::auth::AuthError;
 use crate::plugins::{PluginError, wit};
 use crate::prompts::PromptError;
 use crate::upstream::UpstreamError;
-use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
@@ -144,22 +143,5 @@ impl GatewayError {
             }
             _ => Vec::new(),
         }
-    }
-
-    /// The complete HTTP response.
-    pub fn into_response(self) -> http::Response<crate::server::Body> {
-        let (status, body) = self.status_and_body();
-        // The debug form carries internal reasons (why a token was refused, which timeout
-        // fired) that the caller never sees; none of them contains a token or a key.
-        if status.is_server_error() {
-            tracing::warn!(error = ?self, status = status.as_u16(), "request failed");
-        } else {
-            tracing::info!(error = ?self, status = status.as_u16(), "request refused");
-        }
-        let mut response = crate::server::json_response(status, Bytes::from(body.to_string()));
-        for (name, value) in self.headers() {
-            response.headers_mut().insert(name, value);
-        }
-        response
     }
 }

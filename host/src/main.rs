@@ -102,7 +102,7 @@ fn dev_key(config: &Config) -> anyhow::Result<(SigningKey, String)> {
 
 async fn serve(config_file: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
     let config = load_config(config_file, dev)?;
-    aigw::telemetry::init(&config);
+    aigw::telemetry::init(&config.log_level, config.log_json);
     let mut options = StartOptions::default();
     let mut dev_token = None;
     if dev {

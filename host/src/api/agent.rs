@@ -3,15 +3,15 @@
 //! and the tools the caller's scopes allow) and streams the model's text back as NDJSON events.
 
 use super::model::ModelMetadata;
-use super::pipeline::{self, ChunkStream, ModelJob, Outcome};
+use super::parse_json;
 use super::react::ReactParser;
-use super::{AppState, parse_json};
 use crate::auth::Principal;
 use crate::error::GatewayError;
+use crate::pipeline::{self, ChunkStream, Deadline, ModelJob};
 use crate::plugins::wit;
-use crate::server::Body;
+use crate::response::Body;
+use crate::state::RequestState;
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,9 +41,6 @@ const TOOLS: [(&str, &str, &str); 6] = [
     ("build_reader", "ask_build", "Reads a CI job and its log. Input: the job URL or ID and what you want to know."),
     ("gitlab_documentation", "documentation_search", "Searches GitLab's documentation. Input: a search question."),
 ];
-
-/// Scopes that grant the agent endpoint.
-const SCOPES: [&str; 2] = ["duo_classic_chat", "duo_chat"];
 
 /// The ReAct prompt: the system message, per family (`chat/react/<family>`, else `base`).
 const PROMPT_ID: &str = "chat/react";
@@ -163,11 +160,10 @@ fn conversation(messages: &[AgentMessage], principal: &Principal) -> Result<Vec<
 
 /// Handle one agent step.
 pub async fn handle(
-    state: &AppState,
+    state: &RequestState<'_>,
     principal: &Principal,
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
-    principal.require_any(&SCOPES, "duo chat")?;
     let request: AgentRequest = parse_json(body)?;
     let mut messages = conversation(&request.messages, principal)?;
     let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
@@ -187,22 +183,7 @@ pub async fn handle(
         sampling.stop.push("Observation:".to_string());
     }
     let model = target.model.clone();
-    let model_request = wit::ModelRequest {
-        model: target.model.clone(),
-        messages: system,
-        fill_in_middle: None,
-        sampling,
-        stream: true,
-    };
-    let chunks = match pipeline::run(
-        state,
-        ModelJob { target, request: model_request, total_timeout: Some(state.config.chat_timeout) },
-    )
-    .await?
-    {
-        Outcome::Stream(chunks) => *chunks,
-        Outcome::Complete(_) => return Err(GatewayError::Unavailable("the agent needs a streamed answer".into())),
-    };
+    let chunks = pipeline::stream(state, ModelJob::new(target, system, sampling, Deadline::Chat)).await?;
     Ok(events_response(chunks, model))
 }
 
@@ -280,7 +261,5 @@ fn events_response(chunks: ChunkStream, model: String) -> http::Response<Body> {
         let event = state.next().await?;
         Some((Ok::<_, GatewayError>(Frame::data(Bytes::from(format!("{event}\n")))), state))
     });
-    let mut response = http::Response::new(StreamBody::new(lines).boxed_unsync());
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
-    response
+    crate::response::streamed_response(crate::response::NDJSON, lines)
 }

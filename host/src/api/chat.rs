@@ -2,14 +2,13 @@
 //! a message list) in exactly one prompt component; the answer is `{"response", "metadata"}` or
 //! the raw text stream.
 
-use super::model::{ModelFields, ModelTarget};
-use super::pipeline::{self, ModelJob, Outcome};
 use super::stream::raw_text_response;
-use super::{AppState, parse_json, parse_messages};
-use crate::auth::Principal;
+use super::{parse_json, parse_messages};
 use crate::error::GatewayError;
+use crate::pipeline::{self, Deadline, ModelFields, ModelJob, ModelTarget};
 use crate::plugins::wit;
-use crate::server::{Body, json_response};
+use crate::response::{Body, json_response};
+use crate::state::RequestState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -73,16 +72,8 @@ struct ChatAnswer<'a> {
     metadata: ChatMetadata<'a>,
 }
 
-/// Handle one call of `invokable` (already known to be in [`INVOKABLES`]).
-pub async fn handle(
-    state: &AppState,
-    principal: &Principal,
-    invokable: &str,
-    body: &[u8],
-) -> Result<http::Response<Body>, GatewayError> {
-    if !principal.has_any_scope(&["duo_chat", invokable]) {
-        return Err(crate::auth::AuthError::MissingScope("duo chat").into());
-    }
+/// Handle one call of an invokable (one of [`INVOKABLES`]; the route table has checked its scope).
+pub async fn handle(state: &RequestState<'_>, body: &[u8]) -> Result<http::Response<Body>, GatewayError> {
     let request: ChatRequest = parse_json(body)?;
     let [component] = request.prompt_components.as_slice() else {
         return Err(GatewayError::Unprocessable("exactly one prompt component is required".into()));
@@ -104,34 +95,20 @@ pub async fn handle(
     )?;
     let provider = payload.provider.clone().unwrap_or_else(|| "litellm".to_string());
     let family = target.family.clone();
-    let model_request = wit::ModelRequest {
-        model: target.model.clone(),
-        messages,
-        fill_in_middle: None,
-        sampling: wit::Sampling {
-            max_tokens: payload.params.max_tokens_to_sample,
-            temperature: payload.params.temperature,
-            top_p: None,
-            stop: payload.params.stop_sequences.clone().unwrap_or_default(),
-        },
-        stream: request.stream,
+    let sampling = wit::Sampling {
+        max_tokens: payload.params.max_tokens_to_sample,
+        temperature: payload.params.temperature,
+        top_p: None,
+        stop: payload.params.stop_sequences.clone().unwrap_or_default(),
     };
-    Ok(
-        match pipeline::run(
-            state,
-            ModelJob { target, request: model_request, total_timeout: Some(state.config.chat_timeout) },
-        )
-        .await?
-        {
-            Outcome::Complete(completion) => {
-                let timestamp = super::unix_now();
-                let answer = ChatAnswer {
-                    response: &completion.text,
-                    metadata: ChatMetadata { provider: &provider, model: &family, timestamp },
-                };
-                json_response(http::StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default().into())
-            }
-            Outcome::Stream(chunks) => raw_text_response(*chunks, None),
-        },
-    )
+    let job = ModelJob::new(target, messages, sampling, Deadline::Chat);
+    if request.stream {
+        return Ok(raw_text_response(pipeline::stream(state, job).await?, None));
+    }
+    let completion = pipeline::complete(state, job).await?;
+    let answer = ChatAnswer {
+        response: &completion.text,
+        metadata: ChatMetadata { provider: &provider, model: &family, timestamp: super::unix_now() },
+    };
+    Ok(json_response(http::StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default().into()))
 }

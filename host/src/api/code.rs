@@ -2,15 +2,16 @@
 //! fields) and the v3/v4 form (`prompt_components` + `model_metadata`), one pipeline for all.
 
 use super::fence::FenceStripper;
-use super::model::{ModelFields, ModelMetadata, ModelTarget};
-use super::pipeline::{self, ChunkStream, ModelJob, Outcome};
+use super::model::ModelMetadata;
 use super::stream::{raw_text_response, v4_sse_response};
-use super::{AppState, language, parse_json, parse_messages, unix_now};
-use crate::auth::Principal;
+use super::{language, parse_json, parse_messages, unix_now};
+use crate::auth::{Principal, scopes};
 use crate::error::{GatewayError, ValidationIssue};
+use crate::pipeline::{self, ChunkStream, Deadline, ModelFields, ModelJob, ModelTarget};
 use crate::plugins::wit;
 use crate::prompts::trim_to_budget;
-use crate::server::{Body, json_response};
+use crate::response::{Body, json_response};
+use crate::state::RequestState;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -33,26 +34,11 @@ pub enum Task {
 }
 
 impl Task {
-    /// Generation is refused to the gateway's own (IDE direct access) tokens, as GitLab does.
-    fn authorize(self, principal: &Principal) -> Result<(), GatewayError> {
-        principal.require_any(self.scopes(), self.feature())?;
-        if self == Task::Generation && principal.gateway_issued {
-            return Err(crate::auth::AuthError::MissingScope(self.feature()).into());
-        }
-        Ok(())
-    }
-
-    fn scopes(self) -> &'static [&'static str] {
+    /// What the caller must hold (generation is refused to the gateway's own IDE tokens).
+    fn requirement(self) -> scopes::Requirement {
         match self {
-            Task::Completion => &["complete_code", "code_suggestions"],
-            Task::Generation => &["generate_code", "code_suggestions"],
-        }
-    }
-
-    fn feature(self) -> &'static str {
-        match self {
-            Task::Completion => "code suggestions",
-            Task::Generation => "code generations",
+            Task::Completion => scopes::CODE_COMPLETION,
+            Task::Generation => scopes::CODE_GENERATION,
         }
     }
 }
@@ -134,7 +120,7 @@ fn generation_prompt(
 }
 
 /// Render the prompt, call the model, and strip a generation's code fence.
-async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayError> {
+async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeOutcome, GatewayError> {
     let family = input.target.family.clone();
     let prompts = state.prompts();
     let prompt = match (input.task, &input.prompt) {
@@ -160,23 +146,18 @@ async fn run(state: &AppState, input: CodeInput) -> Result<CodeOutcome, GatewayE
         GenerationPrompt::Messages(messages) if input.task == Task::Generation => messages,
         _ => prompts.render(prompt, &variables)?,
     };
-    let fill_in_middle = (input.task == Task::Completion)
-        .then(|| wit::FillInMiddle { prefix: prefix.to_string(), suffix: suffix.to_string() });
-    let request = wit::ModelRequest {
-        model: input.target.model.clone(),
-        messages,
-        fill_in_middle,
-        sampling: prompt.sampling(),
-        stream: input.stream,
-    };
-    let strip = input.task == Task::Generation;
-    match pipeline::run(state, ModelJob { target: input.target, request, total_timeout: None }).await? {
-        Outcome::Complete(completion) => {
-            let text = if strip { FenceStripper::strip(&completion.text) } else { completion.text };
-            Ok(CodeOutcome::Text { lang, text })
-        }
-        Outcome::Stream(chunks) => Ok(CodeOutcome::Stream { lang, chunks, fence: strip.then(FenceStripper::default) }),
+    let mut job = ModelJob::new(input.target, messages, prompt.sampling(), Deadline::Code);
+    if input.task == Task::Completion {
+        job = job.with_fill_in_middle(prefix, suffix);
     }
+    let strip = input.task == Task::Generation;
+    if input.stream {
+        let chunks = Box::new(pipeline::stream(state, job).await?);
+        return Ok(CodeOutcome::Stream { lang, chunks, fence: strip.then(FenceStripper::default) });
+    }
+    let completion = pipeline::complete(state, job).await?;
+    let text = if strip { FenceStripper::strip(&completion.text) } else { completion.text };
+    Ok(CodeOutcome::Text { lang, text })
 }
 
 #[derive(Serialize)]
@@ -236,13 +217,12 @@ struct V2Answer<'a> {
 }
 
 /// `POST /v2/code/completions` (alias `/v2/completions`) and `POST /v2/code/generations`.
+/// The route table has checked the task's scopes.
 pub async fn handle_v2(
-    state: &AppState,
-    principal: &Principal,
+    state: &RequestState<'_>,
     body: &[u8],
     task: Task,
 ) -> Result<http::Response<Body>, GatewayError> {
-    task.authorize(principal)?;
     let request: V2Request = parse_json(body)?;
     let file = &request.current_file;
     let mut issues = check_content(&file.content_above_cursor, &file.content_below_cursor, &["body", "current_file"]);
@@ -349,7 +329,7 @@ pub enum Version {
 
 /// `POST /v3/code/completions` and `POST /v4/code/suggestions`.
 pub async fn handle_v3(
-    state: &AppState,
+    state: &RequestState<'_>,
     principal: &Principal,
     body: &[u8],
     version: Version,
@@ -366,7 +346,7 @@ pub async fn handle_v3(
         ));
     };
     let task = if component.kind == "code_editor_completion" { Task::Completion } else { Task::Generation };
-    task.authorize(principal)?;
+    principal.require(&task.requirement())?;
     let payload: EditorPayload = serde_json::from_value(component.payload.clone()).map_err(|e| {
         GatewayError::Validation(vec![ValidationIssue {
             kind: "value_error",

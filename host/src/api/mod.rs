@@ -1,4 +1,5 @@
-//! GitLab-compatible endpoints: routing, the shared request state, and request-body parsing.
+//! GitLab-compatible endpoints: the one route table, dispatch to each endpoint's handler, and the
+//! request-body parsing they share.
 
 pub mod access_token;
 pub mod agent;
@@ -7,82 +8,41 @@ pub mod code;
 pub mod fence;
 pub mod language;
 pub mod model;
-pub mod pipeline;
 pub mod prompts;
 pub mod react;
 pub mod stream;
 
-use crate::auth::Verifier;
-use crate::config::Config;
+use crate::auth::scopes::{self, Requirement};
 use crate::error::{GatewayError, ValidationIssue};
-use crate::plugins::PluginRegistry;
 use crate::plugins::wit;
-use crate::prompts::PromptRegistry;
-use crate::server::{Body, json_response};
-use crate::upstream::Upstream;
+use crate::response::{Body, error_response, json_response, metrics_response};
+use crate::state::{AppState, RequestState};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::sync::Arc;
 
-/// Everything a request handler needs, shared by all connections.
+/// Endpoints anyone may call: no token is read.
 #[derive(Debug)]
-pub struct AppState {
-    /// Validated configuration.
-    pub config: Config,
-    /// Caller authentication.
-    pub verifier: Verifier,
-    /// Loaded provider plugins.
-    pub plugins: Arc<PluginRegistry>,
-    /// Prompt templates; swapped whole when the prompts directory changes.
-    pub prompts: arc_swap::ArcSwap<PromptRegistry>,
-    /// Clients for model servers (egress-policed), one per serving thread: see [`AppState::upstream`].
-    pub upstreams: Vec<Upstream>,
-    /// Prometheus metrics.
-    pub metrics: std::sync::Arc<crate::telemetry::Metrics>,
-}
-
-impl AppState {
-    /// The model-server client of the serving thread this runs on, so that pooled connections
-    /// are driven by the thread that uses them.
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstreams[crate::server::workers::current() % self.upstreams.len()]
-    }
-
-    /// The current prompt registry; a request keeps the one it started with.
-    pub fn prompts(&self) -> std::sync::Arc<PromptRegistry> {
-        self.prompts.load_full()
-    }
-
-    /// Rebuild the registry from the embedded prompts and `dir`; a directory that does not load
-    /// keeps the last good registry in place.
-    pub fn reload_prompts(&self, dir: &std::path::Path) {
-        match PromptRegistry::embedded_with_dir(dir) {
-            Ok(registry) => {
-                self.prompts.store(std::sync::Arc::new(registry));
-                tracing::info!(dir = %dir.display(), "prompts reloaded");
-            }
-            Err(error) => tracing::warn!(%error, "prompt files rejected; keeping the prompts already loaded"),
-        }
-    }
-}
-
-/// Public endpoints: no token needed.
 enum Public {
+    /// `GET /monitoring/healthz`: liveness.
     Healthz,
+    /// `GET /monitoring/ready`: readiness.
     Ready,
+    /// `GET /v1/models/definitions`: the families and providers served.
     ModelDefinitions,
+    /// `GET /metrics` on the API port.
     Metrics,
 }
 
 /// Endpoints that authenticate the caller before reading the body.
+#[derive(Debug)]
 enum Authenticated {
     /// v2 completions and generations.
     CodeV2(code::Task),
     /// v3 completions, v4 suggestions.
     CodeV3(code::Version),
-    /// v1 one-shot chat.
-    Chat(String),
-    /// Registry prompts by id.
+    /// v1 one-shot chat, for one of [`chat::INVOKABLES`] (its scope is in the route).
+    Chat,
+    /// Registry prompts by (decoded) id.
     Prompt(prompts::Api, String),
     /// IDE direct access token.
     UserAccessToken,
@@ -90,58 +50,90 @@ enum Authenticated {
     Agent,
 }
 
-enum Route {
+/// Every endpoint aigw serves, with who may call it.
+#[derive(Debug)]
+enum Endpoint {
     Public(Public),
-    Authenticated(Authenticated),
+    /// `None`: the handler decides from the body (a v3/v4 component's type, a registry prompt's
+    /// own scope).
+    Authenticated(Authenticated, Option<Requirement>),
 }
 
-fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
+/// A request's place in the route table, found once: its endpoint (or the error that answers
+/// it) and the bounded label its metrics carry (ids in paths are not labels).
+#[derive(Debug)]
+pub struct Route {
+    /// The metric label.
+    pub label: &'static str,
+    endpoint: Result<Endpoint, GatewayError>,
+}
+
+/// The route table: each path with its label, endpoint, method and scope requirement, in one arm.
+pub fn route(method: &Method, path: &str) -> Route {
     use Authenticated as A;
-    let (route, allowed) = match path {
-        "/monitoring/healthz" => (Route::Public(Public::Healthz), Method::GET),
-        "/monitoring/ready" => (Route::Public(Public::Ready), Method::GET),
-        "/v1/models/definitions" => (Route::Public(Public::ModelDefinitions), Method::GET),
-        "/metrics" => (Route::Public(Public::Metrics), Method::GET),
-        "/v2/code/completions" | "/v2/completions" => {
-            (Route::Authenticated(A::CodeV2(code::Task::Completion)), Method::POST)
+    use code::{Task, Version};
+    let public = |endpoint| Ok(Endpoint::Public(endpoint));
+    let scoped = |endpoint, requirement| Ok(Endpoint::Authenticated(endpoint, Some(requirement)));
+    let by_body = |endpoint| Ok(Endpoint::Authenticated(endpoint, None));
+    let (label, found, allowed) = match path {
+        "/monitoring/healthz" => ("/monitoring/healthz", public(Public::Healthz), Method::GET),
+        "/monitoring/ready" => ("/monitoring/ready", public(Public::Ready), Method::GET),
+        "/v1/models/definitions" => ("/v1/models/definitions", public(Public::ModelDefinitions), Method::GET),
+        "/metrics" => ("/metrics", public(Public::Metrics), Method::GET),
+        "/v2/code/completions" => {
+            ("/v2/code/completions", scoped(A::CodeV2(Task::Completion), scopes::CODE_COMPLETION), Method::POST)
         }
-        "/v2/code/generations" => (Route::Authenticated(A::CodeV2(code::Task::Generation)), Method::POST),
-        "/v3/code/completions" => (Route::Authenticated(A::CodeV3(code::Version::V3)), Method::POST),
-        "/v4/code/suggestions" => (Route::Authenticated(A::CodeV3(code::Version::V4)), Method::POST),
-        "/v1/code/user_access_token" => (Route::Authenticated(A::UserAccessToken), Method::POST),
-        "/v2/chat/agent" => (Route::Authenticated(A::Agent), Method::POST),
+        "/v2/completions" => {
+            ("/v2/completions", scoped(A::CodeV2(Task::Completion), scopes::CODE_COMPLETION), Method::POST)
+        }
+        "/v2/code/generations" => {
+            ("/v2/code/generations", scoped(A::CodeV2(Task::Generation), scopes::CODE_GENERATION), Method::POST)
+        }
+        "/v3/code/completions" => ("/v3/code/completions", by_body(A::CodeV3(Version::V3)), Method::POST),
+        "/v4/code/suggestions" => ("/v4/code/suggestions", by_body(A::CodeV3(Version::V4)), Method::POST),
+        "/v1/code/user_access_token" => {
+            ("/v1/code/user_access_token", scoped(A::UserAccessToken, scopes::USER_ACCESS_TOKEN), Method::POST)
+        }
+        "/v2/chat/agent" => ("/v2/chat/agent", scoped(A::Agent, scopes::CHAT_AGENT), Method::POST),
         _ => {
             if let Some(invokable) = path.strip_prefix("/v1/chat/") {
-                if !chat::INVOKABLES.contains(&invokable) {
-                    return Err(GatewayError::NotFound);
-                }
-                (Route::Authenticated(A::Chat(invokable.to_string())), Method::POST)
-            } else if let Some((api, raw)) = path
+                let known = chat::INVOKABLES.iter().copied().find(|known| *known == invokable);
+                let found = match known {
+                    Some(invokable) => scoped(A::Chat, scopes::one_shot_chat(invokable)),
+                    None => Err(GatewayError::NotFound),
+                };
+                ("/v1/chat/{invokable}", found, Method::POST)
+            } else if let Some((label, api, raw)) = path
                 .strip_prefix("/v1/prompts/")
-                .map(|raw| (prompts::Api::V1, raw))
-                .or_else(|| path.strip_prefix("/v2/prompts/").map(|raw| (prompts::Api::V2, raw)))
+                .map(|raw| ("/v1/prompts/{id}", prompts::Api::V1, raw))
+                .or_else(|| path.strip_prefix("/v2/prompts/").map(|raw| ("/v2/prompts/{id}", prompts::Api::V2, raw)))
             {
-                let id = prompts::decode_id(raw).ok_or(GatewayError::NotFound)?;
-                (Route::Authenticated(A::Prompt(api, id)), Method::POST)
+                let found = match prompts::decode_id(raw) {
+                    Some(id) => by_body(A::Prompt(api, id)),
+                    None => Err(GatewayError::NotFound),
+                };
+                (label, found, Method::POST)
             } else {
-                return Err(GatewayError::NotFound);
+                ("other", Err(GatewayError::NotFound), Method::GET)
             }
         }
     };
-    if *method == allowed { Ok(route) } else { Err(GatewayError::MethodNotAllowed) }
+    let endpoint =
+        found.and_then(|endpoint| if *method == allowed { Ok(endpoint) } else { Err(GatewayError::MethodNotAllowed) });
+    Route { label, endpoint }
 }
 
-/// Dispatch one request. Authentication runs before the body is parsed, as in GitLab's gateway.
+/// Answer one routed request. Authentication runs before the body is read, and the scope
+/// check after it, as in GitLab's gateway.
 pub async fn dispatch(
-    state: &AppState,
-    method: &Method,
-    path: &str,
+    state: &RequestState<'_>,
+    route: Route,
     headers: &http::HeaderMap,
     body: impl std::future::Future<Output = Result<bytes::Bytes, GatewayError>>,
 ) -> Result<http::Response<Body>, GatewayError> {
-    let endpoint = match route(method, path)? {
-        Route::Public(public) => return Ok(public_answer(state, public)),
-        Route::Authenticated(endpoint) => endpoint,
+    let (endpoint, requirement) = match route.endpoint? {
+        Endpoint::Public(public) => return Ok(public_answer(state, public)),
+        Endpoint::Authenticated(endpoint, requirement) => (endpoint, requirement),
     };
     let principal = if state.config.bypass_auth {
         crate::auth::Principal::unrestricted()
@@ -149,16 +141,20 @@ pub async fn dispatch(
         state.verifier.authenticate(headers).await?
     };
     let body = body.await?;
+    if let Some(requirement) = requirement {
+        principal.require(&requirement)?;
+    }
     match endpoint {
-        Authenticated::CodeV2(task) => code::handle_v2(state, &principal, &body, task).await,
+        Authenticated::CodeV2(task) => code::handle_v2(state, &body, task).await,
         Authenticated::CodeV3(version) => code::handle_v3(state, &principal, &body, version).await,
-        Authenticated::Chat(invokable) => chat::handle(state, &principal, &invokable, &body).await,
+        Authenticated::Chat => chat::handle(state, &body).await,
         Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,
         Authenticated::UserAccessToken => access_token::handle(state, &principal, headers),
         Authenticated::Agent => agent::handle(state, &principal, &body).await,
     }
 }
 
+/// The answers that need no caller: health, readiness, metrics, the model catalogue.
 fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
     match public {
         Public::Healthz => json_response(StatusCode::OK, json!({"status": "ok"}).to_string().into()),
@@ -176,44 +172,14 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
             json_response(status, body.to_string().into())
         }
         // With a metrics listener of its own, the API port does not expose them.
-        Public::Metrics if state.config.metrics_listen.is_some() => GatewayError::NotFound.into_response(),
-        Public::Metrics => crate::server::metrics_response(&state.metrics),
+        Public::Metrics if state.config.metrics_listen.is_some() => error_response(GatewayError::NotFound),
+        Public::Metrics => metrics_response(&state.metrics),
         Public::ModelDefinitions => {
             let models: Vec<Value> =
                 crate::prompts::FAMILIES.iter().map(|family| json!({"name": family, "identifier": family})).collect();
             let body = json!({"models": models, "providers": state.plugins.snapshot().provider_names()});
             json_response(StatusCode::OK, body.to_string().into())
         }
-    }
-}
-
-/// The endpoint a path belongs to, as a bounded label (ids in paths are not labels).
-pub fn endpoint_label(path: &str) -> &'static str {
-    const FIXED: [&str; 12] = [
-        "/monitoring/healthz",
-        "/monitoring/ready",
-        "/v1/models/definitions",
-        "/metrics",
-        "/v2/code/completions",
-        "/v2/completions",
-        "/v2/code/generations",
-        "/v3/code/completions",
-        "/v4/code/suggestions",
-        "/v1/code/user_access_token",
-        "/v2/chat/agent",
-        "/v1/chat/{invokable}",
-    ];
-    if let Some(fixed) = FIXED.iter().find(|p| **p == path) {
-        return fixed;
-    }
-    if path.starts_with("/v1/chat/") {
-        "/v1/chat/{invokable}"
-    } else if path.starts_with("/v1/prompts/") {
-        "/v1/prompts/{id}"
-    } else if path.starts_with("/v2/prompts/") {
-        "/v2/prompts/{id}"
-    } else {
-        "other"
     }
 }
 

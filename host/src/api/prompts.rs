@@ -3,13 +3,13 @@
 //! button calls `model_configuration/check` this way).
 
 use super::model::ModelMetadata;
-use super::pipeline::{self, ModelJob, Outcome};
+use super::parse_json;
 use super::stream::{ndjson_response, raw_text_response};
-use super::{AppState, parse_json};
 use crate::auth::{AuthError, Principal};
 use crate::error::GatewayError;
-use crate::plugins::wit;
-use crate::server::{Body, json_response};
+use crate::pipeline::{self, Deadline, ModelJob};
+use crate::response::{Body, json_response};
+use crate::state::RequestState;
 use crate::upstream::UpstreamError;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -68,19 +68,14 @@ fn model_status_as_421(error: GatewayError) -> GatewayError {
 /// Who may call a prompt by id: a holder of one of its scopes, everyone for an open prompt, and
 /// nobody for a prompt that declares neither (so that forgetting a scope closes, not opens, it).
 fn authorize(prompt: &crate::prompts::Prompt, principal: &Principal, id: &str) -> Result<(), AuthError> {
-    let allowed = if prompt.open {
-        true
-    } else {
-        !prompt.unit_primitives.is_empty()
-            && principal.has_any_scope(&prompt.unit_primitives)
-            && (prompt.gateway_tokens || !principal.gateway_issued)
-    };
+    let allowed = prompt.open
+        || !prompt.unit_primitives.is_empty() && principal.permits(&prompt.unit_primitives, !prompt.gateway_tokens);
     if allowed { Ok(()) } else { Err(AuthError::PromptScope(id.to_string())) }
 }
 
 /// Handle one call for prompt `id`.
 pub async fn handle(
-    state: &AppState,
+    state: &RequestState<'_>,
     principal: &Principal,
     id: &str,
     body: &[u8],
@@ -99,32 +94,24 @@ pub async fn handle(
         ..minijinja::Value::from_serialize(&request.inputs)
     };
     let messages = prompts.render(prompt, &variables)?;
-    let model_request = wit::ModelRequest {
-        model: target.model.clone(),
-        messages,
-        fill_in_middle: None,
-        sampling: prompt.sampling(),
-        stream: request.stream,
-    };
-    let outcome = pipeline::run(
-        state,
-        ModelJob { target, request: model_request, total_timeout: Some(state.config.chat_timeout) },
-    )
-    .await
-    .map_err(model_status_as_421)?;
-    Ok(match (outcome, api) {
-        (Outcome::Complete(completion), Api::V1) => {
-            json_response(http::StatusCode::OK, Value::String(completion.text).to_string().into())
-        }
-        (Outcome::Complete(completion), Api::V2) => {
+    let job = ModelJob::new(target, messages, prompt.sampling(), Deadline::Chat);
+    if request.stream {
+        let chunks = pipeline::stream(state, job).await.map_err(model_status_as_421)?;
+        return Ok(match api {
+            Api::V1 => raw_text_response(chunks, None),
+            Api::V2 => ndjson_response(chunks, |text| json!({ "content": text })),
+        });
+    }
+    let completion = pipeline::complete(state, job).await.map_err(model_status_as_421)?;
+    Ok(match api {
+        Api::V1 => json_response(http::StatusCode::OK, Value::String(completion.text).to_string().into()),
+        Api::V2 => {
             let mut answer = json!({ "content": completion.text });
             if let Some(usage) = completion.usage {
                 answer["usage"] = json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens});
             }
             json_response(http::StatusCode::OK, answer.to_string().into())
         }
-        (Outcome::Stream(chunks), Api::V1) => raw_text_response(*chunks, None),
-        (Outcome::Stream(chunks), Api::V2) => ndjson_response(*chunks, |text| json!({ "content": text })),
     })
 }
 

@@ -2,13 +2,11 @@
 //! stream (with a generation's code fence stripped on the way).
 
 use super::fence::FenceStripper;
-use super::pipeline::ChunkStream;
 use crate::error::GatewayError;
-use crate::server::Body;
+use crate::pipeline::ChunkStream;
+use crate::response::{Body, EVENT_STREAM, NDJSON, streamed_response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header;
-use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 
@@ -44,21 +42,12 @@ fn text_pieces(
     })
 }
 
-fn streaming_response(
-    frames: impl Stream<Item = Result<Frame<Bytes>, GatewayError>> + Send + 'static,
-) -> http::Response<Body> {
-    let mut response = http::Response::new(StreamBody::new(frames).boxed_unsync());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream; charset=utf-8"));
-    response
-}
-
 /// Raw model text streamed as it arrives under `text/event-stream` (no SSE framing: GitLab's
 /// code and chat endpoints send the bare text). A failure after the head has gone out aborts the
 /// body, so the client sees an incomplete answer rather than a silently truncated one.
 pub fn raw_text_response(chunks: ChunkStream, fence: Option<FenceStripper>) -> http::Response<Body> {
-    streaming_response(text_pieces(chunks, fence).map(|piece| piece.map(|text| Frame::data(Bytes::from(text)))))
+    let pieces = text_pieces(chunks, fence).map(|piece| piece.map(|text| Frame::data(Bytes::from(text))));
+    streamed_response(EVENT_STREAM, pieces)
 }
 
 /// One event; `data` is serialised from a struct or `json!` value (structs keep GitLab's field order).
@@ -72,18 +61,18 @@ fn sse_event(event: &str, data: &impl serde::Serialize) -> Frame<Bytes> {
 pub fn v4_sse_response(
     chunks: ChunkStream,
     fence: Option<FenceStripper>,
-    metadata: super::code::V3Metadata,
+    metadata: impl serde::Serialize + Send + 'static,
 ) -> http::Response<Body> {
     #[derive(serde::Serialize)]
-    struct Start {
-        metadata: super::code::V3Metadata,
+    struct Start<M> {
+        metadata: M,
     }
     let start = futures_util::stream::once(async move { Ok(sse_event("stream_start", &Start { metadata })) });
     let content = text_pieces(chunks, fence).map(|piece| {
         piece.map(|text| sse_event("content_chunk", &json!({"choices": [{"delta": {"content": text}, "index": 0}]})))
     });
     let end = futures_util::stream::once(async { Ok(sse_event("stream_end", &Value::Null)) });
-    let mut response = streaming_response(start.chain(content).chain(end));
+    let mut response = streamed_response(EVENT_STREAM, start.chain(content).chain(end));
     response.headers_mut().insert("x-streaming-format", http::HeaderValue::from_static("sse"));
     response
 }
@@ -97,7 +86,5 @@ pub fn ndjson_response(chunks: ChunkStream, shape: fn(String) -> Value) -> http:
             Frame::data(Bytes::from(line))
         })
     });
-    let mut response = http::Response::new(StreamBody::new(lines).boxed_unsync());
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
-    response
+    streamed_response(NDJSON, lines)
 }

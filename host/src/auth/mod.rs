@@ -3,6 +3,7 @@
 
 pub mod jwks;
 pub mod keys;
+pub mod scopes;
 pub mod verify;
 
 pub use jwks::JwksCache;

@@ -47,14 +47,19 @@ impl Principal {
         self.unrestricted || self.scopes.iter().any(|s| s == scope)
     }
 
-    /// Whether any of `scopes` was granted.
-    pub fn has_any_scope(&self, scopes: &[impl AsRef<str>]) -> bool {
-        scopes.iter().any(|scope| self.has_scope(scope.as_ref()))
+    /// Whether the caller holds any of `scopes`, and, with `instance_tokens_only`, is not a token
+    /// this gateway issued. Every scope gate asks this, or [`Principal::require`].
+    pub fn permits(&self, scopes: &[impl AsRef<str>], instance_tokens_only: bool) -> bool {
+        scopes.iter().any(|scope| self.has_scope(scope.as_ref())) && !(instance_tokens_only && self.gateway_issued)
     }
 
-    /// Succeeds when any of `accepted` was granted; else 403 naming `feature`.
-    pub fn require_any(&self, accepted: &[&str], feature: &'static str) -> Result<(), AuthError> {
-        if self.has_any_scope(accepted) { Ok(()) } else { Err(AuthError::MissingScope(feature)) }
+    /// Succeeds when the caller meets `requirement`; else 403 naming its feature.
+    pub fn require(&self, requirement: &super::scopes::Requirement) -> Result<(), AuthError> {
+        if self.permits(&requirement.any_of, requirement.instance_tokens_only) {
+            Ok(())
+        } else {
+            Err(AuthError::MissingScope(requirement.feature))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::upstream::UpstreamSettings;
 pub use raw::RawConfig;
 
 /// A setting that cannot be used, with what would be valid.
@@ -108,19 +109,6 @@ pub struct PluginSettings {
 pub struct EgressSettings {
     /// Networks model endpoints may resolve to (`AIGW_EGRESS__ALLOW`, comma-separated CIDRs).
     pub allow: Vec<IpNet>,
-}
-
-/// Outbound timeouts.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamSettings {
-    /// TCP (and TLS) connection establishment (`AIGW_UPSTREAM__CONNECT_TIMEOUT_MS`).
-    pub connect_timeout: Duration,
-    /// From sending the request to the response head (`AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS`).
-    pub first_byte_timeout: Duration,
-    /// Longest silence between two body chunks (`AIGW_UPSTREAM__IDLE_TIMEOUT_MS`).
-    pub idle_timeout: Duration,
-    /// Whole exchange, streams included (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`; GitLab uses 60 s for code).
-    pub total_timeout: Duration,
 }
 
 /// Certificate chain and private key for HTTPS, PEM files.

@@ -1,16 +1,18 @@
 //! The HTTP server: accept loop (HTTP/1.1 and h2, plain or TLS), client allowlist, body limits,
-//! response helpers, graceful drain.
+//! the request's metrics and log line, graceful drain. It calls `api`; `api` never calls it.
 
 pub mod tls;
 pub mod workers;
 
 mod request_log;
 
-use crate::api::{self, AppState};
+use crate::api;
 use crate::error::GatewayError;
+use crate::response::{Body, error_response, json_response, metrics_response};
+use crate::state::AppState;
 use bytes::Bytes;
 use http::{StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -19,38 +21,19 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Response body type: a full body or a stream, boxed.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, GatewayError>;
-
-/// A JSON response (`application/json`, compact, as FastAPI sends it).
-pub fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
-    let mut response = http::Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response
-}
-
-/// `GET /metrics`, on the API port or on the metrics listener: the Prometheus text format.
-pub fn metrics_response(metrics: &crate::telemetry::Metrics) -> http::Response<Body> {
-    let mut response = json_response(StatusCode::OK, metrics.render().into());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE));
-    response
-}
-
 /// Pause after a failed `accept` (out of file descriptors and the like), instead of spinning.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Longest a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
-/// finish their requests.
+/// Serve `listener` as worker `worker` until `shutdown` resolves, then stop accepting and let
+/// open connections finish their requests.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
+    worker: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -75,7 +58,7 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |request| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, peer.ip(), request).await) }
+            async move { Ok::<_, Infallible>(handle(&state, worker, peer.ip(), request).await) }
         });
         match &tls {
             None => {
@@ -123,10 +106,16 @@ fn ingress_allows(state: &AppState, peer: std::net::IpAddr) -> bool {
     state.config.ingress_allow.as_ref().is_none_or(|allow| allow.iter().any(|net| net.contains(&peer)))
 }
 
-async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request<Incoming>) -> http::Response<Body> {
+async fn handle(
+    state: &AppState,
+    worker: usize,
+    peer: std::net::IpAddr,
+    request: http::Request<Incoming>,
+) -> http::Response<Body> {
     let started = std::time::Instant::now();
     workers::note_request(started);
-    let endpoint = api::endpoint_label(request.uri().path());
+    let route = api::route(request.method(), request.uri().path());
+    let endpoint = route.label;
     if !ingress_allows(state, peer) {
         // Before any token work: a caller outside the allowlist learns nothing else.
         tracing::info!(%peer, path = request.uri().path(), "client outside AIGW_INGRESS__ALLOW refused");
@@ -139,12 +128,12 @@ async fn handle(state: &AppState, peer: std::net::IpAddr, request: http::Request
     let facts = crate::telemetry::SharedFacts::default();
     let result = crate::telemetry::with_facts(
         Arc::clone(&facts),
-        api::dispatch(state, &parts.method, parts.uri.path(), &parts.headers, body),
+        api::dispatch(&state.for_worker(worker), route, &parts.headers, body),
     )
     .await;
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => error_response(error),
     };
     let elapsed = started.elapsed();
     let (upstream, provider) = facts.lock().map(|f| (f.upstream, f.provider.clone())).unwrap_or_default();
@@ -210,7 +199,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry:
                     let response = if request.uri().path() == "/metrics" && request.method() == http::Method::GET {
                         metrics_response(&metrics)
                     } else {
-                        GatewayError::NotFound.into_response()
+                        error_response(GatewayError::NotFound)
                     };
                     Ok::<_, Infallible>(response)
                 }

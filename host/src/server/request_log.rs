@@ -1,8 +1,8 @@
 //! The per-request log line, written when the answer's body has been sent or dropped, so that a
 //! stream's line carries its tokens and whole duration. Never a token, a key or a body.
 
-use super::Body;
 use crate::error::GatewayError;
+use crate::response::Body;
 use crate::telemetry::SharedFacts;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};

@@ -6,27 +6,21 @@
 //! context switch. Measured with `aigw-bench gateway` on the 2-core machine, in the same session:
 //! context switches per completion went from 3.8 to 2.5 (the bare proxy's 2.4), CPU per
 //! completion at concurrency 1 from 144 to 123–133 µs, and CPU per further streamed piece from
-//! 10.6 to 7.6–8.3 µs. Each worker also has its own model-server connection pool ([`current`]
-//! picks it), so pooled connections never hand work to another thread.
+//! 10.6 to 7.6–8.3 µs. Each worker also has its own model-server connection pool (its requests
+//! get it through [`AppState::for_worker`]), so pooled connections never hand work to another thread.
 
 use super::serve;
-use crate::api::AppState;
+use crate::state::AppState;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 
 thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
     /// When this thread last began a request (none yet: `None`).
     static LAST_REQUEST: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Tells this worker's timer keeper that a request came after an idle spell.
     static BUSY_AGAIN: Arc<Notify> = Arc::new(Notify::new());
-}
-
-/// The index of the worker running on this thread (0 on any other thread).
-pub fn current() -> usize {
-    WORKER.with(Cell::get)
 }
 
 /// Note that this thread began a request at `started`: its worker keeps a timer armed for a while.
@@ -81,8 +75,7 @@ impl Workers {
             let (done, stopped) = oneshot::channel();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::thread::Builder::new().name(format!("aigw-worker-{index}")).spawn(move || {
-                WORKER.with(|w| w.set(index));
-                runtime.block_on(run(listener, tls, state, stop_requested));
+                runtime.block_on(run(listener, tls, state, index, stop_requested));
                 // Dropping the runtime cancels whatever is left (an immediate stop).
                 drop(runtime);
                 let _ = done.send(());
@@ -109,6 +102,7 @@ async fn run(
     listener: std::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
+    index: usize,
     stop_requested: oneshot::Receiver<Stop>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -120,7 +114,7 @@ async fn run(
     };
     let keep_armed = tokio::spawn(keep_a_timer_armed());
     let (drain, draining) = oneshot::channel::<()>();
-    let serving = serve(listener, tls, state, async {
+    let serving = serve(listener, tls, state, index, async {
         let _ = draining.await;
     });
     tokio::pin!(serving);

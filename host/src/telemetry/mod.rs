@@ -4,14 +4,13 @@ pub mod metrics;
 
 pub use metrics::Metrics;
 
-use crate::config::Config;
-
-/// Install the global subscriber. Call once, from the binary.
-pub fn init(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Install the global subscriber with the `level` filter (`AIGW_LOGGING__LEVEL`), as JSON lines
+/// when `json` (`AIGW_LOGGING__FORMAT_JSON`). Call once, from the binary.
+pub fn init(level: &str, json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let installed = if config.log_json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let installed = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
     if installed.is_err() {
         tracing::debug!("a tracing subscriber was already installed");
     }

@@ -1,10 +1,10 @@
 //! The pooled HTTP client: sends what a plugin built to the model endpoint, with the credential
 //! injected (or the request signed) here, under the egress policy and the four timeouts.
 
+use super::UpstreamSettings;
 use super::aws::AwsEnvironment;
 use super::connector::{ConnectError, EgressConnector};
 use super::{EgressPolicy, TimeoutPhase, UpstreamError};
-use crate::config::UpstreamSettings;
 use crate::plugins::wit;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};

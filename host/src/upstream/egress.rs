@@ -113,7 +113,7 @@ mod tests {
     use super::*;
 
     fn policy(nets: &str) -> EgressPolicy {
-        EgressPolicy::new(crate::config::parse_allowlist("test", nets).unwrap())
+        EgressPolicy::new(nets.split(',').map(|net| net.parse().unwrap()).collect())
     }
 
     #[test]

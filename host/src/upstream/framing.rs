@@ -69,6 +69,15 @@ impl Decoder {
         Self::new(Kind::AwsEventStream)
     }
 
+    /// The decoder for the framing a plugin declared in its `info()`.
+    pub fn for_framing(framing: crate::plugins::wit::Framing) -> Self {
+        match framing {
+            crate::plugins::wit::Framing::Sse => Self::sse(),
+            crate::plugins::wit::Framing::Ndjson => Self::ndjson(),
+            crate::plugins::wit::Framing::AwsEventStream => Self::aws_event_stream(),
+        }
+    }
+
     fn new(kind: Kind) -> Self {
         Decoder { kind, buffer: BytesMut::new(), pending: Event::default(), has_data: false }
     }

@@ -12,6 +12,19 @@ pub use egress::{EgressError, EgressPolicy};
 
 use std::time::Duration;
 
+/// Outbound timeouts (built by `config` from `AIGW_UPSTREAM__*`).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamSettings {
+    /// TCP (and TLS) connection establishment (`AIGW_UPSTREAM__CONNECT_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
+    /// From sending the request to the response head (`AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS`).
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two body chunks (`AIGW_UPSTREAM__IDLE_TIMEOUT_MS`).
+    pub idle_timeout: Duration,
+    /// Whole exchange, streams included (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`; GitLab uses 60 s for code).
+    pub total_timeout: Duration,
+}
+
 /// Which timeout fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutPhase {

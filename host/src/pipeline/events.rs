@@ -1,0 +1,182 @@
+//! A model answer being streamed: upstream bytes → frames → the plugin's `parse-event` → chunks.
+//! The core of it, [`EventParser`], is transport-free, so the conformance suite drives the same
+//! code with recorded bytes.
+
+use super::observe::Observer;
+use crate::error::GatewayError;
+use crate::plugins::{PluginLease, wit};
+use crate::upstream::framing::{Decoder, Event, FramingError};
+use crate::upstream::{UpstreamError, UpstreamResponse};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Stream bytes in, canonical chunks out: the plugin's framing decoded, each event parsed by the
+/// plugin in its sandbox, the end marker and usage kept track of, every step observed.
+pub struct EventParser {
+    /// The plugin that parses the events, and its store (freed while a stream waits).
+    lease: PluginLease,
+    decoder: Decoder,
+    ready: VecDeque<wit::StreamChunk>,
+    /// The plugin said the answer is complete; later bytes are not parsed.
+    done: bool,
+    observer: Observer,
+    /// When the model request was sent, and when its first text arrived.
+    sent: Instant,
+    first_text: Option<Instant>,
+    output_tokens: u32,
+}
+
+impl EventParser {
+    /// A parser for bytes in the leased plugin's framing, outside any request (its numbers go
+    /// to metrics of its own): what the conformance suite runs.
+    pub fn new(lease: PluginLease) -> Self {
+        let observer = Observer::unrecorded(lease.identity());
+        Self::observed(lease, observer, Instant::now())
+    }
+
+    fn observed(lease: PluginLease, observer: Observer, sent: Instant) -> Self {
+        EventParser {
+            decoder: Decoder::for_framing(lease.identity().framing),
+            lease,
+            ready: VecDeque::new(),
+            done: false,
+            observer,
+            sent,
+            first_text: None,
+            output_tokens: 0,
+        }
+    }
+
+    /// Decode `bytes` and parse every event they complete, up to the end marker.
+    pub async fn push(&mut self, bytes: &[u8]) -> Result<(), GatewayError> {
+        if self.done {
+            return Ok(());
+        }
+        self.decoder.push(bytes).map_err(|e| self.framing_failed(e))?;
+        while let Some(event) = self.decoder.next_event().map_err(|e| self.framing_failed(e))? {
+            self.parse(event).await?;
+            if self.done {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The input ended: parse what the decoder still holds.
+    pub async fn finish(&mut self) -> Result<(), GatewayError> {
+        if !self.done
+            && let Some(event) = self.decoder.finish()
+        {
+            self.parse(event).await?;
+        }
+        self.done = true;
+        Ok(())
+    }
+
+    /// The next parsed chunk with text or metadata.
+    pub fn next_chunk(&mut self) -> Option<wit::StreamChunk> {
+        self.ready.pop_front()
+    }
+
+    /// Whether the answer is complete (the end marker, or the end of the input).
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// A stream that cannot be decoded ends like a broken one, and is counted.
+    fn framing_failed(&self, error: FramingError) -> UpstreamError {
+        let error = UpstreamError::Body(error.to_string());
+        self.observer.upstream_failed(&error);
+        error
+    }
+
+    /// At the end of a stream: time per generated token after the first.
+    fn report_pace(&mut self) {
+        if let Some(first) = self.first_text.take() {
+            self.observer.pace(self.output_tokens.saturating_sub(1), first.elapsed());
+        }
+    }
+
+    async fn parse(&mut self, event: Event) -> Result<(), GatewayError> {
+        let parsing = Instant::now();
+        let lease = &mut self.lease;
+        let chunk = async { lease.session().await?.parse_event(event.name.as_deref(), &event.data).await }
+            .await
+            .map_err(|e| self.observer.plugin_failed(self.lease.identity(), e))?;
+        self.observer.plugin_call("parse_event", parsing.elapsed());
+        if let Some(usage) = &chunk.usage {
+            self.observer.tokens(usage);
+            self.output_tokens += usage.output_tokens;
+        }
+        if !chunk.text.is_empty() && self.first_text.is_none() {
+            self.first_text = Some(Instant::now());
+            self.observer.first_token(self.sent.elapsed());
+        }
+        if chunk.done {
+            self.done = true;
+        }
+        if !chunk.text.is_empty() || chunk.finish_reason.is_some() || chunk.usage.is_some() {
+            self.ready.push_back(chunk);
+        }
+        Ok(())
+    }
+}
+
+/// A model answer being streamed from the model server, pulled on demand. Dropping it drops the
+/// upstream response, which cancels the upstream request at once.
+pub struct ChunkStream {
+    parser: EventParser,
+    /// `None` once the upstream body has ended, or when the whole answer was read up front
+    /// (streaming disabled).
+    response: Option<UpstreamResponse>,
+    /// The stream is over (its end, or an error was yielded).
+    finished: bool,
+}
+
+impl ChunkStream {
+    /// A stream over `response`, parsed by the leased plugin.
+    pub(super) fn new(lease: PluginLease, response: UpstreamResponse, observer: Observer, sent: Instant) -> Self {
+        ChunkStream { parser: EventParser::observed(lease, observer, sent), response: Some(response), finished: false }
+    }
+
+    /// A whole answer delivered as a stream of one piece (streaming disabled by the operator).
+    pub(super) fn whole(lease: PluginLease, observer: Observer, sent: Instant, whole: wit::StreamChunk) -> Self {
+        let mut parser = EventParser::observed(lease, observer, sent);
+        parser.ready.push_back(whole);
+        parser.done = true;
+        ChunkStream { parser, response: None, finished: false }
+    }
+
+    /// The next chunk with text or metadata; `None` at the end of the answer.
+    pub async fn next(&mut self) -> Option<Result<wit::StreamChunk, GatewayError>> {
+        loop {
+            if let Some(chunk) = self.parser.next_chunk() {
+                return Some(Ok(chunk));
+            }
+            if self.finished || self.parser.done() {
+                self.finished = true;
+                self.parser.report_pace();
+                return None;
+            }
+            if let Err(error) = self.fill().await {
+                self.finished = true;
+                return Some(Err(error));
+            }
+        }
+    }
+
+    /// Read one upstream chunk into the parser.
+    async fn fill(&mut self) -> Result<(), GatewayError> {
+        let Some(response) = self.response.as_mut() else {
+            return self.parser.finish().await;
+        };
+        let next = self.parser.lease.wait(response.next_chunk()).await;
+        match next.inspect_err(|e| self.parser.observer.upstream_failed(e))? {
+            Some(bytes) => self.parser.push(&bytes).await,
+            None => {
+                self.response = None;
+                self.parser.finish().await
+            }
+        }
+    }
+}

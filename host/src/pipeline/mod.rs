@@ -1,0 +1,176 @@
+//! The model call every endpoint shares: one canonical job, which the provider plugin builds into
+//! an HTTP request, the host sends (egress policy, credentials, timeouts), and the plugin parses
+//! back, whole or event by event as it streams.
+
+mod events;
+mod observe;
+mod target;
+
+pub use events::{ChunkStream, EventParser};
+pub use target::{DEFAULT_PROVIDER, ModelFields, ModelTarget, parse_endpoint};
+
+use crate::error::GatewayError;
+use crate::plugins::runtime::PluginIdentity;
+use crate::plugins::{PluginLease, wit};
+use crate::state::RequestState;
+use crate::upstream::aws::AwsEnvironment;
+use crate::upstream::{ModelCall, UpstreamError, UpstreamResponse, client::MAX_ANSWER_BYTES};
+use observe::Observer;
+use std::time::{Duration, Instant};
+
+/// Which time limit a model call runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Code suggestions: the outbound total timeout (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`).
+    Code,
+    /// Chat and registry prompts: `AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT`.
+    Chat,
+}
+
+/// A canonical model request bound for a target: what every endpoint hands the pipeline.
+#[derive(Debug)]
+pub struct ModelJob {
+    target: ModelTarget,
+    request: wit::ModelRequest,
+    deadline: Deadline,
+}
+
+impl ModelJob {
+    /// A chat request for `target`'s model. Families whose chat template has no system role get
+    /// the system text at the start of the first user message instead.
+    pub fn new(
+        target: ModelTarget,
+        mut messages: Vec<wit::Message>,
+        sampling: wit::Sampling,
+        deadline: Deadline,
+    ) -> Self {
+        crate::prompts::fit_roles(&target.family, &mut messages);
+        let request =
+            wit::ModelRequest { model: target.model.clone(), messages, fill_in_middle: None, sampling, stream: false };
+        ModelJob { target, request, deadline }
+    }
+
+    /// Also carry the code around the cursor, for providers with a native fill-in-the-middle API.
+    pub fn with_fill_in_middle(mut self, prefix: &str, suffix: &str) -> Self {
+        self.request.fill_in_middle =
+            Some(wit::FillInMiddle { prefix: prefix.to_string(), suffix: suffix.to_string() });
+        self
+    }
+
+    fn total_timeout(&self, state: &RequestState<'_>) -> Option<Duration> {
+        match self.deadline {
+            Deadline::Code => None,
+            Deadline::Chat => Some(state.config.chat_timeout),
+        }
+    }
+}
+
+/// Run `job` and return the model's whole answer.
+pub async fn complete(state: &RequestState<'_>, job: ModelJob) -> Result<wit::Completion, GatewayError> {
+    let call = Call::send(state, job, false).await?;
+    let (completion, _) = call.whole_answer().await?;
+    Ok(completion)
+}
+
+/// Run `job` up to the model server's response head and return its answer as a stream. With
+/// streaming disabled (`AIGW_CUSTOM_MODELS__DISABLE_STREAMING`) the model server is asked for a
+/// whole answer, which the stream then yields as a single piece.
+pub async fn stream(state: &RequestState<'_>, job: ModelJob) -> Result<ChunkStream, GatewayError> {
+    if state.config.disable_streaming {
+        let call = Call::send(state, job, false).await?;
+        let sent = call.sent;
+        let (completion, (lease, observer)) = call.whole_answer().await?;
+        let whole = wit::StreamChunk {
+            text: completion.text,
+            finish_reason: completion.finish_reason,
+            // Already counted; carried on for the endpoint's own usage report.
+            usage: completion.usage,
+            done: true,
+        };
+        return Ok(ChunkStream::whole(lease, observer, sent, whole));
+    }
+    let call = Call::send(state, job, true).await?;
+    call.observer.waited(call.sent.elapsed());
+    Ok(ChunkStream::new(call.lease, call.response, call.observer, call.sent))
+}
+
+/// A model call whose response head has arrived.
+struct Call {
+    lease: PluginLease,
+    response: UpstreamResponse,
+    observer: Observer,
+    /// When the request went to the model server.
+    sent: Instant,
+}
+
+impl Call {
+    /// Resolve the plugin, let it build the provider request, and send it.
+    async fn send(state: &RequestState<'_>, mut job: ModelJob, stream: bool) -> Result<Self, GatewayError> {
+        job.request.stream = stream;
+        let total_timeout = job.total_timeout(state);
+        let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
+        let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;
+        let observer = Observer::new(&state.metrics, &job.target, plugin.identity());
+        let failed = |e| observer.plugin_failed(plugin.identity(), e);
+        let building = Instant::now();
+        let mut lease = PluginLease::new(plugin.clone()).await.map_err(failed)?;
+        let built = async { lease.session().await?.build_request(&job.request).await }.await.map_err(failed)?;
+        observer.plugin_call("build_request", building.elapsed());
+        let call = ModelCall { endpoint: &endpoint, request: built, api_key: &job.target.api_key, total_timeout };
+        let sent = Instant::now();
+        let response = lease.wait(state.upstream.send(call)).await.map_err(|e| {
+            observer.upstream_failed(&e);
+            hint_missing_v1(e, &job.target, &endpoint)
+        })?;
+        observer.answered(sent.elapsed());
+        Ok(Call { lease, response, observer, sent })
+    }
+
+    /// Read the whole answer and let the plugin parse it; the lease and observer come back for a
+    /// caller that goes on with them.
+    async fn whole_answer(self) -> Result<(wit::Completion, (PluginLease, Observer)), GatewayError> {
+        let Call { mut lease, response, observer, sent } = self;
+        let body = lease.wait(response.collect(MAX_ANSWER_BYTES)).await.inspect_err(|e| observer.upstream_failed(e))?;
+        observer.waited(sent.elapsed());
+        let parsing = Instant::now();
+        let completion = async { lease.session().await?.parse_response(&body).await }
+            .await
+            .map_err(|e| observer.plugin_failed(lease.identity(), e))?;
+        observer.plugin_call("parse_response", parsing.elapsed());
+        if let Some(usage) = &completion.usage {
+            observer.tokens(usage);
+        }
+        Ok((completion, (lease, observer)))
+    }
+}
+
+/// The endpoint the request named, else the plugin's default one (with the AWS region filled in).
+fn endpoint_for(
+    target: &ModelTarget,
+    plugin: &PluginIdentity,
+    aws: &AwsEnvironment,
+) -> Result<http::Uri, GatewayError> {
+    if let Some(endpoint) = &target.endpoint {
+        return Ok(endpoint.clone());
+    }
+    let Some(template) = &plugin.default_endpoint else {
+        return Err(GatewayError::Unprocessable(format!(
+            "model_endpoint is required for provider {:?} (plugin {} has no default endpoint)",
+            target.provider, plugin.name
+        )));
+    };
+    let endpoint = aws.expand_endpoint(template).map_err(UpstreamError::from)?;
+    parse_endpoint(&endpoint)
+}
+
+/// A 404 from an OpenAI-compatible endpoint without `/v1` is the most common misconfiguration.
+fn hint_missing_v1(error: UpstreamError, target: &ModelTarget, endpoint: &http::Uri) -> GatewayError {
+    let not_found = matches!(&error, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND);
+    let openai_style = matches!(target.provider.as_str(), "custom_openai" | "openai");
+    if not_found && openai_style && !endpoint.path().trim_end_matches('/').ends_with("/v1") {
+        return GatewayError::Unprocessable(format!(
+            "The model server answered 404 Not Found at {endpoint}; OpenAI-compatible endpoints usually end with /v1"
+        ));
+    }
+    GatewayError::Upstream(error)
+}

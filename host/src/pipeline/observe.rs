@@ -1,0 +1,119 @@
+//! Where a model call's numbers go: the Prometheus metrics and the request's log facts, written
+//! in one place so the pipeline reads as its steps.
+
+use super::ModelTarget;
+use crate::error::GatewayError;
+use crate::plugins::runtime::PluginIdentity;
+use crate::plugins::{PluginError, wit};
+use crate::telemetry::{Metrics, SharedFacts};
+use crate::upstream::UpstreamError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The observer of one model call.
+pub(super) struct Observer {
+    metrics: Arc<Metrics>,
+    /// The request's log facts (`None` outside a request, as in benchmarks).
+    facts: Option<SharedFacts>,
+    /// Served model id.
+    model: String,
+    /// Provider name.
+    provider: String,
+    /// Plugin name.
+    plugin: String,
+}
+
+impl Observer {
+    /// Start observing a call to `target` through `plugin`, and note both in the request's log facts.
+    pub(super) fn new(metrics: &Arc<Metrics>, target: &ModelTarget, plugin: &PluginIdentity) -> Self {
+        let facts = crate::telemetry::current_facts();
+        if let Some(facts) = &facts {
+            crate::telemetry::record(facts, |f| {
+                f.provider = Some(target.provider.clone());
+                f.model = Some(target.model.clone());
+                f.plugin = Some(format!("{}@{}", plugin.name, plugin.version));
+            });
+        }
+        Observer {
+            metrics: Arc::clone(metrics),
+            facts,
+            model: target.model.clone(),
+            provider: target.provider.clone(),
+            plugin: plugin.name.clone(),
+        }
+    }
+
+    /// An observer outside any request, counting into metrics of its own.
+    pub(super) fn unrecorded(plugin: &PluginIdentity) -> Self {
+        Observer {
+            metrics: Arc::new(Metrics::default()),
+            facts: None,
+            model: String::new(),
+            provider: String::new(),
+            plugin: plugin.name.clone(),
+        }
+    }
+
+    /// A plugin export returned after `elapsed`.
+    pub(super) fn plugin_call(&self, export: &'static str, elapsed: Duration) {
+        self.metrics.plugin_call(&self.plugin, export, elapsed);
+    }
+
+    /// Plugin traps and limits are counted and logged with the plugin's identity; the caller gets
+    /// a generic body.
+    pub(super) fn plugin_failed(&self, identity: &PluginIdentity, error: PluginError) -> GatewayError {
+        let kind = match &error {
+            PluginError::Guest(_) | PluginError::UnknownProvider { .. } => None,
+            PluginError::Invalid(_) | PluginError::BadInfo(_) | PluginError::Trap(_) => Some("trap"),
+            PluginError::Capacity => Some("capacity"),
+            PluginError::Deadline(_) => Some("deadline"),
+            PluginError::MemoryLimit(_) => Some("memory_limit"),
+        };
+        if let Some(kind) = kind {
+            self.metrics.plugin_failure(&identity.name, kind);
+            tracing::error!(plugin = %identity.name, version = %identity.version, %error, "plugin call failed");
+        }
+        GatewayError::Plugin(error)
+    }
+
+    /// The model server could not be reached or answered badly.
+    pub(super) fn upstream_failed(&self, error: &UpstreamError) {
+        if matches!(error, UpstreamError::Refused(_)) {
+            self.metrics.egress_refused();
+        }
+        self.metrics.upstream_failure(&self.provider, error.reason());
+    }
+
+    /// The model server's response head arrived `elapsed` after the request was sent.
+    pub(super) fn answered(&self, elapsed: Duration) {
+        self.metrics.upstream(&self.provider, elapsed);
+    }
+
+    /// Time spent waiting for the model server, which the request's overhead excludes.
+    pub(super) fn waited(&self, elapsed: Duration) {
+        if let Some(facts) = &self.facts {
+            crate::telemetry::record(facts, |f| f.upstream += elapsed);
+        }
+    }
+
+    /// Tokens the model server reported.
+    pub(super) fn tokens(&self, usage: &wit::Usage) {
+        self.metrics.tokens(&self.model, usage.input_tokens, usage.output_tokens);
+        if let Some(facts) = &self.facts {
+            crate::telemetry::record(facts, |f| {
+                f.input_tokens += u64::from(usage.input_tokens);
+                f.output_tokens += u64::from(usage.output_tokens);
+            });
+        }
+    }
+
+    /// The first text of a stream arrived `elapsed` after the request was sent.
+    pub(super) fn first_token(&self, elapsed: Duration) {
+        self.metrics.first_token(&self.provider, elapsed);
+    }
+
+    /// At the end of a stream: `tokens` generated after the first one, in `elapsed`.
+    pub(super) fn pace(&self, tokens: u32, elapsed: Duration) {
+        self.metrics.tokens_after_first(&self.provider, tokens, elapsed);
+    }
+}

@@ -1,0 +1,68 @@
+//! The state request handlers share: configuration, the verifier, plugins, prompts, metrics, and
+//! each worker's own model-server client.
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::plugins::PluginRegistry;
+use crate::prompts::PromptRegistry;
+use crate::upstream::Upstream;
+use std::sync::Arc;
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Debug)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Config,
+    /// Caller authentication.
+    pub verifier: Verifier,
+    /// Loaded provider plugins.
+    pub plugins: Arc<PluginRegistry>,
+    /// Prompt templates; swapped whole when the prompts directory changes.
+    pub prompts: arc_swap::ArcSwap<PromptRegistry>,
+    /// Clients for model servers (egress-policed), one per serving thread: see [`AppState::for_worker`].
+    pub upstreams: Vec<Upstream>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl AppState {
+    /// What a request served by worker `worker` sees: this state, and that worker's own
+    /// model-server client, so that pooled connections are driven by the thread that uses them.
+    pub fn for_worker(&self, worker: usize) -> RequestState<'_> {
+        RequestState { shared: self, upstream: &self.upstreams[worker % self.upstreams.len()] }
+    }
+
+    /// The current prompt registry; a request keeps the one it started with.
+    pub fn prompts(&self) -> Arc<PromptRegistry> {
+        self.prompts.load_full()
+    }
+
+    /// Rebuild the registry from the embedded prompts and `dir`; a directory that does not load
+    /// keeps the last good registry in place.
+    pub fn reload_prompts(&self, dir: &std::path::Path) {
+        match PromptRegistry::embedded_with_dir(dir) {
+            Ok(registry) => {
+                self.prompts.store(Arc::new(registry));
+                tracing::info!(dir = %dir.display(), "prompts reloaded");
+            }
+            Err(error) => tracing::warn!(%error, "prompt files rejected; keeping the prompts already loaded"),
+        }
+    }
+}
+
+/// The state one request is handled with: the shared [`AppState`] (which it dereferences to)
+/// and the model-server client of the worker serving it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestState<'a> {
+    shared: &'a AppState,
+    /// The serving worker's model-server client and connection pool.
+    pub upstream: &'a Upstream,
+}
+
+impl std::ops::Deref for RequestState<'_> {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        self.shared
+    }
+}
