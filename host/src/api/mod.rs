@@ -175,8 +175,9 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
         Public::Metrics if state.config.metrics_listen.is_some() => error_response(GatewayError::NotFound),
         Public::Metrics => metrics_response(&state.metrics),
         Public::ModelDefinitions => {
+            let prompts = state.prompts();
             let models: Vec<Value> =
-                crate::prompts::FAMILIES.iter().map(|family| json!({"name": family, "identifier": family})).collect();
+                prompts.families().names().map(|family| json!({"name": family, "identifier": family})).collect();
             let body = json!({"models": models, "providers": state.plugins.snapshot().provider_names()});
             json_response(StatusCode::OK, body.to_string().into())
         }

@@ -36,15 +36,10 @@ pub struct ModelJob {
 }
 
 impl ModelJob {
-    /// A chat request for `target`'s model. Families whose chat template has no system role get
-    /// the system text at the start of the first user message instead.
-    pub fn new(
-        target: ModelTarget,
-        mut messages: Vec<wit::Message>,
-        sampling: wit::Sampling,
-        deadline: Deadline,
-    ) -> Self {
-        crate::prompts::fit_roles(&target.family, &mut messages);
+    /// A chat request for `target`'s model. Before it is sent, a family whose chat template has
+    /// no system role (the registry's `families.toml` says which) gets the system text at the
+    /// start of the first user message instead.
+    pub fn new(target: ModelTarget, messages: Vec<wit::Message>, sampling: wit::Sampling, deadline: Deadline) -> Self {
         let request =
             wit::ModelRequest { model: target.model.clone(), messages, fill_in_middle: None, sampling, stream: false };
         ModelJob { target, request, deadline }
@@ -107,6 +102,7 @@ impl Call {
     /// Resolve the plugin, let it build the provider request, and send it.
     async fn send(state: &RequestState<'_>, mut job: ModelJob, stream: bool) -> Result<Self, GatewayError> {
         job.request.stream = stream;
+        state.prompts.load().families().fit_roles(&job.target.family, &mut job.request.messages);
         let total_timeout = job.total_timeout(state);
         let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
         let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;

@@ -1,51 +1,97 @@
-//! Model families: the names GitLab sends as `model_name`, and what a family's own chat template
-//! accepts, applied to every message list before it leaves for the model server.
+//! Model families: the names GitLab sends as `model_name`, read from the registry's
+//! `families.toml`, and what each family's chat template accepts, applied to every message list
+//! before it leaves for the model server.
 
 use crate::plugins::wit;
+use serde::Deserialize;
 
-/// Model families GitLab sends as `model_name`. A family without a prompt of its own for a task
-/// uses the task's `base` prompt.
-pub const FAMILIES: [&str; 12] = [
-    "mistral",
-    "mixtral",
-    "codestral",
-    "llama3",
-    "codellama",
-    "codegemma",
-    "deepseekcoder",
-    "gpt",
-    "qwen",
-    "claude_3",
-    "gemini",
-    "general",
-];
+/// The registry file that lists the families, at the root of the embedded prompts and of the
+/// operator's `AIGW_PROMPTS__DIR`.
+pub const FAMILIES_FILE: &str = "families.toml";
 
-/// Families whose chat templates have no system role: Mistral's and Mixtral's instruct templates
-/// (v0.1/v0.2) raise "Conversation roles must alternate user/assistant…", Gemma's (CodeGemma)
-/// raises "System role not supported". vLLM serving them answers 400 to any system message, so
-/// for these families the system text travels at the start of the first user message instead.
-/// Codestral is served by vLLM with the same family of templates; folding is harmless where a
-/// template would have accepted it.
-const WITHOUT_SYSTEM_ROLE: [&str; 4] = ["mistral", "mixtral", "codestral", "codegemma"];
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FamiliesFile {
+    #[serde(default)]
+    family: Vec<FamilyFile>,
+}
 
-/// Make `messages` acceptable to `family`'s chat template: for a family without a system role,
-/// system messages are joined into the first user message (or become it, if there is none).
-pub fn fit_roles(family: &str, messages: &mut Vec<wit::Message>) {
-    if !WITHOUT_SYSTEM_ROLE.contains(&family) || !messages.iter().any(|m| matches!(m.role, wit::Role::System)) {
-        return;
-    }
-    let (system, mut rest): (Vec<_>, Vec<_>) =
-        std::mem::take(messages).into_iter().partition(|m| matches!(m.role, wit::Role::System));
-    let mut preamble = system.into_iter().map(|m| m.content).collect::<Vec<_>>().join("\n\n");
-    match rest.iter_mut().find(|m| matches!(m.role, wit::Role::User)) {
-        Some(first_user) => {
-            preamble.push_str("\n\n");
-            preamble.push_str(&first_user.content);
-            first_user.content = preamble;
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FamilyFile {
+    name: String,
+    #[serde(default = "has_system_role")]
+    system_role: bool,
+}
+
+fn has_system_role() -> bool {
+    true
+}
+
+/// One model family.
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// The `model_name` GitLab sends.
+    pub name: String,
+    /// Whether its chat template accepts a system message.
+    pub system_role: bool,
+}
+
+/// The families the registry knows, in the order their files list them.
+#[derive(Debug, Default, Clone)]
+pub struct Families(Vec<Family>);
+
+impl Families {
+    /// Add the families of one `families.toml`; an entry whose name is already known replaces it.
+    pub(super) fn merge(&mut self, text: &str) -> Result<(), String> {
+        let file: FamiliesFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        for entry in file.family {
+            let name = entry.name.trim();
+            if name.is_empty() || name.contains('/') {
+                return Err(format!("family name {:?} must be a non-empty name without '/'", entry.name));
+            }
+            let family = Family { name: name.to_string(), system_role: entry.system_role };
+            match self.0.iter_mut().find(|known| known.name == family.name) {
+                Some(known) => *known = family,
+                None => self.0.push(family),
+            }
         }
-        None => rest.insert(0, wit::Message { role: wit::Role::User, content: preamble }),
+        Ok(())
     }
-    *messages = rest;
+
+    /// The family named `name`, if known.
+    pub fn get(&self, name: &str) -> Option<&Family> {
+        self.0.iter().find(|family| family.name == name)
+    }
+
+    /// Every family's name, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|family| family.name.as_str())
+    }
+
+    /// Make `messages` acceptable to `family`'s chat template: for a family without a system
+    /// role, system messages are joined into the first user message (or become it, if there is
+    /// none). An unknown family keeps its messages as they are.
+    pub fn fit_roles(&self, family: &str, messages: &mut Vec<wit::Message>) {
+        if self.get(family).is_none_or(|f| f.system_role) {
+            return;
+        }
+        if !messages.iter().any(|m| matches!(m.role, wit::Role::System)) {
+            return;
+        }
+        let (system, mut rest): (Vec<_>, Vec<_>) =
+            std::mem::take(messages).into_iter().partition(|m| matches!(m.role, wit::Role::System));
+        let mut preamble = system.into_iter().map(|m| m.content).collect::<Vec<_>>().join("\n\n");
+        match rest.iter_mut().find(|m| matches!(m.role, wit::Role::User)) {
+            Some(first_user) => {
+                preamble.push_str("\n\n");
+                preamble.push_str(&first_user.content);
+                first_user.content = preamble;
+            }
+            None => rest.insert(0, wit::Message { role: wit::Role::User, content: preamble }),
+        }
+        *messages = rest;
+    }
 }
 
 #[cfg(test)]
@@ -60,8 +106,28 @@ mod tests {
         messages.iter().map(|m| (format!("{:?}", m.role), m.content.clone())).collect()
     }
 
+    fn families() -> Families {
+        let mut families = Families::default();
+        let text = "[[family]]\nname = \"mixtral\"\nsystem_role = false\n[[family]]\nname = \"llama3\"\n\
+                    [[family]]\nname = \"codegemma\"\nsystem_role = false\n";
+        families.merge(text).unwrap();
+        families
+    }
+
+    #[test]
+    fn a_later_file_adds_families_and_replaces_by_name() {
+        let mut families = families();
+        families.merge("[[family]]\nname = \"llama3\"\nsystem_role = false\n[[family]]\nname = \"starcoder\"").unwrap();
+        assert_eq!(families.names().collect::<Vec<_>>(), ["mixtral", "llama3", "codegemma", "starcoder"]);
+        assert!(!families.get("llama3").unwrap().system_role, "replaced by name");
+        assert!(families.get("starcoder").unwrap().system_role, "a system role unless said otherwise");
+        assert!(families.merge("[[family]]\nname = \"a/b\"").is_err());
+        assert!(families.merge("[[family]]\nnmae = \"x\"").is_err(), "unknown keys are refused");
+    }
+
     #[test]
     fn families_without_a_system_role_get_it_in_the_first_user_message() {
+        let families = families();
         let conversation = vec![
             message(wit::Role::System, "Be brief."),
             message(wit::Role::User, "hi"),
@@ -69,7 +135,7 @@ mod tests {
             message(wit::Role::User, "more"),
         ];
         let mut folded = conversation.clone();
-        fit_roles("mixtral", &mut folded);
+        families.fit_roles("mixtral", &mut folded);
         assert_eq!(
             shape(&folded),
             shape(&[
@@ -79,11 +145,11 @@ mod tests {
             ])
         );
         let mut kept = conversation.clone();
-        fit_roles("llama3", &mut kept);
+        families.fit_roles("llama3", &mut kept);
         assert_eq!(shape(&kept), shape(&conversation), "llama3 has a system role");
 
         let mut only_system = vec![message(wit::Role::System, "Reply OK.")];
-        fit_roles("codegemma", &mut only_system);
+        families.fit_roles("codegemma", &mut only_system);
         assert_eq!(shape(&only_system), shape(&[message(wit::Role::User, "Reply OK.")]));
     }
 }

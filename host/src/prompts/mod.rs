@@ -5,7 +5,7 @@ mod family;
 mod trim;
 mod version;
 
-pub use family::{FAMILIES, fit_roles};
+pub use family::{FAMILIES_FILE, Families, Family};
 pub use trim::trim_to_budget;
 pub use version::{Constraint, Version};
 
@@ -28,13 +28,15 @@ pub enum PromptError {
         /// What is wrong.
         problem: String,
     },
-    /// The family is not one the gateway knows.
-    #[error("model family '{family}' is not supported for {task}; supported: {}", FAMILIES.join(", "))]
+    /// The family is not one the registry lists.
+    #[error("model family '{family}' is not supported for {task}; supported: {supported}")]
     UnsupportedFamily {
         /// What was asked.
         family: String,
         /// The task.
         task: &'static str,
+        /// The families the registry lists, comma-separated.
+        supported: String,
     },
     /// No prompt with this id.
     #[error("prompt '{0}' not found")]
@@ -201,15 +203,17 @@ impl Prompt {
     }
 }
 
-/// All prompts, every version, with their compiled templates.
+/// All prompts, every version, with their compiled templates, and the model families.
 pub struct PromptRegistry {
     env: minijinja::Environment<'static>,
     prompts: HashMap<String, Vec<Prompt>>,
+    families: Families,
 }
 
 impl std::fmt::Debug for PromptRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PromptRegistry").field("prompts", &self.prompts.len()).finish()
+        let families: Vec<&str> = self.families.names().collect();
+        f.debug_struct("PromptRegistry").field("prompts", &self.prompts.len()).field("families", &families).finish()
     }
 }
 
@@ -228,10 +232,11 @@ impl PromptRegistry {
     }
 
     /// The embedded prompts plus the operator's `*.toml` files under `dir`; a file with the same
-    /// id and version as an embedded one replaces it.
+    /// id and version as an embedded one replaces it, and a `families.toml` adds its families.
     pub fn embedded_with_dir(dir: &std::path::Path) -> Result<Self, PromptError> {
-        let mut files: std::collections::BTreeMap<String, String> =
+        let mut files: Vec<(String, String)> =
             embedded::EMBEDDED.iter().map(|(path, text)| (path.to_string(), text.to_string())).collect();
+        let mut overlay = std::collections::BTreeMap::new();
         let mut pending = vec![dir.to_path_buf()];
         while let Some(current) = pending.pop() {
             let entries = std::fs::read_dir(&current).map_err(|e| PromptError::BadFile {
@@ -246,17 +251,29 @@ impl PromptRegistry {
                     let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
                     let text = std::fs::read_to_string(&path)
                         .map_err(|e| PromptError::BadFile { file: relative.clone(), problem: e.to_string() })?;
-                    files.insert(relative, text);
+                    overlay.insert(relative, text);
                 }
             }
         }
+        files.extend(overlay);
         Self::from_files(files)
     }
 
-    /// Build a registry from `(relative path, contents)` pairs; the path is `<id>/<version>.toml`.
+    /// Build a registry from `(relative path, contents)` pairs: `<id>/<version>.toml` prompt
+    /// files (a later pair with the same path replaces an earlier one) and `families.toml`
+    /// family lists (each adds to those before it).
     pub fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, PromptError> {
-        let mut parsed = Vec::new();
+        let mut families = Families::default();
+        let mut prompt_files = std::collections::BTreeMap::new();
         for (path, text) in files {
+            if path == FAMILIES_FILE {
+                families.merge(&text).map_err(|problem| PromptError::BadFile { file: path.clone(), problem })?;
+            } else {
+                prompt_files.insert(path, text);
+            }
+        }
+        let mut parsed = Vec::new();
+        for (path, text) in prompt_files {
             let bad = |problem: String| PromptError::BadFile { file: path.clone(), problem };
             let normalized = path.replace('\\', "/");
             let (id, file_name) =
@@ -273,7 +290,7 @@ impl PromptRegistry {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
-        let mut registry = PromptRegistry { env, prompts: HashMap::new() };
+        let mut registry = PromptRegistry { env, prompts: HashMap::new(), families };
         // Bases first, so that every extending file finds the finished prompt it builds on.
         let (extending, bases): (Vec<_>, Vec<_>) = parsed.into_iter().partition(|p| p.file.extends.is_some());
         let extending_ids: std::collections::HashSet<&str> = extending.iter().map(|p| p.id.as_str()).collect();
@@ -401,12 +418,18 @@ impl PromptRegistry {
         self.code_prompt("code_generations", "code generation", family)
     }
 
-    /// Code endpoints accept only the known families (GitLab answers 422 for others).
+    /// Code endpoints accept only the listed families (GitLab answers 422 for others).
     fn code_prompt(&self, id: &str, task: &'static str, family: &str) -> Result<&Prompt, PromptError> {
-        if !FAMILIES.contains(&family) {
-            return Err(PromptError::UnsupportedFamily { family: family.to_string(), task });
+        if self.families.get(family).is_none() {
+            let supported = self.families.names().collect::<Vec<_>>().join(", ");
+            return Err(PromptError::UnsupportedFamily { family: family.to_string(), task, supported });
         }
         self.for_family(id, family, None)
+    }
+
+    /// The model families, from the registry's `families.toml` files.
+    pub fn families(&self) -> &Families {
+        &self.families
     }
 
     /// Render a prompt's messages with `variables`.
@@ -454,7 +477,8 @@ mod tests {
         assert_eq!(registry.code_completion("codegemma").unwrap().params.stop.len(), 4);
         assert_eq!(registry.code_completion("qwen").unwrap().params.max_tokens, Some(48));
         assert!(registry.code_completion("qwen").unwrap().params.stop.contains(&"\n\n".to_string()));
-        for family in FAMILIES {
+        assert_eq!(registry.families().names().count(), 12);
+        for family in registry.families().names() {
             assert!(registry.code_completion(family).is_ok(), "{family} has a completion prompt");
             assert!(registry.code_generation(family).is_ok(), "{family} has a generation prompt");
         }
@@ -470,7 +494,7 @@ mod tests {
         assert!(matches!(messages[0].role, wit::Role::System));
         assert!(messages[1].content.contains("x = <CURSOR>\nprint(x)"));
         for task in ["code_completions", "code_generations", "chat/react"] {
-            for family in FAMILIES {
+            for family in registry.families().names() {
                 let prompt = registry.for_family(task, family, None).unwrap();
                 assert_eq!(prompt.id, format!("{task}/{family}"), "every family has its own {task} prompt");
                 assert!(prompt.params.max_tokens.is_some(), "{task}/{family} states its answer limit");

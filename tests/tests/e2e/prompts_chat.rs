@@ -257,7 +257,8 @@ fn builtin_prompt_ids() -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "toml") {
+            } else if path.extension().is_some_and(|e| e == "toml") && dir != root {
+                // Files at the root (the family list) are not prompts.
                 ids.insert(dir.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/"));
             }
         }

@@ -171,3 +171,59 @@ async fn pre_releases_are_served_only_when_asked_for_by_name() {
     let contents: Vec<Value> = t.model.requests().iter().map(|r| r.body["messages"][0]["content"].clone()).collect();
     assert_eq!(contents, [json!("stable"), json!("unreleased")]);
 }
+
+#[tokio::test]
+async fn an_operator_adds_a_family_through_the_prompts_directory_alone() {
+    let prompts = tempfile::tempdir().unwrap();
+    let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
+    let completion = |t: &TestGateway| t.completion_body("starcoder2", Some("custom_openai/starcoder2-15b"), false);
+    let unknown = t.complete(&completion(&t)).await;
+    assert_eq!(unknown.status, 422, "not a family yet: {}", unknown.text());
+    assert!(unknown.text().contains("supported: mistral"), "{}", unknown.text());
+
+    // A family whose chat template has no system role, with a completion prompt of its own; its
+    // generation and chat prompts are the built-in `base` ones.
+    let dir = prompts.path().join("code_completions/starcoder2");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fim = "unit_primitive = \"complete_code\"\n[params]\nmax_tokens = 32\nstop = [\"<file_sep>\"]\n\
+               [[messages]]\nrole = \"user\"\ncontent = \"<fim_prefix>{{ prefix }}<fim_suffix>{{ suffix }}<fim_middle>\"\n";
+    aigw_tests::deploy(&dir.join("1.0.0.toml"), fim.as_bytes());
+    let families = "[[family]]\nname = \"starcoder2\"\nsystem_role = false\n";
+    aigw_tests::deploy(&prompts.path().join("families.toml"), families.as_bytes());
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let answer = loop {
+        let answer = t.complete(&completion(&t)).await;
+        if answer.status == 200 {
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new family was never picked up: {}", answer.text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.json()["model"]["name"], "starcoder2");
+    let sent = t.model.requests().last().unwrap().body.clone();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "<fim_prefix>def add(a, b):\n    <fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>"}])
+    );
+    assert_eq!((sent["max_tokens"].clone(), sent["stop"].clone()), (json!(32), json!(["<file_sep>"])));
+
+    let mut generation = completion(&t);
+    generation["current_file"]["content_above_cursor"] = json!("# add two numbers\n");
+    let headers = t.gitlab_headers(&t.token(&["generate_code"]));
+    let answer = t.post("/v2/code/generations", &headers, &generation).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let mut agent = aigw_tests::agent_body(&t.model.base_url());
+    agent["model_metadata"]["name"] = json!("starcoder2");
+    let answer = t.post("/v2/chat/agent", &t.gitlab_headers(&t.token(&["duo_chat"])), &agent).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let requests = t.model.requests();
+    for (what, request) in [("generation", &requests[requests.len() - 2]), ("chat", &requests[requests.len() - 1])] {
+        let roles: Vec<&str> =
+            request.body["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert!(!roles.contains(&"system"), "{what}: the family has no system role: {roles:?}");
+        assert_eq!(roles[0], "user", "{what}");
+    }
+    let definitions = t.request(http::Method::GET, "/v1/models/definitions", &[], bytes::Bytes::new()).await.json();
+    assert!(definitions["models"].as_array().unwrap().iter().any(|m| m["name"] == "starcoder2"));
+}
