@@ -22,7 +22,7 @@ fn main() -> std::io::Result<()> {
     collect(&root, &mut files)?;
     files.sort();
     let mut code = String::from("/// Prompt files embedded at build time: (path relative to `prompts/`, contents).\n");
-    code.push_str("pub const EMBEDDED: &[(&str, &str)] = &[\n");
+    code.push_str("pub(super) const EMBEDDED: &[(&str, &str)] = &[\n");
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
         let relative = file.strip_prefix(&root).map_err(std::io::Error::other)?;

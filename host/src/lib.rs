@@ -1,19 +1,22 @@
 //! aigw: a self-hosted AI gateway for GitLab Duo whose provider wire formats run as sandboxed
 //! WebAssembly components. The binary is a thin CLI over [`Gateway`].
 
-pub mod api;
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+pub(crate) mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod pipeline;
 pub mod plugins;
 pub mod prompts;
-pub mod response;
-pub mod server;
-pub mod state;
+pub(crate) mod response;
+pub(crate) mod server;
+pub(crate) mod state;
 pub mod telemetry;
 pub mod upstream;
-pub mod watch;
+pub(crate) mod watch;
 
 use crate::auth::{JwksCache, SigningKey, Verifier};
 use crate::config::Config;

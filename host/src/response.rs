@@ -9,16 +9,16 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 
 /// Response body type: a full body or a stream, boxed.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, GatewayError>;
+pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, GatewayError>;
 
 /// `text/event-stream`, as GitLab's gateway labels its raw text and SSE streams.
-pub const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
+pub(crate) const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
 
 /// Newline-delimited JSON, one object per line.
-pub const NDJSON: &str = "application/x-ndjson";
+pub(crate) const NDJSON: &str = "application/x-ndjson";
 
 /// A JSON response (`application/json`, compact, as FastAPI sends it).
-pub fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
     let mut response = http::Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -27,7 +27,7 @@ pub fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
 
 /// A streamed body of `content_type`. A frame that is an error aborts the body, so the client
 /// sees an incomplete answer rather than a silently truncated one.
-pub fn streamed_response(
+pub(crate) fn streamed_response(
     content_type: &'static str,
     frames: impl Stream<Item = Result<Frame<Bytes>, GatewayError>> + Send + 'static,
 ) -> http::Response<Body> {
@@ -37,7 +37,7 @@ pub fn streamed_response(
 }
 
 /// `GET /metrics`, on the API port or on the metrics listener: the Prometheus text format.
-pub fn metrics_response(metrics: &crate::telemetry::Metrics) -> http::Response<Body> {
+pub(crate) fn metrics_response(metrics: &crate::telemetry::Metrics) -> http::Response<Body> {
     let mut response = json_response(StatusCode::OK, metrics.render().into());
     response
         .headers_mut()
@@ -47,7 +47,7 @@ pub fn metrics_response(metrics: &crate::telemetry::Metrics) -> http::Response<B
 
 /// The answer to a request that failed with `error`: its status, JSON body and headers. The
 /// failure is logged here, once, with the internal reason the caller never sees.
-pub fn error_response(error: GatewayError) -> http::Response<Body> {
+pub(crate) fn error_response(error: GatewayError) -> http::Response<Body> {
     let (status, body) = error.status_and_body();
     // The debug form carries internal reasons (why a token was refused, which timeout
     // fired) that the caller never sees; none of them contains a token or a key.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Keeps a filesystem watch alive; dropping it stops watching.
-pub struct DirWatcher {
+pub(crate) struct DirWatcher {
     _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
@@ -29,7 +29,12 @@ impl DirWatcher {
     /// Watch `dir` and call `reload` once no event has arrived for `debounce`. A short debounce
     /// compiles half-written files (which are then rejected and retried); a long one delays
     /// deployments. Reloads never overlap: the next one waits for the previous to finish.
-    pub fn start<F, Fut>(dir: &Path, recursive: bool, debounce: Duration, reload: F) -> Result<Self, notify::Error>
+    pub(crate) fn start<F, Fut>(
+        dir: &Path,
+        recursive: bool,
+        debounce: Duration,
+        reload: F,
+    ) -> Result<Self, notify::Error>
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,

@@ -9,7 +9,7 @@ use serde_json::json;
 
 /// Mint a token for the user named in `X-Gitlab-Global-User-Id`. The route table has checked that
 /// the caller is an instance token with a completion scope.
-pub fn handle(
+pub(crate) fn handle(
     state: &crate::state::AppState,
     principal: &Principal,
     headers: &http::HeaderMap,

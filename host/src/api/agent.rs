@@ -159,7 +159,7 @@ fn conversation(messages: &[AgentMessage], principal: &Principal) -> Result<Vec<
 }
 
 /// Handle one agent step.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &RequestState<'_>,
     principal: &Principal,
     body: &[u8],

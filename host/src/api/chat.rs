@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Invokables GitLab calls on this endpoint. Each is also accepted as a scope of its own.
-pub const INVOKABLES: [&str; 12] = [
+pub(crate) const INVOKABLES: [&str; 12] = [
     "agent",
     "explain_code",
     "write_tests",
@@ -73,7 +73,7 @@ struct ChatAnswer<'a> {
 }
 
 /// Handle one call of an invokable (one of [`INVOKABLES`]; the route table has checked its scope).
-pub async fn handle(state: &RequestState<'_>, body: &[u8]) -> Result<http::Response<Body>, GatewayError> {
+pub(crate) async fn handle(state: &RequestState<'_>, body: &[u8]) -> Result<http::Response<Body>, GatewayError> {
     let request: ChatRequest = parse_json(body)?;
     let [component] = request.prompt_components.as_slice() else {
         return Err(GatewayError::Unprocessable("exactly one prompt component is required".into()));

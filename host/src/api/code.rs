@@ -26,7 +26,7 @@ const SELF_HOSTED_PROVIDER: &str = "litellm";
 
 /// Which code suggestion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
+pub(crate) enum Task {
     /// Fill in the middle at the cursor.
     Completion,
     /// Write new code from an instruction (a comment, or the prompt GitLab built).
@@ -218,7 +218,7 @@ struct V2Answer<'a> {
 
 /// `POST /v2/code/completions` (alias `/v2/completions`) and `POST /v2/code/generations`.
 /// The route table has checked the task's scopes.
-pub async fn handle_v2(
+pub(crate) async fn handle_v2(
     state: &RequestState<'_>,
     body: &[u8],
     task: Task,
@@ -320,7 +320,7 @@ struct V3Request {
 
 /// Which of the two newer endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
+pub(crate) enum Version {
     /// `/v3/code/completions`: streams raw text.
     V3,
     /// `/v4/code/suggestions`: streams CRLF-framed SSE events.
@@ -328,7 +328,7 @@ pub enum Version {
 }
 
 /// `POST /v3/code/completions` and `POST /v4/code/suggestions`.
-pub async fn handle_v3(
+pub(crate) async fn handle_v3(
     state: &RequestState<'_>,
     principal: &Principal,
     body: &[u8],
@@ -397,7 +397,7 @@ pub async fn handle_v3(
 
 /// `model` and `timestamp`, in GitLab's field order (a struct, so serde keeps the order).
 #[derive(Serialize)]
-pub struct V3Metadata {
+pub(crate) struct V3Metadata {
     model: OwnedModelInfo,
     timestamp: u64,
 }

@@ -4,7 +4,7 @@
 /// Incremental fence stripper. Feed pieces with [`FenceStripper::push`], emit what it returns,
 /// and emit [`FenceStripper::finish`] at the end.
 #[derive(Debug, Default)]
-pub struct FenceStripper {
+pub(crate) struct FenceStripper {
     /// Past the opening line: body text is flowing.
     in_body: bool,
     /// Text held back: the first line (it may be an opening fence) or, in the body, the last
@@ -36,7 +36,7 @@ fn hold_from(text: &str) -> usize {
 
 impl FenceStripper {
     /// Strip a complete answer.
-    pub fn strip(text: &str) -> String {
+    pub(crate) fn strip(text: &str) -> String {
         let mut stripper = FenceStripper::default();
         let mut out = stripper.push(text);
         out.push_str(&stripper.finish());
@@ -44,7 +44,7 @@ impl FenceStripper {
     }
 
     /// Take the next piece; returns the text that can be emitted now.
-    pub fn push(&mut self, piece: &str) -> String {
+    pub(crate) fn push(&mut self, piece: &str) -> String {
         self.pending.push_str(piece);
         let mut out = String::new();
         if !self.in_body {
@@ -67,7 +67,7 @@ impl FenceStripper {
     }
 
     /// The end of the answer: a held-back closing fence is dropped, anything else is emitted.
-    pub fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         let rest = std::mem::take(&mut self.pending);
         let fence_only = if self.in_body { rest.trim() == FENCE } else { rest.trim_start().starts_with(FENCE) };
         // A closing fence (or a lone opening fence with nothing after it) is dropped.

@@ -39,7 +39,7 @@ const LANGUAGES: &[(&str, &[&str], &[&str])] = &[
 ];
 
 /// Resolve the language from `language_identifier` (case-insensitive), else the file extension.
-pub fn resolve(language_identifier: Option<&str>, file_name: &str) -> Option<&'static str> {
+pub(crate) fn resolve(language_identifier: Option<&str>, file_name: &str) -> Option<&'static str> {
     if let Some(id) = language_identifier.map(str::trim).filter(|id| !id.is_empty()) {
         let id = id.to_ascii_lowercase();
         if let Some((name, _, _)) = LANGUAGES.iter().find(|(_, ids, _)| ids.contains(&id.as_str())) {

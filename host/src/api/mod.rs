@@ -1,16 +1,16 @@
 //! GitLab-compatible endpoints: the one route table, dispatch to each endpoint's handler, and the
 //! request-body parsing they share.
 
-pub mod access_token;
-pub mod agent;
-pub mod chat;
-pub mod code;
-pub mod fence;
-pub mod language;
-pub mod model;
-pub mod prompts;
-pub mod react;
-pub mod stream;
+pub(crate) mod access_token;
+pub(crate) mod agent;
+pub(crate) mod chat;
+pub(crate) mod code;
+pub(crate) mod fence;
+pub(crate) mod language;
+pub(crate) mod model;
+pub(crate) mod prompts;
+pub(crate) mod react;
+pub(crate) mod stream;
 
 use crate::auth::scopes::{self, Requirement};
 use crate::error::{GatewayError, ValidationIssue};
@@ -62,14 +62,14 @@ enum Endpoint {
 /// A request's place in the route table, found once: its endpoint (or the error that answers
 /// it) and the bounded label its metrics carry (ids in paths are not labels).
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// The metric label.
     pub label: &'static str,
     endpoint: Result<Endpoint, GatewayError>,
 }
 
 /// The route table: each path with its label, endpoint, method and scope requirement, in one arm.
-pub fn route(method: &Method, path: &str) -> Route {
+pub(crate) fn route(method: &Method, path: &str) -> Route {
     use Authenticated as A;
     use code::{Task, Version};
     let public = |endpoint| Ok(Endpoint::Public(endpoint));
@@ -125,7 +125,7 @@ pub fn route(method: &Method, path: &str) -> Route {
 
 /// Answer one routed request. Authentication runs before the body is read, and the scope
 /// check after it, as in GitLab's gateway.
-pub async fn dispatch(
+pub(crate) async fn dispatch(
     state: &RequestState<'_>,
     route: Route,
     headers: &http::HeaderMap,
@@ -185,12 +185,12 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
 }
 
 /// Unix time, seconds.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 /// A `[{role, content}]` list as chat messages (`system`, `user`, `assistant`).
-pub fn parse_messages(value: &Value) -> Result<Vec<wit::Message>, GatewayError> {
+pub(crate) fn parse_messages(value: &Value) -> Result<Vec<wit::Message>, GatewayError> {
     #[derive(serde::Deserialize)]
     struct RawMessage {
         role: String,
@@ -212,7 +212,7 @@ pub fn parse_messages(value: &Value) -> Result<Vec<wit::Message>, GatewayError> 
 }
 
 /// Parse a JSON body; syntax and shape errors become FastAPI-style 422 issues.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
     serde_json::from_slice(body).map_err(|error| {
         let kind = match error.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "json_invalid",

@@ -5,7 +5,7 @@ use crate::pipeline::{ModelFields, ModelTarget};
 
 /// The top-level `model_metadata` object of the newer endpoints.
 #[derive(Debug, serde::Deserialize)]
-pub struct ModelMetadata {
+pub(crate) struct ModelMetadata {
     /// Provider as GitLab names it (`openai`, `litellm`, …); reported back as `engine`.
     pub provider: Option<String>,
     /// Family.
@@ -20,7 +20,7 @@ pub struct ModelMetadata {
 
 impl ModelMetadata {
     /// The target, and the provider as GitLab named it; the object is required for self-hosted models.
-    pub fn resolve(
+    pub(crate) fn resolve(
         metadata: Option<ModelMetadata>,
         custom_models_enabled: bool,
     ) -> Result<(ModelTarget, Option<String>), GatewayError> {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 /// Which answer shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
+pub(crate) enum Api {
     /// Answer: a JSON string; stream: raw text.
     V1,
     /// Answer: `{"content", "usage"?}`; stream: one such object per line.
@@ -35,7 +35,7 @@ struct PromptRequest {
 
 /// The id from the path: everything after `/v1/prompts/`, percent-decoded once (GitLab sends
 /// `model_configuration%2Fcheck`; a literal `/` works too).
-pub fn decode_id(raw: &str) -> Option<String> {
+pub(crate) fn decode_id(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -74,7 +74,7 @@ fn authorize(prompt: &crate::prompts::Prompt, principal: &Principal, id: &str) -
 }
 
 /// Handle one call for prompt `id`.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &RequestState<'_>,
     principal: &Principal,
     id: &str,

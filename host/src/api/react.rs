@@ -10,7 +10,7 @@ const THOUGHT: &str = "Thought:";
 
 /// One agent event, serialised as `{"type": …, "data": …}`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AgentEvent {
+pub(crate) enum AgentEvent {
     /// The model wants a tool run.
     Action {
         /// Why.
@@ -36,7 +36,7 @@ pub enum AgentEvent {
 
 impl AgentEvent {
     /// The NDJSON object.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         match self {
             AgentEvent::Action { thought, tool, tool_input } => {
                 json!({"type": "action", "data": {"thought": thought, "tool": tool, "tool_input": tool_input}})
@@ -51,7 +51,7 @@ impl AgentEvent {
 
 /// Incremental parser: [`ReactParser::push`] each piece, then [`ReactParser::finish`].
 #[derive(Debug, Default)]
-pub struct ReactParser {
+pub(crate) struct ReactParser {
     /// Everything received.
     text: String,
     /// Byte offset of the final answer's first character, once `Final Answer:` was seen.
@@ -62,7 +62,7 @@ pub struct ReactParser {
 
 impl ReactParser {
     /// Take a piece of model text; returns the final-answer delta it completes, if any.
-    pub fn push(&mut self, piece: &str) -> Option<AgentEvent> {
+    pub(crate) fn push(&mut self, piece: &str) -> Option<AgentEvent> {
         self.text.push_str(piece);
         if self.answer_from.is_none() {
             let marker = self.text.find(FINAL_ANSWER)?;
@@ -90,7 +90,7 @@ impl ReactParser {
     }
 
     /// The end of the model's text: the closing final-answer delta, the action, or `unknown`.
-    pub fn finish(self) -> AgentEvent {
+    pub(crate) fn finish(self) -> AgentEvent {
         if self.answer_from.is_some() {
             return AgentEvent::FinalAnswerDelta {
                 text: self.text[self.emitted..].to_string(),

@@ -45,7 +45,7 @@ fn text_pieces(
 /// Raw model text streamed as it arrives under `text/event-stream` (no SSE framing: GitLab's
 /// code and chat endpoints send the bare text). A failure after the head has gone out aborts the
 /// body, so the client sees an incomplete answer rather than a silently truncated one.
-pub fn raw_text_response(chunks: ChunkStream, fence: Option<FenceStripper>) -> http::Response<Body> {
+pub(crate) fn raw_text_response(chunks: ChunkStream, fence: Option<FenceStripper>) -> http::Response<Body> {
     let pieces = text_pieces(chunks, fence).map(|piece| piece.map(|text| Frame::data(Bytes::from(text))));
     streamed_response(EVENT_STREAM, pieces)
 }
@@ -58,7 +58,7 @@ fn sse_event(event: &str, data: &impl serde::Serialize) -> Frame<Bytes> {
 
 /// `/v4/code/suggestions` streaming: `stream_start` with the metadata, one `content_chunk` per
 /// piece, `stream_end`; events separated by CRLF CRLF; header `X-Streaming-Format: sse`.
-pub fn v4_sse_response(
+pub(crate) fn v4_sse_response(
     chunks: ChunkStream,
     fence: Option<FenceStripper>,
     metadata: impl serde::Serialize + Send + 'static,
@@ -78,7 +78,7 @@ pub fn v4_sse_response(
 }
 
 /// Newline-delimited JSON: one object per text piece, made by `shape`.
-pub fn ndjson_response(chunks: ChunkStream, shape: fn(String) -> Value) -> http::Response<Body> {
+pub(crate) fn ndjson_response(chunks: ChunkStream, shape: fn(String) -> Value) -> http::Response<Body> {
     let lines = text_pieces(chunks, None).map(move |piece| {
         piece.map(|text| {
             let mut line = shape(text).to_string();

@@ -3,9 +3,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use rsa::RsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::traits::PublicKeyParts;
-use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::Serialize;
 use std::path::Path;
 
@@ -31,7 +31,6 @@ pub struct SigningKey {
     kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
-    public: RsaPublicKey,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -86,7 +85,7 @@ impl SigningKey {
             let digest = sha2::Sha256::digest(&n);
             URL_SAFE_NO_PAD.encode(&digest[..12])
         };
-        Ok(SigningKey { kid, encoding, decoding, public })
+        Ok(SigningKey { kid, encoding, decoding })
     }
 
     /// Key id (`kid`), derived from the modulus.
@@ -97,18 +96,6 @@ impl SigningKey {
     /// The verification half.
     pub fn decoding_key(&self) -> &DecodingKey {
         &self.decoding
-    }
-
-    /// The public key as a JWK (`kty`, `kid`, `use`, `alg`, `n`, `e`).
-    pub fn public_jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "RSA",
-            "kid": self.kid,
-            "use": "sig",
-            "alg": "RS256",
-            "n": URL_SAFE_NO_PAD.encode(self.public.n().to_bytes_be()),
-            "e": URL_SAFE_NO_PAD.encode(self.public.e().to_bytes_be()),
-        })
     }
 
     /// Sign `claims` as an RS256 JWT with this key's `kid`.

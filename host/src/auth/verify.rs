@@ -15,14 +15,10 @@ pub const LEEWAY_SECS: u64 = 30;
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// `sub` claim.
-    pub subject: Option<String>,
     /// Granted scopes (unit primitives).
     pub scopes: Vec<String>,
     /// `gitlab_realm` claim.
     pub realm: Option<String>,
-    /// `gitlab_instance_id` claim.
-    pub instance_id: Option<String>,
     /// Signed by this gateway (`/v1/code/user_access_token`), not by the GitLab instance.
     pub gateway_issued: bool,
     /// Authentication is bypassed (`AIGW_AUTH__BYPASS_EXTERNAL`): every scope is granted.
@@ -32,14 +28,7 @@ pub struct Principal {
 impl Principal {
     /// The caller when authentication is bypassed: no identity, every scope.
     pub fn unrestricted() -> Self {
-        Principal {
-            subject: None,
-            scopes: Vec::new(),
-            realm: None,
-            instance_id: None,
-            gateway_issued: false,
-            unrestricted: true,
-        }
+        Principal { scopes: Vec::new(), realm: None, gateway_issued: false, unrestricted: true }
     }
 
     /// Whether `scope` was granted.
@@ -264,14 +253,7 @@ impl Verifier {
         } else {
             check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, claims.sub.as_deref())?;
         }
-        Ok(Principal {
-            subject: claims.sub,
-            scopes: claims.scopes,
-            realm: claims.gitlab_realm,
-            instance_id: instance_claim,
-            gateway_issued,
-            unrestricted: false,
-        })
+        Ok(Principal { scopes: claims.scopes, realm: claims.gitlab_realm, gateway_issued, unrestricted: false })
     }
 
     /// Sum of the instance key sets' generations: changes whenever a key set changes.

@@ -22,7 +22,7 @@ const SLEEP_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// The ticker thread's shared state.
 #[derive(Debug, Default)]
-pub struct EpochTicker {
+pub(super) struct EpochTicker {
     stop: AtomicBool,
     /// Stores alive now.
     alive: AtomicUsize,
@@ -35,7 +35,7 @@ pub struct EpochTicker {
 
 impl EpochTicker {
     /// Start the ticker thread for `engine`, ticking every `period` while stores are alive.
-    pub fn start(engine: &wasmtime::Engine, period: Duration) -> std::io::Result<Arc<Self>> {
+    pub(super) fn start(engine: &wasmtime::Engine, period: Duration) -> std::io::Result<Arc<Self>> {
         let ticker = Arc::new(EpochTicker::default());
         let (engine, shared) = (engine.clone(), Arc::clone(&ticker));
         let handle =
@@ -75,17 +75,17 @@ impl EpochTicker {
     }
 
     /// Whether the ticker is asleep (no store has been alive for a while).
-    pub fn asleep(&self) -> bool {
+    pub(super) fn asleep(&self) -> bool {
         self.asleep.load(Ordering::SeqCst)
     }
 
     /// Stores alive now.
-    pub fn stores_alive(&self) -> usize {
+    pub(super) fn stores_alive(&self) -> usize {
         self.alive.load(Ordering::Relaxed)
     }
 
     /// Stop the thread (at its next tick, or at once if asleep).
-    pub fn stop(&self) {
+    pub(super) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake();
     }
@@ -99,11 +99,11 @@ impl EpochTicker {
 
 /// Counts one store as alive until dropped; taken before the store runs any guest code, and
 /// wakes the ticker if it sleeps.
-pub struct Alive(Arc<EpochTicker>);
+pub(super) struct Alive(Arc<EpochTicker>);
 
 impl Alive {
     /// Count a new store.
-    pub fn new(ticker: &Arc<EpochTicker>) -> Self {
+    pub(super) fn new(ticker: &Arc<EpochTicker>) -> Self {
         ticker.created.fetch_add(1, Ordering::Relaxed);
         ticker.alive.fetch_add(1, Ordering::SeqCst);
         if ticker.asleep.load(Ordering::SeqCst) && ticker.asleep.swap(false, Ordering::SeqCst) {

@@ -52,11 +52,6 @@ impl Snapshot {
         names
     }
 
-    /// Loaded plugins by file.
-    pub fn plugins(&self) -> impl Iterator<Item = (&Path, &LoadedPlugin)> {
-        self.by_file.iter().map(|(path, plugin)| (path.as_path(), plugin))
-    }
-
     /// True when no plugin is loaded.
     pub fn is_empty(&self) -> bool {
         self.by_file.is_empty()
@@ -98,11 +93,6 @@ impl PluginRegistry {
             current: ArcSwap::from_pointee(Snapshot::default()),
             reloading: tokio::sync::Mutex::new(()),
         }
-    }
-
-    /// The plugins directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The current snapshot.

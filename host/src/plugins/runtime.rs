@@ -124,11 +124,6 @@ impl PluginRuntime {
         self.ticker.asleep()
     }
 
-    /// The limits every store gets.
-    pub fn limits(&self) -> SandboxLimits {
-        self.limits
-    }
-
     /// Compile and validate a component: a binary component exporting the `provider` world whose
     /// `info()` is sane. Compilation (Cranelift) runs on the blocking pool, off the async workers.
     pub async fn load(self: &Arc<Self>, bytes: Vec<u8>) -> Result<LoadedPlugin, PluginError> {

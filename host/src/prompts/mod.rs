@@ -7,7 +7,7 @@ mod version;
 
 pub use family::{FAMILIES_FILE, Families, Family};
 pub use trim::trim_to_budget;
-pub use version::{Constraint, Version};
+pub use version::{Constraint, Version, parse_version};
 
 use crate::plugins::wit;
 use serde::Deserialize;
@@ -278,7 +278,7 @@ impl PromptRegistry {
             let normalized = path.replace('\\', "/");
             let (id, file_name) =
                 normalized.rsplit_once('/').ok_or_else(|| bad("expected <prompt id>/<version>.toml".into()))?;
-            let version: Version = file_name.trim_end_matches(".toml").parse().map_err(bad)?;
+            let version = parse_version(file_name.trim_end_matches(".toml")).map_err(bad)?;
             let file: PromptFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
             if file.extends.is_none() && file.messages.is_empty() {
                 return Err(bad(

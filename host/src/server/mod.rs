@@ -1,8 +1,8 @@
 //! The HTTP server: accept loop (HTTP/1.1 and h2, plain or TLS), client allowlist, body limits,
 //! the request's metrics and log line, graceful drain. It calls `api`; `api` never calls it.
 
-pub mod tls;
-pub mod workers;
+pub(crate) mod tls;
+pub(crate) mod workers;
 
 mod request_log;
 
@@ -29,7 +29,7 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Serve `listener` as worker `worker` until `shutdown` resolves, then stop accepting and let
 /// open connections finish their requests.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
@@ -181,7 +181,7 @@ async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> R
 }
 
 /// The separate metrics listener (`AIGW_METRICS__LISTEN`): `GET /metrics` and nothing else.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry::Metrics>) {
+pub(crate) async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry::Metrics>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

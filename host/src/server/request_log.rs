@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Everything known about a request when its response head goes out.
 #[derive(Debug)]
-pub struct RequestLine {
+pub(super) struct RequestLine {
     /// The instance's `X-Request-ID`, or the one assigned.
     pub request_id: String,
     /// HTTP method.
@@ -63,14 +63,14 @@ impl RequestLine {
 
 /// A response body that writes its request's log line once: at its end, at an error, or when
 /// dropped early (the caller hung up).
-pub struct LoggedBody {
+pub(super) struct LoggedBody {
     inner: Body,
     line: Option<RequestLine>,
 }
 
 impl LoggedBody {
     /// Wrap `inner`.
-    pub fn new(inner: Body, line: RequestLine) -> Self {
+    pub(super) fn new(inner: Body, line: RequestLine) -> Self {
         LoggedBody { inner, line: Some(line) }
     }
 

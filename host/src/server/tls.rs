@@ -14,7 +14,7 @@ pub struct TlsError {
 }
 
 /// Build the acceptor from the configured PEM files.
-pub fn acceptor(settings: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(settings: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let cert_name = settings.cert_file.display().to_string();
     let key_name = settings.key_file.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&settings.cert_file)

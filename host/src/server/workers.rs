@@ -24,7 +24,7 @@ thread_local! {
 }
 
 /// Note that this thread began a request at `started`: its worker keeps a timer armed for a while.
-pub fn note_request(started: Instant) {
+pub(crate) fn note_request(started: Instant) {
     if !busy_at(LAST_REQUEST.with(|last| last.replace(Some(started))), started) {
         BUSY_AGAIN.with(|busy| busy.notify_one());
     }
@@ -49,7 +49,7 @@ struct Worker {
 
 /// The running workers. Dropping this stops them at once, cancelling requests in flight;
 /// [`Workers::drain`] stops them gracefully.
-pub struct Workers {
+pub(crate) struct Workers {
     workers: Vec<Worker>,
 }
 
@@ -61,7 +61,7 @@ impl std::fmt::Debug for Workers {
 
 impl Workers {
     /// Start `count` workers serving `listener` (which must be non-blocking).
-    pub fn start(
+    pub(crate) fn start(
         count: usize,
         listener: &std::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
@@ -86,7 +86,7 @@ impl Workers {
     }
 
     /// Stop accepting, let every worker finish its requests in flight, and wait for them.
-    pub async fn drain(mut self) {
+    pub(crate) async fn drain(mut self) {
         for worker in &mut self.workers {
             if let Some(stop) = worker.stop.take() {
                 let _ = stop.send(Stop::Drain);

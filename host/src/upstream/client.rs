@@ -101,11 +101,6 @@ impl Upstream {
         &self.aws
     }
 
-    /// Timeouts in force.
-    pub fn settings(&self) -> UpstreamSettings {
-        self.settings
-    }
-
     /// Send a model call and wait for the response head. Error statuses become
     /// [`UpstreamError::Status`]; redirects are never followed (a 3xx is an error status too).
     pub async fn send(&self, call: ModelCall<'_>) -> Result<UpstreamResponse, UpstreamError> {

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 /// Connection failure, carrying the egress refusal when that was the cause.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(super) enum ConnectError {
     /// The policy refused the destination before any connection attempt.
     #[error(transparent)]
     Refused(#[from] EgressError),
@@ -31,7 +31,7 @@ pub enum ConnectError {
 /// See the module documentation. `policy: None` means a destination the operator configured
 /// (the GitLab instance), which is not subject to the model egress allowlist.
 #[derive(Clone)]
-pub struct EgressConnector {
+pub(super) struct EgressConnector {
     pub(crate) policy: Option<Arc<EgressPolicy>>,
     pub(crate) connect_timeout: Duration,
 }
