@@ -3,11 +3,11 @@
 //!
 //! A request waits most of its life: for the model server's answer head, then between streamed
 //! pieces. Holding a store through those waits would make memory grow with waiting requests
-//! (~70 KiB resident per store once its guest has run), and, because the pool keeps a used
+//! (each store keeps its guest's pages resident once it has run), and, because the pool keeps a used
 //! slot's pages resident for speed, with the peak number of waiting requests ever seen. So a
 //! wait longer than [`IDLE_RELEASE`] frees the store; the slot stays held, so capacity is still
-//! refused up front and the request always finds a store again, a fresh one (~8 µs) when it
-//! next needs the plugin.
+//! refused up front and the request always finds a store again, a fresh one when it next needs
+//! the plugin (`aigw-bench gateway`'s "RSS per open stream" guards the memory side).
 
 use super::PluginError;
 use super::runtime::{LoadedPlugin, PluginIdentity, PluginSession, SlotPermit};

@@ -81,16 +81,16 @@ impl PluginRuntime {
             .total_stacks(slots)
             .max_memory_size(limits.memory_bytes)
             // Keep recycled slots' pages resident and reset only the dirty ones (pagemap scan,
-            // Linux 6.7+): measured here, this took a fresh-store round trip from ~57 µs to ~26 µs,
-            // as page faults on the guest heap and the fiber stack dominated.
+            // Linux 6.7+): page faults on the guest heap and the fiber stack otherwise dominate a
+            // fresh store's round trip (`aigw-bench plugin` guards it).
             .linear_memory_keep_resident(4 << 20)
             .async_stack_keep_resident(128 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto)
             .table_keep_resident(64 << 10);
         // `max_unused_warm_slots` stays at its default (100). At 0, warm slots are reused least
-        // recently used first and never more are touched than stores were ever alive at once,
-        // which saved ~15 KiB per stream in the 1000-stream burst but cost ~8 µs of CPU per
-        // completion at concurrency 64 (colder slots); CPU is the scarcer budget.
+        // recently used first, which saves memory per open stream but costs CPU per completion
+        // at concurrency 64 (colder slots), and CPU is the scarcer budget (`aigw-bench gateway`,
+        // "RSS per open stream" and "CPU µs/req", weighs the two).
         let mut config = Config::new();
         config
             .epoch_interruption(true)

@@ -3,10 +3,9 @@
 //!
 //! Why: on a work-stealing runtime a request's tasks (its connection, the model server
 //! connection, their wake-ups) hop between worker threads, and every hop is a futex wake and a
-//! context switch. Measured with `aigw-bench gateway` on the 2-core machine, in the same session:
-//! context switches per completion went from 3.8 to 2.5 (the bare proxy's 2.4), CPU per
-//! completion at concurrency 1 from 144 to 123–133 µs, and CPU per further streamed piece from
-//! 10.6 to 7.6–8.3 µs. Each worker also has its own model-server connection pool (its requests
+//! context switch; one runtime per thread brings a completion's context switches down to the
+//! bare proxy's (`aigw-bench gateway`, "switches/req", guards it; the figures are in the README's
+//! performance section). Each worker also has its own model-server connection pool (its requests
 //! get it through [`AppState::for_worker`]), so pooled connections never hand work to another thread.
 
 use super::serve;
@@ -138,12 +137,12 @@ const IDLE_AFTER: Duration = Duration::from_secs(1);
 ///
 /// Every model call arms timers (timeouts, and 20 ms before a waiting request frees its plugin
 /// store). When a new timer is due before everything the driver already waits for, tokio
-/// re-arms the driver's wait with an eventfd write, even on the driver's own thread; on a
-/// multi-threaded runtime perf found ~1.2 of them, and as many context switches, per completion.
-/// With a near timer always pending, a request's timers are never the earliest.
+/// re-arms the driver's wait with an eventfd write, even on the driver's own thread, and each is
+/// a context switch. With a near timer always pending, a request's timers are never the earliest
+/// (`aigw-bench gateway`'s CPU per completion at concurrency 64 guards it).
 ///
-/// The price is a wake-up every 10 ms, about 4 ms of CPU per second each on the 2-core machine,
-/// so an idle worker (no request begun for [`IDLE_AFTER`]) waits for its next request instead.
+/// The price is a wake-up every 10 ms, so an idle worker (no request begun for [`IDLE_AFTER`])
+/// waits for its next request instead (the benchmark's "idle CPU after the load" guards that).
 async fn keep_a_timer_armed() {
     const BUSY_TICK: Duration = Duration::from_millis(10);
     let busy_again = BUSY_AGAIN.with(Arc::clone);

@@ -1,0 +1,184 @@
+//! GitLab's code suggestion endpoints: completions and generations, in the v2 form (flat
+//! `model_*` fields, [`v2`]) and the v3/v4 form (`prompt_components` + `model_metadata`, [`v3`]),
+//! both turned into one [`CodeInput`] and one model call.
+
+mod v2;
+mod v3;
+
+pub(crate) use v2::handle_v2;
+pub(crate) use v3::{Version, handle_v3};
+
+use super::fence::FenceStripper;
+use super::{language, parse_messages};
+use crate::auth::scopes;
+use crate::error::{GatewayError, ValidationIssue};
+use crate::pipeline::{self, ChunkStream, Deadline, ModelJob, ModelTarget};
+use crate::plugins::wit;
+use crate::prompts::trim_to_budget;
+use crate::state::RequestState;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// GitLab's limit on each side of the cursor, characters.
+const MAX_CONTENT_CHARS: usize = 100_000;
+
+/// GitLab's limit on `context` items.
+const MAX_CONTEXT_ITEMS: usize = 100;
+
+/// Which code suggestion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Task {
+    /// Fill in the middle at the cursor.
+    Completion,
+    /// Write new code from an instruction (a comment, or the prompt GitLab built).
+    Generation,
+}
+
+impl Task {
+    /// What the caller must hold (generation is refused to the gateway's own IDE tokens).
+    fn requirement(self) -> scopes::Requirement {
+        match self {
+            Task::Completion => scopes::CODE_COMPLETION,
+            Task::Generation => scopes::CODE_GENERATION,
+        }
+    }
+}
+
+/// How a generation's prompt is given.
+#[derive(Debug)]
+enum GenerationPrompt {
+    /// Rendered from the registry's `code_generations/<family>` template (prompt version 1).
+    Template,
+    /// A prompt by id from the registry (`prompt_id`).
+    ById(String),
+    /// The instance built the prompt: one user message (prompt version 2).
+    Text(String),
+    /// The instance built the messages (prompt version 3).
+    Messages(Vec<wit::Message>),
+}
+
+/// What the editor sent, whichever endpoint version carried it.
+#[derive(Debug)]
+struct CodeInput {
+    task: Task,
+    file_name: String,
+    language_identifier: Option<String>,
+    above: String,
+    below: String,
+    stream: bool,
+    prompt: GenerationPrompt,
+    target: ModelTarget,
+}
+
+/// The answer before it takes an endpoint's shape.
+enum CodeOutcome {
+    /// No language could be resolved: no suggestion, no model call.
+    NoLanguage,
+    /// A complete suggestion.
+    Text { lang: &'static str, text: String },
+    /// A streamed suggestion.
+    Stream { lang: &'static str, chunks: Box<ChunkStream>, fence: Option<FenceStripper> },
+}
+
+fn too_long_issue(loc: Vec<Value>) -> ValidationIssue {
+    ValidationIssue {
+        kind: "string_too_long",
+        loc,
+        msg: format!("String should have at most {MAX_CONTENT_CHARS} characters"),
+    }
+}
+
+fn check_content(above: &str, below: &str, loc: &[&str]) -> Vec<ValidationIssue> {
+    let mut issues = Vec::new();
+    for (field, value) in [("content_above_cursor", above), ("content_below_cursor", below)] {
+        if value.chars().count() > MAX_CONTENT_CHARS {
+            let mut path: Vec<Value> = loc.iter().map(|p| json!(p)).collect();
+            path.push(json!(field));
+            issues.push(too_long_issue(path));
+        }
+    }
+    issues
+}
+
+/// `prompt_version` 2 is a prompt string, 3 a message list; `prompt_id` names a registry prompt.
+fn generation_prompt(
+    version: Option<u8>,
+    prompt: Option<&Value>,
+    prompt_id: Option<&str>,
+) -> Result<GenerationPrompt, GatewayError> {
+    if let Some(id) = prompt_id.filter(|id| !id.is_empty()) {
+        return Ok(GenerationPrompt::ById(id.to_string()));
+    }
+    match (version.unwrap_or(1), prompt) {
+        (1, _) => Ok(GenerationPrompt::Template),
+        (2, Some(Value::String(text))) => Ok(GenerationPrompt::Text(text.clone())),
+        (3, Some(messages @ Value::Array(_))) => Ok(GenerationPrompt::Messages(parse_messages(messages)?)),
+        (2 | 3, _) => Err(GatewayError::Unprocessable(
+            "prompt_version 2 needs a prompt string and prompt_version 3 a prompt message list".into(),
+        )),
+        (other, _) => Err(GatewayError::Unprocessable(format!("prompt_version {other} is not supported (1, 2 or 3)"))),
+    }
+}
+
+/// Render the prompt, call the model, and strip a generation's code fence.
+async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeOutcome, GatewayError> {
+    let family = input.target.family.clone();
+    let prompts = state.prompts();
+    let prompt = match (input.task, &input.prompt) {
+        (Task::Completion, _) => prompts.code_completion(&family)?,
+        (Task::Generation, GenerationPrompt::ById(id)) => prompts.for_family(id, &family, None)?,
+        (Task::Generation, _) => prompts.code_generation(&family)?,
+    };
+    let Some(lang) = language::resolve(input.language_identifier.as_deref(), &input.file_name) else {
+        // GitLab's gateway answers an unknown language with no suggestion and calls no model.
+        return Ok(CodeOutcome::NoLanguage);
+    };
+    let (prefix, suffix) = match prompt.budget {
+        Some(budget) => trim_to_budget(&input.above, &input.below, budget),
+        None => (input.above.as_str(), input.below.as_str()),
+    };
+    let variables = minijinja::context! {
+        prefix => prefix, suffix => suffix, language => lang, file_name => input.file_name,
+    };
+    let messages = match input.prompt {
+        GenerationPrompt::Text(text) if input.task == Task::Generation => {
+            vec![wit::Message { role: wit::Role::User, content: text }]
+        }
+        GenerationPrompt::Messages(messages) if input.task == Task::Generation => messages,
+        _ => prompts.render(prompt, &variables)?,
+    };
+    let mut job = ModelJob::new(input.target, messages, prompt.sampling(), Deadline::Code);
+    if input.task == Task::Completion {
+        job = job.with_fill_in_middle(prefix, suffix);
+    }
+    let strip = input.task == Task::Generation;
+    if input.stream {
+        let chunks = Box::new(pipeline::stream(state, job).await?);
+        return Ok(CodeOutcome::Stream { lang, chunks, fence: strip.then(FenceStripper::default) });
+    }
+    let completion = pipeline::complete(state, job).await?;
+    let text = if strip { FenceStripper::strip(&completion.text) } else { completion.text };
+    Ok(CodeOutcome::Text { lang, text })
+}
+
+/// `model` of every code answer: the provider as GitLab named it, the family, the language.
+#[derive(Serialize)]
+struct ModelInfo {
+    engine: String,
+    name: String,
+    lang: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    text: &'a str,
+    index: u32,
+    finish_reason: &'a str,
+}
+
+fn choices(text: Option<&str>) -> Vec<Choice<'_>> {
+    // GitLab's gateway always reports "length" here.
+    text.map(|text| Choice { text, index: 0, finish_reason: "length" }).into_iter().collect()
+}
+
+// ---- v2: flat model fields ----------------------------------------------------------------

@@ -1,0 +1,128 @@
+//! `/v2/code/completions` (alias `/v2/completions`) and `/v2/code/generations`: flat `model_*`
+//! fields, GitLab's `text_completion` answer, a raw text stream.
+
+use super::{
+    Choice, CodeInput, CodeOutcome, GenerationPrompt, MAX_CONTEXT_ITEMS, ModelInfo, Task, check_content, choices,
+    generation_prompt, run,
+};
+use crate::api::stream::raw_text_response;
+use crate::api::{parse_json, unix_now};
+use crate::error::{GatewayError, ValidationIssue};
+use crate::pipeline::{ModelFields, ModelTarget};
+use crate::response::{Body, json_response};
+use crate::state::RequestState;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The only v2 `model_provider` of self-hosted models.
+const SELF_HOSTED_PROVIDER: &str = "litellm";
+
+#[derive(Debug, Deserialize)]
+struct CurrentFile {
+    file_name: String,
+    language_identifier: Option<String>,
+    content_above_cursor: String,
+    content_below_cursor: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct V2Request {
+    current_file: CurrentFile,
+    prompt_version: Option<u8>,
+    prompt: Option<Value>,
+    prompt_id: Option<String>,
+    model_provider: Option<String>,
+    model_name: Option<String>,
+    model_endpoint: Option<String>,
+    model_api_key: Option<String>,
+    model_identifier: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    context: Vec<Value>,
+}
+
+#[derive(Serialize)]
+struct V2Answer<'a> {
+    id: &'a str,
+    model: ModelInfo,
+    experiments: [(); 0],
+    object: &'a str,
+    created: u64,
+    choices: Vec<Choice<'a>>,
+}
+
+/// `POST /v2/code/completions` (alias `/v2/completions`) and `POST /v2/code/generations`.
+/// The route table has checked the task's scopes.
+pub(crate) async fn handle_v2(
+    state: &RequestState<'_>,
+    body: &[u8],
+    task: Task,
+) -> Result<http::Response<Body>, GatewayError> {
+    let request: V2Request = parse_json(body)?;
+    let file = &request.current_file;
+    let mut issues = check_content(&file.content_above_cursor, &file.content_below_cursor, &["body", "current_file"]);
+    if request.context.len() > MAX_CONTEXT_ITEMS {
+        issues.push(ValidationIssue {
+            kind: "too_long",
+            loc: vec![json!("body"), json!("context")],
+            msg: format!(
+                "List should have at most {MAX_CONTEXT_ITEMS} items after validation, not {}",
+                request.context.len()
+            ),
+        });
+    }
+    if !issues.is_empty() {
+        return Err(GatewayError::Validation(issues));
+    }
+    let engine = request.model_provider.clone().unwrap_or_default();
+    if engine != SELF_HOSTED_PROVIDER {
+        return Err(GatewayError::Unprocessable(format!(
+            "model_provider {engine:?} is not served by this gateway; self-hosted models use \"{SELF_HOSTED_PROVIDER}\""
+        )));
+    }
+    let target = ModelTarget::resolve(
+        ModelFields {
+            family: request.model_name.as_deref(),
+            endpoint: request.model_endpoint.as_deref(),
+            api_key: request.model_api_key.as_deref(),
+            identifier: request.model_identifier.as_deref(),
+        },
+        state.config.custom_models_enabled,
+    )?;
+    let prompt = match task {
+        Task::Completion => GenerationPrompt::Template,
+        Task::Generation => {
+            generation_prompt(request.prompt_version, request.prompt.as_ref(), request.prompt_id.as_deref())?
+        }
+    };
+    let family = target.family.clone();
+    let input = CodeInput {
+        task,
+        file_name: request.current_file.file_name,
+        language_identifier: request.current_file.language_identifier,
+        above: request.current_file.content_above_cursor,
+        below: request.current_file.content_below_cursor,
+        stream: request.stream,
+        prompt,
+        target,
+    };
+    let v2_answer = |lang: Option<&'static str>, text: Option<&str>| {
+        let answer = V2Answer {
+            id: "id",
+            model: ModelInfo { engine: engine.clone(), name: family.clone(), lang },
+            experiments: [],
+            object: "text_completion",
+            created: unix_now(),
+            choices: choices(text),
+        };
+        json_response(http::StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default().into())
+    };
+    Ok(match run(state, input).await? {
+        CodeOutcome::NoLanguage => v2_answer(None, None),
+        CodeOutcome::Text { lang, text } => v2_answer(Some(lang), Some(&text)),
+        CodeOutcome::Stream { chunks, fence, .. } => raw_text_response(*chunks, fence),
+    })
+}
+
+// ---- v3 / v4: prompt components and model_metadata ---------------------------------------
