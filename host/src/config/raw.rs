@@ -238,149 +238,29 @@ impl RawConfig {
         Ok(())
     }
 
-    /// Check every value and fill in defaults.
+    /// Check every value and fill in defaults, section by section in a fixed order (so that of
+    /// several bad settings, the same one is always reported).
     pub fn validate(self, dev: bool) -> Result<Config, ConfigError> {
-        let default_host = if dev { "127.0.0.1" } else { "0.0.0.0" };
-        let host = self.fastapi.api_host.as_deref().unwrap_or(default_host);
-        let host: IpAddr = parse("AIGW_FASTAPI__API_HOST", host, "an IP address such as 0.0.0.0 or 127.0.0.1")?;
-        let listen = SocketAddr::new(host, self.fastapi.api_port.unwrap_or(5052));
-
-        let gitlab_url = match self.gitlab_url.map(|u| u.trim().trim_end_matches('/').to_string()) {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                url.parse::<http::Uri>()
-                    .map_err(|e| ConfigError::new("AIGW_GITLAB_URL", format!("{url:?} is not a URL: {e}")))?;
-                Some(url)
-            }
-            Some(url) if url.is_empty() && dev => None,
-            Some(url) => {
-                return Err(ConfigError::new(
-                    "AIGW_GITLAB_URL",
-                    format!("{url:?} is not an http:// or https:// URL of the GitLab instance"),
-                ));
-            }
-            None if dev => None,
-            None => {
-                return Err(ConfigError::new(
-                    "AIGW_GITLAB_URL",
-                    "is required: the URL of the GitLab instance whose tokens to trust (or run `aigw serve --dev`)",
-                ));
-            }
-        };
-
-        let log_level = self.logging.level.unwrap_or_else(|| "info".to_string());
-        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
-            ConfigError::new("AIGW_LOGGING__LEVEL", format!("{log_level:?}: {e} (use e.g. info, debug, warn)"))
-        })?;
-
-        let memory_mb = self.plugins.memory_limit_mb.unwrap_or(64);
-        if !(1..=4096).contains(&memory_mb) {
-            return Err(ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "must be between 1 and 4096"));
-        }
-        let call_ms = self.plugins.call_timeout_ms.unwrap_or(100);
-        if !(1..=60_000).contains(&call_ms) {
-            return Err(ConfigError::new("AIGW_PLUGINS__CALL_TIMEOUT_MS", "must be between 1 and 60000"));
-        }
-        let max_concurrent = self.plugins.max_concurrent.unwrap_or(1024);
-        if !(1..=100_000).contains(&max_concurrent) {
-            return Err(ConfigError::new("AIGW_PLUGINS__MAX_CONCURRENT", "must be between 1 and 100000"));
-        }
-        let plugins = PluginSettings {
-            dir: self.plugins.dir.unwrap_or_else(|| PathBuf::from("target/plugins")),
-            memory_bytes: usize::try_from(memory_mb << 20)
-                .map_err(|_| ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "too large for this machine"))?,
-            call_deadline: Duration::from_millis(call_ms),
-            max_concurrent,
-            reload_debounce: Duration::from_millis(self.plugins.reload_debounce_ms.unwrap_or(250)),
-            perf_map: self.plugins.perf_map.unwrap_or(false),
-        };
-
-        let allow_text = self.egress.allow.unwrap_or_else(|| DEFAULT_EGRESS_ALLOW.to_string());
-        let egress = EgressSettings { allow: parse_allowlist("AIGW_EGRESS__ALLOW", &allow_text)? };
-
-        let timeout = |name: &str, value: Option<u64>, default_ms: u64| -> Result<Duration, ConfigError> {
-            match value.unwrap_or(default_ms) {
-                0 => Err(ConfigError::new(name, "must be at least 1 millisecond")),
-                ms => Ok(Duration::from_millis(ms)),
-            }
-        };
-        let upstream = UpstreamSettings {
-            connect_timeout: timeout("AIGW_UPSTREAM__CONNECT_TIMEOUT_MS", self.upstream.connect_timeout_ms, 5_000)?,
-            first_byte_timeout: timeout(
-                "AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS",
-                self.upstream.first_byte_timeout_ms,
-                60_000,
-            )?,
-            idle_timeout: timeout("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", self.upstream.idle_timeout_ms, 30_000)?,
-            total_timeout: timeout("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", self.upstream.total_timeout_ms, 60_000)?,
-        };
-
-        let max_body = self.server.max_body_bytes.unwrap_or(4 << 20);
-        if !(1024..=(256 << 20)).contains(&max_body) {
-            return Err(ConfigError::new("AIGW_SERVER__MAX_BODY_BYTES", "must be between 1024 and 268435456"));
-        }
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let workers = match self.server.workers {
-            None => cores,
-            Some(n @ 1..=1024) => n as usize,
-            Some(_) => return Err(ConfigError::new("AIGW_SERVER__WORKERS", "must be between 1 and 1024")),
-        };
-
-        let mut gateway_keys = Vec::new();
-        for (setting, pem) in [
-            ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", &self.self_signed_jwt.signing_key),
-            ("AIGW_SELF_SIGNED_JWT__VALIDATION_KEY", &self.self_signed_jwt.validation_key),
-        ] {
-            if let Some(pem) = pem.as_deref().filter(|p| !p.trim().is_empty()) {
-                let key =
-                    crate::auth::SigningKey::from_pem(pem).map_err(|e| ConfigError::new(setting, e.to_string()))?;
-                gateway_keys.push(key);
-            } else if setting.ends_with("VALIDATION_KEY") {
-                continue;
-            } else if self.self_signed_jwt.validation_key.as_deref().is_some_and(|p| !p.trim().is_empty()) {
-                return Err(ConfigError::new(setting, "is required when a validation key is set"));
-            }
-        }
-
-        let tls = match self.fastapi.tls.enabled.unwrap_or(false) {
-            false => None,
-            true => {
-                let file = |setting: &str, path: Option<PathBuf>| match path {
-                    Some(path) if path.is_file() => Ok(path),
-                    Some(path) => Err(ConfigError::new(setting, format!("{} is not a readable file", path.display()))),
-                    None => Err(ConfigError::new(setting, "is required when AIGW_FASTAPI__TLS__ENABLED is true")),
-                };
-                Some(super::TlsSettings {
-                    cert_file: file("AIGW_FASTAPI__TLS__CERT_FILE", self.fastapi.tls.cert_file)?,
-                    key_file: file("AIGW_FASTAPI__TLS__KEY_FILE", self.fastapi.tls.key_file)?,
-                })
-            }
-        };
-        let ingress_allow = match self.ingress.allow.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
-            Some(text) => Some(parse_allowlist("AIGW_INGRESS__ALLOW", text)?),
-            None => None,
-        };
-        let metrics_listen = match self.metrics.listen.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
-            Some(text) => Some(parse("AIGW_METRICS__LISTEN", text, "an address and port such as 127.0.0.1:9090")?),
-            None => None,
-        };
-        let allowed_kids = self.auth.allowed_kids.as_deref().map(str::trim).filter(|k| !k.is_empty()).map(|text| {
-            text.split(',').map(str::trim).filter(|kid| !kid.is_empty()).map(String::from).collect::<Vec<_>>()
-        });
-        if allowed_kids.as_ref().is_some_and(Vec::is_empty) {
-            return Err(ConfigError::new("AIGW_AUTH__ALLOWED_KIDS", "names no key id; list them comma-separated"));
-        }
-        let chat_secs = self.duo_chat.model_request_timeout.unwrap_or(30);
-        if !(1..=3600).contains(&chat_secs) {
-            return Err(ConfigError::new("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "must be between 1 and 3600 seconds"));
-        }
-
+        let listen = self.fastapi.listen(dev)?;
+        let gitlab_url = gitlab_url(self.gitlab_url, dev)?;
+        let log_level = self.logging.level()?;
+        let plugins = self.plugins.validate()?;
+        let egress = self.egress.validate()?;
+        let upstream = self.upstream.validate()?;
+        let (max_body_bytes, workers) = self.server.validate()?;
+        let gateway_keys = self.self_signed_jwt.keys()?;
+        let tls = self.fastapi.tls.validate()?;
+        let ingress_allow = self.ingress.validate()?;
+        let metrics_listen = self.metrics.validate()?;
+        let allowed_kids = self.auth.allowed_kids()?;
+        let chat_timeout = self.duo_chat.timeout()?;
         Ok(Config {
             listen,
             tls,
             ingress_allow,
             bypass_auth: self.auth.bypass_external.unwrap_or(false),
             disable_streaming: self.custom_models.disable_streaming.unwrap_or(false),
-            chat_timeout: Duration::from_secs(chat_secs),
+            chat_timeout,
             gateway_keys,
             gitlab_url,
             custom_models_enabled: self.custom_models.enabled.unwrap_or(true),
@@ -389,7 +269,7 @@ impl RawConfig {
             plugins,
             egress,
             upstream,
-            max_body_bytes: max_body as usize,
+            max_body_bytes,
             workers,
             prompts_dir: self.prompts.dir,
             allowed_kids,
@@ -400,6 +280,192 @@ impl RawConfig {
                 key_file: self.dev.key_file.unwrap_or_else(|| PathBuf::from(".aigw/dev-signing-key.pem")),
             }),
         })
+    }
+}
+
+/// `AIGW_GITLAB_URL`: required, http(s), without a trailing `/` (development mode may go without).
+fn gitlab_url(url: Option<String>, dev: bool) -> Result<Option<String>, ConfigError> {
+    match url.map(|u| u.trim().trim_end_matches('/').to_string()) {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            url.parse::<http::Uri>()
+                .map_err(|e| ConfigError::new("AIGW_GITLAB_URL", format!("{url:?} is not a URL: {e}")))?;
+            Ok(Some(url))
+        }
+        Some(url) if url.is_empty() && dev => Ok(None),
+        Some(url) => Err(ConfigError::new(
+            "AIGW_GITLAB_URL",
+            format!("{url:?} is not an http:// or https:// URL of the GitLab instance"),
+        )),
+        None if dev => Ok(None),
+        None => Err(ConfigError::new(
+            "AIGW_GITLAB_URL",
+            "is required: the URL of the GitLab instance whose tokens to trust (or run `aigw serve --dev`)",
+        )),
+    }
+}
+
+impl Fastapi {
+    fn listen(&self, dev: bool) -> Result<SocketAddr, ConfigError> {
+        let default_host = if dev { "127.0.0.1" } else { "0.0.0.0" };
+        let host = self.api_host.as_deref().unwrap_or(default_host);
+        let host: IpAddr = parse("AIGW_FASTAPI__API_HOST", host, "an IP address such as 0.0.0.0 or 127.0.0.1")?;
+        Ok(SocketAddr::new(host, self.api_port.unwrap_or(5052)))
+    }
+}
+
+impl Tls {
+    fn validate(self) -> Result<Option<super::TlsSettings>, ConfigError> {
+        if !self.enabled.unwrap_or(false) {
+            return Ok(None);
+        }
+        let file = |setting: &str, path: Option<PathBuf>| match path {
+            Some(path) if path.is_file() => Ok(path),
+            Some(path) => Err(ConfigError::new(setting, format!("{} is not a readable file", path.display()))),
+            None => Err(ConfigError::new(setting, "is required when AIGW_FASTAPI__TLS__ENABLED is true")),
+        };
+        Ok(Some(super::TlsSettings {
+            cert_file: file("AIGW_FASTAPI__TLS__CERT_FILE", self.cert_file)?,
+            key_file: file("AIGW_FASTAPI__TLS__KEY_FILE", self.key_file)?,
+        }))
+    }
+}
+
+impl Logging {
+    fn level(&self) -> Result<String, ConfigError> {
+        let level = self.level.clone().unwrap_or_else(|| "info".to_string());
+        tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
+            ConfigError::new("AIGW_LOGGING__LEVEL", format!("{level:?}: {e} (use e.g. info, debug, warn)"))
+        })?;
+        Ok(level)
+    }
+}
+
+impl Plugins {
+    fn validate(self) -> Result<PluginSettings, ConfigError> {
+        let memory_mb = self.memory_limit_mb.unwrap_or(64);
+        if !(1..=4096).contains(&memory_mb) {
+            return Err(ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "must be between 1 and 4096"));
+        }
+        let call_ms = self.call_timeout_ms.unwrap_or(100);
+        if !(1..=60_000).contains(&call_ms) {
+            return Err(ConfigError::new("AIGW_PLUGINS__CALL_TIMEOUT_MS", "must be between 1 and 60000"));
+        }
+        let max_concurrent = self.max_concurrent.unwrap_or(1024);
+        if !(1..=100_000).contains(&max_concurrent) {
+            return Err(ConfigError::new("AIGW_PLUGINS__MAX_CONCURRENT", "must be between 1 and 100000"));
+        }
+        Ok(PluginSettings {
+            dir: self.dir.unwrap_or_else(|| PathBuf::from("target/plugins")),
+            memory_bytes: usize::try_from(memory_mb << 20)
+                .map_err(|_| ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "too large for this machine"))?,
+            call_deadline: Duration::from_millis(call_ms),
+            max_concurrent,
+            reload_debounce: Duration::from_millis(self.reload_debounce_ms.unwrap_or(250)),
+            perf_map: self.perf_map.unwrap_or(false),
+        })
+    }
+}
+
+impl Egress {
+    fn validate(self) -> Result<EgressSettings, ConfigError> {
+        let allow_text = self.allow.unwrap_or_else(|| DEFAULT_EGRESS_ALLOW.to_string());
+        Ok(EgressSettings { allow: parse_allowlist("AIGW_EGRESS__ALLOW", &allow_text)? })
+    }
+}
+
+impl Upstream {
+    fn validate(&self) -> Result<UpstreamSettings, ConfigError> {
+        let timeout = |name: &str, value: Option<u64>, default_ms: u64| -> Result<Duration, ConfigError> {
+            match value.unwrap_or(default_ms) {
+                0 => Err(ConfigError::new(name, "must be at least 1 millisecond")),
+                ms => Ok(Duration::from_millis(ms)),
+            }
+        };
+        Ok(UpstreamSettings {
+            connect_timeout: timeout("AIGW_UPSTREAM__CONNECT_TIMEOUT_MS", self.connect_timeout_ms, 5_000)?,
+            first_byte_timeout: timeout("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", self.first_byte_timeout_ms, 60_000)?,
+            idle_timeout: timeout("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", self.idle_timeout_ms, 30_000)?,
+            total_timeout: timeout("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", self.total_timeout_ms, 60_000)?,
+        })
+    }
+}
+
+impl Server {
+    /// The body limit in bytes and the number of serving threads.
+    fn validate(&self) -> Result<(usize, usize), ConfigError> {
+        let max_body = self.max_body_bytes.unwrap_or(4 << 20);
+        if !(1024..=(256 << 20)).contains(&max_body) {
+            return Err(ConfigError::new("AIGW_SERVER__MAX_BODY_BYTES", "must be between 1024 and 268435456"));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let workers = match self.workers {
+            None => cores,
+            Some(n @ 1..=1024) => n as usize,
+            Some(_) => return Err(ConfigError::new("AIGW_SERVER__WORKERS", "must be between 1 and 1024")),
+        };
+        Ok((max_body as usize, workers))
+    }
+}
+
+impl SelfSignedJwt {
+    /// The signing key, then the validation key kept through a rotation.
+    fn keys(&self) -> Result<Vec<crate::auth::SigningKey>, ConfigError> {
+        let mut keys = Vec::new();
+        for (setting, pem) in [
+            ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", &self.signing_key),
+            ("AIGW_SELF_SIGNED_JWT__VALIDATION_KEY", &self.validation_key),
+        ] {
+            if let Some(pem) = pem.as_deref().filter(|p| !p.trim().is_empty()) {
+                let key =
+                    crate::auth::SigningKey::from_pem(pem).map_err(|e| ConfigError::new(setting, e.to_string()))?;
+                keys.push(key);
+            } else if setting.ends_with("VALIDATION_KEY") {
+                continue;
+            } else if self.validation_key.as_deref().is_some_and(|p| !p.trim().is_empty()) {
+                return Err(ConfigError::new(setting, "is required when a validation key is set"));
+            }
+        }
+        Ok(keys)
+    }
+}
+
+impl Ingress {
+    fn validate(&self) -> Result<Option<Vec<ipnet::IpNet>>, ConfigError> {
+        match self.allow.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+            Some(text) => Ok(Some(parse_allowlist("AIGW_INGRESS__ALLOW", text)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl MetricsSection {
+    fn validate(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.listen.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+            Some(text) => Ok(Some(parse("AIGW_METRICS__LISTEN", text, "an address and port such as 127.0.0.1:9090")?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Auth {
+    fn allowed_kids(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        let allowed = self.allowed_kids.as_deref().map(str::trim).filter(|k| !k.is_empty()).map(|text| {
+            text.split(',').map(str::trim).filter(|kid| !kid.is_empty()).map(String::from).collect::<Vec<_>>()
+        });
+        if allowed.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::new("AIGW_AUTH__ALLOWED_KIDS", "names no key id; list them comma-separated"));
+        }
+        Ok(allowed)
+    }
+}
+
+impl DuoChat {
+    fn timeout(&self) -> Result<Duration, ConfigError> {
+        let secs = self.model_request_timeout.unwrap_or(30);
+        if !(1..=3600).contains(&secs) {
+            return Err(ConfigError::new("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "must be between 1 and 3600 seconds"));
+        }
+        Ok(Duration::from_secs(secs))
     }
 }
 
