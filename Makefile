@@ -21,7 +21,7 @@ toolchain:
 
 ## cargo-component: installed once, pinned; skipped when the right version is already there.
 cargo-component:
-	@if ! cargo component --version 2>/dev/null | grep -q "cargo-component $(CARGO_COMPONENT_VERSION)"; then \
+	@if ! cargo component --version 2>/dev/null | grep -qE " $(CARGO_COMPONENT_VERSION)$$"; then \
 		echo "installing cargo-component $(CARGO_COMPONENT_VERSION) (one time, ~13 minutes)"; \
 		$(CARGO) install cargo-component --version $(CARGO_COMPONENT_VERSION) --locked; \
 	fi
