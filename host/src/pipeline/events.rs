@@ -102,7 +102,7 @@ impl EventParser {
         let lease = &mut self.lease;
         let chunk = async { lease.session().await?.parse_event(event.name.as_deref(), &event.data).await }
             .await
-            .map_err(|e| self.observer.plugin_failed(self.lease.identity(), e))?;
+            .map_err(|e| self.observer.plugin_failed(e))?;
         self.observer.plugin_call("parse_event", parsing.elapsed());
         if let Some(usage) = &chunk.usage {
             self.observer.tokens(usage);

@@ -107,7 +107,7 @@ impl Call {
         let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
         let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;
         let observer = Observer::new(&state.metrics, &job.target, plugin.identity());
-        let failed = |e| observer.plugin_failed(plugin.identity(), e);
+        let failed = |e| observer.plugin_failed(e);
         let building = Instant::now();
         let mut lease = PluginLease::new(plugin.clone()).await.map_err(failed)?;
         let built = async { lease.session().await?.build_request(&job.request).await }.await.map_err(failed)?;
@@ -131,7 +131,7 @@ impl Call {
         let parsing = Instant::now();
         let completion = async { lease.session().await?.parse_response(&body).await }
             .await
-            .map_err(|e| observer.plugin_failed(lease.identity(), e))?;
+            .map_err(|e| observer.plugin_failed(e))?;
         observer.plugin_call("parse_response", parsing.elapsed());
         if let Some(usage) = &completion.usage {
             observer.tokens(usage);

@@ -19,8 +19,9 @@ pub(super) struct Observer {
     model: String,
     /// Provider name.
     provider: String,
-    /// Plugin name.
+    /// Plugin name and version.
     plugin: String,
+    plugin_version: String,
 }
 
 impl Observer {
@@ -40,6 +41,7 @@ impl Observer {
             model: target.model.clone(),
             provider: target.provider.clone(),
             plugin: plugin.name.clone(),
+            plugin_version: plugin.version.clone(),
         }
     }
 
@@ -51,6 +53,7 @@ impl Observer {
             model: String::new(),
             provider: String::new(),
             plugin: plugin.name.clone(),
+            plugin_version: plugin.version.clone(),
         }
     }
 
@@ -61,7 +64,7 @@ impl Observer {
 
     /// Plugin traps and limits are counted and logged with the plugin's identity; the caller gets
     /// a generic body.
-    pub(super) fn plugin_failed(&self, identity: &PluginIdentity, error: PluginError) -> GatewayError {
+    pub(super) fn plugin_failed(&self, error: PluginError) -> GatewayError {
         let kind = match &error {
             PluginError::Guest(_) | PluginError::UnknownProvider { .. } => None,
             PluginError::Invalid(_) | PluginError::BadInfo(_) | PluginError::Trap(_) => Some("trap"),
@@ -70,8 +73,8 @@ impl Observer {
             PluginError::MemoryLimit(_) => Some("memory_limit"),
         };
         if let Some(kind) = kind {
-            self.metrics.plugin_failure(&identity.name, kind);
-            tracing::error!(plugin = %identity.name, version = %identity.version, %error, "plugin call failed");
+            self.metrics.plugin_failure(&self.plugin, kind);
+            tracing::error!(plugin = %self.plugin, version = %self.plugin_version, %error, "plugin call failed");
         }
         GatewayError::Plugin(error)
     }
