@@ -9,7 +9,120 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Settings file shape; every field optional, unknown fields rejected.
+/// Declares one settings section: its struct, every field's default (so `validate` never
+/// invents one), and the `AIGW_*` variable of each field, derived from the section's prefix and
+/// the field's name. A new setting is one line here and its check in `validate`.
+///
+/// A field may end with `; "what"` to say what a valid value is when the variable does not
+/// parse; otherwise its type says (see [`FromVariable`]).
+macro_rules! section {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal {
+        $($field:ident : $ty:ty = $default:expr $(; $what:literal)?),* $(,)?
+    } $(nested { $($sub:ident : $sub_ty:ty),* $(,)? })?) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct $name {
+            $($field: $ty,)*
+            $($($sub: $sub_ty,)*)?
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)* $($($sub: <$sub_ty>::default(),)*)? }
+            }
+        }
+
+        impl Section for $name {
+            fn variables(&self, out: &mut Vec<String>) {
+                $(out.push(concat!("AIGW_", $prefix, stringify!($field)).to_ascii_uppercase());)*
+                $($(self.$sub.variables(out);)*)?
+            }
+
+            fn set(&mut self, variable: &str, value: &str) -> Option<Result<(), ConfigError>> {
+                $(
+                    if variable.eq_ignore_ascii_case(concat!("AIGW_", $prefix, stringify!($field))) {
+                        let what: Option<&str> = None $(.or(Some($what)))?;
+                        return Some(FromVariable::from_variable(variable, value, what).map(|v| self.$field = v));
+                    }
+                )*
+                $($(
+                    if let Some(outcome) = self.$sub.set(variable, value) {
+                        return Some(outcome);
+                    }
+                )*)?
+                None
+            }
+        }
+    };
+}
+
+/// What [`section!`] generates for each section.
+trait Section {
+    /// The section's variable names, upper case.
+    fn variables(&self, out: &mut Vec<String>);
+    /// Set the field `variable` names; `None` when it names none of this section's fields.
+    fn set(&mut self, variable: &str, value: &str) -> Option<Result<(), ConfigError>>;
+}
+
+/// A setting's value parsed from an environment variable's text.
+trait FromVariable: Sized {
+    /// What a valid value is, for the error message.
+    const WHAT: &'static str;
+    /// Parse; `what` overrides [`Self::WHAT`] in the message.
+    fn from_variable(name: &str, value: &str, what: Option<&str>) -> Result<Self, ConfigError>;
+}
+
+fn parse<T: std::str::FromStr>(name: &str, value: &str, valid: &str) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::new(name, format!("{value:?} is not {valid}")))
+}
+
+macro_rules! from_variable_by_parse {
+    ($($ty:ty => $what:literal),* $(,)?) => {$(
+        impl FromVariable for $ty {
+            const WHAT: &'static str = $what;
+            fn from_variable(name: &str, value: &str, what: Option<&str>) -> Result<Self, ConfigError> {
+                parse(name, value, what.unwrap_or(Self::WHAT))
+            }
+        }
+    )*};
+}
+
+from_variable_by_parse!(u64 => "a non-negative integer", u32 => "a non-negative integer", u16 => "an integer from 0 to 65535");
+
+impl FromVariable for bool {
+    const WHAT: &'static str = "a boolean (true or false)";
+    fn from_variable(name: &str, value: &str, what: Option<&str>) -> Result<Self, ConfigError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::new(name, format!("{value:?} is not {}", what.unwrap_or(Self::WHAT)))),
+        }
+    }
+}
+
+impl FromVariable for String {
+    const WHAT: &'static str = "text";
+    fn from_variable(_: &str, value: &str, _: Option<&str>) -> Result<Self, ConfigError> {
+        Ok(value.to_string())
+    }
+}
+
+impl FromVariable for PathBuf {
+    const WHAT: &'static str = "a path";
+    fn from_variable(_: &str, value: &str, _: Option<&str>) -> Result<Self, ConfigError> {
+        Ok(PathBuf::from(value))
+    }
+}
+
+impl<T: FromVariable> FromVariable for Option<T> {
+    const WHAT: &'static str = T::WHAT;
+    fn from_variable(name: &str, value: &str, what: Option<&str>) -> Result<Self, ConfigError> {
+        T::from_variable(name, value, what).map(Some)
+    }
+}
+
+/// Settings file shape; every section optional, unknown fields rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -47,199 +160,142 @@ pub struct RawConfig {
     aws: crate::upstream::aws::AwsEnvironment,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SelfSignedJwt {
-    signing_key: Option<String>,
-    validation_key: Option<String>,
-}
+/// The one top-level setting; every other lives in a section.
+const GITLAB_URL: &str = "AIGW_GITLAB_URL";
 
-impl std::fmt::Debug for SelfSignedJwt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Private keys never reach a log line, even through a debug dump of the settings.
-        f.debug_struct("SelfSignedJwt")
-            .field("signing_key", &self.signing_key.as_ref().map(|_| "<redacted>"))
-            .field("validation_key", &self.validation_key.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
+section!(Fastapi, "FASTAPI__" {
+    api_host: Option<String> = None,
+    api_port: u16 = 5052; "a TCP port (0-65535)",
+} nested { tls: Tls });
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Prompts {
-    dir: Option<PathBuf>,
-}
+section!(Tls, "FASTAPI__TLS__" {
+    enabled: bool = false,
+    cert_file: Option<PathBuf> = None,
+    key_file: Option<PathBuf> = None,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Auth {
-    jwks_min_refresh_ms: Option<u64>,
-    bypass_external: Option<bool>,
-    allowed_kids: Option<String>,
-}
+section!(CustomModels, "CUSTOM_MODELS__" {
+    enabled: bool = true,
+    disable_streaming: bool = false,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Fastapi {
-    api_host: Option<String>,
-    api_port: Option<u16>,
-    #[serde(default)]
-    tls: Tls,
-}
+section!(Logging, "LOGGING__" {
+    level: String = "info".to_string(),
+    format_json: bool = false,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Tls {
-    enabled: Option<bool>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-}
+section!(Plugins, "PLUGINS__" {
+    dir: PathBuf = PathBuf::from("target/plugins"),
+    memory_limit_mb: u64 = 64,
+    call_timeout_ms: u64 = 100,
+    max_concurrent: u32 = 1024,
+    reload_debounce_ms: u64 = 250,
+    perf_map: bool = false,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Ingress {
-    allow: Option<String>,
-}
+section!(Egress, "EGRESS__" {
+    allow: String = DEFAULT_EGRESS_ALLOW.to_string(),
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MetricsSection {
-    listen: Option<String>,
-}
+section!(Upstream, "UPSTREAM__" {
+    connect_timeout_ms: u64 = 5_000,
+    first_byte_timeout_ms: u64 = 60_000,
+    idle_timeout_ms: u64 = 30_000,
+    total_timeout_ms: u64 = 60_000,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DuoChat {
-    model_request_timeout: Option<u64>,
-}
+section!(Server, "SERVER__" {
+    max_body_bytes: u64 = 4 << 20,
+    // Unset: one per core, known only at run time.
+    workers: Option<u64> = None,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CustomModels {
-    enabled: Option<bool>,
-    disable_streaming: Option<bool>,
-}
+section!(Dev, "DEV__" {
+    key_file: PathBuf = PathBuf::from(".aigw/dev-signing-key.pem"),
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Logging {
-    level: Option<String>,
-    format_json: Option<bool>,
-}
+section!(Auth, "AUTH__" {
+    jwks_min_refresh_ms: u64 = 10_000,
+    bypass_external: bool = false,
+    allowed_kids: Option<String> = None,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Plugins {
-    dir: Option<PathBuf>,
-    memory_limit_mb: Option<u64>,
-    call_timeout_ms: Option<u64>,
-    max_concurrent: Option<u32>,
-    reload_debounce_ms: Option<u64>,
-    perf_map: Option<bool>,
-}
+section!(Prompts, "PROMPTS__" {
+    dir: Option<PathBuf> = None,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Egress {
-    allow: Option<String>,
-}
+section!(
+    // Debug is written by hand below: private keys never reach a log line.
+    SelfSignedJwtFields, "SELF_SIGNED_JWT__" {
+    signing_key: Option<String> = None,
+    validation_key: Option<String> = None,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Upstream {
-    connect_timeout_ms: Option<u64>,
-    first_byte_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    total_timeout_ms: Option<u64>,
-}
+section!(Ingress, "INGRESS__" {
+    allow: Option<String> = None,
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Server {
-    max_body_bytes: Option<u64>,
-    workers: Option<u64>,
-}
+section!(DuoChat, "DUO_CHAT__" {
+    model_request_timeout: u64 = 30; "a number of seconds",
+});
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Dev {
-    key_file: Option<PathBuf>,
-}
-
-fn parse<T: std::str::FromStr>(name: &str, value: &str, valid: &str) -> Result<T, ConfigError> {
-    value.trim().parse().map_err(|_| ConfigError::new(name, format!("{value:?} is not {valid}")))
-}
-
-fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(name, format!("{value:?} is not a boolean (true or false)"))),
-    }
-}
-
-const INTEGER: &str = "a non-negative integer";
+section!(MetricsSection, "METRICS__" {
+    listen: Option<String> = None,
+});
 
 impl RawConfig {
+    /// Every section, in one list: the environment overlay and the list of variables both read it.
+    fn sections(&mut self) -> [&mut dyn Section; 14] {
+        [
+            &mut self.fastapi,
+            &mut self.custom_models,
+            &mut self.logging,
+            &mut self.plugins,
+            &mut self.egress,
+            &mut self.upstream,
+            &mut self.server,
+            &mut self.dev,
+            &mut self.auth,
+            &mut self.prompts,
+            &mut self.self_signed_jwt.0,
+            &mut self.ingress,
+            &mut self.duo_chat,
+            &mut self.metrics,
+        ]
+    }
+
+    /// Every `AIGW_*` variable aigw reads.
+    pub fn variables() -> Vec<String> {
+        let mut out = vec![GITLAB_URL.to_string()];
+        for section in RawConfig::default().sections() {
+            section.variables(&mut out);
+        }
+        out
+    }
+
     /// Apply `AIGW_*` variables over the file's values. Variables this gateway does not know are
     /// ignored: GitLab's own gateway reads many more, and operators may keep them set.
     pub fn overlay_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         for (name, value) in env {
-            let n = name.as_str();
-            match n {
-                "AIGW_GITLAB_URL" => self.gitlab_url = Some(value),
-                "AIGW_FASTAPI__API_HOST" => self.fastapi.api_host = Some(value),
-                "AIGW_FASTAPI__API_PORT" => self.fastapi.api_port = Some(parse(n, &value, "a TCP port (0-65535)")?),
-                "AIGW_CUSTOM_MODELS__ENABLED" => self.custom_models.enabled = Some(parse_bool(n, &value)?),
-                "AIGW_CUSTOM_MODELS__DISABLE_STREAMING" => {
-                    self.custom_models.disable_streaming = Some(parse_bool(n, &value)?)
-                }
-                "AIGW_FASTAPI__TLS__ENABLED" => self.fastapi.tls.enabled = Some(parse_bool(n, &value)?),
-                "AIGW_FASTAPI__TLS__CERT_FILE" => self.fastapi.tls.cert_file = Some(PathBuf::from(value)),
-                "AIGW_FASTAPI__TLS__KEY_FILE" => self.fastapi.tls.key_file = Some(PathBuf::from(value)),
-                "AIGW_INGRESS__ALLOW" => self.ingress.allow = Some(value),
-                "AIGW_METRICS__LISTEN" => self.metrics.listen = Some(value),
-                "AIGW_AUTH__BYPASS_EXTERNAL" => self.auth.bypass_external = Some(parse_bool(n, &value)?),
-                "AIGW_AUTH__ALLOWED_KIDS" => self.auth.allowed_kids = Some(value),
-                "AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT" => {
-                    self.duo_chat.model_request_timeout = Some(parse(n, &value, "a number of seconds")?)
-                }
-                "AIGW_LOGGING__LEVEL" => self.logging.level = Some(value),
-                "AIGW_LOGGING__FORMAT_JSON" => self.logging.format_json = Some(parse_bool(n, &value)?),
-                "AIGW_PLUGINS__DIR" => self.plugins.dir = Some(PathBuf::from(value)),
-                "AIGW_PLUGINS__MEMORY_LIMIT_MB" => self.plugins.memory_limit_mb = Some(parse(n, &value, INTEGER)?),
-                "AIGW_PLUGINS__CALL_TIMEOUT_MS" => self.plugins.call_timeout_ms = Some(parse(n, &value, INTEGER)?),
-                "AIGW_PLUGINS__PERF_MAP" => self.plugins.perf_map = Some(parse_bool(n, &value)?),
-                "AIGW_PLUGINS__MAX_CONCURRENT" => self.plugins.max_concurrent = Some(parse(n, &value, INTEGER)?),
-                "AIGW_PLUGINS__RELOAD_DEBOUNCE_MS" => {
-                    self.plugins.reload_debounce_ms = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_EGRESS__ALLOW" => self.egress.allow = Some(value),
-                "AIGW_UPSTREAM__CONNECT_TIMEOUT_MS" => {
-                    self.upstream.connect_timeout_ms = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS" => {
-                    self.upstream.first_byte_timeout_ms = Some(parse(n, &value, INTEGER)?)
-                }
-                "AIGW_UPSTREAM__IDLE_TIMEOUT_MS" => self.upstream.idle_timeout_ms = Some(parse(n, &value, INTEGER)?),
-                "AIGW_UPSTREAM__TOTAL_TIMEOUT_MS" => self.upstream.total_timeout_ms = Some(parse(n, &value, INTEGER)?),
-                "AIGW_SERVER__MAX_BODY_BYTES" => self.server.max_body_bytes = Some(parse(n, &value, INTEGER)?),
-                "AIGW_SERVER__WORKERS" => self.server.workers = Some(parse(n, &value, INTEGER)?),
-                "AIGW_AUTH__JWKS_MIN_REFRESH_MS" => self.auth.jwks_min_refresh_ms = Some(parse(n, &value, INTEGER)?),
-                "AIGW_SELF_SIGNED_JWT__SIGNING_KEY" => self.self_signed_jwt.signing_key = Some(value),
-                "AIGW_SELF_SIGNED_JWT__VALIDATION_KEY" => self.self_signed_jwt.validation_key = Some(value),
-                "AIGW_PROMPTS__DIR" => self.prompts.dir = Some(PathBuf::from(value)),
-                "AIGW_DEV__KEY_FILE" => self.dev.key_file = Some(PathBuf::from(value)),
-                _ => {
-                    self.aws.set(n, value);
-                }
+            // Variable names are matched exactly: upper case, as they are documented.
+            if name.bytes().any(|b| b.is_ascii_lowercase()) {
+                continue;
             }
+            if name == GITLAB_URL {
+                self.gitlab_url = Some(value);
+                continue;
+            }
+            if let Some(outcome) = self.sections().into_iter().find_map(|section| section.set(&name, &value)) {
+                outcome?;
+                continue;
+            }
+            self.aws.set(&name, value);
         }
         Ok(())
     }
 
-    /// Check every value and fill in defaults, section by section in a fixed order (so that of
-    /// several bad settings, the same one is always reported).
+    /// Check every value, section by section in a fixed order (so that of several bad settings,
+    /// the same one is always reported).
     pub fn validate(self, dev: bool) -> Result<Config, ConfigError> {
         let listen = self.fastapi.listen(dev)?;
         let gitlab_url = gitlab_url(self.gitlab_url, dev)?;
@@ -248,7 +304,7 @@ impl RawConfig {
         let egress = self.egress.validate()?;
         let upstream = self.upstream.validate()?;
         let (max_body_bytes, workers) = self.server.validate()?;
-        let gateway_keys = self.self_signed_jwt.keys()?;
+        let gateway_keys = self.self_signed_jwt.0.keys()?;
         let tls = self.fastapi.tls.validate()?;
         let ingress_allow = self.ingress.validate()?;
         let metrics_listen = self.metrics.validate()?;
@@ -258,14 +314,14 @@ impl RawConfig {
             listen,
             tls,
             ingress_allow,
-            bypass_auth: self.auth.bypass_external.unwrap_or(false),
-            disable_streaming: self.custom_models.disable_streaming.unwrap_or(false),
+            bypass_auth: self.auth.bypass_external,
+            disable_streaming: self.custom_models.disable_streaming,
             chat_timeout,
             gateway_keys,
             gitlab_url,
-            custom_models_enabled: self.custom_models.enabled.unwrap_or(true),
+            custom_models_enabled: self.custom_models.enabled,
             log_level,
-            log_json: self.logging.format_json.unwrap_or(false),
+            log_json: self.logging.format_json,
             plugins,
             egress,
             upstream,
@@ -273,13 +329,25 @@ impl RawConfig {
             workers,
             prompts_dir: self.prompts.dir,
             allowed_kids,
-            jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms.unwrap_or(10_000)),
+            jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms),
             aws: self.aws,
             metrics_listen,
-            dev: dev.then(|| DevSettings {
-                key_file: self.dev.key_file.unwrap_or_else(|| PathBuf::from(".aigw/dev-signing-key.pem")),
-            }),
+            dev: dev.then_some(DevSettings { key_file: self.dev.key_file }),
         })
+    }
+}
+
+/// `[self_signed_jwt]`: its fields hold private keys, so its `Debug` shows only whether each is set.
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+struct SelfSignedJwt(SelfSignedJwtFields);
+
+impl std::fmt::Debug for SelfSignedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelfSignedJwt")
+            .field("signing_key", &self.0.signing_key.as_ref().map(|_| "<redacted>"))
+            .field("validation_key", &self.0.validation_key.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -309,13 +377,13 @@ impl Fastapi {
         let default_host = if dev { "127.0.0.1" } else { "0.0.0.0" };
         let host = self.api_host.as_deref().unwrap_or(default_host);
         let host: IpAddr = parse("AIGW_FASTAPI__API_HOST", host, "an IP address such as 0.0.0.0 or 127.0.0.1")?;
-        Ok(SocketAddr::new(host, self.api_port.unwrap_or(5052)))
+        Ok(SocketAddr::new(host, self.api_port))
     }
 }
 
 impl Tls {
     fn validate(self) -> Result<Option<super::TlsSettings>, ConfigError> {
-        if !self.enabled.unwrap_or(false) {
+        if !self.enabled {
             return Ok(None);
         }
         let file = |setting: &str, path: Option<PathBuf>| match path {
@@ -332,7 +400,7 @@ impl Tls {
 
 impl Logging {
     fn level(&self) -> Result<String, ConfigError> {
-        let level = self.level.clone().unwrap_or_else(|| "info".to_string());
+        let level = self.level.clone();
         tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
             ConfigError::new("AIGW_LOGGING__LEVEL", format!("{level:?}: {e} (use e.g. info, debug, warn)"))
         })?;
@@ -342,50 +410,49 @@ impl Logging {
 
 impl Plugins {
     fn validate(self) -> Result<PluginSettings, ConfigError> {
-        let memory_mb = self.memory_limit_mb.unwrap_or(64);
+        let memory_mb = self.memory_limit_mb;
         if !(1..=4096).contains(&memory_mb) {
             return Err(ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "must be between 1 and 4096"));
         }
-        let call_ms = self.call_timeout_ms.unwrap_or(100);
+        let call_ms = self.call_timeout_ms;
         if !(1..=60_000).contains(&call_ms) {
             return Err(ConfigError::new("AIGW_PLUGINS__CALL_TIMEOUT_MS", "must be between 1 and 60000"));
         }
-        let max_concurrent = self.max_concurrent.unwrap_or(1024);
+        let max_concurrent = self.max_concurrent;
         if !(1..=100_000).contains(&max_concurrent) {
             return Err(ConfigError::new("AIGW_PLUGINS__MAX_CONCURRENT", "must be between 1 and 100000"));
         }
         Ok(PluginSettings {
-            dir: self.dir.unwrap_or_else(|| PathBuf::from("target/plugins")),
+            dir: self.dir,
             memory_bytes: usize::try_from(memory_mb << 20)
                 .map_err(|_| ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "too large for this machine"))?,
             call_deadline: Duration::from_millis(call_ms),
             max_concurrent,
-            reload_debounce: Duration::from_millis(self.reload_debounce_ms.unwrap_or(250)),
-            perf_map: self.perf_map.unwrap_or(false),
+            reload_debounce: Duration::from_millis(self.reload_debounce_ms),
+            perf_map: self.perf_map,
         })
     }
 }
 
 impl Egress {
     fn validate(self) -> Result<EgressSettings, ConfigError> {
-        let allow_text = self.allow.unwrap_or_else(|| DEFAULT_EGRESS_ALLOW.to_string());
-        Ok(EgressSettings { allow: parse_allowlist("AIGW_EGRESS__ALLOW", &allow_text)? })
+        Ok(EgressSettings { allow: parse_allowlist("AIGW_EGRESS__ALLOW", &self.allow)? })
     }
 }
 
 impl Upstream {
     fn validate(&self) -> Result<UpstreamSettings, ConfigError> {
-        let timeout = |name: &str, value: Option<u64>, default_ms: u64| -> Result<Duration, ConfigError> {
-            match value.unwrap_or(default_ms) {
+        let timeout = |name: &str, ms: u64| -> Result<Duration, ConfigError> {
+            match ms {
                 0 => Err(ConfigError::new(name, "must be at least 1 millisecond")),
                 ms => Ok(Duration::from_millis(ms)),
             }
         };
         Ok(UpstreamSettings {
-            connect_timeout: timeout("AIGW_UPSTREAM__CONNECT_TIMEOUT_MS", self.connect_timeout_ms, 5_000)?,
-            first_byte_timeout: timeout("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", self.first_byte_timeout_ms, 60_000)?,
-            idle_timeout: timeout("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", self.idle_timeout_ms, 30_000)?,
-            total_timeout: timeout("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", self.total_timeout_ms, 60_000)?,
+            connect_timeout: timeout("AIGW_UPSTREAM__CONNECT_TIMEOUT_MS", self.connect_timeout_ms)?,
+            first_byte_timeout: timeout("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", self.first_byte_timeout_ms)?,
+            idle_timeout: timeout("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", self.idle_timeout_ms)?,
+            total_timeout: timeout("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", self.total_timeout_ms)?,
         })
     }
 }
@@ -393,7 +460,7 @@ impl Upstream {
 impl Server {
     /// The body limit in bytes and the number of serving threads.
     fn validate(&self) -> Result<(usize, usize), ConfigError> {
-        let max_body = self.max_body_bytes.unwrap_or(4 << 20);
+        let max_body = self.max_body_bytes;
         if !(1024..=(256 << 20)).contains(&max_body) {
             return Err(ConfigError::new("AIGW_SERVER__MAX_BODY_BYTES", "must be between 1024 and 268435456"));
         }
@@ -407,7 +474,7 @@ impl Server {
     }
 }
 
-impl SelfSignedJwt {
+impl SelfSignedJwtFields {
     /// The signing key, then the validation key kept through a rotation.
     fn keys(&self) -> Result<Vec<crate::auth::SigningKey>, ConfigError> {
         let mut keys = Vec::new();
@@ -461,7 +528,7 @@ impl Auth {
 
 impl DuoChat {
     fn timeout(&self) -> Result<Duration, ConfigError> {
-        let secs = self.model_request_timeout.unwrap_or(30);
+        let secs = self.model_request_timeout;
         if !(1..=3600).contains(&secs) {
             return Err(ConfigError::new("AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT", "must be between 1 and 3600 seconds"));
         }
@@ -516,6 +583,56 @@ mod tests {
                 Config::load(None, env(&[("AIGW_GITLAB_URL", "http://gitlab"), (name, value)]), false).unwrap_err();
             assert_eq!(err.setting, name, "{err}");
         }
+    }
+
+    #[test]
+    fn file_values_keep_the_other_defaults_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aigw.toml");
+        std::fs::write(&file, "gitlab_url = \"http://gitlab\"\n[plugins]\nmemory_limit_mb = 32\ncall_timeout_ms = 7\n")
+            .unwrap();
+        let config = Config::load(Some(&file), env(&[("AIGW_PLUGINS__CALL_TIMEOUT_MS", "9")]), false).unwrap();
+        assert_eq!(config.plugins.memory_bytes, 32 << 20);
+        assert_eq!(config.plugins.call_deadline, Duration::from_millis(9));
+        assert_eq!(config.plugins.max_concurrent, 1024);
+        assert_eq!(config.upstream.total_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn only_upper_case_names_are_read() {
+        let config = Config::load(
+            None,
+            env(&[("AIGW_GITLAB_URL", "http://gitlab"), ("aigw_server__workers", "0"), ("AIGW_Server__Workers", "0")]),
+            false,
+        );
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    /// The README's configuration table is what operators read: it lists every variable aigw
+    /// reads, and nothing it does not.
+    #[test]
+    fn the_readme_lists_every_variable_and_no_other() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = readme.split("\n## Configuration\n").nth(1).unwrap().split("\n## ").next().unwrap();
+        let mut documented = Vec::new();
+        for row in table.lines().filter(|line| line.starts_with("| `")) {
+            let first_cell = row.split('|').nth(1).unwrap();
+            let mut prefix = String::new();
+            for name in first_cell.split('`').skip(1).step_by(2) {
+                let name = match name.strip_prefix("__") {
+                    Some(key) => format!("{prefix}__{key}"),
+                    None => name.to_string(),
+                };
+                prefix = name.rsplit_once("__").map_or(String::new(), |(section, _)| section.to_string());
+                if name.starts_with("AIGW_") {
+                    documented.push(name);
+                }
+            }
+        }
+        let mut read = RawConfig::variables();
+        read.sort();
+        documented.sort();
+        assert_eq!(documented, read);
     }
 
     #[test]
