@@ -115,7 +115,7 @@ impl Gateway {
         let (verifier, background) = build_verifier(&config, options, &metrics)?;
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
         // One model-server client (and connection pool) per worker thread.
-        let first = Upstream::new(Some(policy), config.upstream, config.aws.clone())?;
+        let first = Upstream::new(policy, config.upstream, config.aws.clone())?;
         let mut upstreams: Vec<Upstream> = (1..config.workers).map(|_| first.with_own_pool()).collect();
         upstreams.push(first);
         if config.bypass_auth {
@@ -242,7 +242,7 @@ fn build_verifier(
     options: StartOptions,
     metrics: &Arc<telemetry::Metrics>,
 ) -> Result<(Verifier, Vec<tokio::task::JoinHandle<()>>), StartError> {
-    let mut verifier = Verifier::new();
+    let mut verifier = Verifier::new().max_token_lifetime(config.max_token_lifetime);
     let mut background = Vec::new();
     if let Some(gitlab_url) = &config.gitlab_url {
         let mut gitlab_settings = config.upstream;
@@ -250,10 +250,11 @@ fn build_verifier(
         gitlab_settings.first_byte_timeout = Duration::from_secs(10);
         let jwks = Arc::new(JwksCache::new(
             gitlab_url.clone(),
-            Upstream::new(None, gitlab_settings, Default::default())?,
+            config.jwks_origin.clone(),
+            gitlab_settings,
             config.jwks_min_refresh,
             Arc::clone(metrics),
-        ));
+        )?);
         let refresher = Arc::clone(&jwks);
         // Warm the cache without delaying start-up (an unreachable instance is retried on
         // demand), then refresh periodically so keys the instance withdrew stop verifying.

@@ -73,7 +73,11 @@ impl TestKey {
 
     /// Sign `claims` (RS256, this key's kid).
     pub fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
+        self.sign_with_header(Header::new(Algorithm::RS256), claims)
+    }
+
+    /// Sign `claims` with this key under `header` (its kid set to this key's).
+    pub fn sign_with_header(&self, mut header: Header, claims: &Value) -> String {
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
     }
@@ -115,6 +119,8 @@ struct GitLabState {
     jwks_fetches: AtomicUsize,
     down: AtomicBool,
     url: Mutex<String>,
+    /// `jwks_uri` in discovery when set; else the instance's own key path.
+    jwks_uri: Mutex<Option<String>>,
 }
 
 /// A mock GitLab instance: OIDC discovery and the JWKS endpoint.
@@ -169,6 +175,21 @@ impl MockGitLab {
         *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk().clone()).collect();
     }
 
+    /// Publish these JWK documents as they are (keys aigw cannot use, say).
+    pub fn publish_documents(&self, keys: Vec<Value>) {
+        *self.state.keys.lock().unwrap() = keys;
+    }
+
+    /// Name `uri` as `jwks_uri` in discovery (a key set elsewhere).
+    pub fn set_jwks_uri(&self, uri: &str) {
+        *self.state.jwks_uri.lock().unwrap() = Some(uri.to_string());
+    }
+
+    /// The URL of this instance's own key set.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/oauth/discovery/keys", self.url())
+    }
+
     /// Make the instance answer 503 to everything (or recover).
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
@@ -192,10 +213,11 @@ fn gitlab_answer(state: &GitLabState, request: &Request<Incoming>) -> Response<F
         return json_answer(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "down for maintenance"}));
     }
     let url = state.url.lock().unwrap().clone();
+    let jwks_uri = state.jwks_uri.lock().unwrap().clone().unwrap_or_else(|| format!("{url}/oauth/discovery/keys"));
     match request.uri().path() {
         "/.well-known/openid-configuration" => json_answer(
             StatusCode::OK,
-            json!({"issuer": url, "jwks_uri": format!("{url}/oauth/discovery/keys"),
+            json!({"issuer": url, "jwks_uri": jwks_uri,
                    "id_token_signing_alg_values_supported": ["RS256"]}),
         ),
         "/oauth/discovery/keys" => {

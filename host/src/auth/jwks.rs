@@ -24,9 +24,52 @@ pub enum JwksError {
     Malformed(String),
 }
 
+/// The scheme, host and port of an http(s) URL: where a key set may be fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an http(s) URL; `None` for anything else.
+    pub fn of(url: &str) -> Option<Self> {
+        let uri: http::Uri = url.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        let authority = uri.authority()?;
+        Some(Origin {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(default_port),
+            scheme,
+        })
+    }
+
+    /// An origin written on its own (`https://host[:port]`, with at most a trailing `/`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let uri: http::Uri = text.parse().ok()?;
+        let bare = matches!(uri.path(), "" | "/") && uri.query().is_none();
+        bare.then(|| Self::of(text)).flatten()
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
 /// Cached verification keys of one GitLab instance, by `kid`.
 pub struct JwksCache {
     gitlab_url: String,
+    /// Origins `jwks_uri` may name: the instance's own, and one the operator added. Discovery
+    /// is a document from the network; it does not get to send aigw anywhere else.
+    key_origins: Vec<Origin>,
     http: Upstream,
     keys: ArcSwap<HashMap<String, Arc<DecodingKey>>>,
     /// When the last refresh was attempted; refreshes are at least `min_refresh_interval` apart.
@@ -47,13 +90,21 @@ impl std::fmt::Debug for JwksCache {
 
 impl JwksCache {
     /// An empty cache for the instance at `gitlab_url`; keys load on first use or [`Self::refresh`].
+    ///
+    /// Its client reaches any address but those the egress policy always refuses (link-local,
+    /// metadata, unspecified): the instance's URL is the operator's own setting, and putting
+    /// its address into `AIGW_EGRESS__ALLOW` would open it to request-supplied model endpoints.
     pub fn new(
         gitlab_url: String,
-        http: Upstream,
+        extra_origin: Option<Origin>,
+        settings: crate::upstream::UpstreamSettings,
         min_refresh_interval: Duration,
         metrics: Arc<crate::telemetry::Metrics>,
-    ) -> Self {
-        JwksCache {
+    ) -> Result<Self, crate::upstream::UpstreamError> {
+        let policy = Arc::new(crate::upstream::EgressPolicy::any_but_always_refused());
+        let http = Upstream::new(policy, settings, Default::default())?;
+        Ok(JwksCache {
+            key_origins: Origin::of(&gitlab_url).into_iter().chain(extra_origin).collect(),
             gitlab_url,
             http,
             keys: ArcSwap::from_pointee(HashMap::new()),
@@ -62,7 +113,7 @@ impl JwksCache {
             loaded_once: std::sync::atomic::AtomicBool::new(false),
             metrics,
             generation: std::sync::atomic::AtomicU64::new(0),
-        }
+        })
     }
 
     /// The key with this `kid`; an unknown `kid` triggers a refresh unless one ran recently.
@@ -99,7 +150,8 @@ impl JwksCache {
         }
     }
 
-    /// Fetch discovery and the key set and publish the usable RS256 signing keys.
+    /// Fetch discovery and the key set and publish the usable RS256 signing keys; a set with none
+    /// is refused and the current keys stay.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
         let discovery_url = format!("{}/.well-known/openid-configuration", self.gitlab_url);
         let discovery = self.http.get_json(&discovery_url, MAX_DOCUMENT_BYTES).await?;
@@ -107,10 +159,23 @@ impl JwksCache {
             .get("jwks_uri")
             .and_then(|v| v.as_str())
             .ok_or_else(|| JwksError::Malformed(format!("{discovery_url} has no jwks_uri")))?;
+        if !Origin::of(jwks_uri).is_some_and(|origin| self.key_origins.contains(&origin)) {
+            return Err(JwksError::Malformed(format!(
+                "jwks_uri {jwks_uri:?} is not on the instance's origin (add its origin to AIGW_AUTH__JWKS_ORIGIN if it should be)"
+            )));
+        }
         let document = self.http.get_json(jwks_uri, MAX_DOCUMENT_BYTES).await?;
         let set: JwkSet = serde_json::from_value(document)
             .map_err(|e| JwksError::Malformed(format!("{jwks_uri} is not a JWK set: {e}")))?;
         let keys = usable_keys(&set);
+        // A key set with nothing aigw can verify with is a broken answer, not a rotation to no
+        // keys: the keys already held keep serving.
+        if keys.is_empty() {
+            return Err(JwksError::Malformed(format!(
+                "{jwks_uri} holds {} keys and no usable RS256 signing key; keeping the keys already loaded",
+                set.keys.len()
+            )));
+        }
         let count = keys.len();
         tracing::info!(keys = count, jwks_uri, "loaded the instance's signing keys");
         let changed = {
@@ -139,4 +204,38 @@ fn usable_keys(set: &JwkSet) -> HashMap<String, Arc<DecodingKey>> {
             Some((kid, Arc::new(key)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let instance = Origin::of("https://GitLab.example.com/some/path").unwrap();
+        assert_eq!(Some(instance.clone()), Origin::of("https://gitlab.example.com:443/oauth/discovery/keys"));
+        assert_ne!(Some(instance.clone()), Origin::of("http://gitlab.example.com/oauth/discovery/keys"));
+        assert_ne!(Some(instance.clone()), Origin::of("https://gitlab.example.com:8443/keys"));
+        assert_ne!(Some(instance.clone()), Origin::of("https://gitlab.example.com.evil.test/keys"));
+        assert_ne!(Some(instance), Origin::of("https://gitlab.example.com@evil.test/keys"));
+        assert_eq!(Origin::of("file:///etc/passwd"), None);
+        assert!(Origin::parse("https://keys.example.com/").is_some());
+        assert_eq!(Origin::parse("https://keys.example.com/oauth"), None);
+    }
+
+    #[tokio::test]
+    async fn the_instance_client_never_reaches_always_refused_addresses() {
+        let settings = crate::upstream::UpstreamSettings {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(5),
+        };
+        let metrics = Arc::new(crate::telemetry::Metrics::default());
+        for url in ["http://169.254.169.254", "http://[fe80::1]:8080", "http://0.0.0.0:80"] {
+            let cache = JwksCache::new(url.to_string(), None, settings, Duration::ZERO, Arc::clone(&metrics)).unwrap();
+            let error = cache.refresh().await.unwrap_err();
+            assert!(matches!(error, JwksError::Fetch(crate::upstream::UpstreamError::Refused(_))), "{url}: {error}");
+        }
+    }
 }

@@ -9,8 +9,13 @@ use std::sync::Arc;
 /// The audience every accepted token must contain.
 pub const AUDIENCE: &str = "gitlab-ai-gateway";
 
-/// Clock skew tolerated on `exp` and `nbf`, seconds.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
 pub const LEEWAY_SECS: u64 = 30;
+
+/// Longest lifetime (`exp` − `iat`, or − `nbf` without `iat`) of an accepted token by default,
+/// seconds: GitLab's tokens live one hour and `serve --dev`'s 24 hours, so this refuses only
+/// tokens minted to outlive any rotation.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 48 * 3600;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -58,6 +63,7 @@ impl Principal {
 struct Claims {
     exp: u64,
     nbf: u64,
+    iat: Option<u64>,
     sub: Option<String>,
     scopes: Vec<String>,
     gitlab_realm: Option<String>,
@@ -120,6 +126,23 @@ impl DecodedClaims {
     }
 }
 
+impl Claims {
+    /// The time rules the JWT library leaves to its caller: not issued in the future, and not
+    /// minted to live longer than `max_lifetime_secs`.
+    fn check_issue_time(&self, now: u64, max_lifetime_secs: u64) -> Result<(), AuthError> {
+        if self.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
+            return Err(AuthError::forbidden("the token was issued in the future (iat)"));
+        }
+        let lifetime = self.exp.saturating_sub(self.iat.unwrap_or(self.nbf));
+        if lifetime > max_lifetime_secs {
+            return Err(AuthError::forbidden(format!(
+                "the token lives {lifetime} s, longer than AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS ({max_lifetime_secs} s)"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Where an issuer's keys come from.
 enum KeySource {
     /// The GitLab instance's published key set.
@@ -144,6 +167,7 @@ struct TrustedIssuer {
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
     verified: std::sync::Mutex<HashMap<String, Verified>>,
+    max_lifetime_secs: u64,
 }
 
 /// A token whose signature and claims were verified: GitLab sends the same token for up to an
@@ -175,7 +199,17 @@ const USER_HEADER: &str = "X-Gitlab-Global-User-Id";
 impl Verifier {
     /// A verifier trusting nobody yet.
     pub fn new() -> Self {
-        Verifier { issuers: Vec::new(), verified: std::sync::Mutex::new(HashMap::new()) }
+        Verifier {
+            issuers: Vec::new(),
+            verified: std::sync::Mutex::new(HashMap::new()),
+            max_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+        }
+    }
+
+    /// Refuse tokens whose lifetime exceeds `max` (`AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS`).
+    pub fn max_token_lifetime(mut self, max: std::time::Duration) -> Self {
+        self.max_lifetime_secs = max.as_secs();
+        self
     }
 
     /// Trust tokens with `iss` = the instance URL, signed by a key the instance publishes; when
@@ -229,7 +263,12 @@ impl Verifier {
 
     /// Authenticate a request from its headers, in GitLab's order of checks.
     pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
-        let authorization = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::MissingHeader)?;
+        let mut authorizations = headers.get_all(http::header::AUTHORIZATION).iter();
+        let authorization = authorizations.next().ok_or(AuthError::MissingHeader)?;
+        // Two credentials leave it to each hop to pick one; none is picked here.
+        if authorizations.next().is_some() {
+            return Err(AuthError::InvalidHeader);
+        }
         let token = authorization
             .to_str()
             .ok()
@@ -291,6 +330,11 @@ impl Verifier {
 
     async fn verify_signature_and_claims(&self, token: &str) -> Result<(Claims, bool), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(AuthError::forbidden)?;
+        // RFC 7515 §4.1.11: extensions named critical must be understood or the token refused;
+        // aigw implements none.
+        if let Some(critical) = &header.crit {
+            return Err(AuthError::forbidden(format!("critical header parameters {critical:?} are not understood")));
+        }
         // The algorithm is fixed here, never taken from the token.
         if header.alg != Algorithm::RS256 {
             return Err(AuthError::forbidden(format!("algorithm {:?} is not accepted", header.alg)));
@@ -317,7 +361,9 @@ impl Verifier {
             validation.leeway = LEEWAY_SECS;
             let decoded = jsonwebtoken::decode::<DecodedClaims>(token, key.as_ref(), &validation)
                 .map_err(AuthError::forbidden)?;
-            return Ok((decoded.claims.into_gateway_claims(issuer.require_realm)?, issuer.gateway));
+            let claims = decoded.claims.into_gateway_claims(issuer.require_realm)?;
+            claims.check_issue_time(jsonwebtoken::get_current_timestamp(), self.max_lifetime_secs)?;
+            return Ok((claims, issuer.gateway));
         }
         Err(AuthError::forbidden(if pinned_out {
             format!("kid {kid:?} is not in AIGW_AUTH__ALLOWED_KIDS")
@@ -398,5 +444,22 @@ mod tests {
         let mut no_scopes = gateway_claims();
         no_scopes.as_object_mut().map(|c| c.remove("scopes"));
         assert!(shaped(no_scopes, true).unwrap_err().contains("scopes"));
+    }
+
+    fn timed(iat: Option<u64>, nbf: u64, exp: u64) -> Claims {
+        Claims { exp, nbf, iat, sub: None, scopes: Vec::new(), gitlab_realm: None, gitlab_instance_id: None }
+    }
+
+    #[test]
+    fn issue_time_and_lifetime_have_limits_on_both_sides() {
+        let now = 1_000_000;
+        let max = 7200;
+        assert!(timed(Some(now + LEEWAY_SECS), now, now + 3600).check_issue_time(now, max).is_ok());
+        assert!(timed(Some(now + LEEWAY_SECS + 1), now, now + 3600).check_issue_time(now, max).is_err());
+        assert!(timed(Some(now), now, now + max).check_issue_time(now, max).is_ok());
+        assert!(timed(Some(now), now, now + max + 1).check_issue_time(now, max).is_err());
+        // Without iat, the lifetime counts from nbf.
+        assert!(timed(None, now - 10, now + max - 10).check_issue_time(now, max).is_ok());
+        assert!(timed(None, now - 10, now + max - 9).check_issue_time(now, max).is_err());
     }
 }

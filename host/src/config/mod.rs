@@ -82,6 +82,10 @@ pub struct Config {
     /// Key ids of the instance's key set whose tokens are accepted (`AIGW_AUTH__ALLOWED_KIDS`,
     /// comma-separated); `None`: any key the instance publishes.
     pub allowed_kids: Option<Vec<String>>,
+    /// Longest lifetime of an accepted token (`AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS`).
+    pub max_token_lifetime: Duration,
+    /// An origin besides the instance's own that its `jwks_uri` may name (`AIGW_AUTH__JWKS_ORIGIN`).
+    pub jwks_origin: Option<crate::auth::jwks::Origin>,
     /// Development mode: trust a locally generated signing key.
     pub dev: Option<DevSettings>,
 }

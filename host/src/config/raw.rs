@@ -218,6 +218,8 @@ section!(Auth, "AUTH__" {
     jwks_min_refresh_ms: u64 = 10_000,
     bypass_external: bool = false,
     allowed_kids: Option<String> = None,
+    max_token_lifetime_secs: u64 = crate::auth::verify::DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+    jwks_origin: Option<String> = None,
 });
 
 section!(Prompts, "PROMPTS__" {
@@ -309,6 +311,8 @@ impl RawConfig {
         let ingress_allow = self.ingress.validate()?;
         let metrics_listen = self.metrics.validate()?;
         let allowed_kids = self.auth.allowed_kids()?;
+        let max_token_lifetime = self.auth.max_token_lifetime()?;
+        let jwks_origin = self.auth.jwks_origin()?;
         let chat_timeout = self.duo_chat.timeout()?;
         Ok(Config {
             listen,
@@ -329,6 +333,8 @@ impl RawConfig {
             workers,
             prompts_dir: self.prompts.dir,
             allowed_kids,
+            max_token_lifetime,
+            jwks_origin,
             jwks_min_refresh: Duration::from_millis(self.auth.jwks_min_refresh_ms),
             aws: self.aws,
             metrics_listen,
@@ -524,6 +530,27 @@ impl Auth {
         }
         Ok(allowed)
     }
+
+    fn max_token_lifetime(&self) -> Result<Duration, ConfigError> {
+        // From a minute (shorter would refuse tokens GitLab has just minted) to 30 days.
+        if !(60..=30 * 86_400).contains(&self.max_token_lifetime_secs) {
+            return Err(ConfigError::new("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "must be between 60 and 2592000"));
+        }
+        Ok(Duration::from_secs(self.max_token_lifetime_secs))
+    }
+
+    /// A second origin (`https://host[:port]`) the instance's `jwks_uri` may name.
+    fn jwks_origin(&self) -> Result<Option<crate::auth::jwks::Origin>, ConfigError> {
+        match self.jwks_origin.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+            Some(text) => crate::auth::jwks::Origin::parse(text).map(Some).ok_or_else(|| {
+                ConfigError::new(
+                    "AIGW_AUTH__JWKS_ORIGIN",
+                    format!("{text:?} is not an origin such as https://keys.example.com or http://10.0.0.5:8080"),
+                )
+            }),
+            None => Ok(None),
+        }
+    }
 }
 
 impl DuoChat {
@@ -576,6 +603,10 @@ mod tests {
             ("AIGW_SERVER__WORKERS", "0"),
             ("AIGW_SERVER__WORKERS", "1025"),
             ("AIGW_AUTH__ALLOWED_KIDS", " , "),
+            ("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "59"),
+            ("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "2592001"),
+            ("AIGW_AUTH__JWKS_ORIGIN", "https://keys.example.com/oauth"),
+            ("AIGW_AUTH__JWKS_ORIGIN", "ftp://keys.example.com"),
             ("AIGW_SELF_SIGNED_JWT__SIGNING_KEY", "-----BEGIN RSA PRIVATE KEY-----\nnope\n"),
         ];
         for (name, value) in cases {

@@ -68,7 +68,7 @@ pub struct Upstream {
     settings: UpstreamSettings,
     aws: Arc<AwsEnvironment>,
     /// What a client with its own pool needs (see [`Upstream::with_own_pool`]).
-    policy: Option<Arc<EgressPolicy>>,
+    policy: Arc<EgressPolicy>,
     tls: rustls::ClientConfig,
 }
 
@@ -79,9 +79,9 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// A client whose connections obey `policy` (`None`: operator-configured destinations only).
+    /// A client whose connections obey `policy`.
     pub fn new(
-        policy: Option<Arc<EgressPolicy>>,
+        policy: Arc<EgressPolicy>,
         settings: UpstreamSettings,
         aws: AwsEnvironment,
     ) -> Result<Self, UpstreamError> {
@@ -166,7 +166,7 @@ impl Upstream {
 }
 
 fn pooled_client(
-    policy: Option<Arc<EgressPolicy>>,
+    policy: Arc<EgressPolicy>,
     settings: UpstreamSettings,
     tls: rustls::ClientConfig,
 ) -> Client<HttpsConnector, Full<Bytes>> {

@@ -28,11 +28,10 @@ pub(super) enum ConnectError {
     Timeout(Duration),
 }
 
-/// See the module documentation. `policy: None` means a destination the operator configured
-/// (the GitLab instance), which is not subject to the model egress allowlist.
+/// See the module documentation.
 #[derive(Clone)]
 pub(super) struct EgressConnector {
-    pub(crate) policy: Option<Arc<EgressPolicy>>,
+    pub(crate) policy: Arc<EgressPolicy>,
     pub(crate) connect_timeout: Duration,
 }
 
@@ -66,11 +65,9 @@ impl EgressConnector {
         if addrs.is_empty() {
             return Err(EgressError::Unresolved(host.to_string()).into());
         }
-        if let Some(policy) = &self.policy {
-            // Every address must pass: a name that resolves partly to a forbidden range is refused.
-            for addr in &addrs {
-                policy.check(addr.ip())?;
-            }
+        // Every address must pass: a name that resolves partly to a forbidden range is refused.
+        for addr in &addrs {
+            self.policy.check(addr.ip())?;
         }
         let attempt = async {
             let mut last_error = None;

@@ -38,6 +38,12 @@ impl EgressPolicy {
         EgressPolicy { allow }
     }
 
+    /// Every address but the ones always refused: for the GitLab instance, whose URL the
+    /// operator wrote, so that its address need not be (and is not) open to model endpoints.
+    pub fn any_but_always_refused() -> Self {
+        EgressPolicy { allow: vec![IpNet::V4(ipnet::Ipv4Net::default()), IpNet::V6(ipnet::Ipv6Net::default())] }
+    }
+
     /// Check one resolved address. IPv4-mapped and IPv4-compatible IPv6 forms are judged as the
     /// IPv4 address they carry, so `::ffff:169.254.169.254` is the metadata address it is.
     pub fn check(&self, addr: IpAddr) -> Result<(), EgressError> {

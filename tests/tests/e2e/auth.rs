@@ -323,3 +323,109 @@ async fn allowed_kids_pin_the_instance_keys() {
         200
     );
 }
+
+#[tokio::test]
+async fn critical_header_parameters_are_refused() {
+    let t = TestGateway::start().await;
+    let claims = instance_claims(&t.gitlab.url(), &["complete_code"]);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.crit = Some(vec!["b64".to_string()]);
+    assert_401(&with_token(&t, &t.key.sign_with_header(header, &claims)).await, "Forbidden by auth provider");
+    let plain = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    assert_eq!(with_token(&t, &t.key.sign_with_header(plain, &claims)).await.status, 200);
+}
+
+#[tokio::test]
+async fn issue_time_and_lifetime_are_bounded() {
+    let t = Setup::default().env("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "7200").start().await;
+    let signed = |iat: u64, exp: u64| {
+        let mut claims = instance_claims(&t.gitlab.url(), &["complete_code"]);
+        claims["iat"] = json!(iat);
+        claims["exp"] = json!(exp);
+        t.key.sign(&claims)
+    };
+    let now = now();
+    // iat a little ahead (clock skew) passes; far ahead does not.
+    assert_eq!(with_token(&t, &signed(now + 10, now + 3600)).await.status, 200);
+    assert_401(&with_token(&t, &signed(now + 600, now + 3600)).await, "Forbidden by auth provider");
+    // A lifetime of exactly the maximum passes; a second more does not.
+    assert_eq!(with_token(&t, &signed(now, now + 7200)).await.status, 200);
+    assert_401(&with_token(&t, &signed(now, now + 7201)).await, "Forbidden by auth provider");
+
+    // The default allows the development token's day and refuses a token minted for a week.
+    let default = TestGateway::start().await;
+    let signed = |exp: u64| {
+        let mut claims = instance_claims(&default.gitlab.url(), &["complete_code"]);
+        claims["exp"] = json!(exp);
+        default.key.sign(&claims)
+    };
+    assert_eq!(with_token(&default, &signed(now + 24 * 3600)).await.status, 200);
+    assert_401(&with_token(&default, &signed(now + 7 * 24 * 3600)).await, "Forbidden by auth provider");
+    assert!(t.model.requests().len() == 2 && default.model.requests().len() == 1);
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let t = TestGateway::start().await;
+    let token = t.token(&["complete_code"]);
+    let mut headers = t.gitlab_headers(&token);
+    headers.push(("authorization".to_string(), format!("Bearer {token}")));
+    assert_401(&with_headers(&t, headers).await, "Invalid authorization header");
+    assert_eq!(with_token(&t, &token).await.status, 200);
+}
+
+async fn jwks_refreshes(t: &TestGateway, outcome: &str) -> f64 {
+    let text = t.request(http::Method::GET, "/metrics", &[], bytes::Bytes::new()).await.text();
+    let series = format!("aigw_jwks_refreshes_total{{outcome=\"{outcome}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&series)).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_key_set_is_fetched_from_the_instance_origin_only() {
+    let elsewhere_key = TestKey::generate("elsewhere-key");
+    let elsewhere = aigw_tests::MockGitLab::start(&[&elsewhere_key]).await;
+    let token_from = |t: &TestGateway| elsewhere_key.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]));
+
+    // Discovery naming a key set on another origin is not followed.
+    let t = TestGateway::start().await;
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
+    let failed = jwks_refreshes(&t, "failed").await;
+    t.gitlab.set_jwks_uri(&elsewhere.jwks_url());
+    assert_401(&with_token(&t, &token_from(&t)).await, "Forbidden by auth provider");
+    assert_eq!(elsewhere.jwks_fetches(), 0, "nothing was fetched from the other origin");
+    assert_eq!(jwks_refreshes(&t, "failed").await, failed + 1.0);
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200, "the instance's keys still serve");
+
+    // The operator can name that origin.
+    let allowed = Setup::default().env("AIGW_AUTH__JWKS_ORIGIN", &elsewhere.url()).start().await;
+    allowed.gitlab.set_jwks_uri(&elsewhere.jwks_url());
+    let answer = with_token(&allowed, &token_from(&allowed)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(elsewhere.jwks_fetches() >= 1);
+}
+
+#[tokio::test]
+async fn an_unusable_key_set_never_replaces_a_good_one() {
+    let t = TestGateway::start().await;
+    assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200);
+    let failed = jwks_refreshes(&t, "failed").await;
+    let mut wrong_algorithm = t.key.jwk().clone();
+    wrong_algorithm["alg"] = json!("RS384");
+    wrong_algorithm["kid"] = json!("rs384");
+    let mut encryption = t.key.jwk().clone();
+    encryption["use"] = json!("enc");
+    encryption["kid"] = json!("enc");
+    let elliptic = json!({"kty": "EC", "crv": "P-256", "kid": "ec", "use": "sig",
+                          "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                          "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+    let stranger = TestKey::generate("stranger");
+    for (round, documents) in [vec![], vec![wrong_algorithm, encryption, elliptic]].into_iter().enumerate() {
+        t.gitlab.publish_documents(documents);
+        // An unknown kid makes the gateway refresh and find nothing it can use...
+        let answer = with_token(&t, &stranger.sign(&instance_claims(&t.gitlab.url(), &["complete_code"]))).await;
+        assert_401(&answer, "Forbidden by auth provider");
+        assert_eq!(jwks_refreshes(&t, "failed").await, failed + 1.0 + round as f64, "counted as a failed refresh");
+        // ...and a token it has never seen, signed by the key it held, still verifies.
+        assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200, "round {round}");
+    }
+}
