@@ -13,11 +13,11 @@ use serde_json::json;
 pub struct ValidationIssue {
     /// Error kind, e.g. `missing`, `string_too_long`.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// Path to the offending field, starting with `body`.
-    pub loc: Vec<serde_json::Value>,
+    pub(crate) loc: Vec<serde_json::Value>,
     /// Human-readable message.
-    pub msg: String,
+    pub(crate) msg: String,
 }
 
 /// Everything that can end a request with an error.
@@ -63,7 +63,7 @@ const PLUGIN_FAILED: &str = "The model provider plugin failed to handle this req
 
 impl GatewayError {
     /// Status code and JSON body. Upstream bodies and secrets are never echoed.
-    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+    pub(crate) fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
         let detail = |status: StatusCode, message: String| (status, json!({ "detail": message }));
         match self {
             GatewayError::Auth(auth) => match auth {
@@ -134,7 +134,7 @@ impl GatewayError {
     }
 
     /// Extra headers the answer carries (`Retry-After` of a rate-limited model server).
-    pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+    pub(crate) fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
         match self {
             GatewayError::Upstream(UpstreamError::Status { status, retry_after: Some(value) })
                 if *status == StatusCode::TOO_MANY_REQUESTS =>

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// Everything a request handler needs, shared by all connections.
 #[derive(Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// Validated configuration.
     pub config: Config,
     /// Caller authentication.
@@ -28,18 +28,18 @@ pub struct AppState {
 impl AppState {
     /// What a request served by worker `worker` sees: this state, and that worker's own
     /// model-server client, so that pooled connections are driven by the thread that uses them.
-    pub fn for_worker(&self, worker: usize) -> RequestState<'_> {
+    pub(crate) fn for_worker(&self, worker: usize) -> RequestState<'_> {
         RequestState { shared: self, upstream: &self.upstreams[worker % self.upstreams.len()] }
     }
 
     /// The current prompt registry; a request keeps the one it started with.
-    pub fn prompts(&self) -> Arc<PromptRegistry> {
+    pub(crate) fn prompts(&self) -> Arc<PromptRegistry> {
         self.prompts.load_full()
     }
 
     /// Rebuild the registry from the embedded prompts and `dir`; a directory that does not load
     /// keeps the last good registry in place.
-    pub fn reload_prompts(&self, dir: &std::path::Path) {
+    pub(crate) fn reload_prompts(&self, dir: &std::path::Path) {
         match PromptRegistry::embedded_with_dir(dir) {
             Ok(registry) => {
                 self.prompts.store(Arc::new(registry));
@@ -53,7 +53,7 @@ impl AppState {
 /// The state one request is handled with: the shared [`AppState`] (which it dereferences to)
 /// and the model-server client of the worker serving it.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestState<'a> {
+pub(crate) struct RequestState<'a> {
     shared: &'a AppState,
     /// The serving worker's model-server client and connection pool.
     pub upstream: &'a Upstream,

@@ -15,7 +15,7 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
 /// Why a refresh failed (logged; the cache keeps serving the keys it has).
 #[derive(Debug, thiserror::Error)]
-pub enum JwksError {
+pub(crate) enum JwksError {
     /// The instance could not be reached or answered badly.
     #[error("{0}")]
     Fetch(#[from] crate::upstream::UpstreamError),
@@ -26,7 +26,7 @@ pub enum JwksError {
 
 /// The scheme, host and port of an http(s) URL: where a key set may be fetched from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     scheme: String,
     host: String,
     port: u16,
@@ -34,7 +34,7 @@ pub struct Origin {
 
 impl Origin {
     /// The origin of an http(s) URL; `None` for anything else.
-    pub fn of(url: &str) -> Option<Self> {
+    pub(crate) fn of(url: &str) -> Option<Self> {
         let uri: http::Uri = url.parse().ok()?;
         let scheme = uri.scheme_str()?.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
@@ -51,7 +51,7 @@ impl Origin {
     }
 
     /// An origin written on its own (`https://host[:port]`, with at most a trailing `/`).
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let uri: http::Uri = text.parse().ok()?;
         let bare = matches!(uri.path(), "" | "/") && uri.query().is_none();
         bare.then(|| Self::of(text)).flatten()
@@ -94,7 +94,7 @@ impl JwksCache {
     /// Its client reaches any address but those the egress policy always refuses (link-local,
     /// metadata, unspecified): the instance's URL is the operator's own setting, and putting
     /// its address into `AIGW_EGRESS__ALLOW` would open it to request-supplied model endpoints.
-    pub fn new(
+    pub(crate) fn new(
         gitlab_url: String,
         extra_origin: Option<Origin>,
         settings: crate::upstream::UpstreamSettings,
@@ -117,7 +117,7 @@ impl JwksCache {
     }
 
     /// The key with this `kid`; an unknown `kid` triggers a refresh unless one ran recently.
-    pub async fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+    pub(crate) async fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
         if let Some(key) = self.keys.load().get(kid) {
             return Some(Arc::clone(key));
         }
@@ -126,18 +126,18 @@ impl JwksCache {
     }
 
     /// Changes whenever the set of published keys changes.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True once keys were fetched successfully at least once.
-    pub fn has_loaded(&self) -> bool {
+    pub(crate) fn has_loaded(&self) -> bool {
         self.loaded_once.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Refresh now unless a refresh was attempted within the minimum interval. Concurrent callers
     /// wait for the one refresh in progress instead of starting their own.
-    pub async fn refresh_if_due(&self) {
+    pub(crate) async fn refresh_if_due(&self) {
         let mut last = self.last_attempt.lock().await;
         if last.is_some_and(|at| at.elapsed() < self.min_refresh_interval) {
             return;
@@ -152,7 +152,7 @@ impl JwksCache {
 
     /// Fetch discovery and the key set and publish the usable RS256 signing keys; a set with none
     /// is refused and the current keys stay.
-    pub async fn refresh(&self) -> Result<usize, JwksError> {
+    pub(crate) async fn refresh(&self) -> Result<usize, JwksError> {
         let discovery_url = format!("{}/.well-known/openid-configuration", self.gitlab_url);
         let discovery = self.http.get_json(&discovery_url, MAX_DOCUMENT_BYTES).await?;
         let jwks_uri = discovery

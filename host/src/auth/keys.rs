@@ -127,24 +127,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[derive(Debug, Serialize)]
 pub struct UserAccessClaims {
     /// `gitlab-ai-gateway`.
-    pub iss: String,
+    pub(crate) iss: String,
     /// `gitlab-ai-gateway`.
-    pub aud: String,
+    pub(crate) aud: String,
     /// The user (`X-Gitlab-Global-User-Id`).
-    pub sub: String,
+    pub(crate) sub: String,
     /// Issued at.
-    pub iat: u64,
+    pub(crate) iat: u64,
     /// Not before.
-    pub nbf: u64,
+    pub(crate) nbf: u64,
     /// Expiry.
-    pub exp: u64,
+    pub(crate) exp: u64,
     /// Token id.
-    pub jti: String,
+    pub(crate) jti: String,
     /// Realm of the instance that asked, when it said.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gitlab_realm: Option<String>,
+    pub(crate) gitlab_realm: Option<String>,
     /// Granted scopes.
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
 }
 
 impl UserAccessClaims {
@@ -167,26 +167,26 @@ impl UserAccessClaims {
 }
 
 /// Lifetime of a user access token, seconds.
-pub const USER_ACCESS_TTL_SECS: u64 = 3600;
+pub(crate) const USER_ACCESS_TTL_SECS: u64 = 3600;
 
 /// Claims of a development token: what a GitLab instance puts in the tokens it sends, minus the
 /// instance-specific ones, so a newcomer's curl needs no extra headers.
 #[derive(Debug, Serialize)]
 pub struct DevClaims {
     /// Issuer.
-    pub iss: String,
+    pub(crate) iss: String,
     /// Audience.
-    pub aud: Vec<String>,
+    pub(crate) aud: Vec<String>,
     /// Issued at (unix seconds).
-    pub iat: u64,
+    pub(crate) iat: u64,
     /// Not before.
-    pub nbf: u64,
+    pub(crate) nbf: u64,
     /// Expiry.
-    pub exp: u64,
+    pub(crate) exp: u64,
     /// Token id.
-    pub jti: String,
+    pub(crate) jti: String,
     /// Granted scopes.
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
 }
 
 impl DevClaims {

@@ -1,10 +1,10 @@
 //! Caller authentication as GitLab's gateway does it: instance-issued RS256 JWTs verified against
 //! the instance's published keys, header cross-checks, and scope gating.
 
-pub mod jwks;
+pub(crate) mod jwks;
 pub mod keys;
-pub mod scopes;
-pub mod verify;
+pub(crate) mod scopes;
+pub(crate) mod verify;
 
 pub use jwks::JwksCache;
 pub use keys::SigningKey;

@@ -4,25 +4,25 @@
 use std::borrow::Cow;
 
 /// Code completion.
-pub const COMPLETE_CODE: &str = "complete_code";
+pub(crate) const COMPLETE_CODE: &str = "complete_code";
 /// Code generation.
-pub const GENERATE_CODE: &str = "generate_code";
+pub(crate) const GENERATE_CODE: &str = "generate_code";
 /// Both code suggestion features, as older instances grant them.
-pub const CODE_SUGGESTIONS: &str = "code_suggestions";
+pub(crate) const CODE_SUGGESTIONS: &str = "code_suggestions";
 /// Duo Chat, every feature.
-pub const DUO_CHAT: &str = "duo_chat";
+pub(crate) const DUO_CHAT: &str = "duo_chat";
 /// Duo Chat's classic ReAct agent.
-pub const DUO_CLASSIC_CHAT: &str = "duo_classic_chat";
+pub(crate) const DUO_CLASSIC_CHAT: &str = "duo_classic_chat";
 
 /// What a caller must hold to use an endpoint.
 #[derive(Debug, Clone)]
-pub struct Requirement {
+pub(crate) struct Requirement {
     /// Scopes of which any one is enough.
-    pub any_of: Cow<'static, [&'static str]>,
+    pub(crate) any_of: Cow<'static, [&'static str]>,
     /// Refused to the tokens this gateway issues for IDE direct access, as GitLab refuses them.
-    pub instance_tokens_only: bool,
+    pub(crate) instance_tokens_only: bool,
     /// The feature the 403 names: `Unauthorized to access <feature>`.
-    pub feature: &'static str,
+    pub(crate) feature: &'static str,
 }
 
 impl Requirement {
@@ -32,21 +32,22 @@ impl Requirement {
 }
 
 /// `/v2/code/completions` and a v3/v4 `code_editor_completion`.
-pub const CODE_COMPLETION: Requirement =
+pub(crate) const CODE_COMPLETION: Requirement =
     Requirement::new(&[COMPLETE_CODE, CODE_SUGGESTIONS], false, "code suggestions");
 
 /// `/v2/code/generations` and a v3/v4 `code_editor_generation`.
-pub const CODE_GENERATION: Requirement = Requirement::new(&[GENERATE_CODE, CODE_SUGGESTIONS], true, "code generations");
+pub(crate) const CODE_GENERATION: Requirement =
+    Requirement::new(&[GENERATE_CODE, CODE_SUGGESTIONS], true, "code generations");
 
 /// `/v2/chat/agent`.
-pub const CHAT_AGENT: Requirement = Requirement::new(&[DUO_CLASSIC_CHAT, DUO_CHAT], false, "duo chat");
+pub(crate) const CHAT_AGENT: Requirement = Requirement::new(&[DUO_CLASSIC_CHAT, DUO_CHAT], false, "duo chat");
 
 /// `/v1/code/user_access_token`: an instance token with a completion scope, the only scopes a
 /// minted token may carry.
-pub const USER_ACCESS_TOKEN: Requirement =
+pub(crate) const USER_ACCESS_TOKEN: Requirement =
     Requirement::new(&[COMPLETE_CODE, CODE_SUGGESTIONS], true, "user access token");
 
 /// `/v1/chat/{invokable}`: Duo Chat, or the invokable's own scope.
-pub fn one_shot_chat(invokable: &'static str) -> Requirement {
+pub(crate) fn one_shot_chat(invokable: &'static str) -> Requirement {
     Requirement { any_of: Cow::Owned(vec![DUO_CHAT, invokable]), instance_tokens_only: false, feature: "duo chat" }
 }

@@ -7,48 +7,48 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The audience every accepted token must contain.
-pub const AUDIENCE: &str = "gitlab-ai-gateway";
+pub(crate) const AUDIENCE: &str = "gitlab-ai-gateway";
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
-pub const LEEWAY_SECS: u64 = 30;
+pub(crate) const LEEWAY_SECS: u64 = 30;
 
 /// Longest lifetime (`exp` − `iat`, or − `nbf` without `iat`) of an accepted token by default,
 /// seconds: GitLab's tokens live one hour and `serve --dev`'s 24 hours, so this refuses only
 /// tokens minted to outlive any rotation.
-pub const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 48 * 3600;
+pub(crate) const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 48 * 3600;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// Granted scopes (unit primitives).
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
     /// `gitlab_realm` claim.
-    pub realm: Option<String>,
+    pub(crate) realm: Option<String>,
     /// Signed by this gateway (`/v1/code/user_access_token`), not by the GitLab instance.
-    pub gateway_issued: bool,
+    pub(crate) gateway_issued: bool,
     /// Authentication is bypassed (`AIGW_AUTH__BYPASS_EXTERNAL`): every scope is granted.
-    pub unrestricted: bool,
+    pub(crate) unrestricted: bool,
 }
 
 impl Principal {
     /// The caller when authentication is bypassed: no identity, every scope.
-    pub fn unrestricted() -> Self {
+    pub(crate) fn unrestricted() -> Self {
         Principal { scopes: Vec::new(), realm: None, gateway_issued: false, unrestricted: true }
     }
 
     /// Whether `scope` was granted.
-    pub fn has_scope(&self, scope: &str) -> bool {
+    pub(crate) fn has_scope(&self, scope: &str) -> bool {
         self.unrestricted || self.scopes.iter().any(|s| s == scope)
     }
 
     /// Whether the caller holds any of `scopes`, and, with `instance_tokens_only`, is not a token
     /// this gateway issued. Every scope gate asks this, or [`Principal::require`].
-    pub fn permits(&self, scopes: &[impl AsRef<str>], instance_tokens_only: bool) -> bool {
+    pub(crate) fn permits(&self, scopes: &[impl AsRef<str>], instance_tokens_only: bool) -> bool {
         scopes.iter().any(|scope| self.has_scope(scope.as_ref())) && !(instance_tokens_only && self.gateway_issued)
     }
 
     /// Succeeds when the caller meets `requirement`; else 403 naming its feature.
-    pub fn require(&self, requirement: &super::scopes::Requirement) -> Result<(), AuthError> {
+    pub(crate) fn require(&self, requirement: &super::scopes::Requirement) -> Result<(), AuthError> {
         if self.permits(&requirement.any_of, requirement.instance_tokens_only) {
             Ok(())
         } else {
@@ -207,14 +207,19 @@ impl Verifier {
     }
 
     /// Refuse tokens whose lifetime exceeds `max` (`AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS`).
-    pub fn max_token_lifetime(mut self, max: std::time::Duration) -> Self {
+    pub(crate) fn max_token_lifetime(mut self, max: std::time::Duration) -> Self {
         self.max_lifetime_secs = max.as_secs();
         self
     }
 
     /// Trust tokens with `iss` = the instance URL, signed by a key the instance publishes; when
     /// `allowed_kids` is given, only by a key with one of those ids.
-    pub fn trust_instance(mut self, gitlab_url: &str, jwks: Arc<JwksCache>, allowed_kids: Option<Vec<String>>) -> Self {
+    pub(crate) fn trust_instance(
+        mut self,
+        gitlab_url: &str,
+        jwks: Arc<JwksCache>,
+        allowed_kids: Option<Vec<String>>,
+    ) -> Self {
         self.issuers.push(TrustedIssuer {
             issuer: gitlab_url.to_string(),
             keys: KeySource::Instance(jwks),
@@ -241,7 +246,7 @@ impl Verifier {
     /// Trust this gateway's own tokens (issuer and audience `gitlab-ai-gateway`) signed by any of
     /// `keys` (the signing key, and the validation key kept through a rotation). Their realm is
     /// copied from the instance token that asked for them, so it is not required here.
-    pub fn trust_gateway_keys(mut self, keys: &[&super::SigningKey]) -> Self {
+    pub(crate) fn trust_gateway_keys(mut self, keys: &[&super::SigningKey]) -> Self {
         let keys = keys.iter().map(|k| (k.kid().to_string(), k.decoding_key().clone())).collect();
         self.issuers.push(TrustedIssuer {
             issuer: AUDIENCE.to_string(),
@@ -254,7 +259,7 @@ impl Verifier {
     }
 
     /// True once some key can verify tokens: a local key, or the instance's keys fetched once.
-    pub fn has_keys(&self) -> bool {
+    pub(crate) fn has_keys(&self) -> bool {
         self.issuers.iter().any(|issuer| match &issuer.keys {
             KeySource::Local(keys) => !keys.is_empty(),
             KeySource::Instance(jwks) => jwks.has_loaded(),

@@ -8,17 +8,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::upstream::UpstreamSettings;
-pub use raw::RawConfig;
+pub(crate) use crate::upstream::UpstreamSettings;
+pub(crate) use raw::RawConfig;
 
 /// A setting that cannot be used, with what would be valid.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {problem}")]
 pub struct ConfigError {
     /// The setting's environment name (or TOML path when it only exists there).
-    pub setting: String,
+    pub(crate) setting: String,
     /// What is wrong and what would be valid.
-    pub problem: String,
+    pub(crate) problem: String,
 }
 
 impl ConfigError {
@@ -32,96 +32,96 @@ impl ConfigError {
 pub struct Config {
     /// Credentials and region for plugins that ask for AWS SigV4 (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`).
-    pub aws: crate::upstream::aws::AwsEnvironment,
+    pub(crate) aws: crate::upstream::aws::AwsEnvironment,
     /// Address the API listens on (`AIGW_FASTAPI__API_HOST`, `AIGW_FASTAPI__API_PORT`).
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Serve HTTPS with these files (`AIGW_FASTAPI__TLS__ENABLED`, `__CERT_FILE`, `__KEY_FILE`).
-    pub tls: Option<TlsSettings>,
+    pub(crate) tls: Option<TlsSettings>,
     /// Serve `GET /metrics` on this address instead of the API port (`AIGW_METRICS__LISTEN`),
     /// so that scraping stays on a private interface.
-    pub metrics_listen: Option<SocketAddr>,
+    pub(crate) metrics_listen: Option<SocketAddr>,
     /// Client networks allowed to call the gateway at all (`AIGW_INGRESS__ALLOW`); `None`: any.
     /// Others get 403 before any token work.
-    pub ingress_allow: Option<Vec<IpNet>>,
+    pub(crate) ingress_allow: Option<Vec<IpNet>>,
     /// Skip authentication entirely (`AIGW_AUTH__BYPASS_EXTERNAL`): for isolated test set-ups
     /// only; start-up warns loudly.
-    pub bypass_auth: bool,
+    pub(crate) bypass_auth: bool,
     /// Never stream from model servers (`AIGW_CUSTOM_MODELS__DISABLE_STREAMING`); a caller that
     /// asked for a stream gets the whole answer as one piece in its stream format.
-    pub disable_streaming: bool,
+    pub(crate) disable_streaming: bool,
     /// Total timeout of chat model calls (`AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT`, seconds).
-    pub chat_timeout: Duration,
+    pub(crate) chat_timeout: Duration,
     /// The GitLab instance whose tokens are trusted (`AIGW_GITLAB_URL`), without a trailing `/`.
     /// `None` only in development mode, where the local development key is the only issuer.
     pub gitlab_url: Option<String>,
     /// Whether requests may name their own model endpoint and key (`AIGW_CUSTOM_MODELS__ENABLED`).
-    pub custom_models_enabled: bool,
+    pub(crate) custom_models_enabled: bool,
     /// Logging level filter (`AIGW_LOGGING__LEVEL`), e.g. `info` or `aigw=debug,warn`.
     pub log_level: String,
     /// JSON log lines (`AIGW_LOGGING__FORMAT_JSON`).
     pub log_json: bool,
     /// Plugin loading and sandbox settings.
-    pub plugins: PluginSettings,
+    pub(crate) plugins: PluginSettings,
     /// Where model requests may go.
-    pub egress: EgressSettings,
+    pub(crate) egress: EgressSettings,
     /// Outbound HTTP timeouts.
-    pub upstream: UpstreamSettings,
+    pub(crate) upstream: UpstreamSettings,
     /// The gateway's own signing key, then the previous one still accepted during a rotation
     /// (`AIGW_SELF_SIGNED_JWT__SIGNING_KEY`, `__VALIDATION_KEY`, PEM). Empty: no user access tokens.
-    pub gateway_keys: Vec<crate::auth::SigningKey>,
+    pub(crate) gateway_keys: Vec<crate::auth::SigningKey>,
     /// Extra prompt files (`AIGW_PROMPTS__DIR`), merged over the embedded registry at start-up.
-    pub prompts_dir: Option<PathBuf>,
+    pub(crate) prompts_dir: Option<PathBuf>,
     /// Request body limit, bytes (`AIGW_SERVER__MAX_BODY_BYTES`).
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Serving threads, each with its own single-threaded runtime (`AIGW_SERVER__WORKERS`;
     /// default: one per core).
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Shortest interval between two key-set refreshes triggered by unknown key ids
     /// (`AIGW_AUTH__JWKS_MIN_REFRESH_MS`): bounds the load a stream of forged `kid`s can put on GitLab.
-    pub jwks_min_refresh: Duration,
+    pub(crate) jwks_min_refresh: Duration,
     /// Key ids of the instance's key set whose tokens are accepted (`AIGW_AUTH__ALLOWED_KIDS`,
     /// comma-separated); `None`: any key the instance publishes.
-    pub allowed_kids: Option<Vec<String>>,
+    pub(crate) allowed_kids: Option<Vec<String>>,
     /// Longest lifetime of an accepted token (`AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS`).
-    pub max_token_lifetime: Duration,
+    pub(crate) max_token_lifetime: Duration,
     /// An origin besides the instance's own that its `jwks_uri` may name (`AIGW_AUTH__JWKS_ORIGIN`).
-    pub jwks_origin: Option<crate::auth::jwks::Origin>,
+    pub(crate) jwks_origin: Option<crate::auth::jwks::Origin>,
     /// Development mode: trust a locally generated signing key.
     pub dev: Option<DevSettings>,
 }
 
 /// Plugin directory and sandbox limits.
 #[derive(Debug, Clone)]
-pub struct PluginSettings {
+pub(crate) struct PluginSettings {
     /// Directory of `*.wasm` provider components (`AIGW_PLUGINS__DIR`).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Per-store linear memory cap (`AIGW_PLUGINS__MEMORY_LIMIT_MB`).
-    pub memory_bytes: usize,
+    pub(crate) memory_bytes: usize,
     /// Per-call deadline (`AIGW_PLUGINS__CALL_TIMEOUT_MS`).
-    pub call_deadline: Duration,
+    pub(crate) call_deadline: Duration,
     /// Plugin stores that may exist at once (`AIGW_PLUGINS__MAX_CONCURRENT`).
-    pub max_concurrent: u32,
+    pub(crate) max_concurrent: u32,
     /// Quiet period before a change in the directory triggers a reload (`AIGW_PLUGINS__RELOAD_DEBOUNCE_MS`).
-    pub reload_debounce: Duration,
+    pub(crate) reload_debounce: Duration,
     /// Write `/tmp/perf-<pid>.map` so that `perf` names the plugins' compiled functions
     /// (`AIGW_PLUGINS__PERF_MAP`).
-    pub perf_map: bool,
+    pub(crate) perf_map: bool,
 }
 
 /// Egress policy for model endpoints.
 #[derive(Debug, Clone)]
-pub struct EgressSettings {
+pub(crate) struct EgressSettings {
     /// Networks model endpoints may resolve to (`AIGW_EGRESS__ALLOW`, comma-separated CIDRs).
-    pub allow: Vec<IpNet>,
+    pub(crate) allow: Vec<IpNet>,
 }
 
 /// Certificate chain and private key for HTTPS, PEM files.
 #[derive(Debug, Clone)]
-pub struct TlsSettings {
+pub(crate) struct TlsSettings {
     /// Certificate chain.
-    pub cert_file: PathBuf,
+    pub(crate) cert_file: PathBuf,
     /// Private key.
-    pub key_file: PathBuf,
+    pub(crate) key_file: PathBuf,
 }
 
 /// Development mode settings.
@@ -134,7 +134,7 @@ pub struct DevSettings {
 /// Default networks for model endpoints: loopback and private ranges, where self-hosted model
 /// servers live. Public addresses must be allowed explicitly, so the gateway is never an open proxy
 /// by default.
-pub const DEFAULT_EGRESS_ALLOW: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
+pub(crate) const DEFAULT_EGRESS_ALLOW: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
 
 impl Config {
     /// Read the optional TOML file, overlay the environment and validate.

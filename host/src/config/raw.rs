@@ -34,6 +34,7 @@ macro_rules! section {
         }
 
         impl Section for $name {
+            #[cfg(test)]
             fn variables(&self, out: &mut Vec<String>) {
                 $(out.push(concat!("AIGW_", $prefix, stringify!($field)).to_ascii_uppercase());)*
                 $($(self.$sub.variables(out);)*)?
@@ -60,6 +61,7 @@ macro_rules! section {
 /// What [`section!`] generates for each section.
 trait Section {
     /// The section's variable names, upper case.
+    #[cfg(test)]
     fn variables(&self, out: &mut Vec<String>);
     /// Set the field `variable` names; `None` when it names none of this section's fields.
     fn set(&mut self, variable: &str, value: &str) -> Option<Result<(), ConfigError>>;
@@ -125,7 +127,7 @@ impl<T: FromVariable> FromVariable for Option<T> {
 /// Settings file shape; every section optional, unknown fields rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     gitlab_url: Option<String>,
     #[serde(default)]
     fastapi: Fastapi,
@@ -267,7 +269,8 @@ impl RawConfig {
     }
 
     /// Every `AIGW_*` variable aigw reads.
-    pub fn variables() -> Vec<String> {
+    #[cfg(test)]
+    fn variables() -> Vec<String> {
         let mut out = vec![GITLAB_URL.to_string()];
         for section in RawConfig::default().sections() {
             section.variables(&mut out);
@@ -277,7 +280,7 @@ impl RawConfig {
 
     /// Apply `AIGW_*` variables over the file's values. Variables this gateway does not know are
     /// ignored: GitLab's own gateway reads many more, and operators may keep them set.
-    pub fn overlay_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    pub(crate) fn overlay_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         for (name, value) in env {
             // Variable names are matched exactly: upper case, as they are documented.
             if name.bytes().any(|b| b.is_ascii_lowercase()) {
@@ -298,7 +301,7 @@ impl RawConfig {
 
     /// Check every value, section by section in a fixed order (so that of several bad settings,
     /// the same one is always reported).
-    pub fn validate(self, dev: bool) -> Result<Config, ConfigError> {
+    pub(crate) fn validate(self, dev: bool) -> Result<Config, ConfigError> {
         let listen = self.fastapi.listen(dev)?;
         let gitlab_url = gitlab_url(self.gitlab_url, dev)?;
         let log_level = self.logging.level()?;

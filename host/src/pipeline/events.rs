@@ -148,7 +148,7 @@ impl ChunkStream {
     }
 
     /// The next chunk with text or metadata; `None` at the end of the answer.
-    pub async fn next(&mut self) -> Option<Result<wit::StreamChunk, GatewayError>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<wit::StreamChunk, GatewayError>> {
         loop {
             if let Some(chunk) = self.parser.next_chunk() {
                 return Some(Ok(chunk));

@@ -7,7 +7,7 @@ mod observe;
 mod target;
 
 pub use events::{ChunkStream, EventParser};
-pub use target::{DEFAULT_PROVIDER, ModelFields, ModelTarget, parse_endpoint};
+pub(crate) use target::{ModelFields, ModelTarget, parse_endpoint};
 
 use crate::error::GatewayError;
 use crate::plugins::runtime::PluginIdentity;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// Which time limit a model call runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deadline {
+pub(crate) enum Deadline {
     /// Code suggestions: the outbound total timeout (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`).
     Code,
     /// Chat and registry prompts: `AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT`.
@@ -29,7 +29,7 @@ pub enum Deadline {
 
 /// A canonical model request bound for a target: what every endpoint hands the pipeline.
 #[derive(Debug)]
-pub struct ModelJob {
+pub(crate) struct ModelJob {
     target: ModelTarget,
     request: wit::ModelRequest,
     deadline: Deadline,
@@ -39,14 +39,19 @@ impl ModelJob {
     /// A chat request for `target`'s model. Before it is sent, a family whose chat template has
     /// no system role (the registry's `families.toml` says which) gets the system text at the
     /// start of the first user message instead.
-    pub fn new(target: ModelTarget, messages: Vec<wit::Message>, sampling: wit::Sampling, deadline: Deadline) -> Self {
+    pub(crate) fn new(
+        target: ModelTarget,
+        messages: Vec<wit::Message>,
+        sampling: wit::Sampling,
+        deadline: Deadline,
+    ) -> Self {
         let request =
             wit::ModelRequest { model: target.model.clone(), messages, fill_in_middle: None, sampling, stream: false };
         ModelJob { target, request, deadline }
     }
 
     /// Also carry the code around the cursor, for providers with a native fill-in-the-middle API.
-    pub fn with_fill_in_middle(mut self, prefix: &str, suffix: &str) -> Self {
+    pub(crate) fn with_fill_in_middle(mut self, prefix: &str, suffix: &str) -> Self {
         self.request.fill_in_middle =
             Some(wit::FillInMiddle { prefix: prefix.to_string(), suffix: suffix.to_string() });
         self
@@ -61,7 +66,7 @@ impl ModelJob {
 }
 
 /// Run `job` and return the model's whole answer.
-pub async fn complete(state: &RequestState<'_>, job: ModelJob) -> Result<wit::Completion, GatewayError> {
+pub(crate) async fn complete(state: &RequestState<'_>, job: ModelJob) -> Result<wit::Completion, GatewayError> {
     let call = Call::send(state, job, false).await?;
     let (completion, _) = call.whole_answer().await?;
     Ok(completion)
@@ -70,7 +75,7 @@ pub async fn complete(state: &RequestState<'_>, job: ModelJob) -> Result<wit::Co
 /// Run `job` up to the model server's response head and return its answer as a stream. With
 /// streaming disabled (`AIGW_CUSTOM_MODELS__DISABLE_STREAMING`) the model server is asked for a
 /// whole answer, which the stream then yields as a single piece.
-pub async fn stream(state: &RequestState<'_>, job: ModelJob) -> Result<ChunkStream, GatewayError> {
+pub(crate) async fn stream(state: &RequestState<'_>, job: ModelJob) -> Result<ChunkStream, GatewayError> {
     if state.config.disable_streaming {
         let call = Call::send(state, job, false).await?;
         let sent = call.sent;

@@ -10,22 +10,22 @@ const MAX_API_KEY: usize = 2000;
 const MAX_IDENTIFIER: usize = 1000;
 
 /// The provider name used when an identifier has no `<provider>/` part.
-pub const DEFAULT_PROVIDER: &str = "custom_openai";
+pub(crate) const DEFAULT_PROVIDER: &str = "custom_openai";
 
 /// A resolved model target.
 #[derive(Clone)]
-pub struct ModelTarget {
+pub(crate) struct ModelTarget {
     /// Provider name, which selects the plugin (e.g. `custom_openai`).
-    pub provider: String,
+    pub(crate) provider: String,
     /// Model id sent to the model server.
-    pub model: String,
+    pub(crate) model: String,
     /// Model family, which selects the prompt (e.g. `codestral`).
-    pub family: String,
+    pub(crate) family: String,
     /// Model endpoint, without trailing `/`; `None` when the request named none, and then the
     /// plugin's default endpoint applies (Bedrock's regional one, for example).
-    pub endpoint: Option<http::Uri>,
+    pub(crate) endpoint: Option<http::Uri>,
     /// API key; empty when none was given.
-    pub api_key: String,
+    pub(crate) api_key: String,
 }
 
 impl std::fmt::Debug for ModelTarget {
@@ -42,15 +42,15 @@ impl std::fmt::Debug for ModelTarget {
 
 /// GitLab's model fields, whichever form they arrived in.
 #[derive(Debug, Default)]
-pub struct ModelFields<'a> {
+pub(crate) struct ModelFields<'a> {
     /// Family (`model_name` / `name`).
-    pub family: Option<&'a str>,
+    pub(crate) family: Option<&'a str>,
     /// Endpoint (`model_endpoint` / `endpoint`).
-    pub endpoint: Option<&'a str>,
+    pub(crate) endpoint: Option<&'a str>,
     /// Key (`model_api_key` / `api_key`).
-    pub api_key: Option<&'a str>,
+    pub(crate) api_key: Option<&'a str>,
     /// Identifier (`model_identifier` / `identifier`).
-    pub identifier: Option<&'a str>,
+    pub(crate) identifier: Option<&'a str>,
 }
 
 fn too_long(field: &str, max: usize) -> GatewayError {
@@ -59,7 +59,7 @@ fn too_long(field: &str, max: usize) -> GatewayError {
 
 impl ModelTarget {
     /// Resolve and validate. `custom_models_enabled: false` refuses request-supplied endpoints and keys.
-    pub fn resolve(fields: ModelFields<'_>, custom_models_enabled: bool) -> Result<Self, GatewayError> {
+    pub(crate) fn resolve(fields: ModelFields<'_>, custom_models_enabled: bool) -> Result<Self, GatewayError> {
         let family = fields
             .family
             .map(str::trim)
@@ -105,7 +105,7 @@ impl ModelTarget {
 }
 
 /// An http(s) URL with a host, no credentials, query or fragment; a trailing `/` is dropped.
-pub fn parse_endpoint(text: &str) -> Result<http::Uri, GatewayError> {
+pub(crate) fn parse_endpoint(text: &str) -> Result<http::Uri, GatewayError> {
     if text.chars().count() > MAX_ENDPOINT {
         return Err(too_long("model_endpoint", MAX_ENDPOINT));
     }

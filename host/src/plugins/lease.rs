@@ -17,7 +17,7 @@ use std::time::Duration;
 /// How long a request keeps its store while it waits. Short enough that a model server's queue
 /// or a slow model (tokens tens of milliseconds apart) holds slots but not stores; long enough
 /// that a flowing stream (pieces microseconds to a few milliseconds apart) keeps one store.
-pub const IDLE_RELEASE: Duration = Duration::from_millis(20);
+pub(crate) const IDLE_RELEASE: Duration = Duration::from_millis(20);
 
 /// A plugin, and the store or the slot a request holds for it.
 pub struct PluginLease {
@@ -36,12 +36,12 @@ impl PluginLease {
     }
 
     /// The plugin's identity.
-    pub fn identity(&self) -> &PluginIdentity {
+    pub(crate) fn identity(&self) -> &PluginIdentity {
         self.plugin.identity()
     }
 
     /// The live store, instantiating a fresh one in the held slot if it was released.
-    pub async fn session(&mut self) -> Result<&mut PluginSession, PluginError> {
+    pub(crate) async fn session(&mut self) -> Result<&mut PluginSession, PluginError> {
         match &mut self.session {
             Some(session) => Ok(session),
             empty => {
@@ -56,7 +56,7 @@ impl PluginLease {
 
     /// Await `wait` (a model server's answer); if it takes longer than [`IDLE_RELEASE`], free the
     /// store meanwhile and keep the slot.
-    pub async fn wait<T>(&mut self, wait: impl Future<Output = T>) -> T {
+    pub(crate) async fn wait<T>(&mut self, wait: impl Future<Output = T>) -> T {
         if self.session.is_none() {
             return wait.await;
         }

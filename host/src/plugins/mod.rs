@@ -3,9 +3,9 @@
 
 mod bindings;
 mod epoch;
-pub mod lease;
-pub mod registry;
-pub mod runtime;
+pub(crate) mod lease;
+pub(crate) mod registry;
+pub(crate) mod runtime;
 
 pub use bindings::types as wit;
 pub use lease::PluginLease;
@@ -47,7 +47,7 @@ pub enum PluginError {
 }
 
 /// A plugin's typed error as a sentence (the generated `Display` is the debug form).
-pub fn describe(error: &wit::PluginError) -> String {
+pub(crate) fn describe(error: &wit::PluginError) -> String {
     match error {
         wit::PluginError::InvalidInput(m) => format!("invalid input: {m}"),
         wit::PluginError::Unsupported(m) => format!("unsupported: {m}"),

@@ -53,7 +53,7 @@ impl Snapshot {
     }
 
     /// True when no plugin is loaded.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_file.is_empty()
     }
 }
@@ -62,11 +62,11 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct ReloadReport {
     /// Files compiled and published (new or changed).
-    pub loaded: Vec<PathBuf>,
+    pub(crate) loaded: Vec<PathBuf>,
     /// Files whose new contents were rejected; the previous version, if any, stays published.
     pub rejected: Vec<(PathBuf, PluginError)>,
     /// Files that disappeared; their plugins were unloaded.
-    pub unloaded: Vec<PathBuf>,
+    pub(crate) unloaded: Vec<PathBuf>,
 }
 
 /// Loaded plugins, published through an atomic pointer swap.
@@ -86,7 +86,7 @@ impl std::fmt::Debug for PluginRegistry {
 
 impl PluginRegistry {
     /// An empty registry over `dir`; call [`PluginRegistry::reload`] to load what is there.
-    pub fn new(runtime: Arc<PluginRuntime>, dir: PathBuf) -> Self {
+    pub(crate) fn new(runtime: Arc<PluginRuntime>, dir: PathBuf) -> Self {
         PluginRegistry {
             runtime,
             dir,

@@ -71,7 +71,7 @@ impl PluginRuntime {
     /// As [`PluginRuntime::new`]; with `perf_map`, wasmtime writes `/tmp/perf-<pid>.map` as it
     /// compiles, so that `perf report` names each plugin function (`wasm[0]::function[73]`, or
     /// its own name when the component keeps a name section) instead of a bare JIT address.
-    pub fn with_perf_map(limits: SandboxLimits, perf_map: bool) -> Result<Arc<Self>, PluginError> {
+    pub(crate) fn with_perf_map(limits: SandboxLimits, perf_map: bool) -> Result<Arc<Self>, PluginError> {
         let mut pool = PoolingAllocationConfig::new();
         let slots = limits.max_concurrent.max(1);
         pool.total_component_instances(slots)
@@ -109,12 +109,12 @@ impl PluginRuntime {
     }
 
     /// Slots held by requests (each request in flight holds one, waiting or not).
-    pub fn slots_in_use(&self) -> usize {
+    pub(crate) fn slots_in_use(&self) -> usize {
         (self.limits.max_concurrent as usize).saturating_sub(self.slots.available_permits())
     }
 
     /// Stores alive (requests whose plugin is working, or that have not waited long yet).
-    pub fn stores_alive(&self) -> usize {
+    pub(crate) fn stores_alive(&self) -> usize {
         self.ticker.stores_alive()
     }
 
@@ -213,7 +213,7 @@ impl PluginRuntime {
 }
 
 /// The version of `wit/provider.wit` this host is built against.
-pub const WIT_VERSION: &str = "0.2.0";
+pub(crate) const WIT_VERSION: &str = "0.2.0";
 
 /// Import prefixes refused at load time. The sandbox would answer them with PermissionDenied
 /// anyway; refusing says plainly to the plugin author that translation must not do I/O.
@@ -322,7 +322,7 @@ pub struct PluginIdentity {
     /// Stream framing.
     pub framing: wit::Framing,
     /// Endpoint used when the model configuration names none (may contain `{aws-region}`).
-    pub default_endpoint: Option<String>,
+    pub(crate) default_endpoint: Option<String>,
 }
 
 impl PluginIdentity {
@@ -411,7 +411,7 @@ impl LoadedPlugin {
     }
 
     /// A fresh sandbox in a slot the caller already holds (see [`PluginSession::release`]).
-    pub async fn session_in(&self, permit: SlotPermit) -> Result<PluginSession, PluginError> {
+    pub(crate) async fn session_in(&self, permit: SlotPermit) -> Result<PluginSession, PluginError> {
         // Counted (and the epoch ticker awake) before any guest code runs, start-up included.
         let alive = Alive::new(&self.runtime.ticker);
         let mut store = self.runtime.new_store();
@@ -458,13 +458,8 @@ impl std::fmt::Debug for PluginSession {
 impl PluginSession {
     /// Free the store (its memory goes back to the pool) but keep the slot, for a request that
     /// will need a fresh store later.
-    pub fn release(self) -> SlotPermit {
+    pub(crate) fn release(self) -> SlotPermit {
         self.permit
-    }
-
-    /// Identity of the plugin this session runs.
-    pub fn identity(&self) -> &PluginIdentity {
-        &self.info
     }
 
     /// `build-request`: canonical model request → upstream HTTP request.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 /// The registry file that lists the families, at the root of the embedded prompts and of the
 /// operator's `AIGW_PROMPTS__DIR`.
-pub const FAMILIES_FILE: &str = "families.toml";
+pub(crate) const FAMILIES_FILE: &str = "families.toml";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,16 +30,16 @@ fn has_system_role() -> bool {
 
 /// One model family.
 #[derive(Debug, Clone)]
-pub struct Family {
+pub(crate) struct Family {
     /// The `model_name` GitLab sends.
-    pub name: String,
+    pub(crate) name: String,
     /// Whether its chat template accepts a system message.
-    pub system_role: bool,
+    pub(crate) system_role: bool,
 }
 
 /// The families the registry knows, in the order their files list them.
 #[derive(Debug, Default, Clone)]
-pub struct Families(Vec<Family>);
+pub(crate) struct Families(Vec<Family>);
 
 impl Families {
     /// Add the families of one `families.toml`; an entry whose name is already known replaces it.
@@ -60,19 +60,19 @@ impl Families {
     }
 
     /// The family named `name`, if known.
-    pub fn get(&self, name: &str) -> Option<&Family> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Family> {
         self.0.iter().find(|family| family.name == name)
     }
 
     /// Every family's name, in order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|family| family.name.as_str())
     }
 
     /// Make `messages` acceptable to `family`'s chat template: for a family without a system
     /// role, system messages are joined into the first user message (or become it, if there is
     /// none). An unknown family keeps its messages as they are.
-    pub fn fit_roles(&self, family: &str, messages: &mut Vec<wit::Message>) {
+    pub(crate) fn fit_roles(&self, family: &str, messages: &mut Vec<wit::Message>) {
         if self.get(family).is_none_or(|f| f.system_role) {
             return;
         }

@@ -5,9 +5,9 @@ mod family;
 mod trim;
 mod version;
 
-pub use family::{FAMILIES_FILE, Families, Family};
-pub use trim::trim_to_budget;
-pub use version::{Constraint, Version, parse_version};
+pub(crate) use family::{FAMILIES_FILE, Families};
+pub(crate) use trim::trim_to_budget;
+pub(crate) use version::{Constraint, Version, parse_version};
 
 use crate::plugins::wit;
 use serde::Deserialize;
@@ -57,7 +57,9 @@ pub enum PromptError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PromptFile {
+    /// For the file's readers; parsed (so that its type is checked), never used.
     #[serde(default)]
+    #[expect(dead_code, reason = "documentation inside the data file")]
     description: String,
     /// A prompt id whose highest stable version supplies what this file leaves out: messages,
     /// each sampling parameter, the budget, the unit primitive. A family's file then says only
@@ -120,25 +122,25 @@ impl ParamsFile {
 
 /// Default sampling parameters of a prompt.
 #[derive(Debug, Clone, Default)]
-pub struct Params {
+pub(crate) struct Params {
     /// Sampling temperature.
-    pub temperature: Option<f32>,
+    pub(crate) temperature: Option<f32>,
     /// Token limit of the answer.
-    pub max_tokens: Option<u32>,
+    pub(crate) max_tokens: Option<u32>,
     /// Nucleus sampling.
-    pub top_p: Option<f32>,
+    pub(crate) top_p: Option<f32>,
     /// Stop sequences.
-    pub stop: Vec<String>,
+    pub(crate) stop: Vec<String>,
 }
 
 /// How much code context a completion prompt may carry.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// Prefix plus suffix, in characters.
-    pub max_prompt_chars: usize,
+    pub(crate) max_prompt_chars: usize,
     /// Share of the budget reserved for the suffix (0.0–1.0).
-    pub suffix_share: f32,
+    pub(crate) suffix_share: f32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,30 +172,26 @@ impl From<RoleName> for wit::Role {
 #[derive(Debug)]
 pub struct Prompt {
     /// Id, e.g. `code_completions/codestral`.
-    pub id: String,
+    pub(crate) id: String,
     /// Version.
-    pub version: Version,
-    /// What it is for.
-    pub description: String,
-    /// The prompt it extends, if any.
-    pub extends: Option<String>,
+    pub(crate) version: Version,
     /// Scopes of which a caller needs one to call it by id; empty: nobody, unless `open`.
-    pub unit_primitives: Vec<String>,
+    pub(crate) unit_primitives: Vec<String>,
     /// Any authenticated caller may call it by id.
-    pub open: bool,
+    pub(crate) open: bool,
     /// Tokens this gateway issued may call it by id.
-    pub gateway_tokens: bool,
+    pub(crate) gateway_tokens: bool,
     /// Default sampling.
-    pub params: Params,
+    pub(crate) params: Params,
     /// Context budget, for code prompts.
-    pub budget: Option<Budget>,
+    pub(crate) budget: Option<Budget>,
     /// (role, template name in the environment) per message.
     messages: Vec<(wit::Role, String)>,
 }
 
 impl Prompt {
     /// The prompt's sampling defaults as the canonical model request carries them.
-    pub fn sampling(&self) -> wit::Sampling {
+    pub(crate) fn sampling(&self) -> wit::Sampling {
         wit::Sampling {
             max_tokens: self.params.max_tokens,
             temperature: self.params.temperature,
@@ -233,7 +231,7 @@ impl PromptRegistry {
 
     /// The embedded prompts plus the operator's `*.toml` files under `dir`; a file with the same
     /// id and version as an embedded one replaces it, and a `families.toml` adds its families.
-    pub fn embedded_with_dir(dir: &std::path::Path) -> Result<Self, PromptError> {
+    pub(crate) fn embedded_with_dir(dir: &std::path::Path) -> Result<Self, PromptError> {
         let mut files: Vec<(String, String)> =
             embedded::EMBEDDED.iter().map(|(path, text)| (path.to_string(), text.to_string())).collect();
         let mut overlay = std::collections::BTreeMap::new();
@@ -262,7 +260,7 @@ impl PromptRegistry {
     /// Build a registry from `(relative path, contents)` pairs: `<id>/<version>.toml` prompt
     /// files (a later pair with the same path replaces an earlier one) and `families.toml`
     /// family lists (each adds to those before it).
-    pub fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, PromptError> {
+    pub(crate) fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, PromptError> {
         let mut families = Families::default();
         let mut prompt_files = std::collections::BTreeMap::new();
         for (path, text) in files {
@@ -363,29 +361,18 @@ impl PromptRegistry {
         if messages.is_empty() {
             messages = inherited_messages;
         }
-        Ok(Prompt {
-            id,
-            version,
-            description: file.description,
-            extends: file.extends,
-            unit_primitives,
-            open: file.open,
-            gateway_tokens,
-            params,
-            budget,
-            messages,
-        })
+        Ok(Prompt { id, version, unit_primitives, open: file.open, gateway_tokens, params, budget, messages })
     }
 
     /// Highest stable version of prompt `id`.
-    pub fn latest(&self, id: &str) -> Result<&Prompt, PromptError> {
+    pub(crate) fn latest(&self, id: &str) -> Result<&Prompt, PromptError> {
         self.matching(id, None)
     }
 
     /// The highest version of `id` matching `constraint` (`^1.2.0`, `~1.2.0`, `1.2.0`,
     /// `1.3.0-dev`, `*`; `None` means the highest stable). A malformed constraint, or one that
     /// matches nothing, is a `BadVersion` (422).
-    pub fn matching(&self, id: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
+    pub(crate) fn matching(&self, id: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
         let versions = self.prompts.get(id).ok_or_else(|| PromptError::NotFound(id.to_string()))?;
         let text = constraint.unwrap_or("*");
         let constraint = Constraint::parse(text)
@@ -399,7 +386,7 @@ impl PromptRegistry {
 
     /// Prompt `id` for model `family`, laid out as GitLab's registry is: `<id>/<family>`, else
     /// `<id>/base`, else `<id>` itself; then the version `constraint` picks among its versions.
-    pub fn for_family(&self, id: &str, family: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
+    pub(crate) fn for_family(&self, id: &str, family: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
         let candidates = [format!("{id}/{family}"), format!("{id}/base")];
         let found = candidates.iter().map(String::as_str).chain([id]).find(|c| self.prompts.contains_key(*c));
         match found {
@@ -414,7 +401,7 @@ impl PromptRegistry {
     }
 
     /// The code generation prompt for `family`: its own, else `code_generations/base`.
-    pub fn code_generation(&self, family: &str) -> Result<&Prompt, PromptError> {
+    pub(crate) fn code_generation(&self, family: &str) -> Result<&Prompt, PromptError> {
         self.code_prompt("code_generations", "code generation", family)
     }
 
@@ -428,7 +415,7 @@ impl PromptRegistry {
     }
 
     /// The model families, from the registry's `families.toml` files.
-    pub fn families(&self) -> &Families {
+    pub(crate) fn families(&self) -> &Families {
         &self.families
     }
 
@@ -489,7 +476,6 @@ mod tests {
         let registry = PromptRegistry::embedded().unwrap();
         let prompt = registry.code_completion("llama3").unwrap();
         assert_eq!(prompt.id, "code_completions/llama3");
-        assert_eq!(prompt.extends.as_deref(), Some("code_completions/base"));
         let messages = registry.render(prompt, &completion_vars("x = ", "\nprint(x)")).unwrap();
         assert!(matches!(messages[0].role, wit::Role::System));
         assert!(messages[1].content.contains("x = <CURSOR>\nprint(x)"));

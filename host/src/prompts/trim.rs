@@ -5,7 +5,7 @@ use super::Budget;
 /// Trim `prefix` (keeping its end) and `suffix` (keeping its start) so that together they fit
 /// `budget.max_prompt_chars` characters. The suffix gets at most `suffix_share` of the budget; what
 /// it does not use goes to the prefix. Cuts fall on character boundaries.
-pub fn trim_to_budget<'a>(prefix: &'a str, suffix: &'a str, budget: Budget) -> (&'a str, &'a str) {
+pub(crate) fn trim_to_budget<'a>(prefix: &'a str, suffix: &'a str, budget: Budget) -> (&'a str, &'a str) {
     let total = budget.max_prompt_chars;
     let suffix_cap = ((total as f64) * f64::from(budget.suffix_share.clamp(0.0, 1.0))) as usize;
     // A string has at most as many characters as bytes: what fits in bytes fits, without

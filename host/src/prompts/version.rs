@@ -2,10 +2,10 @@
 //! pick them with, ordered and matched the way GitLab's prompt registry does: semantic versioning
 //! by the `semver` crate, with one rule of GitLab's on top (a bare `1.2.0` is that version only).
 
-pub use semver::Version;
+pub(crate) use semver::Version;
 
 /// Parse a prompt file's version, with a message that says what a version looks like.
-pub fn parse_version(text: &str) -> Result<Version, String> {
+pub(crate) fn parse_version(text: &str) -> Result<Version, String> {
     Version::parse(text).map_err(|_| format!("{text:?} is not a version like 1.0.0 or 1.1.0-dev"))
 }
 
@@ -13,7 +13,7 @@ pub fn parse_version(text: &str) -> Result<Version, String> {
 /// only ever picks stable versions, so `^1.0.0` never serves a `1.1.0-dev` nobody asked for
 /// (semver's rule for requirements that name no pre-release).
 #[derive(Debug, Clone)]
-pub struct Constraint {
+pub(crate) struct Constraint {
     requirement: semver::VersionReq,
     /// As the caller wrote it, for messages.
     text: String,
@@ -21,7 +21,7 @@ pub struct Constraint {
 
 impl Constraint {
     /// Parse `^1.0.0`, `~1.2.0`, `=1.0.0`, `1.0.0`, `1.1.0-dev`, `*` (blank means `*`).
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let text = match text.trim() {
             "" => "*",
             text => text,
@@ -34,7 +34,7 @@ impl Constraint {
     }
 
     /// Whether `version` satisfies the constraint.
-    pub fn matches(&self, version: &Version) -> bool {
+    pub(crate) fn matches(&self, version: &Version) -> bool {
         self.requirement.matches(version)
     }
 }

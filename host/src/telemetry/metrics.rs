@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The `Content-Type` of [`Metrics::render`]'s output (Prometheus text format 0.0.4).
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Upper bounds of the latency buckets, seconds: 100 µs to 60 s.
 const BUCKETS: [f64; 16] =
@@ -122,7 +122,7 @@ fn label_text(names: &[&str], values: &[String], extra: Option<(&str, &str)>) ->
 
 /// Every metric the gateway keeps.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     requests: Family<u64>,
     request_seconds: Family<Histogram>,
     overhead_seconds: Family<Histogram>,
@@ -224,74 +224,74 @@ fn seconds(duration: Duration) -> f64 {
 
 impl Metrics {
     /// One answered request.
-    pub fn request(&self, endpoint: &str, status: u16, provider: Option<&str>, elapsed: Duration) {
+    pub(crate) fn request(&self, endpoint: &str, status: u16, provider: Option<&str>, elapsed: Duration) {
         self.requests.with(&[endpoint, &status.to_string(), provider.unwrap_or("none")], |c| *c += 1);
         self.request_seconds.with(&[endpoint], |h| h.observe(seconds(elapsed)));
     }
 
     /// The gateway's own share of a request's time to the response head.
-    pub fn overhead(&self, endpoint: &str, elapsed: Duration) {
+    pub(crate) fn overhead(&self, endpoint: &str, elapsed: Duration) {
         self.overhead_seconds.with(&[endpoint], |h| h.observe(seconds(elapsed)));
     }
 
     /// A stream's first generated text arrived `elapsed` after the model request was sent.
-    pub fn first_token(&self, provider: &str, elapsed: Duration) {
+    pub(crate) fn first_token(&self, provider: &str, elapsed: Duration) {
         self.first_token_seconds.with(&[provider], |h| h.observe(seconds(elapsed)));
     }
 
     /// A finished stream generated `tokens` tokens in `elapsed` after its first one.
-    pub fn tokens_after_first(&self, provider: &str, tokens: u32, elapsed: Duration) {
+    pub(crate) fn tokens_after_first(&self, provider: &str, tokens: u32, elapsed: Duration) {
         if tokens > 0 {
             self.per_token_seconds.with(&[provider], |h| h.observe(seconds(elapsed) / f64::from(tokens)));
         }
     }
 
     /// A model server's time to response head.
-    pub fn upstream(&self, provider: &str, elapsed: Duration) {
+    pub(crate) fn upstream(&self, provider: &str, elapsed: Duration) {
         self.upstream_seconds.with(&[provider], |h| h.observe(seconds(elapsed)));
     }
 
     /// One plugin call.
-    pub fn plugin_call(&self, plugin: &str, function: &str, elapsed: Duration) {
+    pub(crate) fn plugin_call(&self, plugin: &str, function: &str, elapsed: Duration) {
         self.plugin_call_seconds.with(&[plugin, function], |h| h.observe(seconds(elapsed)));
     }
 
     /// A plugin failure of `kind` (`trap`, `deadline`, `memory_limit`, `capacity`).
-    pub fn plugin_failure(&self, plugin: &str, kind: &str) {
+    pub(crate) fn plugin_failure(&self, plugin: &str, kind: &str) {
         self.plugin_failures.with(&[plugin, kind], |c| *c += 1);
     }
 
     /// Tokens a model server reported.
     /// The model id comes from the request, so its series are capped (see [`MAX_CALLER_SERIES`]).
-    pub fn tokens(&self, model: &str, input: u32, output: u32) {
+    pub(crate) fn tokens(&self, model: &str, input: u32, output: u32) {
         self.tokens.with_capped(&[model, "input"], MAX_CALLER_SERIES, |c| *c += u64::from(input));
         self.tokens.with_capped(&[model, "output"], MAX_CALLER_SERIES, |c| *c += u64::from(output));
     }
 
     /// Plugin reload outcomes: files loaded, rejected, unloaded.
-    pub fn reloads(&self, loaded: usize, rejected: usize, unloaded: usize) {
+    pub(crate) fn reloads(&self, loaded: usize, rejected: usize, unloaded: usize) {
         for (outcome, count) in [("loaded", loaded), ("rejected", rejected), ("unloaded", unloaded)] {
             self.reloads.with(&[outcome], |c| *c += count as u64);
         }
     }
 
     /// A refused model endpoint.
-    pub fn egress_refused(&self) {
+    pub(crate) fn egress_refused(&self) {
         self.egress_refusals.with(&[], |c| *c += 1);
     }
 
     /// A failed model call, before or during the answer.
-    pub fn upstream_failure(&self, provider: &str, reason: &str) {
+    pub(crate) fn upstream_failure(&self, provider: &str, reason: &str) {
         self.upstream_failures.with(&[provider, reason], |c| *c += 1);
     }
 
     /// A key set refresh (`ok` or `failed`).
-    pub fn jwks_refresh(&self, outcome: &str) {
+    pub(crate) fn jwks_refresh(&self, outcome: &str) {
         self.jwks_refreshes.with(&[outcome], |c| *c += 1);
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for counter in [
             &self.requests,
@@ -345,7 +345,7 @@ impl Metrics {
     }
 
     /// Expose `read()` as the gauge `name`, read whenever the metrics are rendered.
-    pub fn gauge(&self, name: &'static str, help: &'static str, read: impl Fn() -> u64 + Send + Sync + 'static) {
+    pub(crate) fn gauge(&self, name: &'static str, help: &'static str, read: impl Fn() -> u64 + Send + Sync + 'static) {
         if let Ok(mut gauges) = self.gauges.write() {
             gauges.push(Gauge { name, help, read: Box::new(read) });
         }

@@ -1,8 +1,8 @@
 //! Telemetry: logging set-up (`tracing`, human-readable or JSON lines) and Prometheus metrics.
 
-pub mod metrics;
+pub(crate) mod metrics;
 
-pub use metrics::Metrics;
+pub(crate) use metrics::Metrics;
 
 /// Install the global subscriber with the `level` filter (`AIGW_LOGGING__LEVEL`), as JSON lines
 /// when `json` (`AIGW_LOGGING__FORMAT_JSON`). Call once, from the binary.
@@ -19,46 +19,39 @@ pub fn init(level: &str, json: bool) {
 /// What one request learned on its way through the gateway, for its log line: time spent
 /// waiting for model servers, which model and plugin served it, and the tokens reported.
 #[derive(Debug, Default, Clone)]
-pub struct RequestFacts {
+pub(crate) struct RequestFacts {
     /// Time spent waiting for model servers.
-    pub upstream: std::time::Duration,
+    pub(crate) upstream: std::time::Duration,
     /// Provider name of the model call.
-    pub provider: Option<String>,
+    pub(crate) provider: Option<String>,
     /// Served model id.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     /// `name@version` of the plugin that translated the call.
-    pub plugin: Option<String>,
+    pub(crate) plugin: Option<String>,
     /// Prompt tokens reported.
-    pub input_tokens: u64,
+    pub(crate) input_tokens: u64,
     /// Generated tokens reported.
-    pub output_tokens: u64,
+    pub(crate) output_tokens: u64,
 }
 
 /// Facts shared between the request's task and its streamed body (which outlives the task).
-pub type SharedFacts = std::sync::Arc<std::sync::Mutex<RequestFacts>>;
+pub(crate) type SharedFacts = std::sync::Arc<std::sync::Mutex<RequestFacts>>;
 
 tokio::task_local! {
     static FACTS: SharedFacts;
 }
 
 /// Run `request` with `facts` as the current request's account.
-pub async fn with_facts<F: std::future::Future>(facts: SharedFacts, request: F) -> F::Output {
+pub(crate) async fn with_facts<F: std::future::Future>(facts: SharedFacts, request: F) -> F::Output {
     FACTS.scope(facts, request).await
 }
 
 /// The current request's facts (`None` outside a request).
-pub fn current_facts() -> Option<SharedFacts> {
+pub(crate) fn current_facts() -> Option<SharedFacts> {
     FACTS.try_with(std::sync::Arc::clone).ok()
 }
 
 /// Update `facts`; a poisoned lock (a panic elsewhere) still gets the update.
-pub fn record(facts: &SharedFacts, update: impl FnOnce(&mut RequestFacts)) {
+pub(crate) fn record(facts: &SharedFacts, update: impl FnOnce(&mut RequestFacts)) {
     update(&mut facts.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-}
-
-/// Add time spent waiting for a model server to the current request's account (no-op outside one).
-pub fn add_upstream_time(elapsed: std::time::Duration) {
-    if let Some(facts) = current_facts() {
-        record(&facts, |f| f.upstream += elapsed);
-    }
 }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 /// The AWS variables of the gateway's environment. `Debug` never shows the secrets.
 #[derive(Clone, Default)]
-pub struct AwsEnvironment {
+pub(crate) struct AwsEnvironment {
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     session_token: Option<String>,
@@ -31,7 +31,7 @@ impl std::fmt::Debug for AwsEnvironment {
 
 /// Why a request could not be signed. Never contains a secret.
 #[derive(Debug, thiserror::Error)]
-pub enum SigningError {
+pub(crate) enum SigningError {
     /// A variable the signature needs is not set.
     #[error("AWS signing needs {0} in the gateway's environment")]
     Missing(&'static str),
@@ -48,7 +48,7 @@ impl From<SigningError> for UpstreamError {
 
 impl AwsEnvironment {
     /// Record `name` if it is one of the AWS variables; returns whether it was.
-    pub fn set(&mut self, name: &str, value: String) -> bool {
+    pub(crate) fn set(&mut self, name: &str, value: String) -> bool {
         let value = Some(value).filter(|v| !v.trim().is_empty());
         match name {
             "AWS_ACCESS_KEY_ID" => self.access_key_id = value,
@@ -62,13 +62,13 @@ impl AwsEnvironment {
     }
 
     /// `AWS_REGION`, else `AWS_DEFAULT_REGION`, as the AWS SDKs read them.
-    pub fn region(&self) -> Option<&str> {
+    pub(crate) fn region(&self) -> Option<&str> {
         self.region.as_deref().or(self.default_region.as_deref())
     }
 
     /// Sign `request` (whose body is `body`) for `service`, adding `Authorization`, `X-Amz-Date`
     /// and, with temporary credentials, `X-Amz-Security-Token`.
-    pub fn sign<B>(
+    pub(crate) fn sign<B>(
         &self,
         service: &str,
         request: &mut http::Request<B>,
@@ -108,7 +108,7 @@ impl AwsEnvironment {
     }
 
     /// Replace `{aws-region}` in a plugin's default endpoint.
-    pub fn expand_endpoint(&self, template: &str) -> Result<String, SigningError> {
+    pub(crate) fn expand_endpoint(&self, template: &str) -> Result<String, SigningError> {
         if !template.contains("{aws-region}") {
             return Ok(template.to_string());
         }

@@ -17,10 +17,10 @@ use tokio::time::Instant;
 
 /// What OpenAI-compatible servers get as bearer token when the operator configured no key; they
 /// ignore it, but many reject a request without one. Same value as GitLab's gateway.
-pub const PLACEHOLDER_API_KEY: &str = "stubbed-api-key";
+pub(crate) const PLACEHOLDER_API_KEY: &str = "stubbed-api-key";
 
 /// Largest complete (non-streamed) answer read from a model server, bytes.
-pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Headers a plugin may not set: framing and hop-by-hop headers belong to the HTTP layer, and
 /// credentials only ever come from the host.
@@ -41,29 +41,29 @@ const RESERVED_HEADERS: [&str; 13] = [
 ];
 
 /// Most headers a plugin may add to one request.
-pub const MAX_PLUGIN_HEADERS: usize = 32;
+pub(crate) const MAX_PLUGIN_HEADERS: usize = 32;
 
 /// Most bytes (names and values together) of the headers a plugin adds to one request.
-pub const MAX_PLUGIN_HEADER_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_PLUGIN_HEADER_BYTES: usize = 8 * 1024;
 
 type HttpsConnector = hyper_rustls::HttpsConnector<EgressConnector>;
 
 /// One model call: where to, what, and with which key.
 #[derive(Debug)]
-pub struct ModelCall<'a> {
+pub(crate) struct ModelCall<'a> {
     /// The model endpoint, already validated (http/https, no trailing `/`).
-    pub endpoint: &'a http::Uri,
+    pub(crate) endpoint: &'a http::Uri,
     /// What the plugin built.
-    pub request: wit::UpstreamRequest,
+    pub(crate) request: wit::UpstreamRequest,
     /// The operator's key for this model; empty when none was configured.
-    pub api_key: &'a str,
+    pub(crate) api_key: &'a str,
     /// Replaces the configured total timeout for this call (chat uses its own).
-    pub total_timeout: Option<Duration>,
+    pub(crate) total_timeout: Option<Duration>,
 }
 
 /// The gateway's outbound HTTP client.
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: Client<HttpsConnector, Full<Bytes>>,
     settings: UpstreamSettings,
     aws: Arc<AwsEnvironment>,
@@ -80,7 +80,7 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// A client whose connections obey `policy`.
-    pub fn new(
+    pub(crate) fn new(
         policy: Arc<EgressPolicy>,
         settings: UpstreamSettings,
         aws: AwsEnvironment,
@@ -92,18 +92,18 @@ impl Upstream {
 
     /// The same client with a connection pool of its own (one per serving thread), without
     /// reading the system's trust store again.
-    pub fn with_own_pool(&self) -> Self {
+    pub(crate) fn with_own_pool(&self) -> Self {
         Upstream { client: pooled_client(self.policy.clone(), self.settings, self.tls.clone()), ..self.clone() }
     }
 
     /// The AWS environment requests are signed with.
-    pub fn aws(&self) -> &AwsEnvironment {
+    pub(crate) fn aws(&self) -> &AwsEnvironment {
         &self.aws
     }
 
     /// Send a model call and wait for the response head. Error statuses become
     /// [`UpstreamError::Status`]; redirects are never followed (a 3xx is an error status too).
-    pub async fn send(&self, call: ModelCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+    pub(crate) async fn send(&self, call: ModelCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
         let mut settings = self.settings;
         if let Some(total) = call.total_timeout {
             settings.total_timeout = total;
@@ -129,7 +129,7 @@ impl Upstream {
     }
 
     /// GET a JSON document from an operator-configured URL (OIDC discovery, JWKS).
-    pub async fn get_json(&self, url: &str, max_bytes: usize) -> Result<serde_json::Value, UpstreamError> {
+    pub(crate) async fn get_json(&self, url: &str, max_bytes: usize) -> Result<serde_json::Value, UpstreamError> {
         let request = http::Request::get(url)
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
@@ -292,7 +292,7 @@ fn secret_value(text: &str) -> Result<HeaderValue, UpstreamError> {
 
 /// A successful response whose body is read under the idle and total timeouts.
 #[derive(Debug)]
-pub struct UpstreamResponse {
+pub(crate) struct UpstreamResponse {
     body: hyper::body::Incoming,
     deadline: Instant,
     settings: UpstreamSettings,
@@ -300,7 +300,7 @@ pub struct UpstreamResponse {
 
 impl UpstreamResponse {
     /// The next body chunk, `None` at the end. Dropping the response cancels the upstream request.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
         let now = Instant::now();
         let idle_deadline = now + self.settings.idle_timeout;
         let (limit, phase, after) = if idle_deadline < self.deadline {
@@ -326,7 +326,7 @@ impl UpstreamResponse {
     }
 
     /// Read the whole body, up to `max_bytes`.
-    pub async fn collect(mut self, max_bytes: usize) -> Result<Bytes, UpstreamError> {
+    pub(crate) async fn collect(mut self, max_bytes: usize) -> Result<Bytes, UpstreamError> {
         let mut collected = bytes::BytesMut::new();
         while let Some(chunk) = self.next_chunk().await? {
             if collected.len() + chunk.len() > max_bytes {

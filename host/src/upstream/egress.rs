@@ -25,7 +25,7 @@ pub enum EgressError {
 
 /// The operator's allowlist plus the ranges that are always refused.
 #[derive(Debug, Clone)]
-pub struct EgressPolicy {
+pub(crate) struct EgressPolicy {
     allow: Vec<IpNet>,
 }
 
@@ -34,19 +34,19 @@ const EC2_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x
 
 impl EgressPolicy {
     /// A policy allowing exactly `allow`.
-    pub fn new(allow: Vec<IpNet>) -> Self {
+    pub(crate) fn new(allow: Vec<IpNet>) -> Self {
         EgressPolicy { allow }
     }
 
     /// Every address but the ones always refused: for the GitLab instance, whose URL the
     /// operator wrote, so that its address need not be (and is not) open to model endpoints.
-    pub fn any_but_always_refused() -> Self {
+    pub(crate) fn any_but_always_refused() -> Self {
         EgressPolicy { allow: vec![IpNet::V4(ipnet::Ipv4Net::default()), IpNet::V6(ipnet::Ipv6Net::default())] }
     }
 
     /// Check one resolved address. IPv4-mapped and IPv4-compatible IPv6 forms are judged as the
     /// IPv4 address they carry, so `::ffff:169.254.169.254` is the metadata address it is.
-    pub fn check(&self, addr: IpAddr) -> Result<(), EgressError> {
+    pub(crate) fn check(&self, addr: IpAddr) -> Result<(), EgressError> {
         let addr = canonical(addr);
         if addr.is_unspecified() {
             return Err(EgressError::Unspecified(addr));
@@ -59,7 +59,7 @@ impl EgressPolicy {
 }
 
 /// IPv4-mapped IPv6 addresses as the IPv4 address they carry.
-pub fn canonical(addr: IpAddr) -> IpAddr {
+pub(crate) fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -74,7 +74,7 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
 /// remaining bytes (`2130706433`, `0x7f.1`, `0177.0.0.1` are all 127.0.0.1). `None` when the host
 /// is a name (some part is not a number); `Some(Err)` when it is numeric but no address, which
 /// is refused rather than handed to a resolver that might read it differently.
-pub fn legacy_ipv4(host: &str) -> Option<Result<Ipv4Addr, EgressError>> {
+pub(crate) fn legacy_ipv4(host: &str) -> Option<Result<Ipv4Addr, EgressError>> {
     let trimmed = host.strip_suffix('.').unwrap_or(host);
     let parts: Vec<&str> = trimmed.split('.').collect();
     let looks_numeric = |part: &&str| match part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {

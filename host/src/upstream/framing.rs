@@ -4,16 +4,16 @@
 use bytes::{Buf, BytesMut};
 
 /// Largest event (or NDJSON line) buffered before the stream is declared unusable, bytes.
-pub const MAX_EVENT_BYTES: usize = 1 << 20;
+pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// One decoded event: its name (when the framing has one) and its payload.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
     /// SSE `event:` field, AWS `:event-type` (or `:exception-type`); `None` for the default SSE
     /// event type and for NDJSON.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// SSE `data:` lines joined with `\n`, one NDJSON line, or an AWS message payload.
-    pub data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
 /// Why a stream cannot be decoded.
@@ -60,7 +60,7 @@ impl Decoder {
     }
 
     /// Newline-delimited JSON: one event per non-blank line.
-    pub fn ndjson() -> Self {
+    pub(crate) fn ndjson() -> Self {
         Self::new(Kind::Ndjson)
     }
 
@@ -70,7 +70,7 @@ impl Decoder {
     }
 
     /// The decoder for the framing a plugin declared in its `info()`.
-    pub fn for_framing(framing: crate::plugins::wit::Framing) -> Self {
+    pub(crate) fn for_framing(framing: crate::plugins::wit::Framing) -> Self {
         match framing {
             crate::plugins::wit::Framing::Sse => Self::sse(),
             crate::plugins::wit::Framing::Ndjson => Self::ndjson(),
@@ -116,7 +116,7 @@ impl Decoder {
     /// At end of stream: an NDJSON line without a final newline still counts; an SSE event
     /// without its blank line does not (the spec discards it). A CR held back in case it was
     /// the first half of a CRLF is a line end after all.
-    pub fn finish(&mut self) -> Option<Event> {
+    pub(crate) fn finish(&mut self) -> Option<Event> {
         let rest = std::mem::take(&mut self.buffer);
         match self.kind {
             Kind::Ndjson if !rest.iter().all(u8::is_ascii_whitespace) => {

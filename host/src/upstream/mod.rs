@@ -1,28 +1,28 @@
 //! The way out: one pooled HTTP client, the egress policy checked on the address actually
 //! connected to, credential injection and AWS signing, timeouts, and stream frame decoding.
 
-pub mod aws;
-pub mod client;
+pub(crate) mod aws;
+pub(crate) mod client;
 mod connector;
-pub mod egress;
+pub(crate) mod egress;
 pub mod framing;
 
-pub use client::{ModelCall, Upstream, UpstreamResponse};
-pub use egress::{EgressError, EgressPolicy};
+pub(crate) use client::{ModelCall, Upstream, UpstreamResponse};
+pub(crate) use egress::{EgressError, EgressPolicy};
 
 use std::time::Duration;
 
 /// Outbound timeouts (built by `config` from `AIGW_UPSTREAM__*`).
 #[derive(Debug, Clone, Copy)]
-pub struct UpstreamSettings {
+pub(crate) struct UpstreamSettings {
     /// TCP (and TLS) connection establishment (`AIGW_UPSTREAM__CONNECT_TIMEOUT_MS`).
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// From sending the request to the response head (`AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS`).
-    pub first_byte_timeout: Duration,
+    pub(crate) first_byte_timeout: Duration,
     /// Longest silence between two body chunks (`AIGW_UPSTREAM__IDLE_TIMEOUT_MS`).
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Whole exchange, streams included (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`; GitLab uses 60 s for code).
-    pub total_timeout: Duration,
+    pub(crate) total_timeout: Duration,
 }
 
 /// Which timeout fired.
@@ -79,7 +79,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// A short, fixed label for metrics: which timeout, or what else went wrong.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             UpstreamError::InvalidRequest(_) => "invalid_request",
             UpstreamError::Refused(_) => "egress_refused",
