@@ -349,6 +349,17 @@ impl TestGateway {
         self.key.sign(&instance_claims(&self.gitlab.url(), scopes))
     }
 
+    /// The body GitLab's "Test connection" button sends (`/v*/prompts/model_configuration%2Fcheck`),
+    /// naming this gateway's mock model server with the key `sk-check`.
+    pub fn test_connection_body(&self, stream: bool) -> Value {
+        json!({
+            "stream": stream,
+            "inputs": {},
+            "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": self.model.base_url(),
+                               "api_key": "sk-check", "identifier": "custom_openai/mistral-small"},
+        })
+    }
+
     /// The headers a GitLab instance sends with `token`.
     pub fn gitlab_headers(&self, token: &str) -> Vec<(String, String)> {
         vec![

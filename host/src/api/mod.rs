@@ -72,54 +72,57 @@ pub(crate) struct Route {
 pub(crate) fn route(method: &Method, path: &str) -> Route {
     use Authenticated as A;
     use code::{Task, Version};
-    let public = |endpoint| Ok(Endpoint::Public(endpoint));
-    let scoped = |endpoint, requirement| Ok(Endpoint::Authenticated(endpoint, Some(requirement)));
-    let by_body = |endpoint| Ok(Endpoint::Authenticated(endpoint, None));
-    let (label, found, allowed) = match path {
-        "/monitoring/healthz" => ("/monitoring/healthz", public(Public::Healthz), Method::GET),
-        "/monitoring/ready" => ("/monitoring/ready", public(Public::Ready), Method::GET),
-        "/v1/models/definitions" => ("/v1/models/definitions", public(Public::ModelDefinitions), Method::GET),
-        "/metrics" => ("/metrics", public(Public::Metrics), Method::GET),
+    let public = |endpoint, method| Ok((Endpoint::Public(endpoint), method));
+    let scoped = |endpoint, requirement, method| Ok((Endpoint::Authenticated(endpoint, Some(requirement)), method));
+    let by_body = |endpoint, method| Ok((Endpoint::Authenticated(endpoint, None), method));
+    let (label, found) = match path {
+        "/monitoring/healthz" => ("/monitoring/healthz", public(Public::Healthz, Method::GET)),
+        "/monitoring/ready" => ("/monitoring/ready", public(Public::Ready, Method::GET)),
+        "/v1/models/definitions" => ("/v1/models/definitions", public(Public::ModelDefinitions, Method::GET)),
+        "/metrics" => ("/metrics", public(Public::Metrics, Method::GET)),
         "/v2/code/completions" => {
-            ("/v2/code/completions", scoped(A::CodeV2(Task::Completion), scopes::CODE_COMPLETION), Method::POST)
+            ("/v2/code/completions", scoped(A::CodeV2(Task::Completion), scopes::CODE_COMPLETION, Method::POST))
         }
         "/v2/completions" => {
-            ("/v2/completions", scoped(A::CodeV2(Task::Completion), scopes::CODE_COMPLETION), Method::POST)
+            ("/v2/completions", scoped(A::CodeV2(Task::Completion), scopes::CODE_COMPLETION, Method::POST))
         }
         "/v2/code/generations" => {
-            ("/v2/code/generations", scoped(A::CodeV2(Task::Generation), scopes::CODE_GENERATION), Method::POST)
+            ("/v2/code/generations", scoped(A::CodeV2(Task::Generation), scopes::CODE_GENERATION, Method::POST))
         }
-        "/v3/code/completions" => ("/v3/code/completions", by_body(A::CodeV3(Version::V3)), Method::POST),
-        "/v4/code/suggestions" => ("/v4/code/suggestions", by_body(A::CodeV3(Version::V4)), Method::POST),
+        "/v3/code/completions" => ("/v3/code/completions", by_body(A::CodeV3(Version::V3), Method::POST)),
+        "/v4/code/suggestions" => ("/v4/code/suggestions", by_body(A::CodeV3(Version::V4), Method::POST)),
         "/v1/code/user_access_token" => {
-            ("/v1/code/user_access_token", scoped(A::UserAccessToken, scopes::USER_ACCESS_TOKEN), Method::POST)
+            ("/v1/code/user_access_token", scoped(A::UserAccessToken, scopes::USER_ACCESS_TOKEN, Method::POST))
         }
-        "/v2/chat/agent" => ("/v2/chat/agent", scoped(A::Agent, scopes::CHAT_AGENT), Method::POST),
+        "/v2/chat/agent" => ("/v2/chat/agent", scoped(A::Agent, scopes::CHAT_AGENT, Method::POST)),
         _ => {
             if let Some(invokable) = path.strip_prefix("/v1/chat/") {
                 let known = chat::INVOKABLES.iter().copied().find(|known| *known == invokable);
                 let found = match known {
-                    Some(invokable) => scoped(A::Chat, scopes::one_shot_chat(invokable)),
+                    Some(invokable) => scoped(A::Chat, scopes::one_shot_chat(invokable), Method::POST),
                     None => Err(GatewayError::NotFound),
                 };
-                ("/v1/chat/{invokable}", found, Method::POST)
+                ("/v1/chat/{invokable}", found)
             } else if let Some((label, api, raw)) = path
                 .strip_prefix("/v1/prompts/")
                 .map(|raw| ("/v1/prompts/{id}", prompts::Api::V1, raw))
                 .or_else(|| path.strip_prefix("/v2/prompts/").map(|raw| ("/v2/prompts/{id}", prompts::Api::V2, raw)))
             {
                 let found = match prompts::decode_id(raw) {
-                    Some(id) => by_body(A::Prompt(api, id)),
+                    Some(id) => by_body(A::Prompt(api, id), Method::POST),
                     None => Err(GatewayError::NotFound),
                 };
-                (label, found, Method::POST)
+                (label, found)
             } else {
-                ("other", Err(GatewayError::NotFound), Method::GET)
+                ("other", Err(GatewayError::NotFound))
             }
         }
     };
-    let endpoint =
-        found.and_then(|endpoint| if *method == allowed { Ok(endpoint) } else { Err(GatewayError::MethodNotAllowed) });
+    let endpoint = found.and_then(
+        |(endpoint, allowed)| {
+            if *method == allowed { Ok(endpoint) } else { Err(GatewayError::MethodNotAllowed) }
+        },
+    );
     Route { label, endpoint }
 }
 

@@ -68,8 +68,7 @@ impl ModelJob {
 /// Run `job` and return the model's whole answer.
 pub(crate) async fn complete(state: &RequestState<'_>, job: ModelJob) -> Result<wit::Completion, GatewayError> {
     let call = Call::send(state, job, false).await?;
-    let (completion, _) = call.whole_answer().await?;
-    Ok(completion)
+    Ok(call.whole_answer().await?.completion)
 }
 
 /// Run `job` up to the model server's response head and return its answer as a stream. With
@@ -79,7 +78,7 @@ pub(crate) async fn stream(state: &RequestState<'_>, job: ModelJob) -> Result<Ch
     if state.config.disable_streaming {
         let call = Call::send(state, job, false).await?;
         let sent = call.sent;
-        let (completion, (lease, observer)) = call.whole_answer().await?;
+        let WholeAnswer { completion, lease, observer } = call.whole_answer().await?;
         let whole = wit::StreamChunk {
             text: completion.text,
             finish_reason: completion.finish_reason,
@@ -92,6 +91,13 @@ pub(crate) async fn stream(state: &RequestState<'_>, job: ModelJob) -> Result<Ch
     let call = Call::send(state, job, true).await?;
     call.observer.waited(call.sent.elapsed());
     Ok(ChunkStream::new(call.lease, call.response, call.observer, call.sent))
+}
+
+/// A model's whole answer, with the lease and observer for a caller that goes on with them.
+struct WholeAnswer {
+    completion: wit::Completion,
+    lease: PluginLease,
+    observer: Observer,
 }
 
 /// A model call whose response head has arrived.
@@ -127,9 +133,8 @@ impl Call {
         Ok(Call { lease, response, observer, sent })
     }
 
-    /// Read the whole answer and let the plugin parse it; the lease and observer come back for a
-    /// caller that goes on with them.
-    async fn whole_answer(self) -> Result<(wit::Completion, (PluginLease, Observer)), GatewayError> {
+    /// Read the whole answer and let the plugin parse it.
+    async fn whole_answer(self) -> Result<WholeAnswer, GatewayError> {
         let Call { mut lease, response, observer, sent } = self;
         let body = lease.wait(response.collect(MAX_ANSWER_BYTES)).await.inspect_err(|e| observer.upstream_failed(e))?;
         observer.waited(sent.elapsed());
@@ -141,7 +146,7 @@ impl Call {
         if let Some(usage) = &completion.usage {
             observer.tokens(usage);
         }
-        Ok((completion, (lease, observer)))
+        Ok(WholeAnswer { completion, lease, observer })
     }
 }
 

@@ -226,12 +226,6 @@ fn ci_job_claims(issuer: &str) -> Value {
 
 const TEST_CONNECTION: &str = "/v1/prompts/model_configuration%2Fcheck";
 
-fn test_connection_body(t: &TestGateway) -> Value {
-    json!({"stream": false, "inputs": {},
-           "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
-                              "api_key": "k", "identifier": "custom_openai/mistral-small"}})
-}
-
 #[tokio::test]
 async fn ci_job_tokens_are_not_ai_gateway_tokens() {
     let t = TestGateway::start().await;
@@ -250,8 +244,8 @@ async fn ci_job_tokens_are_not_ai_gateway_tokens() {
     for (case, claims) in cases {
         let token = t.key.sign(&claims);
         for (path, body) in [
-            (TEST_CONNECTION, test_connection_body(&t)),
-            ("/v1/prompts/code_generations", test_connection_body(&t)),
+            (TEST_CONNECTION, t.test_connection_body(false)),
+            ("/v1/prompts/code_generations", t.test_connection_body(false)),
             ("/v2/code/completions", t.completion_body("codestral", None, false)),
         ] {
             let answer = t.post(path, &t.gitlab_headers(&token), &body).await;
@@ -287,7 +281,7 @@ async fn only_tokens_shaped_as_ai_gateway_tokens_pass() {
         ("empty realm", empty_realm),
     ] {
         for (path, body) in [
-            (TEST_CONNECTION, test_connection_body(&t)),
+            (TEST_CONNECTION, t.test_connection_body(false)),
             ("/v2/code/completions", t.completion_body("codestral", None, false)),
         ] {
             let answer = t.post(path, &t.gitlab_headers(&t.key.sign(&claims)), &body).await;
@@ -297,7 +291,7 @@ async fn only_tokens_shaped_as_ai_gateway_tokens_pass() {
     }
     assert!(t.model.requests().is_empty());
     // The shape the instance really sends, an empty scope list included, authenticates.
-    let answer = t.post(TEST_CONNECTION, &t.gitlab_headers(&t.token(&[])), &test_connection_body(&t)).await;
+    let answer = t.post(TEST_CONNECTION, &t.gitlab_headers(&t.token(&[])), &t.test_connection_body(false)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
 

@@ -7,15 +7,6 @@ use http::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn check_body(t: &TestGateway, stream: bool) -> Value {
-    json!({
-        "stream": stream,
-        "inputs": {},
-        "model_metadata": {"provider": "openai", "name": "mistral", "endpoint": t.model.base_url(),
-                           "api_key": "sk-check", "identifier": "custom_openai/mistral-small"},
-    })
-}
-
 async fn call(t: &TestGateway, path: &str, scopes: &[&str], body: &Value) -> aigw_tests::Answer {
     t.post(path, &t.gitlab_headers(&t.token(scopes)), body).await
 }
@@ -24,7 +15,8 @@ async fn call(t: &TestGateway, path: &str, scopes: &[&str], body: &Value) -> aig
 async fn test_connection_works_with_the_percent_encoded_id() {
     let t = TestGateway::start().await;
     t.model.set_reply(Reply { text: "OK".into(), ..Reply::default() });
-    let answer = call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    let answer =
+        call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.text(), "\"OK\"", "v1 answers a JSON string");
     let upstream = &t.model.requests()[0];
@@ -32,7 +24,8 @@ async fn test_connection_works_with_the_percent_encoded_id() {
     assert_eq!(upstream.body["messages"], json!([{"role": "user", "content": "Reply with the single word OK."}]));
     assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer sk-check");
 
-    let literal = call(&t, "/v1/prompts/model_configuration/check", &["complete_code"], &check_body(&t, false)).await;
+    let literal =
+        call(&t, "/v1/prompts/model_configuration/check", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!(literal.status, 200, "a literal / works too");
 }
 
@@ -40,39 +33,43 @@ async fn test_connection_works_with_the_percent_encoded_id() {
 async fn v2_prompts_answer_content_and_usage_and_stream_ndjson() {
     let t = TestGateway::start().await;
     t.model.set_reply(Reply { text: "OK then".into(), chunks: 2, usage: (9, 2), ..Reply::default() });
-    let answer = call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    let answer =
+        call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!(answer.json(), json!({"content": "OK then", "usage": {"input_tokens": 9, "output_tokens": 2}}));
 
-    let stream = call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, true)).await;
+    let stream =
+        call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(true)).await;
     assert_eq!(stream.header("content-type"), Some("application/x-ndjson"));
     assert_eq!(stream.text(), "{\"content\":\"OK t\"}\n{\"content\":\"hen\"}\n");
 
     let v1_stream =
-        call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, true)).await;
+        call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(true)).await;
     assert_eq!(v1_stream.text(), "OK then");
 }
 
 #[tokio::test]
 async fn prompt_errors_have_gitlabs_statuses() {
     let t = TestGateway::start().await;
-    let unknown = call(&t, "/v1/prompts/does%2Fnot_exist", &["complete_code"], &check_body(&t, false)).await;
+    let unknown = call(&t, "/v1/prompts/does%2Fnot_exist", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!(
         (unknown.status.as_u16(), unknown.json()),
         (404, json!({"detail": "Prompt 'does/not_exist' not found"}))
     );
 
-    let mut bad_version = check_body(&t, false);
+    let mut bad_version = t.test_connection_body(false);
     bad_version["prompt_version"] = json!("^7.0.0");
     assert_eq!(call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &bad_version).await.status, 422);
     bad_version["prompt_version"] = json!("^1.0.0");
     assert_eq!(call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &bad_version).await.status, 200);
 
     t.model.set_reply(Reply { status: 500, ..Reply::default() });
-    let failed = call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    let failed =
+        call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!((failed.status.as_u16(), failed.json()), (421, json!({"detail": "500: Internal Server Error"})));
 
     t.model.set_reply(Reply { status: 429, retry_after: Some("3".into()), ..Reply::default() });
-    let limited = call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &check_body(&t, false)).await;
+    let limited =
+        call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!((limited.status.as_u16(), limited.header("retry-after")), (429, Some("3")));
 }
 
@@ -188,7 +185,7 @@ async fn operator_prompts_render_inputs_and_gate_on_their_unit_primitive() {
     )
     .unwrap();
     let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
-    let mut body = check_body(&t, false);
+    let mut body = t.test_connection_body(false);
     body["inputs"] = json!({"comments": ["LGTM", "needs tests"]});
 
     let refused = call(&t, "/v1/prompts/chat%2Fsummarize_comments", &["duo_chat"], &body).await;
@@ -212,7 +209,7 @@ async fn operator_prompts_render_inputs_and_gate_on_their_unit_primitive() {
 }
 
 async fn greet(t: &TestGateway) -> http::StatusCode {
-    call(t, "/v1/prompts/greeting", &["duo_chat"], &check_body(t, false)).await.status
+    call(t, "/v1/prompts/greeting", &["duo_chat"], &t.test_connection_body(false)).await.status
 }
 
 #[tokio::test]
@@ -277,7 +274,7 @@ async fn a_token_without_scopes_reaches_only_the_open_prompts() {
     called.extend(["code_completions", "code_generations", "chat/react"].map(String::from));
     for id in &called {
         let path = format!("/v1/prompts/{}", id.replace('/', "%2F"));
-        let answer = call(&t, &path, &[], &check_body(&t, false)).await;
+        let answer = call(&t, &path, &[], &t.test_connection_body(false)).await;
         if open.contains(&id.as_str()) {
             assert_eq!(answer.status, 200, "{id} is open: {}", answer.text());
         } else {
@@ -293,7 +290,7 @@ async fn code_prompts_by_id_need_the_code_endpoints_scopes() {
     let t = TestGateway::start().await;
     let inputs = json!({"prefix": "def f():", "suffix": "", "language": "python", "file_name": "a.py",
                         "instruction": "", "user_instruction": "", "context": ""});
-    let mut body = check_body(&t, false);
+    let mut body = t.test_connection_body(false);
     body["inputs"] = inputs;
     // One unit primitive each, as GitLab's registry declares them.
     for (id, granted, refused) in [
