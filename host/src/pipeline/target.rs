@@ -71,6 +71,14 @@ impl ModelTarget {
         if fields.api_key.is_some_and(|k| k.chars().count() > MAX_API_KEY) {
             return Err(too_long("model_api_key", MAX_API_KEY));
         }
+        // The key travels in a header: a control character cannot, and bytes past ASCII would
+        // reach each model server's own reading of them. Either is the caller's mistake.
+        if fields.api_key.is_some_and(|k| !k.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err(GatewayError::Unprocessable(
+                "model_api_key may hold printable ASCII characters only (no spaces, control characters or non-ASCII)"
+                    .into(),
+            ));
+        }
         let identifier = fields.identifier.map(str::trim).filter(|i| !i.is_empty());
         if identifier.is_some_and(|i| i.chars().count() > MAX_IDENTIFIER) {
             return Err(too_long("model_identifier", MAX_IDENTIFIER));
@@ -120,6 +128,17 @@ pub(crate) fn parse_endpoint(text: &str) -> Result<http::Uri, GatewayError> {
     if authority.as_str().contains('@') {
         return Err(invalid("credentials in the URL are not accepted; use the API key field"));
     }
+    if authority.host().contains('%') {
+        return Err(invalid("an IPv6 zone id (%) is not accepted; use an address without one"));
+    }
+    // `http::Uri` keeps a port it cannot read, and then a connection would silently go to the
+    // scheme's default port instead.
+    let written_port = authority.as_str().rsplit_once(':').filter(|(_, port)| !port.ends_with(']'));
+    if let Some((_, port)) = written_port
+        && !port.parse::<u16>().is_ok_and(|port| port > 0)
+    {
+        return Err(invalid("the port must be a number from 1 to 65535"));
+    }
     if uri.query().is_some() || trimmed.contains('#') {
         return Err(invalid("a query or fragment is not accepted"));
     }
@@ -161,6 +180,33 @@ mod tests {
         }
         let long = format!("http://h/{}", "a".repeat(300));
         assert!(ModelTarget::resolve(fields(None, &long), true).is_err());
+    }
+
+    #[test]
+    fn ports_and_hosts_are_what_they_say() {
+        for endpoint in ["http://h:8000/v1", "http://h:65535/v1", "http://h/v1", "http://[::1]/v1", "http://[::1]:1/v1"]
+        {
+            assert!(ModelTarget::resolve(fields(None, endpoint), true).is_ok(), "{endpoint}");
+        }
+        for endpoint in
+            ["http://h:abc/v1", "http://h:0/v1", "http://h:65536/v1", "http://h:/v1", "http://[fe80::1%25eth0]:8000/v1"]
+        {
+            let error = ModelTarget::resolve(fields(None, endpoint), true).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(&error, GatewayError::Unprocessable(d) if d.starts_with("model_endpoint")),
+                "{endpoint}: {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_keys_are_printable_ascii() {
+        let with_key = |key| ModelFields { api_key: Some(key), ..fields(None, "http://h/v1") };
+        assert!(ModelTarget::resolve(with_key("sk-AZaz09_-.~+/="), true).is_ok());
+        for key in ["sk-\nnext", "sk-\u{7f}", "sk-é", "sk key", "sk-\t"] {
+            let error = ModelTarget::resolve(with_key(key), true).map(|_| ()).unwrap_err();
+            assert!(matches!(&error, GatewayError::Unprocessable(d) if d.starts_with("model_api_key")), "{key:?}");
+        }
     }
 
     #[test]

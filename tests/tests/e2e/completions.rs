@@ -218,3 +218,27 @@ async fn model_fields_keep_gitlabs_limits_and_lose_a_trailing_slash() {
     }
     assert_eq!(t.model.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn caller_mistakes_in_the_model_fields_are_422_naming_the_field() {
+    let t = TestGateway::start().await;
+    let port = t.model.addr().port();
+    let cases = [
+        ("model_api_key", json!("sk-line\nbreak"), "model_api_key"),
+        ("model_api_key", json!("sk-clé"), "model_api_key"),
+        ("model_endpoint", json!(format!("http://127.0.0.1:{port}x/v1")), "model_endpoint"),
+        ("model_endpoint", json!("http://127.0.0.1:http/v1"), "model_endpoint"),
+        ("model_endpoint", json!(format!("http://[fe80::1%25lo]:{port}/v1")), "model_endpoint"),
+    ];
+    for (field, value, named) in cases {
+        let mut body = t.completion_body("codestral", None, false);
+        body[field] = value.clone();
+        let answer = t.complete(&body).await;
+        assert_eq!(answer.status, 422, "{field} = {value}: {}", answer.text());
+        assert!(answer.json()["detail"].as_str().unwrap().starts_with(named), "{}", answer.text());
+    }
+    assert!(t.model.requests().is_empty(), "none of them reached a model server");
+    let mut good = t.completion_body("codestral", None, false);
+    good["model_api_key"] = json!("sk-AZaz09_-.~+/=");
+    assert_eq!(t.complete(&good).await.status, 200);
+}
