@@ -1,6 +1,6 @@
 //! Code generation (v2) and the prompt-components endpoints (v3 completions, v4 suggestions).
 
-use aigw_tests::{Reply, TestGateway};
+use aigw_tests::{Reply, Setup, TestGateway};
 use serde_json::{Value, json};
 
 const FENCED: &str = "```python\ndef sub(a, b):\n    return a - b\n```";
@@ -191,4 +191,66 @@ async fn v3_needs_exactly_one_editor_component() {
     let answer = t.post("/v3/code/completions", &headers, &body).await;
     assert_eq!(answer.status, 422);
     assert!(t.model.requests().is_empty());
+}
+
+/// Current GitLab sends code generation through v3 and v4 as a registry prompt id with a version
+/// constraint string, the way the v1 prompts endpoint takes one.
+#[tokio::test]
+async fn v3_and_v4_generation_pick_the_prompt_version_the_constraint_names() {
+    let prompts = tempfile::tempdir().unwrap();
+    let dir = prompts.path().join("code_suggestions/generations/base");
+    std::fs::create_dir_all(&dir).unwrap();
+    let second = "unit_primitive = \"generate_code\"\ngateway_tokens = false\n[params]\nmax_tokens = 64\n\
+                  [[messages]]\nrole = \"user\"\ncontent = \"version two: {{ prefix }}\"\n";
+    std::fs::write(dir.join("2.0.0.toml"), second).unwrap();
+    let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
+    t.model.set_reply(Reply { text: FENCED.into(), ..Reply::default() });
+    let headers = t.gitlab_headers(&t.token(&["generate_code"]));
+    let body = |version: Value, stream: bool| {
+        let mut body = v3_body(&t, "code_editor_generation", stream);
+        let payload = &mut body["prompt_components"][0]["payload"];
+        payload["prompt_id"] = json!("code_suggestions/generations");
+        payload["prompt_version"] = version;
+        body
+    };
+    let last_user_message = || {
+        let requests = t.model.requests();
+        let messages = requests.last().unwrap().body["messages"].as_array().unwrap().clone();
+        messages.last().unwrap()["content"].as_str().unwrap().to_string()
+    };
+
+    for path in ["/v4/code/suggestions", "/v3/code/completions"] {
+        let answer = t.post(path, &headers, &body(json!("^1.0.0"), false)).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        assert_eq!(answer.json()["choices"][0]["text"], BARE, "{path}");
+        assert!(!last_user_message().starts_with("version two"), "^1.0.0 is the built-in 1.0.0");
+        for constraint in ["^2.0.0", "2.0.0", "*"] {
+            assert_eq!(t.post(path, &headers, &body(json!(constraint), false)).await.status, 200, "{constraint}");
+            assert!(last_user_message().starts_with("version two: def add"), "{path} {constraint}");
+        }
+        let streamed = t.post(path, &headers, &body(json!("^1.0.0"), true)).await;
+        assert_eq!(streamed.status, 200, "{path} stream");
+        // An integer is still accepted: with a prompt id, the highest stable version serves.
+        assert_eq!(t.post(path, &headers, &body(json!(1), false)).await.status, 200);
+        assert!(last_user_message().starts_with("version two"));
+    }
+
+    // A constraint no version meets is answered as the prompts endpoint answers it.
+    let calls = t.model.requests().len();
+    let unmet = t.post("/v4/code/suggestions", &headers, &body(json!("^3.0.0"), false)).await;
+    let mut by_prompt_path = t.test_connection_body(false);
+    by_prompt_path["prompt_version"] = json!("^3.0.0");
+    let reference = t
+        .post(
+            "/v1/prompts/model_configuration%2Fcheck",
+            &t.gitlab_headers(&t.token(&["generate_code"])),
+            &by_prompt_path,
+        )
+        .await;
+    assert_eq!(
+        (unmet.status, reference.status),
+        (http::StatusCode::UNPROCESSABLE_ENTITY, http::StatusCode::UNPROCESSABLE_ENTITY)
+    );
+    assert!(unmet.json()["detail"].as_str().unwrap().contains("^3.0.0"), "{}", unmet.text());
+    assert_eq!(t.model.requests().len(), calls, "no model call for an unmet constraint");
 }

@@ -16,7 +16,7 @@ use crate::pipeline::{self, ChunkStream, Deadline, ModelJob, ModelTarget};
 use crate::plugins::wit;
 use crate::prompts::trim_to_budget;
 use crate::state::RequestState;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// GitLab's limit on each side of the cursor, characters.
@@ -49,8 +49,9 @@ impl Task {
 enum GenerationPrompt {
     /// Rendered from the registry's `code_generations/<family>` template (prompt version 1).
     Template,
-    /// A prompt by id from the registry (`prompt_id`).
-    ById(String),
+    /// A prompt by id from the registry (`prompt_id`), at the version the constraint picks
+    /// (the highest stable one without).
+    ById { id: String, constraint: Option<String> },
     /// The instance built the prompt: one user message (prompt version 2).
     Text(String),
     /// The instance built the messages (prompt version 3).
@@ -100,16 +101,38 @@ fn check_content(above: &str, below: &str, loc: &[&str]) -> Vec<ValidationIssue>
     issues
 }
 
-/// `prompt_version` 2 is a prompt string, 3 a message list; `prompt_id` names a registry prompt.
+/// `prompt_version` as GitLab sends it: the number of the v2 payload's prompt form, or, in the
+/// `code_editor_generation` payloads of v3 and v4, a registry version constraint (`^1.0.0`) for
+/// `prompt_id`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum PromptVersion {
+    /// 1: the registry's template; 2: `prompt` is the prompt text; 3: `prompt` is the messages.
+    Form(u8),
+    /// Which version of the `prompt_id` prompt to use.
+    Constraint(String),
+}
+
+/// `prompt_id` names a registry prompt (at the constraint's version); otherwise the number says
+/// how the instance gave the prompt. A constraint without `prompt_id` selects nothing, as in
+/// GitLab's gateway: the registry's own generation prompt is used.
 fn generation_prompt(
-    version: Option<u8>,
+    version: Option<PromptVersion>,
     prompt: Option<&Value>,
     prompt_id: Option<&str>,
 ) -> Result<GenerationPrompt, GatewayError> {
     if let Some(id) = prompt_id.filter(|id| !id.is_empty()) {
-        return Ok(GenerationPrompt::ById(id.to_string()));
+        let constraint = match version {
+            Some(PromptVersion::Constraint(constraint)) => Some(constraint),
+            Some(PromptVersion::Form(_)) | None => None,
+        };
+        return Ok(GenerationPrompt::ById { id: id.to_string(), constraint });
     }
-    match (version.unwrap_or(1), prompt) {
+    let form = match version {
+        Some(PromptVersion::Form(form)) => form,
+        Some(PromptVersion::Constraint(_)) | None => 1,
+    };
+    match (form, prompt) {
         (1, _) => Ok(GenerationPrompt::Template),
         (2, Some(Value::String(text))) => Ok(GenerationPrompt::Text(text.clone())),
         (3, Some(messages @ Value::Array(_))) => Ok(GenerationPrompt::Messages(parse_messages(messages)?)),
@@ -126,7 +149,9 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeOutcome, 
     let prompts = state.prompts();
     let prompt = match (input.task, &input.prompt) {
         (Task::Completion, _) => prompts.code_completion(&family)?,
-        (Task::Generation, GenerationPrompt::ById(id)) => prompts.for_family(id, &family, None)?,
+        (Task::Generation, GenerationPrompt::ById { id, constraint }) => {
+            prompts.for_family(id, &family, constraint.as_deref())?
+        }
         (Task::Generation, _) => prompts.code_generation(&family)?,
     };
     let Some(lang) = language::resolve(input.language_identifier.as_deref(), &input.file_name) else {

@@ -2,8 +2,8 @@
 //! fields, GitLab's `text_completion` answer, a raw text stream.
 
 use super::{
-    Choice, CodeInput, CodeOutcome, GenerationPrompt, MAX_CONTEXT_ITEMS, ModelInfo, Task, check_content, choices,
-    generation_prompt, run,
+    Choice, CodeInput, CodeOutcome, GenerationPrompt, MAX_CONTEXT_ITEMS, ModelInfo, PromptVersion, Task, check_content,
+    choices, generation_prompt, run,
 };
 use crate::api::stream::raw_text_response;
 use crate::api::{parse_json, unix_now};
@@ -28,7 +28,7 @@ struct CurrentFile {
 #[derive(Debug, Deserialize)]
 struct V2Request {
     current_file: CurrentFile,
-    prompt_version: Option<u8>,
+    prompt_version: Option<PromptVersion>,
     prompt: Option<Value>,
     prompt_id: Option<String>,
     model_provider: Option<String>,

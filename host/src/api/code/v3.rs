@@ -2,7 +2,8 @@
 //! `choices` with `metadata`, a raw text stream (v3) or CRLF-framed SSE (v4).
 
 use super::{
-    Choice, CodeInput, CodeOutcome, GenerationPrompt, ModelInfo, Task, check_content, choices, generation_prompt, run,
+    Choice, CodeInput, CodeOutcome, GenerationPrompt, ModelInfo, PromptVersion, Task, check_content, choices,
+    generation_prompt, run,
 };
 use crate::api::model::ModelMetadata;
 use crate::api::stream::{raw_text_response, v4_sse_response};
@@ -31,7 +32,7 @@ struct EditorPayload {
     #[serde(default)]
     stream: bool,
     prompt_id: Option<String>,
-    prompt_version: Option<u8>,
+    prompt_version: Option<PromptVersion>,
     prompt: Option<Value>,
 }
 
