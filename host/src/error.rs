@@ -136,7 +136,7 @@ impl GatewayError {
     /// Extra headers the answer carries (`Retry-After` of a rate-limited model server).
     pub(crate) fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
         match self {
-            GatewayError::Upstream(UpstreamError::Status { status, retry_after: Some(value) })
+            GatewayError::Upstream(UpstreamError::Status { status, retry_after: Some(value), .. })
                 if *status == StatusCode::TOO_MANY_REQUESTS =>
             {
                 vec![(header::RETRY_AFTER, value.clone())]

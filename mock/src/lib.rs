@@ -37,6 +37,8 @@ pub struct Reply {
     pub status: u16,
     /// `Retry-After` sent with the status, if any.
     pub retry_after: Option<String>,
+    /// `error.message` of a non-2xx answer's body.
+    pub error_message: String,
     /// Reported (prompt, completion) tokens.
     pub usage: (u32, u32),
 }
@@ -50,6 +52,7 @@ impl Default for Reply {
             head_delay: Duration::ZERO,
             status: 200,
             retry_after: None,
+            error_message: "mock error".to_string(),
             usage: (12, 5),
         }
     }
@@ -219,7 +222,7 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
         let mut response = full(
             status,
             "application/json",
-            json!({"error": {"message": "mock error", "type": "mock", "code": reply.status}}).to_string(),
+            json!({"error": {"message": reply.error_message, "type": "mock", "code": reply.status}}).to_string(),
         );
         if let Some(retry_after) = reply.retry_after.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()) {
             response.headers_mut().insert(header::RETRY_AFTER, retry_after);

@@ -126,6 +126,8 @@ impl Call {
         let call = ModelCall { endpoint: &endpoint, request: built, api_key: &job.target.api_key, total_timeout };
         let sent = Instant::now();
         let response = lease.wait(state.upstream.send(call)).await.map_err(|e| {
+            // A call that failed or timed out was still time spent on the model server.
+            observer.waited(sent.elapsed());
             observer.upstream_failed(&e);
             hint_missing_v1(e, &job.target, &endpoint)
         })?;
@@ -136,8 +138,9 @@ impl Call {
     /// Read the whole answer and let the plugin parse it.
     async fn whole_answer(self) -> Result<WholeAnswer, GatewayError> {
         let Call { mut lease, response, observer, sent } = self;
-        let body = lease.wait(response.collect(MAX_ANSWER_BYTES)).await.inspect_err(|e| observer.upstream_failed(e))?;
+        let body = lease.wait(response.collect(MAX_ANSWER_BYTES)).await;
         observer.waited(sent.elapsed());
+        let body = body.inspect_err(|e| observer.upstream_failed(e))?;
         let parsing = Instant::now();
         let completion = async { lease.session().await?.parse_response(&body).await }
             .await

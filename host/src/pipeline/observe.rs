@@ -79,12 +79,16 @@ impl Observer {
         GatewayError::Plugin(error)
     }
 
-    /// The model server could not be reached or answered badly.
+    /// The model server could not be reached or answered badly: counted, and the reason kept
+    /// for the request's log line.
     pub(super) fn upstream_failed(&self, error: &UpstreamError) {
         if matches!(error, UpstreamError::Refused(_)) {
             self.metrics.egress_refused();
         }
         self.metrics.upstream_failure(&self.provider, error.reason());
+        if let Some(facts) = &self.facts {
+            crate::telemetry::record(facts, |f| f.upstream_error = Some(error.log_reason()));
+        }
     }
 
     /// The model server's response head arrived `elapsed` after the request was sent.

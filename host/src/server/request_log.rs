@@ -55,6 +55,7 @@ impl RequestLine {
             plugin = facts.plugin,
             input_tokens = facts.input_tokens,
             output_tokens = facts.output_tokens,
+            upstream_error = facts.upstream_error,
             outcome,
             "request"
         );

@@ -32,6 +32,8 @@ pub(crate) struct RequestFacts {
     pub(crate) input_tokens: u64,
     /// Generated tokens reported.
     pub(crate) output_tokens: u64,
+    /// Why the model call failed, with the model server's own words when it sent some.
+    pub(crate) upstream_error: Option<String>,
 }
 
 /// Facts shared between the request's task and its streamed body (which outlives the task).

@@ -108,6 +108,7 @@ impl Upstream {
         if let Some(total) = call.total_timeout {
             settings.total_timeout = total;
         }
+        let secret = call.api_key;
         let request = build_http_request(call, &self.aws)?;
         // A connection refused or closed before any byte of the answer is retried once, on a
         // fresh connection: a pooled connection the server had just closed looks the same.
@@ -119,10 +120,10 @@ impl Upstream {
             *request.headers_mut() = parts.headers.clone();
             request
         };
-        match self.execute(attempt(), settings).await {
+        match self.execute(attempt(), settings, secret).await {
             Err(UpstreamError::Connect(reason)) => {
                 tracing::debug!(%reason, "model server connection failed before answering; retrying once");
-                self.execute(attempt(), settings).await
+                self.execute(attempt(), settings, secret).await
             }
             other => other,
         }
@@ -134,15 +135,17 @@ impl Upstream {
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| UpstreamError::InvalidRequest(format!("{url}: {e}")))?;
-        let response = self.execute(request, self.settings).await?;
+        let response = self.execute(request, self.settings, "").await?;
         let body = response.collect(max_bytes).await?;
         serde_json::from_slice(&body).map_err(|e| UpstreamError::Body(format!("{url}: not JSON: {e}")))
     }
 
+    /// `secret`: the request's key, kept out of the error excerpt.
     async fn execute(
         &self,
         request: http::Request<Full<Bytes>>,
         settings: UpstreamSettings,
+        secret: &str,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
         let deadline = started + settings.total_timeout;
@@ -157,11 +160,13 @@ impl Upstream {
             }
         };
         let (parts, body) = response.into_parts();
+        let mut response = UpstreamResponse { body, deadline, settings };
         if !parts.status.is_success() {
             let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
-            return Err(UpstreamError::Status { status: parts.status, retry_after });
+            let excerpt = response.error_excerpt(secret).await;
+            return Err(UpstreamError::Status { status: parts.status, retry_after, excerpt });
         }
-        Ok(UpstreamResponse { body, deadline, settings })
+        Ok(response)
     }
 }
 
@@ -290,6 +295,29 @@ fn secret_value(text: &str) -> Result<HeaderValue, UpstreamError> {
     Ok(value)
 }
 
+/// Bytes of a model server's error answer kept for the log.
+const ERROR_EXCERPT_BYTES: usize = 300;
+
+/// `head` of an error body as one log-safe line: `secret` cut out, control characters replaced
+/// by spaces, at most [`ERROR_EXCERPT_BYTES`] (an ellipsis marks a cut).
+fn log_excerpt(head: &[u8], secret: &str) -> String {
+    let mut text = String::from_utf8_lossy(head).into_owned();
+    if secret.len() >= 4 {
+        text = text.replace(secret, "<redacted>");
+    }
+    let mut excerpt: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    excerpt = excerpt.trim().to_string();
+    if excerpt.len() > ERROR_EXCERPT_BYTES {
+        let mut cut = ERROR_EXCERPT_BYTES;
+        while !excerpt.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        excerpt.truncate(cut);
+        excerpt.push('…');
+    }
+    excerpt
+}
+
 /// A successful response whose body is read under the idle and total timeouts.
 #[derive(Debug)]
 pub(crate) struct UpstreamResponse {
@@ -325,6 +353,23 @@ impl UpstreamResponse {
         }
     }
 
+    /// The start of an error answer's body for the log: at most [`ERROR_EXCERPT_BYTES`], read
+    /// for at most a second, control characters replaced by spaces, `secret` (the request's key)
+    /// cut out wherever it appears.
+    async fn error_excerpt(&mut self, secret: &str) -> String {
+        let mut head = Vec::new();
+        let reading = async {
+            // A key that starts inside the excerpt is read whole, so that it is cut out whole.
+            while head.len() < ERROR_EXCERPT_BYTES + secret.len()
+                && let Ok(Some(chunk)) = self.next_chunk().await
+            {
+                head.extend_from_slice(&chunk);
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reading).await;
+        log_excerpt(&head, secret)
+    }
+
     /// Read the whole body, up to `max_bytes`.
     pub(crate) async fn collect(mut self, max_bytes: usize) -> Result<Bytes, UpstreamError> {
         let mut collected = bytes::BytesMut::new();
@@ -335,5 +380,24 @@ impl UpstreamResponse {
             collected.extend_from_slice(&chunk);
         }
         Ok(collected.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_excerpts_are_one_bounded_line_without_the_key() {
+        let key = "sk-live-0123456789";
+        assert_eq!(
+            log_excerpt(b"  bad key sk-live-0123456789\r\n\x1b[31mred\tend \n", key),
+            "bad key <redacted>   [31mred end"
+        );
+        let long = format!("{}{key}{}", "é".repeat(140), "z".repeat(500));
+        let excerpt = log_excerpt(long.as_bytes(), key);
+        assert!(excerpt.len() <= ERROR_EXCERPT_BYTES + '…'.len_utf8() && excerpt.ends_with('…'), "{excerpt}");
+        assert!(excerpt.contains("<redacted>") && !excerpt.contains("sk-live"), "{excerpt}");
+        assert_eq!(log_excerpt(b"short", ""), "short", "no key, nothing to cut");
     }
 }

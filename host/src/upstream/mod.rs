@@ -65,6 +65,9 @@ pub enum UpstreamError {
         status: http::StatusCode,
         /// Its `Retry-After`, passed on for 429.
         retry_after: Option<http::HeaderValue>,
+        /// The start of its error body, for the log only (bounded, control characters replaced,
+        /// the request's key removed); never sent to the caller.
+        excerpt: String,
     },
     /// The request could not be signed (AWS SigV4): the gateway's AWS environment is incomplete.
     #[error("model request not signed: {0}")]
@@ -78,6 +81,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// What the log line says of the failure: the error, and the model server's own words
+    /// when it sent some.
+    pub(crate) fn log_reason(&self) -> String {
+        match self {
+            UpstreamError::Status { excerpt, .. } if !excerpt.is_empty() => format!("{self}: {excerpt}"),
+            other => other.to_string(),
+        }
+    }
+
     /// A short, fixed label for metrics: which timeout, or what else went wrong.
     pub(crate) fn reason(&self) -> &'static str {
         match self {

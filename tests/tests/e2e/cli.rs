@@ -235,6 +235,41 @@ async fn json_logs_carry_one_structured_line_per_request() {
 }
 
 #[tokio::test]
+async fn a_failed_model_call_logs_the_servers_reason_and_counts_its_time_as_upstream() {
+    let model = MockModelServer::start().await.unwrap();
+    let message = format!("Incorrect API key provided: {CANARY_KEY}.\nSee\u{1b}[31m the docs. {}", "x".repeat(2000));
+    model.set_reply(aigw_mock::Reply {
+        status: 500,
+        head_delay: Duration::from_millis(400),
+        error_message: message,
+        ..aigw_mock::Reply::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let (mut server, port, token) = dev_server(state.path(), &[("AIGW_LOGGING__FORMAT_JSON", "true")]).await;
+    let status = complete(port, &token, &model.base_url()).await;
+    server.kill().await.unwrap();
+    let _ = server.wait().await;
+
+    let log = std::fs::read_to_string(state.path().join("aigw.log")).unwrap();
+    assert_eq!(status, Ok(502), "server log:\n{log}");
+    let request = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|e| e["message"] == "request" && e["path"] == "/v2/code/completions")
+        .unwrap_or_else(|| panic!("no request line in {log}"));
+    let reason = request["upstream_error"].as_str().unwrap_or_else(|| panic!("no upstream_error: {request}"));
+    assert!(reason.starts_with("model server answered 500"), "{reason}");
+    assert!(reason.contains("Incorrect API key provided: <redacted>."), "{reason}");
+    assert!(reason.len() < 400 && reason.ends_with('…'), "bounded: {} bytes", reason.len());
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
+    // The 400 ms the model server took are its own, not the gateway's.
+    assert!(request["upstream_ms"].as_f64().unwrap() >= 400.0, "{request}");
+    let (head, overhead) = (request["head_ms"].as_f64().unwrap(), request["overhead_ms"].as_f64().unwrap());
+    assert!(overhead <= head - 400.0 + 0.01, "{request}");
+    assert!(!log.contains(CANARY_KEY));
+}
+
+#[tokio::test]
 async fn the_dev_server_keeps_serving_when_nobody_reads_its_stdout() {
     // A script that took the token and closed the pipe (or `| head -3`): printing the banner fails
     // with a broken pipe, and the gateway must serve regardless.
