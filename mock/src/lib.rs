@@ -31,6 +31,12 @@ pub struct Reply {
     pub chunks: usize,
     /// Pause before each stream chunk.
     pub chunk_delay: Duration,
+    /// Send the first stream chunk without that pause: a model that stalls once its answer has
+    /// begun.
+    pub first_chunk_at_once: bool,
+    /// The exact body of an OpenAI-style stream, instead of the one made from `text` (a stream
+    /// that ends short, or an empty one).
+    pub raw_stream: Option<String>,
     /// Pause before the response head.
     pub head_delay: Duration,
     /// Status code; non-2xx answers carry an OpenAI-style error body.
@@ -49,6 +55,8 @@ impl Default for Reply {
             text: "return a + b".to_string(),
             chunks: 3,
             chunk_delay: Duration::ZERO,
+            first_chunk_at_once: false,
+            raw_stream: None,
             head_delay: Duration::ZERO,
             status: 200,
             retry_after: None,
@@ -336,6 +344,10 @@ pub fn split_text(text: &str, n: usize) -> Vec<String> {
 }
 
 fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: bool) -> Response<MockBody> {
+    if let Some(raw) = &reply.raw_stream {
+        let events: Vec<String> = if raw.is_empty() { Vec::new() } else { vec![raw.clone()] };
+        return streamed(state, events, &reply, "text/event-stream");
+    }
     let chunk = |delta: Value, finish: Value| {
         let event = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
@@ -353,7 +365,7 @@ fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: 
         events.push(format!("data: {usage}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_string());
-    streamed(state, events, reply.chunk_delay, "text/event-stream")
+    streamed(state, events, &reply, "text/event-stream")
 }
 
 /// Ollama's native answers: whole, or NDJSON lines ending with `"done": true` and the counts.
@@ -380,7 +392,7 @@ fn ollama_answer(state: Arc<State>, reply: Reply, model: String, generate: bool,
     let mut lines: Vec<String> =
         split_text(&reply.text, reply.chunks).iter().map(|text| format!("{}\n", piece(text, false))).collect();
     lines.push(format!("{}\n", piece("", true)));
-    streamed(state, lines, reply.chunk_delay, "application/x-ndjson")
+    streamed(state, lines, &reply, "application/x-ndjson")
 }
 
 /// The Anthropic Messages API: a message object, or its SSE event sequence.
@@ -420,7 +432,7 @@ fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, stream: bool
                                               "usage": {"output_tokens": output}}),
     ));
     events.push(event("message_stop", json!({"type": "message_stop"})));
-    streamed(state, events, reply.chunk_delay, "text/event-stream")
+    streamed(state, events, &reply, "text/event-stream")
 }
 
 /// Bedrock's Converse answer, or its ConverseStream events in AWS event-stream framing.
@@ -443,21 +455,24 @@ fn bedrock_answer(state: Arc<State>, reply: Reply, stream: bool) -> Response<Moc
     events.push(event_stream::event("contentBlockStop", &json!({"contentBlockIndex": 0, "p": "ab"})));
     events.push(event_stream::event("messageStop", &json!({"stopReason": "end_turn", "p": "abc"})));
     events.push(event_stream::event("metadata", &json!({"usage": usage, "metrics": {"latencyMs": 1}, "p": "a"})));
-    streamed(state, events, reply.chunk_delay, "application/vnd.amazon.eventstream")
+    streamed(state, events, &reply, "application/vnd.amazon.eventstream")
 }
 
 /// Send `events` one by one, `delay` apart, counting the stream as open until it is dropped.
 fn streamed(
     state: Arc<State>,
     events: Vec<impl Into<Bytes> + Send + 'static>,
-    delay: Duration,
+    reply: &Reply,
     content_type: &'static str,
 ) -> Response<MockBody> {
     state.open_streams.fetch_add(1, Ordering::SeqCst);
     let guard = StreamGuard(state);
-    let stream = futures_util::stream::unfold((events.into_iter(), guard), move |(mut events, guard)| async move {
-        let event = events.next()?;
-        if !delay.is_zero() {
+    let (delay, at_once) = (reply.chunk_delay, reply.first_chunk_at_once);
+    let events = events.into_iter().enumerate();
+    let stream = futures_util::stream::unfold((events, guard), move |(mut events, guard)| async move {
+        let (index, event) = events.next()?;
+        let pause = !delay.is_zero() && (index > 0 || !at_once);
+        if pause {
             tokio::time::sleep(delay).await;
         }
         Some((Ok::<_, Infallible>(Frame::data(event.into())), (events, guard)))

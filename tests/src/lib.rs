@@ -235,8 +235,10 @@ pub struct Answer {
     pub status: StatusCode,
     /// Headers.
     pub headers: HeaderMap,
-    /// Body bytes.
+    /// Body bytes (those received before an error, if the body broke).
     pub body: Bytes,
+    /// Why the body broke off, when it did (an aborted stream).
+    pub body_error: Option<String>,
 }
 
 impl Answer {
@@ -386,8 +388,29 @@ impl TestGateway {
         self.post("/v2/code/completions", &headers, body).await
     }
 
-    /// Any request.
+    /// Any request; a body that breaks off fails the test.
     pub async fn request(&self, method: Method, path: &str, headers: &[(String, String)], body: Bytes) -> Answer {
+        let answer = self.request_allowing_abort(method, path, headers, body).await;
+        if let Some(error) = &answer.body_error {
+            panic!("body failed: {error}");
+        }
+        answer
+    }
+
+    /// A completion request whose answer's body may break off ([`Answer::body_error`] says).
+    pub async fn complete_allowing_abort(&self, body: &Value) -> Answer {
+        let headers = self.gitlab_headers(&self.token(&["complete_code"]));
+        self.request_allowing_abort(Method::POST, "/v2/code/completions", &headers, Bytes::from(body.to_string())).await
+    }
+
+    /// Any request, its body kept as far as it came.
+    pub async fn request_allowing_abort(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Answer {
         let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.gateway.addr()));
         for (name, value) in headers {
             builder = builder.header(name, value);
@@ -397,13 +420,22 @@ impl TestGateway {
                 .await
                 .expect("the gateway answered within 30 s")
                 .unwrap();
-        let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
-            .await
-            .expect("the body completed within 30 s")
-            .map(|c| c.to_bytes())
-            .unwrap_or_else(|e| panic!("body failed: {e}"));
-        Answer { status: parts.status, headers: parts.headers, body }
+        let (parts, mut body) = response.into_parts();
+        let mut received = bytes::BytesMut::new();
+        let mut body_error = None;
+        let reading = async {
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => received.extend_from_slice(frame.data_ref().map_or(&b""[..], |d| &d[..])),
+                    Err(error) => {
+                        body_error = Some(error.to_string());
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), reading).await.expect("the body ended within 30 s");
+        Answer { status: parts.status, headers: parts.headers, body: received.freeze(), body_error }
     }
 
     /// A code completion body as GitLab sends it, for `family` at this test's model server.

@@ -103,7 +103,7 @@ pub(crate) async fn handle(state: &RequestState<'_>, body: &[u8]) -> Result<http
     };
     let job = ModelJob::new(target, messages, sampling, Deadline::Chat);
     if request.stream {
-        return Ok(raw_text_response(pipeline::stream(state, job).await?, None));
+        return Ok(raw_text_response(pipeline::stream(state, job).await?.first_piece().await?, None));
     }
     let completion = pipeline::complete(state, job).await?;
     let answer = ChatAnswer {

@@ -97,6 +97,7 @@ pub(crate) async fn handle(
     let job = ModelJob::new(target, messages, prompt.sampling(), Deadline::Chat);
     if request.stream {
         let chunks = pipeline::stream(state, job).await.map_err(model_status_as_421)?;
+        let chunks = chunks.first_piece().await.map_err(model_status_as_421)?;
         return Ok(match api {
             Api::V1 => raw_text_response(chunks, None),
             Api::V2 => ndjson_response(chunks, |text| json!({ "content": text })),

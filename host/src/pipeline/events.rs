@@ -24,6 +24,8 @@ pub struct EventParser {
     sent: Instant,
     first_text: Option<Instant>,
     output_tokens: u32,
+    /// Some event carried a finish reason: the model said why it stopped.
+    finish_reason_seen: bool,
 }
 
 impl EventParser {
@@ -44,6 +46,7 @@ impl EventParser {
             sent,
             first_text: None,
             output_tokens: 0,
+            finish_reason_seen: false,
         }
     }
 
@@ -62,14 +65,22 @@ impl EventParser {
         Ok(())
     }
 
-    /// The input ended: parse what the decoder still holds.
+    /// The input ended: parse what the decoder still holds. An answer that ends without its end
+    /// marker and without a finish reason was cut short (a close-delimited body, a server that
+    /// died, an empty 200): a failed stream, not a complete answer.
     pub async fn finish(&mut self) -> Result<(), GatewayError> {
         if !self.done
             && let Some(event) = self.decoder.finish()
         {
             self.parse(event).await?;
         }
+        let cut_short = !self.done && !self.finish_reason_seen;
         self.done = true;
+        if cut_short {
+            let error = UpstreamError::Body("the model stream ended before its end marker".into());
+            self.observer.upstream_failed(&error);
+            return Err(error.into());
+        }
         Ok(())
     }
 
@@ -115,6 +126,7 @@ impl EventParser {
         if chunk.done {
             self.done = true;
         }
+        self.finish_reason_seen |= chunk.finish_reason.is_some();
         if !chunk.text.is_empty() || chunk.finish_reason.is_some() || chunk.usage.is_some() {
             self.ready.push_back(chunk);
         }
@@ -145,6 +157,19 @@ impl ChunkStream {
         parser.ready.push_back(whole);
         parser.done = true;
         ChunkStream { parser, response: None, finished: false }
+    }
+
+    /// Wait for the answer's first piece (or its proper end) before the caller's response head
+    /// goes out, so that a model call failing before it is an HTTP error with a status, not a
+    /// connection that closes before any status line.
+    pub(crate) async fn first_piece(mut self) -> Result<Self, GatewayError> {
+        let waiting = Instant::now();
+        let mut filled = Ok(());
+        while filled.is_ok() && self.parser.ready.is_empty() && !self.parser.done() {
+            filled = self.fill().await;
+        }
+        self.parser.observer.waited(waiting.elapsed());
+        filled.map(|()| self)
     }
 
     /// The next chunk with text or metadata; `None` at the end of the answer.

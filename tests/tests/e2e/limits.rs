@@ -3,6 +3,7 @@
 use aigw_tests::{Reply, Setup, TestGateway};
 use bytes::Bytes;
 use http::Method;
+use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test]
@@ -39,7 +40,20 @@ async fn idle_timeout_ends_a_stalled_stream() {
     let ok = t.complete(&t.completion_body("codestral", None, true)).await;
     assert_eq!((ok.status.as_u16(), ok.text().as_str()), (200, "return a + b"));
 
+    // Stalled before its first piece: nothing has reached the caller, so the answer is an error
+    // with a status.
     t.model.set_reply(Reply { chunk_delay: Duration::from_millis(1500), chunks: 4, ..Reply::default() });
+    let before_first = t.complete(&t.completion_body("codestral", None, true)).await;
+    assert_eq!(before_first.status, 504, "{}", before_first.text());
+    assert_eq!(before_first.json()["detail"], "The model server did not answer in time");
+
+    // Stalled once the answer has begun: the head is out, the stream is cut off.
+    t.model.set_reply(Reply {
+        chunk_delay: Duration::from_millis(1500),
+        first_chunk_at_once: true,
+        chunks: 4,
+        ..Reply::default()
+    });
     let headers = t.gitlab_headers(&t.token(&["complete_code"]));
     let body = Bytes::from(t.completion_body("codestral", None, true).to_string());
     let result = tokio::time::timeout(Duration::from_secs(10), async {
@@ -396,4 +410,39 @@ async fn shutdown_drains_streams_in_flight_then_closes_the_port() {
     assert_eq!(model.open_streams(), 0);
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "nothing listens once the gateway has shut down");
+}
+
+/// A stream that fails before anything reached the caller is an HTTP error with a status; one
+/// that ends without its end marker and without a finish reason was cut short, not complete.
+#[tokio::test]
+async fn streams_that_break_early_or_end_short_are_failures() {
+    let t = TestGateway::start().await;
+    let stream_body = t.completion_body("codestral", None, true);
+    // An empty 200 stream.
+    t.model.set_reply(Reply { raw_stream: Some(String::new()), ..Reply::default() });
+    let empty = t.complete(&stream_body).await;
+    assert_eq!(
+        (empty.status.as_u16(), empty.json()["detail"].clone()),
+        (502, json!("The model server's answer could not be read"))
+    );
+    // Text, then the connection closes: no [DONE], no finish reason.
+    let text_only = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"return a\"}}]}\n\n";
+    t.model.set_reply(Reply { raw_stream: Some(text_only.into()), ..Reply::default() });
+    let cut = t.complete_allowing_abort(&stream_body).await;
+    assert_eq!(cut.status, 200, "the first piece went out");
+    assert!(cut.body_error.is_some(), "the body is aborted, not completed: {:?}", cut.text());
+    // The same text with its finish reason and no [DONE] is a complete answer.
+    let finished_text =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"return a\"},\"finish_reason\":\"stop\"}]}\n\n";
+    t.model.set_reply(Reply { raw_stream: Some(finished_text.into()), ..Reply::default() });
+    let finished = t.complete(&stream_body).await;
+    assert_eq!(
+        (finished.status.as_u16(), finished.text().as_str(), finished.body_error.is_none()),
+        (200, "return a", true)
+    );
+    let metrics = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
+    assert!(
+        metrics.contains("aigw_upstream_failures_total{provider=\"custom_openai\",reason=\"body\"} 2"),
+        "{metrics}"
+    );
 }

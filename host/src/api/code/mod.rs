@@ -178,7 +178,7 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeOutcome, 
     }
     let strip = input.task == Task::Generation;
     if input.stream {
-        let chunks = Box::new(pipeline::stream(state, job).await?);
+        let chunks = Box::new(pipeline::stream(state, job).await?.first_piece().await?);
         return Ok(CodeOutcome::Stream { lang, chunks, fence: strip.then(FenceStripper::default) });
     }
     let completion = pipeline::complete(state, job).await?;
