@@ -45,6 +45,8 @@ pub struct Reply {
     pub retry_after: Option<String>,
     /// `error.message` of a non-2xx answer's body.
     pub error_message: String,
+    /// Why the model stopped, as OpenAI-style servers name it (`stop`, `length`, …).
+    pub finish_reason: String,
     /// Reported (prompt, completion) tokens.
     pub usage: (u32, u32),
 }
@@ -61,6 +63,7 @@ impl Default for Reply {
             status: 200,
             retry_after: None,
             error_message: "mock error".to_string(),
+            finish_reason: "stop".to_string(),
             usage: (12, 5),
         }
     }
@@ -328,7 +331,7 @@ fn openai_answer(
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}],
         "usage": {"prompt_tokens": reply.usage.0, "completion_tokens": reply.usage.1,
                   "total_tokens": reply.usage.0 + reply.usage.1},
     });
@@ -357,7 +360,7 @@ fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: 
         .into_iter()
         .map(|piece| chunk(json!({"content": piece}), Value::Null))
         .collect();
-    events.push(chunk(json!({}), json!("stop")));
+    events.push(chunk(json!({}), json!(reply.finish_reason)));
     if include_usage {
         let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
                            "choices": [], "usage": {"prompt_tokens": reply.usage.0, "completion_tokens": reply.usage.1,

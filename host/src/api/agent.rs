@@ -192,6 +192,8 @@ struct EventStream {
     chunks: ChunkStream,
     parser: Option<ReactParser>,
     usage: Option<wit::Usage>,
+    /// The model's last finish reason, for the closing final-answer delta.
+    finish_reason: Option<wit::FinishReason>,
     model: String,
     pending: std::collections::VecDeque<Value>,
     done: bool,
@@ -215,6 +217,9 @@ impl EventStream {
                         total.input_tokens += usage.input_tokens;
                         total.output_tokens += usage.output_tokens;
                     }
+                    if chunk.finish_reason.is_some() {
+                        self.finish_reason = chunk.finish_reason;
+                    }
                     if let Some(delta) = self.parser.as_mut().and_then(|p| p.push(&chunk.text)) {
                         self.pending.push_back(delta.to_json());
                     }
@@ -231,7 +236,7 @@ impl EventStream {
                 }
                 None => {
                     if let Some(parser) = self.parser.take() {
-                        self.pending.push_back(parser.finish().to_json());
+                        self.pending.push_back(parser.finish(self.finish_reason.as_ref()).to_json());
                     }
                     if let Some(usage) = self.usage.take() {
                         let mut per_model = serde_json::Map::new();
@@ -253,6 +258,7 @@ fn events_response(chunks: ChunkStream, model: String) -> http::Response<Body> {
         chunks,
         parser: Some(ReactParser::default()),
         usage: None,
+        finish_reason: None,
         model,
         pending: Default::default(),
         done: false,

@@ -1,6 +1,7 @@
 //! Parses a model's streamed ReAct text (Thought / Action / Action Input / Final Answer) into
 //! Duo Chat's agent events as it arrives.
 
+use crate::plugins::wit;
 use serde_json::{Value, json};
 
 const FINAL_ANSWER: &str = "Final Answer:";
@@ -89,12 +90,18 @@ impl ReactParser {
         Some(AgentEvent::FinalAnswerDelta { text: delta, finish_reason: None })
     }
 
-    /// The end of the model's text: the closing final-answer delta, the action, or `unknown`.
-    pub(crate) fn finish(self) -> AgentEvent {
+    /// The end of the model's text: the closing final-answer delta (with the model's finish
+    /// reason, `stop` when it gave none), the action, or `unknown`.
+    pub(crate) fn finish(self, finish_reason: Option<&wit::FinishReason>) -> AgentEvent {
         if self.answer_from.is_some() {
+            let reason = match finish_reason {
+                None | Some(wit::FinishReason::Stop) => "stop".to_string(),
+                Some(wit::FinishReason::Length) => "length".to_string(),
+                Some(wit::FinishReason::Other(other)) => other.clone(),
+            };
             return AgentEvent::FinalAnswerDelta {
                 text: self.text[self.emitted..].to_string(),
-                finish_reason: Some("stop".into()),
+                finish_reason: Some(reason),
             };
         }
         match parse_action(&self.text) {
@@ -132,7 +139,7 @@ mod tests {
     fn run(pieces: &[&str]) -> Vec<AgentEvent> {
         let mut parser = ReactParser::default();
         let mut events: Vec<AgentEvent> = pieces.iter().filter_map(|p| parser.push(p)).collect();
-        events.push(parser.finish());
+        events.push(parser.finish(None));
         events
     }
 
@@ -154,6 +161,26 @@ mod tests {
         assert_eq!(
             events.last(),
             Some(&AgentEvent::FinalAnswerDelta { text: String::new(), finish_reason: Some("stop".into()) })
+        );
+    }
+
+    #[test]
+    fn the_last_delta_carries_the_models_finish_reason() {
+        let last = |reason| {
+            let mut parser = ReactParser::default();
+            parser.push("Thought: ok\nFinal Answer: It is");
+            parser.finish(reason)
+        };
+        let reason_of = |event: AgentEvent| match event {
+            AgentEvent::FinalAnswerDelta { finish_reason, .. } => finish_reason,
+            other => panic!("not a delta: {other:?}"),
+        };
+        assert_eq!(reason_of(last(Some(&wit::FinishReason::Length))).as_deref(), Some("length"));
+        assert_eq!(reason_of(last(Some(&wit::FinishReason::Stop))).as_deref(), Some("stop"));
+        assert_eq!(reason_of(last(None)).as_deref(), Some("stop"));
+        assert_eq!(
+            reason_of(last(Some(&wit::FinishReason::Other("content_filter".into())))).as_deref(),
+            Some("content_filter")
         );
     }
 

@@ -185,6 +185,7 @@ impl ChunkStream {
             }
             if let Err(error) = self.fill().await {
                 self.finished = true;
+                self.parser.observer.stream_failed();
                 return Some(Err(error));
             }
         }

@@ -91,6 +91,14 @@ impl Observer {
         }
     }
 
+    /// The stream ended by a failure: the request's log line says `stream_error`, however the
+    /// endpoint reports it to the caller.
+    pub(super) fn stream_failed(&self) {
+        if let Some(facts) = &self.facts {
+            crate::telemetry::record(facts, |f| f.stream_failed = true);
+        }
+    }
+
     /// The model server's response head arrived `elapsed` after the request was sent.
     pub(super) fn answered(&self, elapsed: Duration) {
         self.metrics.upstream(&self.provider, elapsed);

@@ -41,6 +41,7 @@ impl RequestLine {
             return;
         }
         let facts = self.facts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let outcome = if outcome == "completed" && facts.stream_failed { "stream_error" } else { outcome };
         tracing::info!(
             request_id = self.request_id,
             method = %self.method,

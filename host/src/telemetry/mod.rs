@@ -34,6 +34,9 @@ pub(crate) struct RequestFacts {
     pub(crate) output_tokens: u64,
     /// Why the model call failed, with the model server's own words when it sent some.
     pub(crate) upstream_error: Option<String>,
+    /// The answer's stream ended by a failure, even one the endpoint reported in-band (the
+    /// chat agent's `error` event) in a body that otherwise ended cleanly.
+    pub(crate) stream_failed: bool,
 }
 
 /// Facts shared between the request's task and its streamed body (which outlives the task).

@@ -144,3 +144,21 @@ async fn a_stalled_model_ends_the_stream_with_an_error_event_and_no_usage() {
     );
     assert!(events.iter().all(|e| e["type"] != "usage"));
 }
+
+#[tokio::test]
+async fn the_last_final_answer_delta_carries_the_models_finish_reason() {
+    let t = TestGateway::start().await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "model_metadata": metadata(&t)});
+    for reason in ["length", "stop"] {
+        t.model.set_reply(Reply {
+            text: "Thought: easy\nFinal Answer: It is 42 and".into(),
+            finish_reason: reason.into(),
+            ..Reply::default()
+        });
+        let events = events(&step(&t, &SCOPES, &body).await);
+        let last_delta = events.iter().rev().find(|e| e["type"] == "final_answer_delta").unwrap();
+        assert_eq!(last_delta["data"]["finish_reason"], reason, "{events:?}");
+        let earlier = events.iter().filter(|e| e["type"] == "final_answer_delta").rev().skip(1);
+        assert!(earlier.clone().all(|e| e["data"]["finish_reason"].is_null()), "{events:?}");
+    }
+}

@@ -270,6 +270,44 @@ async fn a_failed_model_call_logs_the_servers_reason_and_counts_its_time_as_upst
 }
 
 #[tokio::test]
+async fn an_agent_stream_ended_by_an_error_event_is_logged_as_a_stream_error() {
+    let model = MockModelServer::start().await.unwrap();
+    model.set_reply(aigw_mock::Reply {
+        text: "Thought: hmm\nFinal Answer: this takes a while".into(),
+        chunks: 4,
+        chunk_delay: Duration::from_millis(800),
+        first_chunk_at_once: true,
+        ..aigw_mock::Reply::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let settings = [("AIGW_LOGGING__FORMAT_JSON", "true"), ("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", "300")];
+    let (mut server, port, token) = dev_server(state.path(), &settings).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let request = http::Request::post(format!("http://127.0.0.1:{port}/v2/chat/agent"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-gitlab-authentication-type", "oidc")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(aigw_tests::agent_body(&model.base_url()).to_string())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
+    assert!(last.contains("\"type\":\"error\""), "the stream ends with its error event: {last}");
+    server.kill().await.unwrap();
+    let _ = server.wait().await;
+
+    let log = std::fs::read_to_string(state.path().join("aigw.log")).unwrap();
+    let request = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|e| e["message"] == "request" && e["path"] == "/v2/chat/agent")
+        .unwrap_or_else(|| panic!("no request line in {log}"));
+    assert_eq!(request["outcome"], "stream_error", "{request}");
+    assert!(request["upstream_error"].as_str().is_some_and(|e| e.contains("timed out")), "{request}");
+}
+
+#[tokio::test]
 async fn the_dev_server_keeps_serving_when_nobody_reads_its_stdout() {
     // A script that took the token and closed the pipe (or `| head -3`): printing the banner fails
     // with a broken pipe, and the gateway must serve regardless.
