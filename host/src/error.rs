@@ -38,6 +38,9 @@ pub enum GatewayError {
     /// The body exceeds the configured limit.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within the configured time.
+    #[error("the request body did not arrive within {} ms", .0.as_millis())]
+    BodyTimeout(std::time::Duration),
     /// No such route.
     #[error("not found")]
     NotFound,
@@ -80,6 +83,7 @@ impl GatewayError {
             GatewayError::Unprocessable(message) => detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone()),
             GatewayError::Unavailable(message) => detail(StatusCode::SERVICE_UNAVAILABLE, message.clone()),
             GatewayError::PayloadTooLarge(_) => detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
+            GatewayError::BodyTimeout(_) => detail(StatusCode::REQUEST_TIMEOUT, self.to_string()),
             GatewayError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found".into()),
             GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),
             GatewayError::ModelAnswered(_) => detail(StatusCode::MISDIRECTED_REQUEST, self.to_string()),

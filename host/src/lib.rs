@@ -156,8 +156,9 @@ impl Gateway {
                 .map_err(|source| StartError::Watch { dir: dir.display().to_string(), source })?;
             watchers.push(watcher);
         }
-        let workers = server::workers::Workers::start(state.config.workers, &listener, tls, &state)
-            .map_err(|source| StartError::Listen { addr, source })?;
+        let workers =
+            server::workers::Workers::start(state.config.workers, &listener, tls, &state, state.config.shutdown_grace)
+                .map_err(|source| StartError::Listen { addr, source })?;
         tracing::info!(%addr, metrics = ?metrics_addr, workers = state.config.workers, "aigw listening");
         Ok(Gateway { addr, metrics_addr, state, workers: Some(workers), background, _watchers: watchers })
     }

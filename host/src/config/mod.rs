@@ -76,6 +76,13 @@ pub struct Config {
     /// Serving threads, each with its own single-threaded runtime (`AIGW_SERVER__WORKERS`;
     /// default: one per core).
     pub(crate) workers: usize,
+    /// Longest a client may take to send a request head (`AIGW_SERVER__HEADER_READ_TIMEOUT_MS`).
+    pub(crate) header_read_timeout: Duration,
+    /// Longest a client may take to send a request body (`AIGW_SERVER__BODY_READ_TIMEOUT_MS`).
+    pub(crate) body_read_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish before they are cut
+    /// (`AIGW_SERVER__SHUTDOWN_GRACE_MS`).
+    pub(crate) shutdown_grace: Duration,
     /// Shortest interval between two key-set refreshes triggered by unknown key ids
     /// (`AIGW_AUTH__JWKS_MIN_REFRESH_MS`): bounds the load a stream of forged `kid`s can put on GitLab.
     pub(crate) jwks_min_refresh: Duration,

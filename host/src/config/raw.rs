@@ -210,6 +210,10 @@ section!(Server, "SERVER__" {
     max_body_bytes: u64 = 4 << 20,
     // Unset: one per core, known only at run time.
     workers: Option<u64> = None,
+    header_read_timeout_ms: u64 = 10_000,
+    body_read_timeout_ms: u64 = 30_000,
+    // Inside Kubernetes' default termination grace period of 30 s.
+    shutdown_grace_ms: u64 = 25_000,
 });
 
 section!(Dev, "DEV__" {
@@ -308,7 +312,7 @@ impl RawConfig {
         let plugins = self.plugins.validate()?;
         let egress = self.egress.validate()?;
         let upstream = self.upstream.validate()?;
-        let (max_body_bytes, workers) = self.server.validate()?;
+        let server = self.server.validate()?;
         let gateway_keys = self.self_signed_jwt.0.keys()?;
         let tls = self.fastapi.tls.validate()?;
         let ingress_allow = self.ingress.validate()?;
@@ -332,8 +336,11 @@ impl RawConfig {
             plugins,
             egress,
             upstream,
-            max_body_bytes,
-            workers,
+            max_body_bytes: server.max_body_bytes,
+            workers: server.workers,
+            header_read_timeout: server.header_read_timeout,
+            body_read_timeout: server.body_read_timeout,
+            shutdown_grace: server.shutdown_grace,
             prompts_dir: self.prompts.dir,
             allowed_kids,
             max_token_lifetime,
@@ -466,9 +473,17 @@ impl Upstream {
     }
 }
 
+/// `[server]`, checked.
+struct ServerLimits {
+    max_body_bytes: usize,
+    workers: usize,
+    header_read_timeout: Duration,
+    body_read_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
 impl Server {
-    /// The body limit in bytes and the number of serving threads.
-    fn validate(&self) -> Result<(usize, usize), ConfigError> {
+    fn validate(&self) -> Result<ServerLimits, ConfigError> {
         let max_body = self.max_body_bytes;
         if !(1024..=(256 << 20)).contains(&max_body) {
             return Err(ConfigError::new("AIGW_SERVER__MAX_BODY_BYTES", "must be between 1024 and 268435456"));
@@ -479,7 +494,20 @@ impl Server {
             Some(n @ 1..=1024) => n as usize,
             Some(_) => return Err(ConfigError::new("AIGW_SERVER__WORKERS", "must be between 1 and 1024")),
         };
-        Ok((max_body as usize, workers))
+        let millis = |name: &str, ms: u64, max: u64| {
+            if (1..=max).contains(&ms) {
+                Ok(Duration::from_millis(ms))
+            } else {
+                Err(ConfigError::new(name, format!("must be between 1 and {max} milliseconds")))
+            }
+        };
+        Ok(ServerLimits {
+            max_body_bytes: max_body as usize,
+            workers,
+            header_read_timeout: millis("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms, 600_000)?,
+            body_read_timeout: millis("AIGW_SERVER__BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms, 600_000)?,
+            shutdown_grace: millis("AIGW_SERVER__SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 3_600_000)?,
+        })
     }
 }
 
@@ -605,6 +633,9 @@ mod tests {
             ("AIGW_METRICS__LISTEN", "9090"),
             ("AIGW_SERVER__WORKERS", "0"),
             ("AIGW_SERVER__WORKERS", "1025"),
+            ("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", "0"),
+            ("AIGW_SERVER__BODY_READ_TIMEOUT_MS", "600001"),
+            ("AIGW_SERVER__SHUTDOWN_GRACE_MS", "0"),
             ("AIGW_AUTH__ALLOWED_KIDS", " , "),
             ("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "59"),
             ("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "2592001"),

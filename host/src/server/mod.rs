@@ -37,7 +37,10 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client must finish sending a request head within this time (slowloris); hyper applies it
+    // only with a timer.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -124,7 +127,7 @@ async fn handle(
     }
     let (parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
-    let body = read_body(body, &parts.headers, limit);
+    let body = read_body(body, &parts.headers, limit, state.config.body_read_timeout);
     let facts = crate::telemetry::SharedFacts::default();
     let result = crate::telemetry::with_facts(
         Arc::clone(&facts),
@@ -163,13 +166,23 @@ async fn handle(
     response.map(|body| LoggedBody::new(body, line).boxed_unsync())
 }
 
-async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+/// The request body, up to `limit` bytes and within `timeout` (a slow POST cannot hold a
+/// connection and its handler open indefinitely).
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(GatewayError::PayloadTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| GatewayError::BodyTimeout(timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge(limit)),
         Err(error) => Err(GatewayError::Validation(vec![crate::error::ValidationIssue {

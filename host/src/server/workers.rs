@@ -59,12 +59,14 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    /// Start `count` workers serving `listener` (which must be non-blocking).
+    /// Start `count` workers serving `listener` (which must be non-blocking). A drain gives the
+    /// requests in flight `grace` to finish; then their connections are cut.
     pub(crate) fn start(
         count: usize,
         listener: &std::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
         state: &Arc<AppState>,
+        grace: Duration,
     ) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {
@@ -74,7 +76,7 @@ impl Workers {
             let (done, stopped) = oneshot::channel();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::thread::Builder::new().name(format!("aigw-worker-{index}")).spawn(move || {
-                runtime.block_on(run(listener, tls, state, index, stop_requested));
+                runtime.block_on(run(listener, tls, state, index, stop_requested, grace));
                 // Dropping the runtime cancels whatever is left (an immediate stop).
                 drop(runtime);
                 let _ = done.send(());
@@ -103,6 +105,7 @@ async fn run(
     state: Arc<AppState>,
     index: usize,
     stop_requested: oneshot::Receiver<Stop>,
+    grace: Duration,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
@@ -122,7 +125,11 @@ async fn run(
         stop = stop_requested => {
             if let Ok(Stop::Drain) = stop {
                 let _ = drain.send(());
-                serving.await;
+                // A connection that never completes its request (a half-sent head, a stalled
+                // upload) must not keep the process alive past the grace period.
+                if tokio::time::timeout(grace, serving).await.is_err() {
+                    tracing::warn!(worker = index, ?grace, "shutdown grace period over; closing the connections still open");
+                }
             }
             // Otherwise the gateway was dropped: return, and the runtime's drop cancels the rest.
         }

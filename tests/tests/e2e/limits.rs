@@ -446,3 +446,86 @@ async fn streams_that_break_early_or_end_short_are_failures() {
         "{metrics}"
     );
 }
+
+/// Write `parts` to a fresh connection to the gateway, `pause` apart, then read what comes back
+/// until the gateway closes the connection (bounded by a 10 s guard against a hang).
+async fn raw_exchange(addr: std::net::SocketAddr, parts: &[&[u8]], pause: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        stream.write_all(part).await.unwrap();
+    }
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the gateway closed the connection instead of holding it open");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_head_or_body_must_arrive_in_time() {
+    let t = Setup::default()
+        .env("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", "600")
+        .env("AIGW_SERVER__BODY_READ_TIMEOUT_MS", "600")
+        .start()
+        .await;
+    let addr = t.gateway.addr();
+    // A head sent in two parts inside the limit is served; one that stops half-way is closed.
+    let probe: [&[u8]; 2] = [b"GET /monitoring/healthz HTTP/1.1\r\nHost: a", b"igw\r\nConnection: close\r\n\r\n"];
+    assert!(raw_exchange(addr, &probe, Duration::from_millis(100)).await.starts_with("HTTP/1.1 200"));
+    let slowloris = raw_exchange(addr, &[b"GET /monitoring/healthz HTTP/1.1\r\nHost: aigw\r\n"], Duration::ZERO).await;
+    assert!(!slowloris.contains("200 OK"), "{slowloris}");
+    // The same for a body: whole in time is answered; stalled part-way is a 408.
+    let token = t.token(&["complete_code"]);
+    let body = t.completion_body("codestral", None, false).to_string();
+    let mut head = format!(
+        "POST /v2/code/completions HTTP/1.1\r\nHost: aigw\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in t.gitlab_headers(&token) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let (first, rest) = body.split_at(body.len() / 2);
+    let whole =
+        raw_exchange(addr, &[head.as_bytes(), first.as_bytes(), rest.as_bytes()], Duration::from_millis(100)).await;
+    assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
+    let stalled = raw_exchange(addr, &[head.as_bytes(), first.as_bytes()], Duration::ZERO).await;
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(stalled.contains("the request body did not arrive within 600 ms"), "{stalled}");
+    // Meanwhile, ordinary requests are served.
+    assert_eq!(t.complete(&t.completion_body("codestral", None, false)).await.status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_ends_within_its_grace_period_whatever_a_client_holds_open() {
+    let t = Setup::default()
+        .env("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", "60000")
+        .env("AIGW_SERVER__SHUTDOWN_GRACE_MS", "1500")
+        .start()
+        .await;
+    let addr = t.gateway.addr();
+    t.model.set_reply(Reply { head_delay: Duration::from_millis(300), ..Reply::default() });
+    // A connection that will never finish its request head...
+    let mut half_sent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut half_sent, b"POST /v2/code/completions HTTP/1.1\r\nHost: aigw\r\n")
+        .await
+        .unwrap();
+    // ...and a request in flight that finishes inside the grace period.
+    let body = t.completion_body("codestral", None, false);
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut request = http::Request::post(format!("http://{addr}/v2/code/completions"));
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    let in_flight =
+        tokio::spawn(client.request(request.body(http_body_util::Full::new(Bytes::from(body.to_string()))).unwrap()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let aigw_tests::TestGateway { gateway, model: _model, gitlab: _gitlab, .. } = t;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), gateway.shutdown()).await;
+    assert!(stopped.is_ok(), "a half-sent request head kept the gateway from stopping");
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 200, "the request in flight finished");
+}
