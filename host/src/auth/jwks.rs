@@ -58,12 +58,6 @@ impl Origin {
     }
 }
 
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
 /// Cached verification keys of one GitLab instance, by `kid`.
 pub struct JwksCache {
     gitlab_url: String,
