@@ -56,9 +56,20 @@ pub enum GatewayError {
     /// The model server answered with an HTTP error, reported as GitLab's prompt endpoints do.
     #[error("{}: {}", .0.as_u16(), .0.canonical_reason().unwrap_or("Unknown"))]
     ModelAnswered(StatusCode),
-    /// Model server or network failure.
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    /// Model server or network failure, after `calls` calls (retries included).
+    #[error("{error}")]
+    Upstream {
+        /// The last call's failure.
+        error: UpstreamError,
+        /// How many calls were made.
+        calls: u32,
+    },
+}
+
+impl From<UpstreamError> for GatewayError {
+    fn from(error: UpstreamError) -> Self {
+        GatewayError::Upstream { error, calls: 1 }
+    }
 }
 
 /// Generic body for plugin failures: the details (which may describe the request) go to the log.
@@ -75,7 +86,7 @@ impl GatewayError {
                 | AuthError::WrongAuthenticationType
                 | AuthError::Forbidden { .. }
                 | AuthError::HeaderMismatch(_) => (StatusCode::UNAUTHORIZED, json!({ "error": auth.to_string() })),
-                AuthError::MissingScope(_) | AuthError::PromptScope(_) => {
+                AuthError::MissingScope(_) | AuthError::MissingContextScope(_) | AuthError::PromptScope(_) => {
                     detail(StatusCode::FORBIDDEN, auth.to_string())
                 }
             },
@@ -88,10 +99,13 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),
             GatewayError::ModelAnswered(_) => detail(StatusCode::MISDIRECTED_REQUEST, self.to_string()),
             GatewayError::Prompt(prompt) => match prompt {
-                PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } | PromptError::BadVersion(_) => {
+                PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } => {
                     detail(StatusCode::UNPROCESSABLE_ENTITY, prompt.to_string())
                 }
-                PromptError::NotFound(id) => detail(StatusCode::NOT_FOUND, format!("Prompt '{id}' not found")),
+                // GitLab's gateway answers 400 when its registry has no such prompt or version.
+                PromptError::BadVersion(_) | PromptError::NotFound(_) => {
+                    detail(StatusCode::BAD_REQUEST, prompt.to_string())
+                }
                 PromptError::BadFile { .. } => {
                     detail(StatusCode::INTERNAL_SERVER_ERROR, "Prompt registry error".into())
                 }
@@ -113,39 +127,50 @@ impl GatewayError {
                 | PluginError::Deadline(_)
                 | PluginError::MemoryLimit(_) => detail(StatusCode::BAD_GATEWAY, PLUGIN_FAILED.into()),
             },
-            GatewayError::Upstream(upstream) => match upstream {
-                UpstreamError::InvalidRequest(message) => detail(StatusCode::BAD_GATEWAY, message.clone()),
-                UpstreamError::Refused(refused) => detail(StatusCode::FORBIDDEN, refused.to_string()),
-                UpstreamError::Connect(_) => {
-                    detail(StatusCode::BAD_GATEWAY, "The model server could not be reached".into())
+            GatewayError::Upstream { error, calls } => {
+                let (status, mut body) = upstream_status_and_body(error);
+                if *calls > 1
+                    && let Some(detail) = body["detail"].as_str()
+                {
+                    // The caller learns that the gateway already tried again.
+                    body["detail"] = json!(format!("{detail} (after {calls} calls)"));
                 }
-                UpstreamError::Timeout { .. } => {
-                    detail(StatusCode::GATEWAY_TIMEOUT, "The model server did not answer in time".into())
-                }
-                UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
-                    detail(StatusCode::TOO_MANY_REQUESTS, "The model server is rate limiting requests".into())
-                }
-                UpstreamError::Status { status, .. } => {
-                    detail(StatusCode::BAD_GATEWAY, format!("The model server answered {status}"))
-                }
-                UpstreamError::Body(_) => {
-                    detail(StatusCode::BAD_GATEWAY, "The model server's answer could not be read".into())
-                }
-                UpstreamError::Signing(message) => detail(StatusCode::BAD_GATEWAY, message.clone()),
-                UpstreamError::Tls(_) => detail(StatusCode::INTERNAL_SERVER_ERROR, "TLS is unavailable".into()),
-            },
+                (status, body)
+            }
         }
     }
 
     /// Extra headers the answer carries (`Retry-After` of a rate-limited model server).
     pub(crate) fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
         match self {
-            GatewayError::Upstream(UpstreamError::Status { status, retry_after: Some(value), .. })
-                if *status == StatusCode::TOO_MANY_REQUESTS =>
-            {
+            GatewayError::Upstream {
+                error: UpstreamError::Status { status, retry_after: Some(value), .. }, ..
+            } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 vec![(header::RETRY_AFTER, value.clone())]
             }
             _ => Vec::new(),
         }
+    }
+}
+
+/// Status and body for a model server or network failure.
+fn upstream_status_and_body(upstream: &UpstreamError) -> (StatusCode, serde_json::Value) {
+    let detail = |status: StatusCode, message: String| (status, json!({ "detail": message }));
+    match upstream {
+        UpstreamError::InvalidRequest(message) => detail(StatusCode::BAD_GATEWAY, message.clone()),
+        UpstreamError::Refused(refused) => detail(StatusCode::FORBIDDEN, refused.to_string()),
+        UpstreamError::Connect(_) => detail(StatusCode::BAD_GATEWAY, "The model server could not be reached".into()),
+        UpstreamError::Timeout { .. } => {
+            detail(StatusCode::GATEWAY_TIMEOUT, "The model server did not answer in time".into())
+        }
+        UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+            detail(StatusCode::TOO_MANY_REQUESTS, "The model server is rate limiting requests".into())
+        }
+        UpstreamError::Status { status, .. } => {
+            detail(StatusCode::BAD_GATEWAY, format!("The model server answered {status}"))
+        }
+        UpstreamError::Body(_) => detail(StatusCode::BAD_GATEWAY, "The model server's answer could not be read".into()),
+        UpstreamError::Signing(message) => detail(StatusCode::BAD_GATEWAY, message.clone()),
+        UpstreamError::Tls(_) => detail(StatusCode::INTERNAL_SERVER_ERROR, "TLS is unavailable".into()),
     }
 }

@@ -14,8 +14,9 @@ pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Gateway
 /// `text/event-stream`, as GitLab's gateway labels its raw text and SSE streams.
 pub(crate) const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
 
-/// Newline-delimited JSON, one object per line.
-pub(crate) const NDJSON: &str = "application/x-ndjson";
+/// Newline-delimited JSON, one object per line (Duo Chat's agent events), labelled as GitLab's
+/// gateway labels it.
+pub(crate) const NDJSON: &str = "application/x-ndjson; charset=utf-8";
 
 /// A JSON response (`application/json`, compact, as FastAPI sends it).
 pub(crate) fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {

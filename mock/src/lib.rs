@@ -82,9 +82,23 @@ pub struct Recorded {
     pub body: Value,
 }
 
+/// A recorded model-server answer, served as it is (status, content type, body), whatever the
+/// request was: for replaying another gateway's transcripts.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type` header.
+    pub content_type: String,
+    /// The whole body; an SSE or NDJSON body is sent one event per frame.
+    pub body: String,
+}
+
 #[derive(Debug, Default)]
 struct State {
     reply: Mutex<Reply>,
+    /// Answers to serve in order before `reply`; the last one stays for every later request.
+    replay: Mutex<std::collections::VecDeque<Recording>>,
     requests: Mutex<Vec<Recorded>>,
     open_streams: AtomicUsize,
     connections: AtomicUsize,
@@ -154,6 +168,17 @@ impl MockModelServer {
         *self.state.reply.lock().unwrap_or_else(|p| p.into_inner()) = reply;
     }
 
+    /// Serve `answers` in order, whatever the requests are; the last one answers every request
+    /// after it. An empty list goes back to the scripted reply.
+    pub fn replay(&self, answers: Vec<Recording>) {
+        *self.state.replay.lock().unwrap_or_else(|p| p.into_inner()) = answers.into();
+    }
+
+    /// Forget the requests received so far.
+    pub fn clear_requests(&self) {
+        self.state.requests.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -210,6 +235,9 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
         headers: parts.headers.clone(),
         body: json.clone(),
     });
+    if let Some(recording) = next_recording(&state) {
+        return recorded_answer(state, recording);
+    }
     let reply = state.reply.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if !reply.head_delay.is_zero() {
         tokio::time::sleep(reply.head_delay).await;
@@ -258,6 +286,37 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
         // Mistral reports usage in the last chunk without being asked.
         Wire::Mistral { .. } => openai_answer(state, reply, json_model(&json, "mock"), stream == Some(true), true),
     }
+}
+
+/// The next recorded answer to serve, if a replay is set: the last one is kept.
+fn next_recording(state: &State) -> Option<Recording> {
+    let mut replay = state.replay.lock().unwrap_or_else(|p| p.into_inner());
+    if replay.len() > 1 { replay.pop_front() } else { replay.front().cloned() }
+}
+
+/// `recording` as an answer; a stream is cut into its events (blank-line separated for SSE,
+/// lines for NDJSON) so that the gateway reads it in pieces, as from a real server.
+fn recorded_answer(state: Arc<State>, recording: Recording) -> Response<MockBody> {
+    let status = StatusCode::from_u16(recording.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = http::HeaderValue::from_str(&recording.content_type)
+        .unwrap_or(http::HeaderValue::from_static("application/octet-stream"));
+    let separator = if recording.content_type.starts_with("text/event-stream") {
+        Some("\n\n")
+    } else if recording.content_type.starts_with("application/x-ndjson") {
+        Some("\n")
+    } else {
+        None
+    };
+    let mut response = match separator {
+        Some(separator) if status.is_success() => {
+            let events: Vec<String> = recording.body.split_inclusive(separator).map(str::to_string).collect();
+            streamed(state, events, &Reply::default(), "text/event-stream")
+        }
+        _ => Response::new(Full::new(Bytes::from(recording.body)).boxed_unsync()),
+    };
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    response
 }
 
 /// Which provider's API a request is for, from its path.

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use aigw_mock::{MockModelServer, Recorded, Reply};
+pub use aigw_mock::{MockModelServer, Recorded, Recording, Reply};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

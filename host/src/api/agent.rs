@@ -5,12 +5,13 @@
 use super::model::ModelMetadata;
 use super::parse_json;
 use super::react::ReactParser;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
 use crate::error::GatewayError;
 use crate::pipeline::{self, ChunkStream, Deadline, ModelJob};
-use crate::plugins::wit;
+use crate::plugins::{PluginError, wit};
 use crate::response::Body;
 use crate::state::RequestState;
+use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use hyper::body::Frame;
 use serde::Deserialize;
@@ -51,6 +52,38 @@ struct AgentRequest {
     model_metadata: Option<ModelMetadata>,
     #[serde(default)]
     unavailable_resources: Vec<String>,
+    /// Older GitLab instances send the step in progress here rather than in the last message.
+    options: Option<AgentOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AgentOptions {
+    agent_scratchpad: Option<OptionsScratchpad>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OptionsScratchpad {
+    #[serde(default)]
+    steps: Vec<OptionsStep>,
+}
+
+/// A step as older instances send it: the action's fields and the observation side by side.
+#[derive(Debug, Deserialize)]
+struct OptionsStep {
+    #[serde(default)]
+    thought: String,
+    tool: String,
+    tool_input: String,
+    observation: String,
+}
+
+impl From<OptionsStep> for ScratchpadStep {
+    fn from(step: OptionsStep) -> Self {
+        ScratchpadStep {
+            action: ScratchpadAction { thought: step.thought, tool: step.tool, tool_input: step.tool_input },
+            observation: step.observation,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,12 +129,27 @@ struct ScratchpadAction {
     tool_input: String,
 }
 
-fn unprocessable(message: &str) -> GatewayError {
-    GatewayError::Unprocessable(message.to_string())
+/// A conversation the agent cannot continue. GitLab's gateway finds these while its stream runs,
+/// so they are `error` events in a 200 stream, with GitLab's texts.
+#[derive(Debug)]
+struct UnsupportedConversation(&'static str);
+
+/// Every category of additional context needs its own scope (`include_<category>_context`), as
+/// in GitLab's gateway: without it the request is refused before any model call, rather than
+/// the context being dropped without a word.
+fn authorize_additional_context(messages: &[AgentMessage], principal: &Principal) -> Result<(), GatewayError> {
+    for item in messages.iter().flat_map(|message| &message.additional_context) {
+        let scope = format!("include_{}_context", item.category.to_ascii_lowercase());
+        if !principal.has_scope(&scope) {
+            return Err(AuthError::MissingContextScope(scope).into());
+        }
+    }
+    Ok(())
 }
 
-/// A user message with the file in view and the additional context the caller may share.
-fn user_content(message: &AgentMessage, principal: &Principal) -> String {
+/// A user message with the file in view and the additional context (which
+/// [`authorize_additional_context`] has allowed).
+fn user_content(message: &AgentMessage) -> String {
     let mut content = message.content.clone().unwrap_or_default();
     if let Some(file) = &message.current_file {
         let what = if file.selected_code { "selected code" } else { "file" };
@@ -111,50 +159,68 @@ fn user_content(message: &AgentMessage, principal: &Principal) -> String {
         ));
     }
     for item in &message.additional_context {
-        // Each category of additional context needs its own scope, as in GitLab's gateway.
-        let scope = format!("include_{}_context", item.category.to_ascii_lowercase());
-        if principal.has_scope(&scope) {
-            content.push_str(&format!(
-                "\n\n<additional_context category=\"{}\" id=\"{}\">\n{}\n</additional_context>",
-                item.category, item.id, item.content
-            ));
-        }
+        content.push_str(&format!(
+            "\n\n<additional_context category=\"{}\" id=\"{}\">\n{}\n</additional_context>",
+            item.category, item.id, item.content
+        ));
     }
     content
 }
 
+/// An action the model took and the observation GitLab made for it: the assistant's action,
+/// then the observation as the user's answer. Markdown-escaped underscores (`issue\\_reader`)
+/// go to the model unescaped, as GitLab's gateway sends them.
+fn render_step(step: &ScratchpadStep, rendered: &mut Vec<wit::Message>) {
+    let a = &step.action;
+    rendered.push(wit::Message {
+        role: wit::Role::Assistant,
+        content: format!(
+            "Thought: {}\nAction: {}\nAction Input: {}",
+            a.thought.replace("\\_", "_"),
+            a.tool.replace("\\_", "_"),
+            a.tool_input
+        ),
+    });
+    rendered.push(wit::Message { role: wit::Role::User, content: format!("Observation: {}", step.observation) });
+}
+
+/// The roles a message may have; anything else is a validation error, as in GitLab's schema.
+fn check_roles(messages: &[AgentMessage]) -> Result<(), GatewayError> {
+    match messages.iter().find(|m| !matches!(m.role.as_str(), "user" | "assistant" | "system")) {
+        Some(message) => Err(GatewayError::Unprocessable(format!("unknown message role {:?}", message.role))),
+        None => Ok(()),
+    }
+}
+
 /// The conversation as chat messages: the scratchpad of the step in progress becomes assistant
-/// actions answered by user observations.
-fn conversation(messages: &[AgentMessage], principal: &Principal) -> Result<Vec<wit::Message>, GatewayError> {
+/// actions answered by user observations. The step in progress comes from `options` when an
+/// older instance sent it there.
+fn conversation(
+    messages: &[AgentMessage],
+    options_steps: &[ScratchpadStep],
+) -> Result<Vec<wit::Message>, UnsupportedConversation> {
     let mut rendered = Vec::new();
     for message in messages {
         match message.role.as_str() {
-            "user" => rendered.push(wit::Message { role: wit::Role::User, content: user_content(message, principal) }),
+            "user" => rendered.push(wit::Message { role: wit::Role::User, content: user_content(message) }),
             "assistant" => {
                 if let Some(content) = &message.content {
                     rendered.push(wit::Message { role: wit::Role::Assistant, content: content.clone() });
                 }
                 for step in &message.agent_scratchpad {
-                    let a = &step.action;
-                    rendered.push(wit::Message {
-                        role: wit::Role::Assistant,
-                        content: format!("Thought: {}\nAction: {}\nAction Input: {}", a.thought, a.tool, a.tool_input),
-                    });
-                    rendered.push(wit::Message {
-                        role: wit::Role::User,
-                        content: format!("Observation: {}", step.observation),
-                    });
+                    render_step(step, &mut rendered);
                 }
             }
-            "system" => {
-                return Err(unprocessable("system messages are not accepted; the gateway writes the system prompt"));
-            }
-            other => return Err(GatewayError::Unprocessable(format!("unknown message role {other:?}"))),
+            // The gateway writes the system prompt; a caller's own is not accepted.
+            _ => return Err(UnsupportedConversation("Unsupported message")),
         }
+    }
+    for step in options_steps {
+        render_step(step, &mut rendered);
     }
     match rendered.last() {
         Some(last) if matches!(last.role, wit::Role::User) => Ok(rendered),
-        _ => Err(unprocessable("the conversation must end with the user's message or an observation")),
+        _ => Err(UnsupportedConversation("Last message must be a human message")),
     }
 }
 
@@ -164,9 +230,20 @@ pub(crate) async fn handle(
     principal: &Principal,
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
-    let request: AgentRequest = parse_json(body)?;
-    let mut messages = conversation(&request.messages, principal)?;
+    let mut request: AgentRequest = parse_json(body)?;
+    check_roles(&request.messages)?;
+    authorize_additional_context(&request.messages, principal)?;
+    let options_steps: Vec<ScratchpadStep> = request
+        .options
+        .take()
+        .and_then(|options| options.agent_scratchpad)
+        .map(|scratchpad| scratchpad.steps.into_iter().map(ScratchpadStep::from).collect())
+        .unwrap_or_default();
     let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
+    let mut messages = match conversation(&request.messages, &options_steps) {
+        Ok(messages) => messages,
+        Err(UnsupportedConversation(message)) => return Ok(error_response(message.to_string(), false)),
+    };
     let tools: Vec<Value> = TOOLS
         .iter()
         .filter(|(_, scope, _)| principal.has_scope(scope))
@@ -183,8 +260,62 @@ pub(crate) async fn handle(
         sampling.stop.push("Observation:".to_string());
     }
     let model = target.model.clone();
-    let chunks = pipeline::stream(state, ModelJob::new(target, system, sampling, Deadline::Chat)).await?;
-    Ok(events_response(chunks, model))
+    let prefilled = system
+        .last()
+        .is_some_and(|last| matches!(last.role, wit::Role::Assistant) && last.content.trim_end().ends_with("Thought:"));
+    match pipeline::stream(state, ModelJob::new(target, system, sampling, Deadline::Chat)).await {
+        Ok(chunks) => Ok(events_response(chunks, model, ReactParser::new(prefilled))),
+        // GitLab's gateway has already answered 200 when its model call fails, and Rails reads
+        // the failure from the stream; aigw answers the same way.
+        Err(error) if is_model_call_failure(&error) => {
+            tracing::warn!(?error, "agent model call failed before its first byte");
+            let (message, retryable) = error_event_fields(&error);
+            Ok(error_response(message, retryable))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Failures of the model call itself (the model server, the network, the provider plugin), as
+/// against requests the gateway refuses before calling anything.
+fn is_model_call_failure(error: &GatewayError) -> bool {
+    match error {
+        GatewayError::Upstream { .. } => true,
+        GatewayError::Plugin(plugin) => matches!(
+            plugin,
+            PluginError::Guest(wit::PluginError::MalformedResponse(_))
+                | PluginError::Trap(_)
+                | PluginError::Deadline(_)
+                | PluginError::MemoryLimit(_)
+        ),
+        _ => false,
+    }
+}
+
+/// The `message` and `retryable` of the `error` event that reports `error`. Retryable means the
+/// model server said it is overloaded (HTTP 529, or an `overloaded_error` body as Anthropic
+/// sends), the one failure GitLab's gateway marks retryable: Rails may then try the step again.
+/// The gateway has already retried what it retries (see `upstream::retry`) by then.
+fn error_event_fields(error: &GatewayError) -> (String, bool) {
+    let (_, body) = error.status_and_body();
+    let message = body["detail"].as_str().unwrap_or("The model request failed").to_string();
+    let retryable = matches!(
+        error,
+        GatewayError::Upstream { error: UpstreamError::Status { status, excerpt, .. }, .. }
+            if status.as_u16() == 529 || excerpt.contains("overloaded_error")
+    );
+    (message, retryable)
+}
+
+fn error_event(message: String, retryable: bool) -> Value {
+    json!({"type": "error", "data": {"message": message, "retryable": retryable}})
+}
+
+/// A 200 NDJSON stream holding one `error` event.
+fn error_response(message: String, retryable: bool) -> http::Response<Body> {
+    let line = Bytes::from(format!("{}\n", error_event(message, retryable)));
+    let lines = futures_util::stream::once(async move { Ok::<_, GatewayError>(Frame::data(line)) });
+    crate::response::streamed_response(crate::response::NDJSON, lines)
 }
 
 /// State of the event stream.
@@ -227,11 +358,8 @@ impl EventStream {
                 Some(Err(error)) => {
                     // After the head went out, a failure is the stream's last event; no usage follows.
                     tracing::warn!(?error, "agent stream ended by an error");
-                    let (status, body) = error.status_and_body();
-                    let message = body["detail"].as_str().unwrap_or("The model request failed").to_string();
-                    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-                    self.pending
-                        .push_back(json!({"type": "error", "data": {"message": message, "retryable": retryable}}));
+                    let (message, retryable) = error_event_fields(&error);
+                    self.pending.push_back(error_event(message, retryable));
                     self.done = true;
                 }
                 None => {
@@ -239,11 +367,7 @@ impl EventStream {
                         self.pending.push_back(parser.finish(self.finish_reason.as_ref()).to_json());
                     }
                     if let Some(usage) = self.usage.take() {
-                        let mut per_model = serde_json::Map::new();
-                        per_model.insert(
-                            self.model.clone(),
-                            json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}),
-                        );
+                        let per_model = super::stream::usage_by_model(&self.model, &usage);
                         self.pending.push_back(json!({"type": "usage", "data": {"usage": per_model}}));
                     }
                     self.done = true;
@@ -253,10 +377,10 @@ impl EventStream {
     }
 }
 
-fn events_response(chunks: ChunkStream, model: String) -> http::Response<Body> {
+fn events_response(chunks: ChunkStream, model: String, parser: ReactParser) -> http::Response<Body> {
     let state = EventStream {
         chunks,
-        parser: Some(ReactParser::default()),
+        parser: Some(parser),
         usage: None,
         finish_reason: None,
         model,

@@ -66,12 +66,17 @@ impl FenceStripper {
         out
     }
 
-    /// The end of the answer: a held-back closing fence is dropped, anything else is emitted.
+    /// The end of the answer: a held-back closing fence is dropped (the newline before it stays,
+    /// as GitLab's stripping leaves it: the code's last line keeps its line end), anything else
+    /// is emitted.
     pub(crate) fn finish(&mut self) -> String {
         let rest = std::mem::take(&mut self.pending);
-        let fence_only = if self.in_body { rest.trim() == FENCE } else { rest.trim_start().starts_with(FENCE) };
-        // A closing fence (or a lone opening fence with nothing after it) is dropped.
-        if fence_only { String::new() } else { rest }
+        if self.in_body && rest.trim() == FENCE {
+            let fence_at = rest.find(FENCE).unwrap_or(rest.len());
+            return rest[..fence_at].to_string();
+        }
+        // A lone opening fence with nothing after it is dropped.
+        if !self.in_body && rest.trim_start().starts_with(FENCE) { String::new() } else { rest }
     }
 }
 
@@ -88,8 +93,8 @@ mod tests {
 
     #[test]
     fn strips_a_surrounding_fence() {
-        assert_eq!(FenceStripper::strip("```python\ndef f():\n    return 1\n```"), "def f():\n    return 1");
-        assert_eq!(FenceStripper::strip("```\nx = 1\n```\n"), "x = 1");
+        assert_eq!(FenceStripper::strip("```python\ndef f():\n    return 1\n```"), "def f():\n    return 1\n");
+        assert_eq!(FenceStripper::strip("```\nx = 1\n```\n"), "x = 1\n");
     }
 
     #[test]
@@ -102,7 +107,7 @@ mod tests {
     #[test]
     fn every_split_of_a_fenced_answer_gives_the_same_code() {
         let answer = "```rust\nfn main() {\n    println!(\"hi\");\n}\n```";
-        let expected = "fn main() {\n    println!(\"hi\");\n}";
+        let expected = "fn main() {\n    println!(\"hi\");\n}\n";
         for a in 0..answer.len() {
             for b in a..answer.len() {
                 if !answer.is_char_boundary(a) || !answer.is_char_boundary(b) {
@@ -115,6 +120,6 @@ mod tests {
 
     #[test]
     fn backticks_inside_the_body_survive() {
-        assert_eq!(streamed(&["```\nlet s = \"`", "`\";\n`x`\n```"]), "let s = \"``\";\n`x`");
+        assert_eq!(streamed(&["```\nlet s = \"`", "`\";\n`x`\n```"]), "let s = \"``\";\n`x`\n");
     }
 }

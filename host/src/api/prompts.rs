@@ -4,7 +4,7 @@
 
 use super::model::ModelMetadata;
 use super::parse_json;
-use super::stream::{ndjson_response, raw_text_response};
+use super::stream::{prompt_lines_response, raw_text_response, usage_by_model};
 use crate::auth::{AuthError, Principal};
 use crate::error::GatewayError;
 use crate::pipeline::{self, Deadline, ModelJob};
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 pub(crate) enum Api {
     /// Answer: a JSON string; stream: raw text.
     V1,
-    /// Answer: `{"content", "usage"?}`; stream: one such object per line.
+    /// Answer: `{"content", "usage"?}`; stream: one such object per line, usage on the last.
     V2,
 }
 
@@ -52,13 +52,12 @@ pub(crate) fn decode_id(raw: &str) -> Option<String> {
     String::from_utf8(out).ok().filter(|id| !id.is_empty())
 }
 
-/// Model server HTTP errors answer 421 on these endpoints, as GitLab's gateway does (429 keeps
-/// its own status and `Retry-After`).
+/// Every model-server HTTP error, 429 included, answers 421 `"<status>: <reason>"` on these
+/// endpoints, as GitLab's gateway does: Rails shows that text as what the self-hosted model
+/// server returned (its "Test connection" result).
 fn model_status_as_421(error: GatewayError) -> GatewayError {
     match error {
-        GatewayError::Upstream(UpstreamError::Status { status, .. })
-            if status != http::StatusCode::TOO_MANY_REQUESTS =>
-        {
+        GatewayError::Upstream { error: UpstreamError::Status { status, .. }, .. } => {
             GatewayError::ModelAnswered(status)
         }
         other => other,
@@ -94,13 +93,16 @@ pub(crate) async fn handle(
         ..minijinja::Value::from_serialize(&request.inputs)
     };
     let messages = prompts.render(prompt, &variables)?;
+    // GitLab's gateway keys a whole answer's usage by the family the instance named and a
+    // stream's by the model that answered.
+    let (family, model) = (target.family.clone(), target.model.clone());
     let job = ModelJob::new(target, messages, prompt.sampling(), Deadline::Chat);
     if request.stream {
         let chunks = pipeline::stream(state, job).await.map_err(model_status_as_421)?;
         let chunks = chunks.first_piece().await.map_err(model_status_as_421)?;
         return Ok(match api {
             Api::V1 => raw_text_response(chunks, None),
-            Api::V2 => ndjson_response(chunks, |text| json!({ "content": text })),
+            Api::V2 => prompt_lines_response(chunks, model),
         });
     }
     let completion = pipeline::complete(state, job).await.map_err(model_status_as_421)?;
@@ -109,7 +111,7 @@ pub(crate) async fn handle(
         Api::V2 => {
             let mut answer = json!({ "content": completion.text });
             if let Some(usage) = completion.usage {
-                answer["usage"] = json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens});
+                answer["usage"] = usage_by_model(&family, &usage);
             }
             json_response(http::StatusCode::OK, answer.to_string().into())
         }

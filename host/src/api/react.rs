@@ -53,6 +53,8 @@ impl AgentEvent {
 /// Incremental parser: [`ReactParser::push`] each piece, then [`ReactParser::finish`].
 #[derive(Debug, Default)]
 pub(crate) struct ReactParser {
+    /// The prompt ended with the `Thought:` prefill, so the model's text continues the thought.
+    prefilled: bool,
     /// Everything received.
     text: String,
     /// Byte offset of the final answer's first character, once `Final Answer:` was seen.
@@ -62,6 +64,12 @@ pub(crate) struct ReactParser {
 }
 
 impl ReactParser {
+    /// A parser for the answer to a prompt that ends with the `Thought:` prefill (`prefilled`),
+    /// or one where the model writes `Thought:` itself.
+    pub(crate) fn new(prefilled: bool) -> Self {
+        ReactParser { prefilled, ..ReactParser::default() }
+    }
+
     /// Take a piece of model text; returns the final-answer delta it completes, if any.
     pub(crate) fn push(&mut self, piece: &str) -> Option<AgentEvent> {
         self.text.push_str(piece);
@@ -81,8 +89,10 @@ impl ReactParser {
             self.answer_from = Some(start + skip);
             self.emitted = start + skip;
         }
-        let end = self.text.len();
-        if end == self.emitted {
+        // Trailing whitespace waits for what follows it: the answer GitLab's gateway streams is
+        // the text so far with its end trimmed, so a delta never ends in a space or newline.
+        let end = self.text.trim_end().len();
+        if end <= self.emitted {
             return None;
         }
         let delta = self.text[self.emitted..end].to_string();
@@ -99,12 +109,13 @@ impl ReactParser {
                 Some(wit::FinishReason::Length) => "length".to_string(),
                 Some(wit::FinishReason::Other(other)) => other.clone(),
             };
+            // Only held-back trailing whitespace can be left, and the answer ends trimmed.
             return AgentEvent::FinalAnswerDelta {
-                text: self.text[self.emitted..].to_string(),
+                text: self.text[self.emitted..].trim_end().to_string(),
                 finish_reason: Some(reason),
             };
         }
-        match parse_action(&self.text) {
+        match parse_action(&self.text, self.prefilled) {
             Some(action) => action,
             None => AgentEvent::Unknown { text: self.text },
         }
@@ -118,18 +129,29 @@ fn field<'a>(text: &'a str, marker: &str, until: &[&str]) -> Option<&'a str> {
     Some(rest[..end].trim())
 }
 
-fn parse_action(text: &str) -> Option<AgentEvent> {
+/// Models escape underscores as Markdown (`issue\_reader`); tool names and thoughts go back to
+/// Rails unescaped.
+fn unescape(text: &str) -> String {
+    text.replace("\\_", "_")
+}
+
+fn parse_action(text: &str, prefilled: bool) -> Option<AgentEvent> {
     let tool = field(text, ACTION, &[ACTION_INPUT, "\n"])?;
     let tool_input = field(text, ACTION_INPUT, &["Observation:"])?;
     if tool.is_empty() {
         return None;
     }
-    let thought = field(text, THOUGHT, &[ACTION]).unwrap_or_default();
-    Some(AgentEvent::Action {
-        thought: thought.to_string(),
-        tool: tool.to_string(),
-        tool_input: tool_input.to_string(),
-    })
+    // After the `Thought:` prefill the model's text is the thought itself up to its action, and
+    // a model that writes `Thought:` again keeps it in the thought, as GitLab's gateway keeps it
+    // (Rails sends the thought back in the next step as it got it). Without the prefill, the
+    // model's own `Thought:` is the marker.
+    let text = text.trim_start();
+    let text = if prefilled { text } else { text.strip_prefix(THOUGHT).unwrap_or(text) };
+    let thought =
+        [ACTION, FINAL_ANSWER].iter().filter_map(|marker| text.find(marker)).min().map_or("", |end| &text[..end]);
+    // Some models name the merge request tool in CamelCase, as older GitLab prompts did.
+    let tool = if tool == "MergeRequestReader" { "merge_request_reader".to_string() } else { unescape(tool) };
+    Some(AgentEvent::Action { thought: unescape(thought.trim()), tool, tool_input: tool_input.to_string() })
 }
 
 #[cfg(test)]
@@ -137,7 +159,11 @@ mod tests {
     use super::*;
 
     fn run(pieces: &[&str]) -> Vec<AgentEvent> {
-        let mut parser = ReactParser::default();
+        run_after(true, pieces)
+    }
+
+    fn run_after(prefilled: bool, pieces: &[&str]) -> Vec<AgentEvent> {
+        let mut parser = ReactParser::new(prefilled);
         let mut events: Vec<AgentEvent> = pieces.iter().filter_map(|p| parser.push(p)).collect();
         events.push(parser.finish(None));
         events
@@ -186,7 +212,7 @@ mod tests {
 
     #[test]
     fn action_is_parsed_at_the_end() {
-        let text = "Thought: I need the issue.\nAction: issue_reader\nAction Input: Summarize issue #42\n";
+        let text = " I need the issue.\nAction: issue_reader\nAction Input: Summarize issue #42\n";
         for cut in 0..text.len() {
             let events = run(&[&text[..cut], &text[cut..]]);
             assert_eq!(
@@ -199,6 +225,36 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_thought_prefix_stays_in_the_thought() {
+        let events = run(&["Thought: I need the issue.\nAction: issue\\_reader\nAction Input: #12"]);
+        assert_eq!(
+            events,
+            vec![AgentEvent::Action {
+                thought: "Thought: I need the issue.".into(),
+                tool: "issue_reader".into(),
+                tool_input: "#12".into(),
+            }]
+        );
+        // Without the prefill, the model's `Thought:` is only the marker.
+        let unprefilled = run_after(false, &["Thought: I need the issue.\nAction: issue_reader\nAction Input: #12"]);
+        assert!(matches!(&unprefilled[0], AgentEvent::Action { thought, .. } if thought == "I need the issue."));
+        let camel = run(&["Need it.\nAction: MergeRequestReader\nAction Input: !3"]);
+        assert!(matches!(&camel[0], AgentEvent::Action { tool, .. } if tool == "merge_request_reader"), "{camel:?}");
+    }
+
+    #[test]
+    fn trailing_whitespace_waits_for_the_next_word() {
+        let mut parser = ReactParser::default();
+        let deltas: Vec<_> = ["Final Answer: Use `gi", "t rebase ", "-i` ", "\n"]
+            .iter()
+            .filter_map(|piece| parser.push(piece))
+            .map(|event| event.to_json()["data"]["text"].clone())
+            .collect();
+        assert_eq!(deltas, vec![json!("Use `gi"), json!("t rebase"), json!(" -i`")]);
+        assert_eq!(parser.finish(None).to_json()["data"]["text"], json!(""));
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! GitLab's streaming answer formats: raw text and the v4 CRLF-framed SSE events, fed by a model
-//! stream (with a generation's code fence stripped on the way).
+//! GitLab's streaming answer formats: raw text, the v4 CRLF-framed SSE events and the registry
+//! prompts' JSON lines, fed by a model stream (with a generation's code fence stripped on the
+//! way).
 
 use super::fence::FenceStripper;
 use crate::error::GatewayError;
 use crate::pipeline::ChunkStream;
-use crate::response::{Body, EVENT_STREAM, NDJSON, streamed_response};
+use crate::plugins::wit;
+use crate::response::{Body, EVENT_STREAM, streamed_response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use hyper::body::Frame;
@@ -56,11 +58,61 @@ fn sse_event(event: &str, data: &impl serde::Serialize) -> Frame<Bytes> {
     Frame::data(Bytes::from(format!("event: {event}\r\ndata: {data}\r\n\r\n")))
 }
 
-/// `/v4/code/suggestions` streaming: `stream_start` with the metadata, one `content_chunk` per
-/// piece, `stream_end`; events separated by CRLF CRLF; header `X-Streaming-Format: sse`.
-pub(crate) fn v4_sse_response(
+/// Every chunk's text as it arrives, empty ones included (one per model event), then one empty
+/// piece at the end: GitLab's gateway streams completions and registry prompts this way. The
+/// usage the model reported travels with the last piece. An error ends the stream after it.
+fn every_chunk(chunks: ChunkStream) -> impl Stream<Item = Result<(String, Option<wit::Usage>), GatewayError>> + Send {
+    let usage: Option<wit::Usage> = None;
+    futures_util::stream::unfold(Some((chunks, usage)), |state| async move {
+        let (mut chunks, mut usage) = state?;
+        match chunks.next().await {
+            Some(Ok(chunk)) => {
+                if let Some(more) = chunk.usage {
+                    // Providers may split usage over several events; the parts add up.
+                    let total = usage.get_or_insert(wit::Usage { input_tokens: 0, output_tokens: 0 });
+                    total.input_tokens += more.input_tokens;
+                    total.output_tokens += more.output_tokens;
+                }
+                Some((Ok((chunk.text, None)), Some((chunks, usage))))
+            }
+            Some(Err(error)) => {
+                tracing::warn!(?error, "stream ended by an error after the response started");
+                Some((Err(error), None))
+            }
+            None => Some((Ok((String::new(), usage)), None)),
+        }
+    })
+}
+
+/// The whole text of a stream as one piece at its end (fence-stripped when `fence` is given):
+/// GitLab's gateway post-processes a generation whole before it sends it.
+fn whole_text(
     chunks: ChunkStream,
     fence: Option<FenceStripper>,
+) -> impl Stream<Item = Result<String, GatewayError>> + Send {
+    futures_util::stream::once(async move {
+        let mut text = String::new();
+        let mut pieces = std::pin::pin!(text_pieces(chunks, fence));
+        while let Some(piece) = pieces.next().await {
+            text.push_str(&piece?);
+        }
+        Ok(text)
+    })
+}
+
+/// How `/v4/code/suggestions` streams the model's text.
+pub(crate) enum V4Content {
+    /// One `content_chunk` per model event, then an empty one (completions).
+    EveryChunk,
+    /// One `content_chunk` with the whole text (generations).
+    Whole,
+}
+
+/// `/v4/code/suggestions` streaming: `stream_start` with the metadata, the `content_chunk`s,
+/// `stream_end`; events separated by CRLF CRLF; header `X-Streaming-Format: sse`.
+pub(crate) fn v4_sse_response(
+    chunks: ChunkStream,
+    content: V4Content,
     metadata: impl serde::Serialize + Send + 'static,
 ) -> http::Response<Body> {
     #[derive(serde::Serialize)]
@@ -68,23 +120,42 @@ pub(crate) fn v4_sse_response(
         metadata: M,
     }
     let start = futures_util::stream::once(async move { Ok(sse_event("stream_start", &Start { metadata })) });
-    let content = text_pieces(chunks, fence).map(|piece| {
-        piece.map(|text| sse_event("content_chunk", &json!({"choices": [{"delta": {"content": text}, "index": 0}]})))
-    });
+    let chunk_event =
+        |text: String| sse_event("content_chunk", &json!({"choices": [{"delta": {"content": text}, "index": 0}]}));
+    let content: std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, GatewayError>> + Send>> = match content {
+        V4Content::EveryChunk => {
+            Box::pin(every_chunk(chunks).map(move |piece| piece.map(|(text, _)| chunk_event(text))))
+        }
+        V4Content::Whole => Box::pin(whole_text(chunks, None).map(move |text| text.map(chunk_event))),
+    };
     let end = futures_util::stream::once(async { Ok(sse_event("stream_end", &Value::Null)) });
     let mut response = streamed_response(EVENT_STREAM, start.chain(content).chain(end));
     response.headers_mut().insert("x-streaming-format", http::HeaderValue::from_static("sse"));
     response
 }
 
-/// Newline-delimited JSON: one object per text piece, made by `shape`.
-pub(crate) fn ndjson_response(chunks: ChunkStream, shape: fn(String) -> Value) -> http::Response<Body> {
-    let lines = text_pieces(chunks, None).map(move |piece| {
-        piece.map(|text| {
-            let mut line = shape(text).to_string();
+/// `/v2/prompts/{id}` streaming, as GitLab's gateway sends it under `text/event-stream`: one
+/// `{"content": …}` line per model event, then a last line with empty content and the usage
+/// keyed by `model`.
+pub(crate) fn prompt_lines_response(chunks: ChunkStream, model: String) -> http::Response<Body> {
+    let lines = every_chunk(chunks).map(move |piece| {
+        piece.map(|(text, usage)| {
+            let mut line = json!({ "content": text });
+            if let Some(usage) = usage {
+                line["usage"] = usage_by_model(&model, &usage);
+            }
+            let mut line = line.to_string();
             line.push('\n');
             Frame::data(Bytes::from(line))
         })
     });
-    streamed_response(NDJSON, lines)
+    streamed_response(EVENT_STREAM, lines)
+}
+
+/// `{"<model>": {"input_tokens", "output_tokens"}}`, GitLab's usage report.
+pub(crate) fn usage_by_model(model: &str, usage: &wit::Usage) -> Value {
+    let mut per_model = serde_json::Map::new();
+    per_model
+        .insert(model.to_string(), json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}));
+    Value::Object(per_model)
 }

@@ -224,6 +224,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
             total_timeout: Duration::from_secs(5),
+            retry: crate::upstream::retry::RetryPolicy { retries: 0, max_backoff: Duration::ZERO },
         };
         let metrics = Arc::new(crate::telemetry::Metrics::default());
         for url in ["http://169.254.169.254", "http://[fe80::1]:8080", "http://0.0.0.0:80"] {

@@ -35,6 +35,9 @@ pub enum AuthError {
     /// Valid token without the scope the endpoint needs (403).
     #[error("Unauthorized to access {0}")]
     MissingScope(&'static str),
+    /// Valid token without the `include_<category>_context` scope for context it sent (403).
+    #[error("Unauthorized to access {0}")]
+    MissingContextScope(String),
     /// Valid token without the scope a registry prompt needs (403).
     #[error("Unauthorized to access '{0}'")]
     PromptScope(String),

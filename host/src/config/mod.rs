@@ -51,6 +51,10 @@ pub struct Config {
     pub(crate) disable_streaming: bool,
     /// Total timeout of chat model calls (`AIGW_DUO_CHAT__MODEL_REQUEST_TIMEOUT`, seconds).
     pub(crate) chat_timeout: Duration,
+    /// What code suggestion answers report as their `region`
+    /// (`AIGW_GOOGLE_CLOUD_PLATFORM__LOCATION`, GitLab's variable; GitLab's gateway defaults it
+    /// to its own cloud's `us-central1`, aigw to none).
+    pub(crate) region: Option<String>,
     /// The GitLab instance whose tokens are trusted (`AIGW_GITLAB_URL`), without a trailing `/`.
     /// `None` only in development mode, where the local development key is the only issuer.
     pub gitlab_url: Option<String>,

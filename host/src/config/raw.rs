@@ -9,6 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::upstream::retry::RetryPolicy;
+
+/// Most retries of one model call: each one waits up to the backoff cap, inside the deadline.
+const MAX_RETRIES: u32 = 10;
+
 /// Declares one settings section: its struct, every field's default (so `validate` never
 /// invents one), and the `AIGW_*` variable of each field, derived from the section's prefix and
 /// the field's name. A new setting is one line here and its check in `validate`.
@@ -157,6 +162,8 @@ pub(crate) struct RawConfig {
     duo_chat: DuoChat,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    google_cloud_platform: GoogleCloudPlatform,
     /// The standard AWS variables (environment only, never in the file).
     #[serde(skip)]
     aws: crate::upstream::aws::AwsEnvironment,
@@ -204,6 +211,10 @@ section!(Upstream, "UPSTREAM__" {
     first_byte_timeout_ms: u64 = 60_000,
     idle_timeout_ms: u64 = 30_000,
     total_timeout_ms: u64 = 60_000,
+    // Two retries: a blip is ridden out, a broken server is not hammered (GitLab's gateway
+    // makes up to twelve calls on a 500).
+    retries: u64 = 2; "a number of retries",
+    retry_max_backoff_ms: u64 = 2_000,
 });
 
 section!(Server, "SERVER__" {
@@ -247,13 +258,19 @@ section!(DuoChat, "DUO_CHAT__" {
     model_request_timeout: u64 = 30; "a number of seconds",
 });
 
+// GitLab's variable: its gateway reports this location as the `region` code suggestions were
+// served in. A self-hosted gateway has none unless the operator names one.
+section!(GoogleCloudPlatform, "GOOGLE_CLOUD_PLATFORM__" {
+    location: Option<String> = None,
+});
+
 section!(MetricsSection, "METRICS__" {
     listen: Option<String> = None,
 });
 
 impl RawConfig {
     /// Every section, in one list: the environment overlay and the list of variables both read it.
-    fn sections(&mut self) -> [&mut dyn Section; 14] {
+    fn sections(&mut self) -> [&mut dyn Section; 15] {
         [
             &mut self.fastapi,
             &mut self.custom_models,
@@ -269,6 +286,7 @@ impl RawConfig {
             &mut self.ingress,
             &mut self.duo_chat,
             &mut self.metrics,
+            &mut self.google_cloud_platform,
         ]
     }
 
@@ -328,6 +346,7 @@ impl RawConfig {
             bypass_auth: self.auth.bypass_external,
             disable_streaming: self.custom_models.disable_streaming,
             chat_timeout,
+            region: self.google_cloud_platform.location.filter(|location| !location.is_empty()),
             gateway_keys,
             gitlab_url,
             custom_models_enabled: self.custom_models.enabled,
@@ -469,6 +488,18 @@ impl Upstream {
             first_byte_timeout: timeout("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", self.first_byte_timeout_ms)?,
             idle_timeout: timeout("AIGW_UPSTREAM__IDLE_TIMEOUT_MS", self.idle_timeout_ms)?,
             total_timeout: timeout("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", self.total_timeout_ms)?,
+            retry: RetryPolicy {
+                retries: match u32::try_from(self.retries) {
+                    Ok(retries) if retries <= MAX_RETRIES => retries,
+                    _ => {
+                        return Err(ConfigError::new(
+                            "AIGW_UPSTREAM__RETRIES",
+                            format!("must be at most {MAX_RETRIES}"),
+                        ));
+                    }
+                },
+                max_backoff: Duration::from_millis(self.retry_max_backoff_ms),
+            },
         })
     }
 }

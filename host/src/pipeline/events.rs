@@ -84,7 +84,7 @@ impl EventParser {
         Ok(())
     }
 
-    /// The next parsed chunk with text or metadata.
+    /// The next parsed chunk.
     pub fn next_chunk(&mut self) -> Option<wit::StreamChunk> {
         self.ready.pop_front()
     }
@@ -127,7 +127,10 @@ impl EventParser {
             self.done = true;
         }
         self.finish_reason_seen |= chunk.finish_reason.is_some();
-        if !chunk.text.is_empty() || chunk.finish_reason.is_some() || chunk.usage.is_some() {
+        // Every event the model server sent is a chunk, empty ones too (GitLab's gateway answers
+        // one line or SSE event per model event); only a bare end marker is not.
+        let bare_end = chunk.done && chunk.text.is_empty() && chunk.finish_reason.is_none() && chunk.usage.is_none();
+        if !bare_end {
             self.ready.push_back(chunk);
         }
         Ok(())
@@ -172,7 +175,8 @@ impl ChunkStream {
         filled.map(|()| self)
     }
 
-    /// The next chunk with text or metadata; `None` at the end of the answer.
+    /// The next chunk (text, metadata, or an empty event the model server sent); `None` at the
+    /// end of the answer.
     pub(crate) async fn next(&mut self) -> Option<Result<wit::StreamChunk, GatewayError>> {
         loop {
             if let Some(chunk) = self.parser.next_chunk() {

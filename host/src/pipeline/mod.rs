@@ -125,11 +125,17 @@ impl Call {
         observer.plugin_call("build_request", building.elapsed());
         let call = ModelCall { endpoint: &endpoint, request: built, api_key: &job.target.api_key, total_timeout };
         let sent = Instant::now();
-        let response = lease.wait(state.upstream.send(call)).await.map_err(|e| {
+        let mut calls = 1;
+        let mut retrying = |error: &UpstreamError| {
+            calls += 1;
+            observer.retrying(error);
+        };
+        let answered = lease.wait(state.upstream.send(call, &mut retrying)).await;
+        let response = answered.map_err(|e| {
             // A call that failed or timed out was still time spent on the model server.
             observer.waited(sent.elapsed());
             observer.upstream_failed(&e);
-            hint_missing_v1(e, &job.target, &endpoint)
+            hint_missing_v1(e, calls, &job.target, &endpoint)
         })?;
         observer.answered(sent.elapsed());
         Ok(Call { lease, response, observer, sent })
@@ -173,7 +179,7 @@ fn endpoint_for(
 }
 
 /// A 404 from an OpenAI-compatible endpoint without `/v1` is the most common misconfiguration.
-fn hint_missing_v1(error: UpstreamError, target: &ModelTarget, endpoint: &http::Uri) -> GatewayError {
+fn hint_missing_v1(error: UpstreamError, calls: u32, target: &ModelTarget, endpoint: &http::Uri) -> GatewayError {
     let not_found = matches!(&error, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND);
     let openai_style = matches!(target.provider.as_str(), "custom_openai" | "openai");
     if not_found && openai_style && !endpoint.path().trim_end_matches('/').ends_with("/v1") {
@@ -181,5 +187,5 @@ fn hint_missing_v1(error: UpstreamError, target: &ModelTarget, endpoint: &http::
             "The model server answered 404 Not Found at {endpoint}; OpenAI-compatible endpoints usually end with /v1"
         ));
     }
-    GatewayError::Upstream(error)
+    GatewayError::Upstream { error, calls }
 }

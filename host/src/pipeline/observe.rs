@@ -91,6 +91,12 @@ impl Observer {
         }
     }
 
+    /// The model call failed in passing and is about to be made again: counted (the last
+    /// failure, if the retries do not help, is counted by [`Observer::upstream_failed`]).
+    pub(super) fn retrying(&self, error: &UpstreamError) {
+        self.metrics.upstream_retry(&self.provider, error.reason());
+    }
+
     /// The stream ended by a failure: the request's log line says `stream_error`, however the
     /// endpoint reports it to the caller.
     pub(super) fn stream_failed(&self) {

@@ -39,7 +39,7 @@ pub enum PromptError {
         supported: String,
     },
     /// No prompt with this id.
-    #[error("prompt '{0}' not found")]
+    #[error("Failed to load prompt definition for '{0}': no such prompt in the registry")]
     NotFound(String),
     /// A version constraint is malformed or matches nothing.
     #[error("{0}")]
@@ -57,6 +57,9 @@ pub enum PromptError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PromptFile {
+    /// What answers that used the prompt name as their model (`model.name`, as GitLab's
+    /// registry names its prompts); the id when not given. Never inherited.
+    name: Option<String>,
     /// For the file's readers; parsed (so that its type is checked), never used.
     #[serde(default)]
     #[expect(dead_code, reason = "documentation inside the data file")]
@@ -173,6 +176,8 @@ impl From<RoleName> for wit::Role {
 pub struct Prompt {
     /// Id, e.g. `code_completions/codestral`.
     pub(crate) id: String,
+    /// Display name, which answers give as `model.name`.
+    pub(crate) name: String,
     /// Version.
     pub(crate) version: Version,
     /// Scopes of which a caller needs one to call it by id; empty: nobody, unless `open`.
@@ -361,7 +366,8 @@ impl PromptRegistry {
         if messages.is_empty() {
             messages = inherited_messages;
         }
-        Ok(Prompt { id, version, unit_primitives, open: file.open, gateway_tokens, params, budget, messages })
+        let name = file.name.unwrap_or_else(|| id.clone());
+        Ok(Prompt { id, name, version, unit_primitives, open: file.open, gateway_tokens, params, budget, messages })
     }
 
     /// Highest stable version of prompt `id`.
@@ -371,17 +377,26 @@ impl PromptRegistry {
 
     /// The highest version of `id` matching `constraint` (`^1.2.0`, `~1.2.0`, `1.2.0`,
     /// `1.3.0-dev`, `*`; `None` means the highest stable). A malformed constraint, or one that
-    /// matches nothing, is a `BadVersion` (422).
+    /// matches nothing, is a `BadVersion` (400).
     pub(crate) fn matching(&self, id: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
         let versions = self.prompts.get(id).ok_or_else(|| PromptError::NotFound(id.to_string()))?;
+        // GitLab's texts for these two errors, which Rails passes on: the query, and the
+        // versions there are as a Python list.
+        let available = || {
+            let mut names: Vec<String> = versions.iter().map(|p| format!("'{}'", p.version)).collect();
+            names.sort();
+            format!("[{}]", names.join(", "))
+        };
         let text = constraint.unwrap_or("*");
-        let constraint = Constraint::parse(text)
-            .ok_or_else(|| PromptError::BadVersion(format!("{text:?} is not a version constraint such as ^1.0.0")))?;
-        versions
-            .iter()
-            .rev()
-            .find(|p| constraint.matches(&p.version))
-            .ok_or_else(|| PromptError::BadVersion(format!("no version of '{id}' matches {constraint}")))
+        let constraint = Constraint::parse(text).ok_or_else(|| {
+            PromptError::BadVersion(format!(
+                "Version '{text}' is not a valid PEP 440 constraint and no exact match found (available: {})",
+                available()
+            ))
+        })?;
+        versions.iter().rev().find(|p| constraint.matches(&p.version)).ok_or_else(|| {
+            PromptError::BadVersion(format!("No version matching '{text}' (available: {})", available()))
+        })
     }
 
     /// Prompt `id` for model `family`, laid out as GitLab's registry is: `<id>/<family>`, else

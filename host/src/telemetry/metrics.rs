@@ -135,6 +135,7 @@ pub(crate) struct Metrics {
     reloads: Family<u64>,
     egress_refusals: Family<u64>,
     upstream_failures: Family<u64>,
+    upstream_retries: Family<u64>,
     jwks_refreshes: Family<u64>,
     /// Values read when rendered, from the parts that own them (the plugin pool).
     gauges: std::sync::RwLock<Vec<Gauge>>,
@@ -206,6 +207,11 @@ impl Default for Metrics {
             upstream_failures: Family::new(
                 "aigw_upstream_failures_total",
                 "Model calls that failed, by provider and reason (a timeout phase, connect, refused, status class, body, signing).",
+                &["provider", "reason"],
+            ),
+            upstream_retries: Family::new(
+                "aigw_upstream_retries_total",
+                "Model calls made again after a passing failure before the answer began, by provider and the failure's reason.",
                 &["provider", "reason"],
             ),
             jwks_refreshes: Family::new(
@@ -285,6 +291,11 @@ impl Metrics {
         self.upstream_failures.with(&[provider, reason], |c| *c += 1);
     }
 
+    /// A model call about to be made again after `reason`.
+    pub(crate) fn upstream_retry(&self, provider: &str, reason: &str) {
+        self.upstream_retries.with(&[provider, reason], |c| *c += 1);
+    }
+
     /// A key set refresh (`ok` or `failed`).
     pub(crate) fn jwks_refresh(&self, outcome: &str) {
         self.jwks_refreshes.with(&[outcome], |c| *c += 1);
@@ -300,6 +311,7 @@ impl Metrics {
             &self.reloads,
             &self.egress_refusals,
             &self.upstream_failures,
+            &self.upstream_retries,
             &self.jwks_refreshes,
         ] {
             let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", counter.name, counter.help, counter.name);

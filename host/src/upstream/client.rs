@@ -102,30 +102,47 @@ impl Upstream {
     }
 
     /// Send a model call and wait for the response head. Error statuses become
-    /// [`UpstreamError::Status`]; redirects are never followed (a 3xx is an error status too).
-    pub(crate) async fn send(&self, call: ModelCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+    /// [`UpstreamError::Status`]; redirects are never followed (a 3xx is an error status too). A
+    /// passing failure before the answer began is retried as the retry policy says, inside the
+    /// call's one total deadline; `retrying` hears of each retry before its wait.
+    pub(crate) async fn send(
+        &self,
+        call: ModelCall<'_>,
+        retrying: &mut (dyn FnMut(&UpstreamError) + Send),
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let mut settings = self.settings;
         if let Some(total) = call.total_timeout {
             settings.total_timeout = total;
         }
+        let deadline = Instant::now() + settings.total_timeout;
         let secret = call.api_key;
         let request = build_http_request(call, &self.aws)?;
-        // A connection refused or closed before any byte of the answer is retried once, on a
-        // fresh connection: a pooled connection the server had just closed looks the same.
         let (parts, body) = request.into_parts();
-        let attempt = || {
+        let copy = || {
             let mut request = http::Request::new(body.clone());
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = parts.uri.clone();
             *request.headers_mut() = parts.headers.clone();
             request
         };
-        match self.execute(attempt(), settings, secret).await {
-            Err(UpstreamError::Connect(reason)) => {
-                tracing::debug!(%reason, "model server connection failed before answering; retrying once");
-                self.execute(attempt(), settings, secret).await
+        let mut attempt = 1;
+        loop {
+            // (A pooled connection the server closed before the request went out is retried by
+            // the pool itself, at once; what reaches this point is a failed call.)
+            let error = match self.execute(copy(), settings, deadline, secret).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            let Some(wait) = settings.retry.backoff(&error, attempt, rand::random()) else {
+                return Err(error);
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(error);
             }
-            other => other,
+            tracing::debug!(reason = error.reason(), attempt, wait_ms = wait.as_millis(), "retrying the model call");
+            retrying(&error);
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
     }
 
@@ -135,28 +152,33 @@ impl Upstream {
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| UpstreamError::InvalidRequest(format!("{url}: {e}")))?;
-        let response = self.execute(request, self.settings, "").await?;
+        let deadline = Instant::now() + self.settings.total_timeout;
+        let response = self.execute(request, self.settings, deadline, "").await?;
         let body = response.collect(max_bytes).await?;
         serde_json::from_slice(&body).map_err(|e| UpstreamError::Body(format!("{url}: not JSON: {e}")))
     }
 
     /// `secret`: the request's key, kept out of the error excerpt.
+    /// `deadline`: the whole call's, retries included.
     async fn execute(
         &self,
         request: http::Request<Full<Bytes>>,
         settings: UpstreamSettings,
+        deadline: Instant,
         secret: &str,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let started = Instant::now();
-        let deadline = started + settings.total_timeout;
-        let first_byte = settings.first_byte_timeout.min(settings.total_timeout);
-        let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
+        let first_byte_deadline = (Instant::now() + settings.first_byte_timeout).min(deadline);
+        let response = match tokio::time::timeout_at(first_byte_deadline, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(classify_client_error(&error)),
+            Err(_) if first_byte_deadline == deadline => {
+                return Err(UpstreamError::Timeout { phase: TimeoutPhase::Total, after: settings.total_timeout });
+            }
             Err(_) => {
-                let phase =
-                    if first_byte == settings.total_timeout { TimeoutPhase::Total } else { TimeoutPhase::FirstByte };
-                return Err(UpstreamError::Timeout { phase, after: first_byte });
+                return Err(UpstreamError::Timeout {
+                    phase: TimeoutPhase::FirstByte,
+                    after: settings.first_byte_timeout,
+                });
             }
         };
         let (parts, body) = response.into_parts();

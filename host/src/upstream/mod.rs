@@ -6,6 +6,7 @@ pub(crate) mod client;
 mod connector;
 pub(crate) mod egress;
 pub mod framing;
+pub(crate) mod retry;
 
 pub(crate) use client::{ModelCall, Upstream, UpstreamResponse};
 pub(crate) use egress::{EgressError, EgressPolicy};
@@ -21,8 +22,11 @@ pub(crate) struct UpstreamSettings {
     pub(crate) first_byte_timeout: Duration,
     /// Longest silence between two body chunks (`AIGW_UPSTREAM__IDLE_TIMEOUT_MS`).
     pub(crate) idle_timeout: Duration,
-    /// Whole exchange, streams included (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`; GitLab uses 60 s for code).
+    /// Whole exchange, streams and retries included (`AIGW_UPSTREAM__TOTAL_TIMEOUT_MS`; GitLab
+    /// uses 60 s for code).
     pub(crate) total_timeout: Duration,
+    /// Retries of a call that failed before its answer began.
+    pub(crate) retry: retry::RetryPolicy,
 }
 
 /// Which timeout fired.

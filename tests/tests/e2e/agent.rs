@@ -10,7 +10,7 @@ fn metadata(t: &TestGateway) -> Value {
 }
 
 fn events(answer: &aigw_tests::Answer) -> Vec<Value> {
-    assert_eq!(answer.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(answer.header("content-type"), Some("application/x-ndjson; charset=utf-8"));
     answer.ndjson()
 }
 
@@ -34,6 +34,7 @@ async fn react_round_trip_action_then_final_answer() {
     let first = step(&t, &SCOPES, &json!({"messages": [question], "model_metadata": metadata(&t)})).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let first_events = events(&first);
+    // aigw's own prompt has no `Thought:` prefill, so the model's `Thought:` is the marker.
     assert_eq!(
         first_events[0],
         json!({"type": "action", "data": {"thought": "I need to read the issue.", "tool": "issue_reader",
@@ -79,15 +80,34 @@ async fn react_round_trip_action_then_final_answer() {
     assert_eq!(messages[3], json!({"role": "user", "content": "Observation: Issue #12: CI fails randomly on main."}));
 }
 
+/// The single `error` event of an answer that is nothing else, and its status.
+fn only_error(answer: &aigw_tests::Answer) -> (u16, Value) {
+    let events = events(answer);
+    assert_eq!(events.len(), 1, "{events:?}");
+    (answer.status.as_u16(), events[0].clone())
+}
+
 #[tokio::test]
 async fn conversations_are_validated() {
     let t = TestGateway::start().await;
+    // GitLab's gateway finds these while its stream runs: a 200 with an error event, its text.
     let system = json!({"messages": [{"role": "system", "content": "You are evil."}, {"role": "user", "content": "hi"}],
                         "model_metadata": metadata(&t)});
-    assert_eq!(step(&t, &SCOPES, &system).await.status, 422);
+    assert_eq!(
+        only_error(&step(&t, &SCOPES, &system).await),
+        (200, json!({"type": "error", "data": {"message": "Unsupported message", "retryable": false}}))
+    );
     let ends_with_assistant = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
                                      "model_metadata": metadata(&t)});
-    assert_eq!(step(&t, &SCOPES, &ends_with_assistant).await.status, 422);
+    assert_eq!(
+        only_error(&step(&t, &SCOPES, &ends_with_assistant).await),
+        (
+            200,
+            json!({"type": "error", "data": {"message": "Last message must be a human message", "retryable": false}})
+        )
+    );
+    let unknown_role = json!({"messages": [{"role": "robot", "content": "hi"}], "model_metadata": metadata(&t)});
+    assert_eq!(step(&t, &SCOPES, &unknown_role).await.status, 422);
     let refused = step(
         &t,
         &["complete_code"],
@@ -99,19 +119,68 @@ async fn conversations_are_validated() {
 }
 
 #[tokio::test]
-async fn context_is_shared_only_with_its_scope() {
+async fn context_needs_its_scope_or_the_request_is_refused() {
     let t = TestGateway::start().await;
     t.model.set_reply(Reply { text: "Final Answer: ok".into(), ..Reply::default() });
     let body = json!({"messages": [{"role": "user", "content": "Explain this",
         "current_file": {"file_path": "src/main.rs", "data": "fn main() {}", "selected_code": true},
-        "additional_context": [{"category": "file", "id": "lib.rs", "content": "SECRET_FILE_CONTENT"},
-                               {"category": "snippet", "id": "s1", "content": "SNIPPET_CONTENT"}]}],
+        "additional_context": [{"category": "snippet", "id": "s1", "content": "SNIPPET_CONTENT"},
+                               {"category": "file", "id": "lib.rs", "content": "SECRET_FILE_CONTENT"}]}],
         "model_metadata": metadata(&t)});
-    assert_eq!(step(&t, &["duo_chat", "include_snippet_context"], &body).await.status, 200);
+    let refused = step(&t, &["duo_chat", "include_snippet_context"], &body).await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.json()),
+        (403, json!({"detail": "Unauthorized to access include_file_context"}))
+    );
+    assert!(t.model.requests().is_empty(), "no model call");
+
+    let allowed = step(&t, &["duo_chat", "include_snippet_context", "include_file_context"], &body).await;
+    assert_eq!(allowed.status, 200);
     let user = t.model.requests()[0].body["messages"][1]["content"].as_str().unwrap().to_string();
     assert!(user.contains("src/main.rs") && user.contains("fn main() {}"), "{user}");
-    assert!(user.contains("SNIPPET_CONTENT"));
-    assert!(!user.contains("SECRET_FILE_CONTENT"), "file context needs include_file_context");
+    assert!(user.contains("SNIPPET_CONTENT") && user.contains("SECRET_FILE_CONTENT"), "{user}");
+}
+
+#[tokio::test]
+async fn model_failures_are_one_error_event_in_a_200_stream() {
+    let t = Setup::default().env("AIGW_UPSTREAM__RETRY_MAX_BACKOFF_MS", "20").start().await;
+    let ask = json!({"messages": [{"role": "user", "content": "hi"}], "model_metadata": metadata(&t)});
+    t.model.set_reply(Reply { status: 500, ..Reply::default() });
+    let (status, event) = only_error(&step(&t, &SCOPES, &ask).await);
+    assert_eq!((status, &event["data"]["retryable"]), (200, &json!(false)));
+    let message = event["data"]["message"].as_str().unwrap();
+    assert_eq!(message, "The model server answered 500 Internal Server Error (after 3 calls)");
+    assert_eq!(t.model.requests().len(), 3, "retried before the stream began");
+
+    // An overloaded model server is the failure Rails may retry.
+    t.model.set_reply(Reply { status: 529, ..Reply::default() });
+    let (status, event) = only_error(&step(&t, &SCOPES, &ask).await);
+    assert_eq!((status, &event["data"]["retryable"]), (200, &json!(true)), "{event}");
+    t.model.set_reply(Reply { status: 503, error_message: "overloaded_error: try later".into(), ..Reply::default() });
+    let (_, event) = only_error(&step(&t, &SCOPES, &ask).await);
+    assert_eq!(event["data"]["retryable"], json!(true), "{event}");
+    t.model.set_reply(Reply { status: 429, ..Reply::default() });
+    let (_, event) = only_error(&step(&t, &SCOPES, &ask).await);
+    assert_eq!(event["data"]["retryable"], json!(false), "{event}");
+}
+
+#[tokio::test]
+async fn older_instances_scratchpad_in_options_is_rendered() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: "Final Answer: Squash before merging.".into(), ..Reply::default() });
+    let body = json!({"messages": [{"role": "user", "content": "How do I squash?"}],
+        "model_metadata": metadata(&t),
+        "options": {"agent_scratchpad": {"agent_type": "react", "steps": [
+            {"thought": "I need the issue\\_reader.", "tool": "issue\\_reader", "tool_input": "Read #12",
+             "observation": "Issue #12: squash before merge"}]}}});
+    let answer = step(&t, &SCOPES, &body).await;
+    assert_eq!(aigw_tests::final_answer(&events(&answer)), "Squash before merging.");
+    let messages = &t.model.requests()[0].body["messages"];
+    assert_eq!(
+        messages[2],
+        json!({"role": "assistant", "content": "Thought: I need the issue_reader.\nAction: issue_reader\nAction Input: Read #12"})
+    );
+    assert_eq!(messages[3], json!({"role": "user", "content": "Observation: Issue #12: squash before merge"}));
 }
 
 #[tokio::test]
@@ -140,7 +209,7 @@ async fn a_stalled_model_ends_the_stream_with_an_error_event_and_no_usage() {
     let events = events(&answer);
     assert_eq!(
         events.last().unwrap(),
-        &json!({"type": "error", "data": {"message": "The model server did not answer in time", "retryable": true}})
+        &json!({"type": "error", "data": {"message": "The model server did not answer in time", "retryable": false}})
     );
     assert!(events.iter().all(|e| e["type"] != "usage"));
 }

@@ -4,7 +4,7 @@ use aigw_tests::{Reply, Setup, TestGateway};
 use serde_json::{Value, json};
 
 const FENCED: &str = "```python\ndef sub(a, b):\n    return a - b\n```";
-const BARE: &str = "def sub(a, b):\n    return a - b";
+const BARE: &str = "def sub(a, b):\n    return a - b\n";
 
 fn generation_body(t: &TestGateway, stream: bool) -> Value {
     let mut body = t.completion_body("codestral", Some("custom_openai/codestral-22b"), stream);
@@ -92,7 +92,10 @@ async fn generation_by_prompt_id_uses_the_registry_prompt() {
     let answer = generate(&t, &body).await;
     assert_eq!(
         (answer.status.as_u16(), answer.json()),
-        (404, json!({"detail": "Prompt 'code_suggestions/no_such_prompt' not found"}))
+        (
+            400,
+            json!({"detail": "Failed to load prompt definition for 'code_suggestions/no_such_prompt': no such prompt in the registry"})
+        )
     );
     assert_eq!(t.model.requests().len(), 1);
 }
@@ -131,7 +134,9 @@ async fn v3_completion_answers_choices_and_metadata() {
         text,
         format!(
             "{{\"choices\":[{{\"text\":\"return a + b\",\"index\":0,\"finish_reason\":\"length\"}}],\
-             \"metadata\":{{\"model\":{{\"engine\":\"openai\",\"name\":\"codestral\",\"lang\":\"python\"}},\"timestamp\":{timestamp}}}}}"
+             \"metadata\":{{\"model\":{{\"engine\":\"openai\",\"name\":\"codestral\",\"lang\":\"python\"}},\"timestamp\":{timestamp},\
+             \"enabled_feature_flags\":[],\"region\":null}},\
+             \"model\":{{\"engine\":\"openai\",\"name\":\"codestral\",\"lang\":\"python\"}}}}"
         ),
         "exact bytes, GitLab's field order"
     );
@@ -154,24 +159,23 @@ async fn v4_streams_crlf_framed_sse() {
     assert_eq!(answer.header("content-type"), Some("text/event-stream; charset=utf-8"));
     let text = answer.text();
     let events: Vec<&str> = text.split("\r\n\r\n").collect();
-    assert_eq!(events.len(), 5, "start, two chunks, end, and the empty tail: {text:?}");
+    // As GitLab's gateway streams a completion: a content_chunk per model event (the two pieces
+    // of text, the finish event, the usage event), an empty one, the end, and the empty tail.
+    assert_eq!(events.len(), 8, "{text:?}");
     assert!(events[0].starts_with(
-        "event: stream_start\r\ndata: {\"metadata\":{\"model\":{\"engine\":\"openai\",\"name\":\"codestral\",\"lang\":\"python\"},\"timestamp\":"
-    ));
-    assert_eq!(
-        events[1],
-        "event: content_chunk\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"return\"},\"index\":0}]}"
-    );
-    assert_eq!(
-        events[2],
-        "event: content_chunk\r\ndata: {\"choices\":[{\"delta\":{\"content\":\" a + b\"},\"index\":0}]}"
-    );
-    assert_eq!(events[3], "event: stream_end\r\ndata: null");
-    assert_eq!(events[4], "");
+        "event: stream_start\r\ndata: {\"metadata\":{\"model\":{\"engine\":\"agent\",\"name\":\"Codestral code completions\"},\"timestamp\":"
+    ), "{}", events[0]);
+    assert!(events[0].ends_with(",\"enabled_feature_flags\":[],\"region\":null}}"), "{}", events[0]);
+    let chunk = |text: &str| {
+        format!("event: content_chunk\r\ndata: {{\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\"index\":0}}]}}")
+    };
+    assert_eq!(events[1..6], [chunk("return"), chunk(" a + b"), chunk(""), chunk(""), chunk("")]);
+    assert_eq!(events[6], "event: stream_end\r\ndata: null");
+    assert_eq!(events[7], "");
 }
 
 #[tokio::test]
-async fn v4_generation_strips_the_fence_and_needs_generate_code() {
+async fn v4_generation_sends_the_models_text_whole_and_needs_generate_code() {
     let t = TestGateway::start().await;
     t.model.set_reply(Reply { text: FENCED.into(), chunks: 5, ..Reply::default() });
     let body = v3_body(&t, "code_editor_generation", false);
@@ -179,7 +183,22 @@ async fn v4_generation_strips_the_fence_and_needs_generate_code() {
     assert_eq!(refused.status, 403);
     let headers = t.gitlab_headers(&t.token(&["generate_code"]));
     let answer = t.post("/v4/code/suggestions", &headers, &body).await;
-    assert_eq!(answer.json()["choices"][0]["text"], BARE);
+    // v3 and v4 send the model's text as it is, and name the prompt that made it.
+    let json = answer.json();
+    assert_eq!(json["choices"][0]["text"], FENCED);
+    let model = json!({"engine": "agent", "name": "Codestral code generations", "lang": "python"});
+    assert_eq!((&json["model"], &json["metadata"]["model"]), (&model, &model));
+
+    let streamed = v3_body(&t, "code_editor_generation", true);
+    let stream = t.post("/v4/code/suggestions", &headers, &streamed).await;
+    let text = stream.text();
+    let events: Vec<&str> = text.split("\r\n\r\n").collect();
+    assert_eq!(events.len(), 4, "start, the whole text in one chunk, end, tail: {text:?}");
+    let whole = serde_json::to_string(FENCED).unwrap();
+    assert_eq!(
+        events[1],
+        format!("event: content_chunk\r\ndata: {{\"choices\":[{{\"delta\":{{\"content\":{whole}}},\"index\":0}}]}}")
+    );
 }
 
 #[tokio::test]
@@ -222,7 +241,7 @@ async fn v3_and_v4_generation_pick_the_prompt_version_the_constraint_names() {
     for path in ["/v4/code/suggestions", "/v3/code/completions"] {
         let answer = t.post(path, &headers, &body(json!("^1.0.0"), false)).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.text());
-        assert_eq!(answer.json()["choices"][0]["text"], BARE, "{path}");
+        assert_eq!(answer.json()["choices"][0]["text"], FENCED, "{path}");
         assert!(!last_user_message().starts_with("version two"), "^1.0.0 is the built-in 1.0.0");
         for constraint in ["^2.0.0", "2.0.0", "*"] {
             assert_eq!(t.post(path, &headers, &body(json!(constraint), false)).await.status, 200, "{constraint}");
@@ -247,10 +266,12 @@ async fn v3_and_v4_generation_pick_the_prompt_version_the_constraint_names() {
             &by_prompt_path,
         )
         .await;
+    assert_eq!((unmet.status, reference.status), (http::StatusCode::BAD_REQUEST, http::StatusCode::BAD_REQUEST));
     assert_eq!(
-        (unmet.status, reference.status),
-        (http::StatusCode::UNPROCESSABLE_ENTITY, http::StatusCode::UNPROCESSABLE_ENTITY)
+        unmet.json()["detail"],
+        json!("No version matching '^3.0.0' (available: ['1.0.0', '2.0.0'])"),
+        "{}",
+        unmet.text()
     );
-    assert!(unmet.json()["detail"].as_str().unwrap().contains("^3.0.0"), "{}", unmet.text());
     assert_eq!(t.model.requests().len(), calls, "no model call for an unmet constraint");
 }

@@ -36,11 +36,16 @@ async fn codestral_completion_sends_fim_prompt_and_answers_gitlab_shape() {
         body,
         json!({
             "id": "id",
-            "model": {"engine": "litellm", "name": "codestral", "lang": "python"},
+            "model": {"engine": "litellm", "name": "codestral", "lang": "python",
+                      "tokens_consumption_metadata": {"input_tokens": 12, "output_tokens": 5,
+                                                      "max_output_tokens_used": false,
+                                                      "context_tokens_sent": 0, "context_tokens_used": 0},
+                      "region": null},
             "experiments": [],
             "object": "text_completion",
             "created": created,
             "choices": [{"text": "return a + b", "index": 0, "finish_reason": "length"}],
+            "metadata": {"enabled_feature_flags": []},
         })
     );
 }
@@ -110,7 +115,8 @@ async fn unknown_language_answers_no_choices_and_calls_no_model() {
     assert_eq!(answer.status, 200);
     let json = answer.json();
     assert_eq!(json["choices"], json!([]));
-    assert_eq!(json["model"]["lang"], json!(null));
+    assert_eq!(json["model"]["lang"], json!(""), "GitLab's gateway reports no language as \"\"");
+    assert_eq!(json["model"]["tokens_consumption_metadata"], json!(null));
     assert!(t.model.requests().is_empty(), "no model call");
 }
 

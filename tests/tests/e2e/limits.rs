@@ -184,7 +184,7 @@ async fn flaky_server(drop_first: usize) -> (std::net::SocketAddr, std::sync::Ar
 }
 
 #[tokio::test]
-async fn a_connection_dropped_before_any_byte_is_retried_once() {
+async fn a_connection_dropped_before_any_byte_is_retried_within_the_bound() {
     let t = TestGateway::start().await;
     let (addr, connections) = flaky_server(1).await;
     let mut body = t.completion_body("codestral", None, false);
@@ -198,7 +198,8 @@ async fn a_connection_dropped_before_any_byte_is_retried_once() {
     body["model_endpoint"] = serde_json::json!(format!("http://{addr}/v1"));
     let answer = t.complete(&body).await;
     assert_eq!(answer.status, 502, "{}", answer.text());
-    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2, "one retry, no more");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3, "two retries, no more");
+    assert_eq!(answer.json()["detail"], "The model server could not be reached (after 3 calls)");
 }
 
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -225,27 +226,35 @@ async fn timeouts_answer_in_each_endpoints_form_and_are_counted_by_phase() {
     let ok = t.post("/v2/chat/agent", &headers, &chat).await;
     assert_eq!(aigw_tests::final_answer(&ok.ndjson()), "Use git bisect.");
 
-    // Before the first byte: 504 JSON, for chat as for code.
+    // Before the first byte: code answers 504 JSON; chat reports it in its 200 stream.
     t.model.set_reply(Reply { head_delay: Duration::from_millis(1500), ..Reply::default() });
-    let late = t.post("/v2/chat/agent", &headers, &chat).await;
+    let late = t.complete(&t.completion_body("codestral", None, false)).await;
     assert_eq!(late.status, 504);
     assert_eq!(late.json(), serde_json::json!({"detail": "The model server did not answer in time"}));
+    let late = t.post("/v2/chat/agent", &headers, &chat).await;
+    assert_eq!(late.status, 200);
+    assert_eq!(
+        late.ndjson(),
+        vec![
+            serde_json::json!({"type": "error", "data": {"message": "The model server did not answer in time", "retryable": false}})
+        ]
+    );
 
-    // After the stream started: chat ends with its NDJSON error event, retryable.
+    // After the stream started: chat ends with its NDJSON error event.
     t.model.set_reply(Reply { chunk_delay: Duration::from_millis(1500), ..Reply::default() });
     let stalled = t.post("/v2/chat/agent", &headers, &chat).await;
     assert_eq!(stalled.status, 200, "the head went out before the stall");
     let events = stalled.ndjson();
     assert_eq!(
         events.last().unwrap(),
-        &serde_json::json!({"type": "error", "data": {"message": "The model server did not answer in time", "retryable": true}})
+        &serde_json::json!({"type": "error", "data": {"message": "The model server did not answer in time", "retryable": false}})
     );
 
     let text = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
     let failures = |reason: &str| {
         metric(&text, &format!("aigw_upstream_failures_total{{provider=\"custom_openai\",reason=\"{reason}\"}}"))
     };
-    assert_eq!(failures("first_byte_timeout"), Some(1.0), "{text}");
+    assert_eq!(failures("first_byte_timeout"), Some(2.0), "{text}");
     assert_eq!(failures("idle_timeout"), Some(1.0), "{text}");
 }
 
@@ -279,7 +288,7 @@ async fn connect_timeout_obeyed_and_violated() {
     let started = std::time::Instant::now();
     let answer = t.complete(&body).await;
     assert_eq!(answer.status, 504, "{}", answer.text());
-    assert_eq!(answer.json()["detail"], "The model server did not answer in time");
+    assert_eq!(answer.json()["detail"], "The model server did not answer in time (after 3 calls)");
     assert!(started.elapsed() < Duration::from_secs(5), "the connect timeout, not the total one, fired");
     let text = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
     let series = "aigw_upstream_failures_total{provider=\"custom_openai\",reason=\"connect_timeout\"}";

@@ -19,6 +19,7 @@ mod prompts_chat;
 mod providers;
 mod registry;
 mod reload;
+mod retries;
 mod sandbox;
 mod settings;
 mod tls;

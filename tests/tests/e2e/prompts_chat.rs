@@ -30,17 +30,27 @@ async fn test_connection_works_with_the_percent_encoded_id() {
 }
 
 #[tokio::test]
-async fn v2_prompts_answer_content_and_usage_and_stream_ndjson() {
+async fn v2_prompts_answer_content_and_usage_keyed_as_gitlab_keys_them() {
     let t = TestGateway::start().await;
     t.model.set_reply(Reply { text: "OK then".into(), chunks: 2, usage: (9, 2), ..Reply::default() });
     let answer =
         call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(false)).await;
-    assert_eq!(answer.json(), json!({"content": "OK then", "usage": {"input_tokens": 9, "output_tokens": 2}}));
+    // A whole answer's usage is keyed by the family the instance named …
+    assert_eq!(
+        answer.json(),
+        json!({"content": "OK then", "usage": {"mistral": {"input_tokens": 9, "output_tokens": 2}}})
+    );
 
+    // … a stream's by the model that answered, on a last line after one line per model event
+    // (the two pieces, the finish event, the usage event), as GitLab's gateway streams it.
     let stream =
         call(&t, "/v2/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(true)).await;
-    assert_eq!(stream.header("content-type"), Some("application/x-ndjson"));
-    assert_eq!(stream.text(), "{\"content\":\"OK t\"}\n{\"content\":\"hen\"}\n");
+    assert_eq!(stream.header("content-type"), Some("text/event-stream; charset=utf-8"));
+    assert_eq!(
+        stream.text(),
+        "{\"content\":\"OK t\"}\n{\"content\":\"hen\"}\n{\"content\":\"\"}\n{\"content\":\"\"}\n\
+         {\"content\":\"\",\"usage\":{\"mistral-small\":{\"input_tokens\":9,\"output_tokens\":2}}}\n"
+    );
 
     let v1_stream =
         call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(true)).await;
@@ -53,12 +63,24 @@ async fn prompt_errors_have_gitlabs_statuses() {
     let unknown = call(&t, "/v1/prompts/does%2Fnot_exist", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!(
         (unknown.status.as_u16(), unknown.json()),
-        (404, json!({"detail": "Prompt 'does/not_exist' not found"}))
+        (
+            400,
+            json!({"detail": "Failed to load prompt definition for 'does/not_exist': no such prompt in the registry"})
+        )
     );
 
     let mut bad_version = t.test_connection_body(false);
-    bad_version["prompt_version"] = json!("^7.0.0");
-    assert_eq!(call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &bad_version).await.status, 422);
+    for (constraint, detail) in [
+        ("^7.0.0", "No version matching '^7.0.0' (available: ['1.0.0'])"),
+        (
+            "not-a-version",
+            "Version 'not-a-version' is not a valid PEP 440 constraint and no exact match found (available: ['1.0.0'])",
+        ),
+    ] {
+        bad_version["prompt_version"] = json!(constraint);
+        let refused = call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &bad_version).await;
+        assert_eq!((refused.status.as_u16(), refused.json()), (400, json!({"detail": detail})));
+    }
     bad_version["prompt_version"] = json!("^1.0.0");
     assert_eq!(call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &bad_version).await.status, 200);
 
@@ -67,10 +89,24 @@ async fn prompt_errors_have_gitlabs_statuses() {
         call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(false)).await;
     assert_eq!((failed.status.as_u16(), failed.json()), (421, json!({"detail": "500: Internal Server Error"})));
 
-    t.model.set_reply(Reply { status: 429, retry_after: Some("3".into()), ..Reply::default() });
-    let limited =
-        call(&t, "/v1/prompts/model_configuration%2Fcheck", &["complete_code"], &t.test_connection_body(false)).await;
-    assert_eq!((limited.status.as_u16(), limited.header("retry-after")), (429, Some("3")));
+    // Every model-server HTTP error is a 421 that names it, 429 included: Rails shows the text as
+    // what the model server returned.
+    for (status, detail) in
+        [(429, "429: Too Many Requests"), (401, "401: Unauthorized"), (503, "503: Service Unavailable")]
+    {
+        t.model.set_reply(Reply { status, retry_after: Some("3".into()), ..Reply::default() });
+        for api in ["v1", "v2"] {
+            for stream in [false, true] {
+                let path = format!("/{api}/prompts/model_configuration%2Fcheck");
+                let failed = call(&t, &path, &["complete_code"], &t.test_connection_body(stream)).await;
+                assert_eq!(
+                    (failed.status.as_u16(), failed.json(), failed.header("retry-after")),
+                    (421, json!({"detail": detail}), None),
+                    "{path} stream={stream}"
+                );
+            }
+        }
+    }
 }
 
 fn chat_body(t: &TestGateway, content: Value, stream: bool) -> Value {

@@ -69,6 +69,9 @@ struct CodeInput {
     stream: bool,
     prompt: GenerationPrompt,
     target: ModelTarget,
+    /// Strip a generation's code fence (v2 does, as GitLab's gateway does; v3 and v4 send the
+    /// model's text as it is).
+    strip_fence: bool,
 }
 
 /// The answer before it takes an endpoint's shape.
@@ -76,9 +79,22 @@ enum CodeOutcome {
     /// No language could be resolved: no suggestion, no model call.
     NoLanguage,
     /// A complete suggestion.
-    Text { lang: &'static str, text: String },
+    Text {
+        lang: &'static str,
+        text: String,
+        /// What the model server reported.
+        usage: Option<wit::Usage>,
+        /// The model stopped at its output limit.
+        cut_at_limit: bool,
+    },
     /// A streamed suggestion.
-    Stream { lang: &'static str, chunks: Box<ChunkStream>, fence: Option<FenceStripper> },
+    Stream { chunks: Box<ChunkStream>, fence: Option<FenceStripper> },
+}
+
+/// A code answer: the display name of the prompt that made it, and the outcome.
+struct CodeAnswer {
+    prompt_name: String,
+    outcome: CodeOutcome,
 }
 
 fn too_long_issue(loc: Vec<Value>) -> ValidationIssue {
@@ -143,8 +159,8 @@ fn generation_prompt(
     }
 }
 
-/// Render the prompt, call the model, and strip a generation's code fence.
-async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeOutcome, GatewayError> {
+/// Render the prompt, call the model, and strip a generation's code fence where the endpoint does.
+async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, GatewayError> {
     let family = input.target.family.clone();
     let prompts = state.prompts();
     let prompt = match (input.task, &input.prompt) {
@@ -154,16 +170,18 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeOutcome, 
         }
         (Task::Generation, _) => prompts.code_generation(&family)?,
     };
-    let Some(lang) = language::resolve(input.language_identifier.as_deref(), &input.file_name) else {
+    let prompt_name = prompt.name.clone();
+    let lang = language::reported(input.language_identifier.as_deref(), &input.file_name);
+    let Some(language) = language::resolve(input.language_identifier.as_deref(), &input.file_name) else {
         // GitLab's gateway answers an unknown language with no suggestion and calls no model.
-        return Ok(CodeOutcome::NoLanguage);
+        return Ok(CodeAnswer { prompt_name, outcome: CodeOutcome::NoLanguage });
     };
     let (prefix, suffix) = match prompt.budget {
         Some(budget) => trim_to_budget(&input.above, &input.below, budget),
         None => (input.above.as_str(), input.below.as_str()),
     };
     let variables = minijinja::context! {
-        prefix => prefix, suffix => suffix, language => lang, file_name => input.file_name,
+        prefix => prefix, suffix => suffix, language => language, file_name => input.file_name,
     };
     let messages = match input.prompt {
         GenerationPrompt::Text(text) if input.task == Task::Generation => {
@@ -176,22 +194,26 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeOutcome, 
     if input.task == Task::Completion {
         job = job.with_fill_in_middle(prefix, suffix);
     }
-    let strip = input.task == Task::Generation;
+    let strip = input.task == Task::Generation && input.strip_fence;
     if input.stream {
         let chunks = Box::new(pipeline::stream(state, job).await?.first_piece().await?);
-        return Ok(CodeOutcome::Stream { lang, chunks, fence: strip.then(FenceStripper::default) });
+        let outcome = CodeOutcome::Stream { chunks, fence: strip.then(FenceStripper::default) };
+        return Ok(CodeAnswer { prompt_name, outcome });
     }
     let completion = pipeline::complete(state, job).await?;
+    let cut_at_limit = matches!(completion.finish_reason, Some(wit::FinishReason::Length));
     let text = if strip { FenceStripper::strip(&completion.text) } else { completion.text };
-    Ok(CodeOutcome::Text { lang, text })
+    let outcome = CodeOutcome::Text { lang, text, usage: completion.usage, cut_at_limit };
+    Ok(CodeAnswer { prompt_name, outcome })
 }
 
-/// `model` of every code answer: the provider as GitLab named it, the family, the language.
+/// `model` of the v3/v4 answers: the provider as GitLab named it (or `agent` for a registry
+/// prompt), the family (or the prompt's name), the language (`""` when none resolved).
 #[derive(Serialize)]
 struct ModelInfo {
     engine: String,
     name: String,
-    lang: Option<&'static str>,
+    lang: &'static str,
 }
 
 #[derive(Serialize)]

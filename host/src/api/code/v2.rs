@@ -2,8 +2,8 @@
 //! fields, GitLab's `text_completion` answer, a raw text stream.
 
 use super::{
-    Choice, CodeInput, CodeOutcome, GenerationPrompt, MAX_CONTEXT_ITEMS, ModelInfo, PromptVersion, Task, check_content,
-    choices, generation_prompt, run,
+    Choice, CodeInput, CodeOutcome, GenerationPrompt, MAX_CONTEXT_ITEMS, PromptVersion, Task, check_content, choices,
+    generation_prompt, run,
 };
 use crate::api::stream::raw_text_response;
 use crate::api::{parse_json, unix_now};
@@ -42,14 +42,45 @@ struct V2Request {
     context: Vec<Value>,
 }
 
+/// GitLab's `text_completion` answer, in its field order.
 #[derive(Serialize)]
 struct V2Answer<'a> {
     id: &'a str,
-    model: ModelInfo,
+    model: V2Model<'a>,
     experiments: [(); 0],
     object: &'a str,
     created: u64,
     choices: Vec<Choice<'a>>,
+    metadata: FeatureFlags,
+}
+
+#[derive(Serialize)]
+struct V2Model<'a> {
+    engine: &'a str,
+    name: &'a str,
+    lang: &'static str,
+    tokens_consumption_metadata: Option<TokensConsumption>,
+    region: Option<&'a str>,
+}
+
+/// What a completion cost, as GitLab's gateway reports it with completions (generations report
+/// `null`).
+#[derive(Serialize)]
+struct TokensConsumption {
+    input_tokens: u32,
+    output_tokens: u32,
+    /// The model stopped at its output limit.
+    max_output_tokens_used: bool,
+    /// Characters of `context` the instance sent (GitLab's count for self-hosted models).
+    context_tokens_sent: usize,
+    /// Of those, how many the prompt used.
+    context_tokens_used: usize,
+}
+
+/// `metadata` of v2 answers: the feature flags the gateway ran with (none here).
+#[derive(Serialize)]
+struct FeatureFlags {
+    enabled_feature_flags: [(); 0],
 }
 
 /// `POST /v2/code/completions` (alias `/v2/completions`) and `POST /v2/code/generations`.
@@ -96,7 +127,15 @@ pub(crate) async fn handle_v2(
             generation_prompt(request.prompt_version, request.prompt.as_ref(), request.prompt_id.as_deref())?
         }
     };
-    let family = target.family.clone();
+    // A generation answer names the provider and family (`custom_openai/mistral`), or, for a
+    // registry prompt, the prompt; a completion names the family.
+    let by_prompt = matches!(prompt, GenerationPrompt::ById { .. });
+    let name = match task {
+        Task::Completion => target.family.clone(),
+        Task::Generation => format!("{}/{}", target.provider, target.family),
+    };
+    let context_chars: usize =
+        request.context.iter().filter_map(|item| item["content"].as_str()).map(|c| c.chars().count()).sum();
     let input = CodeInput {
         task,
         file_name: request.current_file.file_name,
@@ -106,21 +145,37 @@ pub(crate) async fn handle_v2(
         stream: request.stream,
         prompt,
         target,
+        strip_fence: true,
     };
-    let v2_answer = |lang: Option<&'static str>, text: Option<&str>| {
+    let answer = run(state, input).await?;
+    let (engine, name) =
+        if by_prompt { ("agent", answer.prompt_name.as_str()) } else { (engine.as_str(), name.as_str()) };
+    let region = state.config.region.as_deref();
+    let v2_answer = |lang: &'static str, text: Option<&str>, tokens: Option<TokensConsumption>| {
         let answer = V2Answer {
             id: "id",
-            model: ModelInfo { engine: engine.clone(), name: family.clone(), lang },
+            model: V2Model { engine, name, lang, tokens_consumption_metadata: tokens, region },
             experiments: [],
             object: "text_completion",
             created: unix_now(),
             choices: choices(text),
+            metadata: FeatureFlags { enabled_feature_flags: [] },
         };
         json_response(http::StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default().into())
     };
-    Ok(match run(state, input).await? {
-        CodeOutcome::NoLanguage => v2_answer(None, None),
-        CodeOutcome::Text { lang, text } => v2_answer(Some(lang), Some(&text)),
+    Ok(match answer.outcome {
+        CodeOutcome::NoLanguage => v2_answer("", None, None),
+        CodeOutcome::Text { lang, text, usage, cut_at_limit } => {
+            let tokens = (task == Task::Completion).then(|| TokensConsumption {
+                input_tokens: usage.as_ref().map_or(0, |u| u.input_tokens),
+                output_tokens: usage.as_ref().map_or(0, |u| u.output_tokens),
+                max_output_tokens_used: cut_at_limit,
+                context_tokens_sent: context_chars,
+                // The completion prompts do not use the instance's context yet.
+                context_tokens_used: 0,
+            });
+            v2_answer(lang, Some(&text), tokens)
+        }
         CodeOutcome::Stream { chunks, fence, .. } => raw_text_response(*chunks, fence),
     })
 }

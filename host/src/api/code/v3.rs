@@ -6,7 +6,7 @@ use super::{
     generation_prompt, run,
 };
 use crate::api::model::ModelMetadata;
-use crate::api::stream::{raw_text_response, v4_sse_response};
+use crate::api::stream::{V4Content, raw_text_response, v4_sse_response};
 use crate::api::{parse_json, unix_now};
 use crate::auth::Principal;
 use crate::error::{GatewayError, ValidationIssue};
@@ -104,35 +104,74 @@ pub(crate) async fn handle_v3(
         stream: payload.stream,
         prompt,
         target,
+        strip_fence: false,
     };
-    let metadata = |lang: Option<&'static str>| V3Metadata {
-        model: ModelInfo { engine: engine.clone(), name: family.clone(), lang },
-        timestamp: unix_now(),
+    let answer = run(state, input).await?;
+    // A completion names the provider and family the instance sent; a generation, and every
+    // stream's start, the prompt that made it (GitLab's gateway runs those as its "agent").
+    let model = |lang: &'static str| match task {
+        Task::Completion => ModelInfo { engine: engine.clone(), name: family.clone(), lang },
+        Task::Generation => ModelInfo { engine: AGENT.into(), name: answer.prompt_name.clone(), lang },
     };
-    Ok(match run(state, input).await? {
-        CodeOutcome::NoLanguage => v3_answer(None, metadata(None)),
-        CodeOutcome::Text { lang, text } => v3_answer(Some(&text), metadata(Some(lang))),
-        CodeOutcome::Stream { lang, chunks, fence } => match version {
+    Ok(match answer.outcome {
+        CodeOutcome::NoLanguage => v3_answer(None, model("")),
+        CodeOutcome::Text { lang, text, .. } => v3_answer(Some(&text), model(lang)),
+        CodeOutcome::Stream { chunks, fence, .. } => match version {
             Version::V3 => raw_text_response(*chunks, fence),
-            Version::V4 => v4_sse_response(*chunks, fence, metadata(Some(lang))),
+            Version::V4 => {
+                let start = StreamStart {
+                    model: StartModel { engine: AGENT, name: answer.prompt_name.clone() },
+                    timestamp: unix_now(),
+                    enabled_feature_flags: [],
+                    region: state.config.region.clone(),
+                };
+                let content = match task {
+                    Task::Completion => V4Content::EveryChunk,
+                    Task::Generation => V4Content::Whole,
+                };
+                v4_sse_response(*chunks, content, start)
+            }
         },
     })
 }
 
-/// `model` and `timestamp`, in GitLab's field order (a struct, so serde keeps the order).
+/// The engine GitLab's gateway names for answers made by a registry prompt.
+const AGENT: &str = "agent";
+
+/// `metadata` of a v3/v4 answer, in GitLab's field order. `region` is always `null` here, as
+/// GitLab's gateway sends it (only a stream's start carries the location).
 #[derive(Serialize)]
-pub(crate) struct V3Metadata {
-    model: ModelInfo,
+struct V3Metadata<'a> {
+    model: &'a ModelInfo,
     timestamp: u64,
+    enabled_feature_flags: [(); 0],
+    region: Option<String>,
 }
 
 #[derive(Serialize)]
 struct V3Answer<'a> {
     choices: Vec<Choice<'a>>,
-    metadata: V3Metadata,
+    metadata: V3Metadata<'a>,
+    model: &'a ModelInfo,
 }
 
-fn v3_answer(text: Option<&str>, metadata: V3Metadata) -> http::Response<Body> {
-    let body = serde_json::to_vec(&V3Answer { choices: choices(text), metadata }).unwrap_or_default();
+/// `metadata` of the v4 `stream_start` event.
+#[derive(Serialize)]
+pub(crate) struct StreamStart {
+    model: StartModel,
+    timestamp: u64,
+    enabled_feature_flags: [(); 0],
+    region: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StartModel {
+    engine: &'static str,
+    name: String,
+}
+
+fn v3_answer(text: Option<&str>, model: ModelInfo) -> http::Response<Body> {
+    let metadata = V3Metadata { model: &model, timestamp: unix_now(), enabled_feature_flags: [], region: None };
+    let body = serde_json::to_vec(&V3Answer { choices: choices(text), metadata, model: &model }).unwrap_or_default();
     json_response(http::StatusCode::OK, body.into())
 }
