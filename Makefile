@@ -10,7 +10,7 @@ GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
 GUEST_PROFILE    := guest
 
-.PHONY: all build run test bench lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+.PHONY: all build run test parity bench lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
 
 all: build
 
@@ -61,6 +61,11 @@ run: build
 ## test: the whole suite.
 test: build test-guests component-artifacts
 	$(CARGO) test --release --workspace
+
+## parity: replay GitLab's recorded transcripts (AIGW_GITLAB_REFERENCE, default ../shared/reference)
+## and compare aigw's answers with GitLab's gateway's; report in target/parity/report.txt.
+parity: build
+	$(CARGO) run --release -p aigw-tests --bin parity
 
 ## bench: aigw's own measurements (not part of `make test`); results also in target/bench/*.json.
 bench: build

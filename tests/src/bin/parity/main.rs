@@ -1,0 +1,167 @@
+//! `make parity`: replays GitLab's recorded transcripts against aigw and reports, case by case,
+//! whether aigw answers as GitLab's own gateway did.
+//!
+//! For every case it serves the model server's recorded answers from the mock model server,
+//! sends the recorded GitLab request with a real token from a mock GitLab instance, and compares
+//! aigw's answer with GitLab's (see `compare`), or, for a deliberate deviation, checks the answer
+//! aigw gives instead (see `deviations`). The reference directory is `AIGW_GITLAB_REFERENCE`
+//! (default `../shared/reference` beside the workspace); without it the run fails, it never
+//! skips. The model-server requests aigw sends are not compared here: the prompt text is its own.
+
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test runner: failing loudly is the point"
+)]
+
+mod compare;
+mod deviations;
+mod transcript;
+
+use aigw_tests::{Recording, Setup, TestGateway, component, instance_claims, workspace};
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::Method;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use transcript::Case;
+
+/// How one case came out.
+enum Outcome {
+    Equal,
+    Deviation { name: &'static str, wrong: Vec<String> },
+    Different(Vec<String>),
+}
+
+#[tokio::main]
+async fn main() {
+    match run().await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("parity: {error:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn reference_directory() -> PathBuf {
+    match std::env::var_os("AIGW_GITLAB_REFERENCE") {
+        Some(directory) => PathBuf::from(directory),
+        None => workspace().join("../shared/reference"),
+    }
+}
+
+async fn run() -> Result<bool> {
+    let reference = reference_directory();
+    let transcripts = reference.join("gitlab-transcripts");
+    if !transcripts.is_dir() {
+        bail!(
+            "GitLab's transcripts are not at {} (set AIGW_GITLAB_REFERENCE to the reference directory)",
+            transcripts.display()
+        );
+    }
+    let cases = transcript::load(&transcripts)?;
+    let stale = deviations::unknown_names(&cases);
+    if !stale.is_empty() {
+        bail!("deviations name cases the transcripts do not have: {stale:?}");
+    }
+    // The recording ran with GitLab's default location, which its answers report as `region`.
+    let gateway = Setup::default()
+        .plugin(component("plugins/ollama.wasm"), "ollama.wasm")
+        .env("AIGW_GOOGLE_CLOUD_PLATFORM__LOCATION", "us-central1")
+        .start()
+        .await;
+
+    let mut report = String::new();
+    let (mut equal, mut deviating, mut open, mut failed) = (0, 0, 0, 0);
+    for case in &cases {
+        let outcome = replay(&gateway, case).await.with_context(|| format!("replaying {:?}", case.name))?;
+        match outcome {
+            Outcome::Equal if deviations::open_reason(case).is_some() => {
+                failed += 1;
+                writeln!(report, "NOW EQUAL  {} (take it off the open differences)", case.name)?;
+            }
+            Outcome::Equal => {
+                equal += 1;
+                writeln!(report, "equal      {}", case.name)?;
+            }
+            Outcome::Deviation { name, wrong } if wrong.is_empty() => {
+                deviating += 1;
+                writeln!(report, "deviation  {} ({name})", case.name)?;
+            }
+            Outcome::Deviation { name, wrong } => {
+                failed += 1;
+                writeln!(report, "WRONG      {} (deviation: {name})", case.name)?;
+                for line in wrong {
+                    writeln!(report, "             {line}")?;
+                }
+            }
+            Outcome::Different(found) if deviations::open_reason(case).is_some() => {
+                open += 1;
+                let reason = deviations::open_reason(case).unwrap_or_default();
+                writeln!(report, "open       {} ({reason})", case.name)?;
+                for line in found {
+                    writeln!(report, "             {line}")?;
+                }
+            }
+            Outcome::Different(found) => {
+                failed += 1;
+                writeln!(report, "DIFFERENT  {} ({})", case.name, case.file)?;
+                for line in found {
+                    writeln!(report, "             {line}")?;
+                }
+            }
+        }
+    }
+    writeln!(
+        report,
+        "\n{} cases replayed: {equal} equal to GitLab's answer, {deviating} deliberate deviations answered as \
+         documented, {open} open differences, {failed} failed",
+        cases.len()
+    )?;
+    writeln!(report, "\ndeliberate deviations:")?;
+    for deviation in deviations::all() {
+        writeln!(report, "- {}: {}", deviation.name, deviation.reason)?;
+    }
+    writeln!(report, "- clean end after an error event: {}", deviations::CLEAN_END_AFTER_ERROR_EVENT)?;
+    print!("{report}");
+    let directory = workspace().join("target/parity");
+    std::fs::create_dir_all(&directory)?;
+    std::fs::write(directory.join("report.txt"), &report)?;
+    Ok(failed == 0)
+}
+
+async fn replay(gateway: &TestGateway, case: &Case) -> Result<Outcome> {
+    let recordings = case
+        .model_calls
+        .iter()
+        .flat_map(|call| {
+            let recording =
+                Recording { status: call.status, content_type: call.content_type.clone(), body: call.body.clone() };
+            std::iter::repeat_n(recording, call.times)
+        })
+        .collect();
+    gateway.model.replay(recordings);
+    let endpoint = if case.endpoint_is_server_root() { gateway.model.root_url() } else { gateway.model.base_url() };
+    let mut claims = instance_claims(&gateway.gitlab.url(), &[]);
+    claims["scopes"] = serde_json::json!(case.scopes);
+    claims["sub"] = serde_json::json!(case.instance_id);
+    claims["gitlab_instance_id"] = serde_json::json!(case.instance_id);
+    let token = gateway.key.sign(&claims);
+    let headers: Vec<(String, String)> =
+        case.headers.iter().map(|(name, value)| (name.clone(), value.replace("<token>", &token))).collect();
+    let body = Bytes::from(case.body.replace("{model_endpoint}", &endpoint));
+    let method = Method::from_bytes(case.method.as_bytes())?;
+    let answer = gateway.request_allowing_abort(method, &case.path, &headers, body).await;
+    gateway.model.replay(Vec::new());
+    Ok(match deviations::of(case) {
+        Some(deviation) => Outcome::Deviation { name: deviation.name, wrong: deviation.check(&answer) },
+        None => {
+            let found = compare::differences(&case.answer, &answer);
+            if found.is_empty() { Outcome::Equal } else { Outcome::Different(found) }
+        }
+    })
+}
