@@ -253,7 +253,13 @@ pub(crate) async fn handle(
     let prompt = prompts.for_family(PROMPT_ID, &target.family, None)?;
     let variables = minijinja::context! { tools => tools, unavailable_resources => request.unavailable_resources };
     let mut system = prompts.render(prompt, &variables)?;
+    // A last assistant message in the prompt is its prefill: it goes after the conversation.
+    let prefill = match system.last() {
+        Some(last) if system.len() > 1 && matches!(last.role, wit::Role::Assistant) => system.pop(),
+        _ => None,
+    };
     system.append(&mut messages);
+    system.extend(prefill);
     let mut sampling = prompt.sampling();
     if sampling.stop.is_empty() {
         // The model must stop where the observation, which GitLab supplies, would begin.

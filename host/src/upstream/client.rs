@@ -16,8 +16,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// What OpenAI-compatible servers get as bearer token when the operator configured no key; they
-/// ignore it, but many reject a request without one. Same value as GitLab's gateway.
-pub(crate) const PLACEHOLDER_API_KEY: &str = "stubbed-api-key";
+/// ignore it, but many reject a request without one. The value GitLab's gateway sends
+/// (`ModelMetadata.to_params`; its older code paths sent `stubbed-api-key`).
+pub(crate) const PLACEHOLDER_API_KEY: &str = "dummy_key";
 
 /// Largest complete (non-streamed) answer read from a model server, bytes.
 pub(crate) const MAX_ANSWER_BYTES: usize = 16 << 20;

@@ -14,7 +14,7 @@ pub const PROVIDERS: [&str; 1] = ["azure"];
 pub const API_VERSION: &str = "2024-10-21";
 
 /// Azure names the model by deployment, in the path; the body carries no `model`.
-const DIALECT: Dialect = Dialect { model_in_body: false, stream_options: true };
+const DIALECT: Dialect = Dialect { model_in_body: false, stream_options: true, prefix_last_assistant: false };
 
 /// Plugin identity reported to the host.
 pub fn info() -> PluginInfo {

@@ -13,9 +13,9 @@ pub const PROVIDERS: [&str; 2] = ["mistral", "codestral"];
 /// Mistral's public API. Like LiteLLM's `api_base`, the endpoint includes `/v1`.
 pub const DEFAULT_ENDPOINT: &str = "https://api.mistral.ai/v1";
 
-/// Mistral refuses unknown fields (so no `stream_options`) and reports usage in the last chunk
-/// without being asked.
-const DIALECT: Dialect = Dialect { model_in_body: true, stream_options: false };
+/// Mistral refuses unknown fields (so no `stream_options`), reports usage in the last chunk
+/// without being asked, and continues a last assistant message only when it says `prefix`.
+const DIALECT: Dialect = Dialect { model_in_body: true, stream_options: false, prefix_last_assistant: true };
 
 /// Plugin identity reported to the host.
 pub fn info() -> PluginInfo {
@@ -115,5 +115,15 @@ mod tests {
         chat.model = "codestral-latest".into();
         chat.fill_in_middle = None;
         assert_eq!(build_request(&chat).unwrap().path, "/chat/completions");
+    }
+
+    #[test]
+    fn a_last_assistant_message_is_a_prefix_mistral_continues() {
+        let mut chat = completion("mistral-large-latest");
+        chat.fill_in_middle = None;
+        chat.messages.push(Message { role: Role::Assistant, content: "Thought:".into() });
+        let body: Value = serde_json::from_slice(&build_request(&chat).unwrap().body).unwrap();
+        assert_eq!(body["messages"][1], json!({"role": "assistant", "content": "Thought:", "prefix": true}));
+        assert_eq!(body["messages"][0].get("prefix"), None, "only the last assistant message");
     }
 }

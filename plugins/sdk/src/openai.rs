@@ -1,7 +1,7 @@
 //! The OpenAI chat completions wire format, spoken by vLLM and every OpenAI-compatible server,
 //! Azure OpenAI and Mistral: the request body, the complete answer and the SSE stream events.
 
-use crate::types::{Completion, FinishReason, Message, ModelRequest, PluginError, StreamChunk, Usage};
+use crate::types::{Completion, FinishReason, ModelRequest, PluginError, Role, StreamChunk, Usage};
 use crate::{done_chunk, invalid, malformed, role_name, to_json};
 use serde::{Deserialize, Serialize};
 
@@ -13,11 +13,14 @@ pub struct Dialect {
     /// Ask for a final usage chunk with `stream_options` (Mistral sends usage unasked and refuses
     /// unknown fields).
     pub stream_options: bool,
+    /// Mark a last assistant message (a prefill the model continues, such as ReAct's
+    /// `Thought:`) with `"prefix": true`, which Mistral's API requires of one.
+    pub prefix_last_assistant: bool,
 }
 
 impl Dialect {
     /// OpenAI and the servers that copy it.
-    pub const OPENAI: Dialect = Dialect { model_in_body: true, stream_options: true };
+    pub const OPENAI: Dialect = Dialect { model_in_body: true, stream_options: true, prefix_last_assistant: false };
 }
 
 #[derive(Serialize)]
@@ -62,6 +65,8 @@ impl<'a> SamplingFields<'a> {
 struct ChatMessage<'a> {
     role: &'static str,
     content: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    prefix: bool,
 }
 
 #[derive(Serialize)]
@@ -85,15 +90,23 @@ pub fn chat_body(request: &ModelRequest, dialect: Dialect) -> Result<Vec<u8>, Pl
     check_request(request)?;
     to_json(&ChatRequest {
         model: dialect.model_in_body.then_some(request.model.as_str()),
-        messages: request.messages.iter().map(chat_message).collect(),
+        messages: request
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(index, message)| {
+                let last_assistant = index + 1 == request.messages.len() && matches!(message.role, Role::Assistant);
+                ChatMessage {
+                    role: role_name(message.role),
+                    content: &message.content,
+                    prefix: dialect.prefix_last_assistant && last_assistant,
+                }
+            })
+            .collect(),
         sampling: SamplingFields::of(request),
         stream: request.stream,
         stream_options: (request.stream && dialect.stream_options).then_some(StreamOptions { include_usage: true }),
     })
-}
-
-fn chat_message(message: &Message) -> ChatMessage<'_> {
-    ChatMessage { role: role_name(message.role), content: &message.content }
 }
 
 #[derive(Deserialize)]
@@ -187,7 +200,7 @@ pub fn parse_event(_event: Option<&str>, data: &[u8]) -> Result<StreamChunk, Plu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{FillInMiddle, Role, Sampling};
+    use crate::types::{FillInMiddle, Message, Sampling};
     use serde_json::{Value, json};
 
     fn request(stream: bool) -> ModelRequest {
@@ -231,7 +244,7 @@ mod tests {
     fn dialects_differ_in_model_and_stream_options() {
         let openai: Value = serde_json::from_slice(&chat_body(&request(true), Dialect::OPENAI).unwrap()).unwrap();
         assert_eq!(openai["stream_options"], json!({"include_usage": true}));
-        let bare = Dialect { model_in_body: false, stream_options: false };
+        let bare = Dialect { model_in_body: false, stream_options: false, prefix_last_assistant: false };
         let other: Value = serde_json::from_slice(&chat_body(&request(true), bare).unwrap()).unwrap();
         assert_eq!(other.get("model"), None);
         assert_eq!(other.get("stream_options"), None);

@@ -25,16 +25,15 @@ async fn react_round_trip_action_then_final_answer() {
     let t = TestGateway::start().await;
     let question = json!({"role": "user", "content": "What is issue #12 about?"});
 
-    // Step 1: the model asks for a tool.
+    // Step 1: the model asks for a tool, continuing the prompt's `Thought:` prefill.
     t.model.set_reply(Reply {
-        text: "Thought: I need to read the issue.\nAction: issue_reader\nAction Input: What is issue #12 about?".into(),
+        text: " I need to read the issue.\nAction: issue_reader\nAction Input: What is issue #12 about?".into(),
         chunks: 6,
         ..Reply::default()
     });
     let first = step(&t, &SCOPES, &json!({"messages": [question], "model_metadata": metadata(&t)})).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let first_events = events(&first);
-    // aigw's own prompt has no `Thought:` prefill, so the model's `Thought:` is the marker.
     assert_eq!(
         first_events[0],
         json!({"type": "action", "data": {"thought": "I need to read the issue.", "tool": "issue_reader",
@@ -51,6 +50,8 @@ async fn react_round_trip_action_then_final_answer() {
     assert_eq!(upstream["stream"], json!(true));
     let system = upstream["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("- issue_reader:") && !system.contains("epic_reader"), "tools follow scopes: {system}");
+    let prefill = json!({"role": "assistant", "content": "Thought:"});
+    assert_eq!(upstream["messages"].as_array().unwrap().last(), Some(&prefill), "the prefill comes last");
 
     // Step 2: GitLab ran the tool and sends the observation back.
     t.model.set_reply(Reply {
@@ -78,6 +79,20 @@ async fn react_round_trip_action_then_final_answer() {
         json!({"role": "assistant", "content": "Thought: I need to read the issue.\nAction: issue_reader\nAction Input: What is issue #12 about?"})
     );
     assert_eq!(messages[3], json!({"role": "user", "content": "Observation: Issue #12: CI fails randomly on main."}));
+    assert_eq!(messages[4], prefill);
+}
+
+#[tokio::test]
+async fn a_model_that_repeats_thought_keeps_it_in_the_thought_as_gitlab_does() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply {
+        text: "Thought: I need the issue.\nAction: issue_reader\nAction Input: #12".into(),
+        ..Reply::default()
+    });
+    let answer =
+        step(&t, &SCOPES, &json!({"messages": [{"role": "user", "content": "hi"}], "model_metadata": metadata(&t)}))
+            .await;
+    assert_eq!(events(&answer)[0]["data"]["thought"], "Thought: I need the issue.");
 }
 
 /// The single `error` event of an answer that is nothing else, and its status.

@@ -57,7 +57,12 @@ async fn agent_stream_sums_usage_split_over_events() {
     );
     let upstream = &t.model.requests()[0].body;
     assert!(upstream["system"].as_str().unwrap().contains("GitLab Duo Chat"), "the system prompt is top-level");
-    assert_eq!(upstream["messages"], json!([{"role": "user", "content": "How do I find the bad commit?"}]));
+    // The `Thought:` prefill is a last assistant turn, which the Messages API continues.
+    assert_eq!(
+        upstream["messages"],
+        json!([{"role": "user", "content": "How do I find the bad commit?"},
+               {"role": "assistant", "content": "Thought:"}])
+    );
 }
 
 #[tokio::test]

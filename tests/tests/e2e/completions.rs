@@ -61,7 +61,7 @@ async fn codegemma_bare_identifier_and_empty_key_use_the_placeholder() {
     assert_eq!(answer.json()["model"]["lang"], "python", "language from the .py extension");
 
     let upstream = &t.model.requests()[0];
-    assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer stubbed-api-key");
+    assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer dummy_key");
     assert_eq!(upstream.body["model"], "codegemma:7b-code");
     assert_eq!(
         upstream.body["messages"],

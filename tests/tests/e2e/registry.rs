@@ -146,9 +146,10 @@ async fn families_bring_their_own_prompt_defaults() {
     assert_eq!(upstream["max_tokens"], 1024);
     assert_eq!(upstream["stop"], json!(["Observation:"]));
     let messages = upstream["messages"].as_array().unwrap();
-    assert_eq!((messages.len(), &messages[0]["role"]), (1, &json!("user")));
+    assert_eq!((messages.len(), &messages[0]["role"]), (2, &json!("user")), "the question, then the prefill");
     let content = messages[0]["content"].as_str().unwrap();
     assert!(content.starts_with("You are GitLab Duo Chat") && content.ends_with("How do I find the bad commit?"));
+    assert_eq!(messages[1], json!({"role": "assistant", "content": "Thought:"}));
 }
 
 #[tokio::test]

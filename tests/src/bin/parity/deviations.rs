@@ -110,12 +110,6 @@ pub const OPEN: &[(&str, &str)] = &[
         "`model.name` is the prompt's name: GitLab's registry names it, aigw's own prompts have their own \
          names until `make parity` loads GitLab's registry (the prompt-parity issue)",
     ),
-    (
-        "v2 chat agent action, model repeats 'Thought:'",
-        "aigw's own ReAct prompt does not end with the `Thought:` prefill yet (the prompt-parity issue, \
-         part 2), so the model's `Thought:` is read as the marker; after the prefill the parser keeps it in \
-         the thought as GitLab's gateway does (unit test `a_repeated_thought_prefix_stays_in_the_thought`)",
-    ),
     ("v4 suggestions generation SSE", "`model.name` is the prompt's name (the prompt-parity issue)"),
     ("v4 suggestions generation non-stream", "`model.name` is the prompt's name (the prompt-parity issue)"),
     ("v4 suggestions completion stream", "`model.name` is the prompt's name (the prompt-parity issue)"),
