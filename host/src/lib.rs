@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub(crate) mod admission;
 pub(crate) mod api;
 pub mod auth;
 pub mod config;
@@ -138,6 +139,10 @@ impl Gateway {
             metrics_addr = metrics_listener.local_addr().ok();
             background.push(tokio::spawn(server::serve_metrics(metrics_listener, Arc::clone(&metrics))));
         }
+        admission::fit_file_limit(config.max_connections);
+        let connections = admission::Admission::new(config.max_connections);
+        let open = Arc::clone(&connections);
+        metrics.gauge("aigw_open_connections", "Client connections open now.", move || open.open() as u64);
         let state = Arc::new(AppState {
             prompts: arc_swap::ArcSwap::from_pointee(prompts),
             config,
@@ -145,6 +150,7 @@ impl Gateway {
             plugins: registry,
             upstreams,
             metrics,
+            connections,
         });
         if let Some(dir) = state.config.prompts_dir.clone() {
             let (watched, watched_dir) = (Arc::clone(&state), dir.clone());

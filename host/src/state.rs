@@ -23,6 +23,8 @@ pub(crate) struct AppState {
     pub upstreams: Vec<Upstream>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// Open client connections and their cap.
+    pub(crate) connections: Arc<crate::admission::Admission>,
 }
 
 impl AppState {

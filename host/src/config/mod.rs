@@ -87,6 +87,9 @@ pub struct Config {
     /// On shutdown, how long requests in flight may take to finish before they are cut
     /// (`AIGW_SERVER__SHUTDOWN_GRACE_MS`).
     pub(crate) shutdown_grace: Duration,
+    /// Client connections open at once, across the workers (`AIGW_SERVER__MAX_CONNECTIONS`);
+    /// past it a new connection is closed at once.
+    pub(crate) max_connections: usize,
     /// Shortest interval between two key-set refreshes triggered by unknown key ids
     /// (`AIGW_AUTH__JWKS_MIN_REFRESH_MS`): bounds the load a stream of forged `kid`s can put on GitLab.
     pub(crate) jwks_min_refresh: Duration,

@@ -24,6 +24,29 @@ use tokio::net::TcpListener;
 /// Pause after a failed `accept` (out of file descriptors and the like), instead of spinning.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Longest silence between two log lines about failing `accept`s: a descriptor shortage makes
+/// every attempt fail, and a line per attempt would flood the log.
+const ACCEPT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs failing `accept`s at most once per [`ACCEPT_LOG_INTERVAL`], with how many it did not log.
+#[derive(Default)]
+struct AcceptFailures {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, error: &std::io::Error) {
+        let now = std::time::Instant::now();
+        if self.last_logged.is_some_and(|last| now.duration_since(last) < ACCEPT_LOG_INTERVAL) {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(%error, failures_not_logged = self.unlogged, "accepting a connection failed; backing off");
+        (self.last_logged, self.unlogged) = (Some(now), 0);
+    }
+}
+
 /// Longest a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -42,17 +65,25 @@ pub(crate) async fn serve(
     // only with a timer.
     builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
     tokio::pin!(shutdown);
+    let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
+                    failures.failed(&error);
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
+        };
+        // Past the cap a new connection is closed at once: the ones in flight keep their
+        // descriptors, workers and plugin slots.
+        let Some(slot) = state.connections.admit() else {
+            state.metrics.connection_refused();
+            drop(stream);
+            continue;
         };
         // Head and body of small answers must not wait for the client's delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
@@ -70,6 +101,7 @@ pub(crate) async fn serve(
                     if let Err(error) = connection.await {
                         tracing::debug!(error = %error, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
@@ -86,6 +118,7 @@ pub(crate) async fn serve(
                     if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(error = %error, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
         }
@@ -193,13 +226,16 @@ async fn read_body(
     }
 }
 
-/// The separate metrics listener (`AIGW_METRICS__LISTEN`): `GET /metrics` and nothing else.
+/// The separate metrics listener (`AIGW_METRICS__LISTEN`): `GET /metrics`, and the liveness
+/// probe `GET /monitoring/healthz`, which keeps answering here when the API port is at its
+/// connection cap.
 pub(crate) async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry::Metrics>) {
+    let mut failures = AcceptFailures::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
-                tracing::warn!(%error, "metrics listener: accept failed");
+                failures.failed(&error);
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
@@ -209,10 +245,12 @@ pub(crate) async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::tel
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
                 async move {
-                    let response = if request.uri().path() == "/metrics" && request.method() == http::Method::GET {
-                        metrics_response(&metrics)
-                    } else {
-                        error_response(GatewayError::NotFound)
+                    let response = match (request.method(), request.uri().path()) {
+                        (&http::Method::GET, "/metrics") => metrics_response(&metrics),
+                        (&http::Method::GET, "/monitoring/healthz") => {
+                            json_response(StatusCode::OK, serde_json::json!({"status": "ok"}).to_string().into())
+                        }
+                        _ => error_response(GatewayError::NotFound),
                     };
                     Ok::<_, Infallible>(response)
                 }

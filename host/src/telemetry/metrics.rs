@@ -136,6 +136,7 @@ pub(crate) struct Metrics {
     egress_refusals: Family<u64>,
     upstream_failures: Family<u64>,
     upstream_retries: Family<u64>,
+    connections_refused: Family<u64>,
     jwks_refreshes: Family<u64>,
     /// Values read when rendered, from the parts that own them (the plugin pool).
     gauges: std::sync::RwLock<Vec<Gauge>>,
@@ -213,6 +214,11 @@ impl Default for Metrics {
                 "aigw_upstream_retries_total",
                 "Model calls made again after a passing failure before the answer began, by provider and the failure's reason.",
                 &["provider", "reason"],
+            ),
+            connections_refused: Family::new(
+                "aigw_connections_refused_total",
+                "Client connections closed on arrival because AIGW_SERVER__MAX_CONNECTIONS were open.",
+                &[],
             ),
             jwks_refreshes: Family::new(
                 "aigw_jwks_refreshes_total",
@@ -296,6 +302,11 @@ impl Metrics {
         self.upstream_retries.with(&[provider, reason], |c| *c += 1);
     }
 
+    /// A client connection closed on arrival: the cap was reached.
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.with(&[], |c| *c += 1);
+    }
+
     /// A key set refresh (`ok` or `failed`).
     pub(crate) fn jwks_refresh(&self, outcome: &str) {
         self.jwks_refreshes.with(&[outcome], |c| *c += 1);
@@ -312,6 +323,7 @@ impl Metrics {
             &self.egress_refusals,
             &self.upstream_failures,
             &self.upstream_retries,
+            &self.connections_refused,
             &self.jwks_refreshes,
         ] {
             let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", counter.name, counter.help, counter.name);

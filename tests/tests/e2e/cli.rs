@@ -338,3 +338,100 @@ async fn the_dev_server_keeps_serving_when_nobody_reads_its_stdout() {
     assert!(server.try_wait().unwrap().is_none(), "still running");
     server.kill().await.unwrap();
 }
+
+/// `aigw serve --dev` under `prlimit`'s open-file limit of 1,024, as a small container gives it;
+/// returns the process, its API and metrics ports, the token and the log file.
+async fn dev_server_with_1024_files(
+    state: &std::path::Path,
+    settings: &[(&str, &str)],
+) -> (tokio::process::Child, u16, u16, String) {
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut command = tokio::process::Command::new("prlimit");
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .kill_on_drop(true)
+        .arg("--nofile=1024:1024")
+        .arg(workspace().join("target/release/aigw"))
+        .args(["serve", "--dev"])
+        .env("AIGW_FASTAPI__API_PORT", port.to_string())
+        .env("AIGW_METRICS__LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
+        .env("AIGW_DEV__KEY_FILE", state.join("dev-key.pem"))
+        .env("AIGW_LOGGING__FORMAT_JSON", "true")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(state.join("aigw.log")).unwrap());
+    for (name, value) in settings {
+        command.env(name, value);
+    }
+    let mut server = command.spawn().expect("prlimit (util-linux) runs");
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let token = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(token) = line.strip_prefix("export AIGW_TOKEN=") {
+                return token.to_string();
+            }
+        }
+        panic!("the server exited without printing a token");
+    })
+    .await
+    .expect("a token within 30 s");
+    (server, port, metrics_port, token)
+}
+
+async fn http_get(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await.ok()?.ok()?;
+    answer.get(9..12)?.parse().ok()
+}
+
+#[tokio::test]
+async fn with_1024_file_descriptors_a_flood_of_idle_connections_leaves_probes_answering() {
+    let state = tempfile::tempdir().unwrap();
+    // The default cap does not fit in 1,024 descriptors: start-up says so.
+    let (server, ..) = dev_server_with_1024_files(state.path(), &[]).await;
+    drop(server);
+    let log = std::fs::read_to_string(state.path().join("aigw.log")).unwrap();
+    assert!(log.contains("does not fit in the open-file limit"), "{log}");
+
+    // A cap that fits: 1,500 idle connections, more than the descriptors the gateway has.
+    let (_server, port, metrics_port, token) =
+        dev_server_with_1024_files(state.path(), &[("AIGW_SERVER__MAX_CONNECTIONS", "300")]).await;
+    let mut flood = Vec::new();
+    for _ in 0..1500 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            flood.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(http_get(metrics_port, "/monitoring/healthz").await, Some(200), "liveness answers under the flood");
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    assert!(metrics.contains("aigw_open_connections 300"), "{metrics}");
+    let refused = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("aigw_connections_refused_total ")?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 1000.0, "connections past the cap were closed at once: {refused}");
+
+    // Once the flood is gone, the gateway serves again.
+    drop(flood);
+    let model = MockModelServer::start().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match complete(port, &token, &model.base_url()).await {
+            Ok(200) => break,
+            other => assert!(tokio::time::Instant::now() < deadline, "not serving after the flood: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -10,6 +10,7 @@ mod cli;
 mod code;
 mod completions;
 mod conformance;
+mod connections;
 mod egress;
 mod hostile_upstream;
 mod limits;

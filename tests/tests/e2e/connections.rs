@@ -1,0 +1,145 @@
+//! Client connections under pressure: the cap on open connections, slow and hostile clients cut
+//! at their timeouts, and requests that keep succeeding meanwhile.
+
+use aigw_tests::{Setup, TestGateway};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A plain HTTP/1.1 GET on a fresh connection: the status and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await.unwrap().unwrap();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answer)
+}
+
+/// A gauge or counter from the metrics listener.
+async fn metric(t: &TestGateway, series: &str) -> Option<f64> {
+    let (_, text) = get(t.gateway.metrics_addr().unwrap(), "/metrics").await;
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn wait_for_open_connections(t: &TestGateway, open: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(t, "aigw_open_connections").await != Some(open) {
+        assert!(tokio::time::Instant::now() < deadline, "never {open} open connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the server ends `stream` (or answers `408`) within `within`.
+async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0_u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(n)) if buffer[..n].starts_with(b"HTTP/1.1 408") => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_new_connection_is_closed_at_once_and_probes_still_answer() {
+    let t = Setup::default()
+        .env("AIGW_SERVER__MAX_CONNECTIONS", "3")
+        .env("AIGW_METRICS__LISTEN", "127.0.0.1:0")
+        .start()
+        .await;
+    let addr = t.gateway.addr();
+    // Within the cap: three idle connections are held open.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    wait_for_open_connections(&t, 3.0).await;
+
+    // Past it: closed on arrival, not queued, and counted.
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_by_server(&mut fourth, Duration::from_secs(2)).await, "the fourth connection was not closed");
+    assert!(metric(&t, "aigw_connections_refused_total").await >= Some(1.0));
+    // The liveness probe keeps answering on the metrics listener.
+    let (status, body) = get(t.gateway.metrics_addr().unwrap(), "/monitoring/healthz").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Places come free as connections close.
+    drop(idle);
+    wait_for_open_connections(&t, 0.0).await;
+    let answer = t.complete(&t.completion_body("codestral", None, false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn slowloris_and_slow_posts_are_closed_at_their_timeouts_while_requests_keep_succeeding() {
+    let t = Setup::default()
+        .env("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", "1000")
+        .env("AIGW_SERVER__BODY_READ_TIMEOUT_MS", "1000")
+        .start()
+        .await;
+    let addr = t.gateway.addr();
+    let token = t.token(&["complete_code"]);
+    let mut slow = Vec::new();
+    // 500 heads that never end, and 100 bodies that stop after 10 of 1,000 bytes.
+    for _ in 0..500 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"POST /v2/code/completions HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v2/code/completions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+             X-Gitlab-Authentication-Type: oidc\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"current_"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    // Meanwhile the gateway serves as usual.
+    for _ in 0..5 {
+        let answer = t.complete(&t.completion_body("codestral", None, false)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let mut closed = 0;
+    for stream in &mut slow {
+        if closed_by_server(stream, Duration::from_secs(10)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 600, "every slow connection is closed at its timeout");
+    let answer = t.complete(&t.completion_body("codestral", None, false)).await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
+async fn an_endless_chunk_size_line_is_refused() {
+    let t = TestGateway::start().await;
+    let token = t.token(&["complete_code"]);
+    let mut stream = TcpStream::connect(t.gateway.addr()).await.unwrap();
+    let head = format!(
+        "POST /v2/code/completions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+         X-Gitlab-Authentication-Type: oidc\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A chunk-size line of hex digits that never ends: written until the server stops reading.
+    let digits = vec![b'f'; 16 * 1024];
+    let mut written = 0;
+    while written < (4 << 20) {
+        match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&digits)).await {
+            Ok(Ok(())) => written += digits.len(),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert!(written < (4 << 20), "the server kept reading a chunk-size line of {written} bytes");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    let served = t.complete(&t.completion_body("codestral", None, false)).await;
+    assert_eq!(served.status, 200, "the gateway serves on");
+}
