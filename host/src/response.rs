@@ -37,6 +37,23 @@ pub(crate) fn streamed_response(
     response
 }
 
+/// The moment a streamed answer's model call must end by (its total deadline), carried as a
+/// response extension so that the server can close a connection whose caller reads too slowly
+/// for the gateway to notice on its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamDeadline(pub(crate) tokio::time::Instant);
+
+/// `response`, marked with the `deadline` of the stream it carries.
+pub(crate) fn with_deadline(
+    mut response: http::Response<Body>,
+    deadline: Option<tokio::time::Instant>,
+) -> http::Response<Body> {
+    if let Some(deadline) = deadline {
+        response.extensions_mut().insert(StreamDeadline(deadline));
+    }
+    response
+}
+
 /// `GET /metrics`, on the API port or on the metrics listener: the Prometheus text format.
 pub(crate) fn metrics_response(metrics: &crate::telemetry::Metrics) -> http::Response<Body> {
     let mut response = json_response(StatusCode::OK, metrics.render().into());

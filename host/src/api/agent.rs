@@ -384,6 +384,7 @@ impl EventStream {
 }
 
 fn events_response(chunks: ChunkStream, model: String, parser: ReactParser) -> http::Response<Body> {
+    let deadline = chunks.deadline();
     let state = EventStream {
         chunks,
         parser: Some(parser),
@@ -397,5 +398,5 @@ fn events_response(chunks: ChunkStream, model: String, parser: ReactParser) -> h
         let event = state.next().await?;
         Some((Ok::<_, GatewayError>(Frame::data(Bytes::from(format!("{event}\n")))), state))
     });
-    crate::response::streamed_response(crate::response::NDJSON, lines)
+    crate::response::with_deadline(crate::response::streamed_response(crate::response::NDJSON, lines), deadline)
 }

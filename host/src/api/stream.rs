@@ -6,7 +6,7 @@ use super::fence::FenceStripper;
 use crate::error::GatewayError;
 use crate::pipeline::ChunkStream;
 use crate::plugins::wit;
-use crate::response::{Body, EVENT_STREAM, streamed_response};
+use crate::response::{Body, EVENT_STREAM, streamed_response, with_deadline};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use hyper::body::Frame;
@@ -48,8 +48,9 @@ fn text_pieces(
 /// code and chat endpoints send the bare text). A failure after the head has gone out aborts the
 /// body, so the client sees an incomplete answer rather than a silently truncated one.
 pub(crate) fn raw_text_response(chunks: ChunkStream, fence: Option<FenceStripper>) -> http::Response<Body> {
+    let deadline = chunks.deadline();
     let pieces = text_pieces(chunks, fence).map(|piece| piece.map(|text| Frame::data(Bytes::from(text))));
-    streamed_response(EVENT_STREAM, pieces)
+    with_deadline(streamed_response(EVENT_STREAM, pieces), deadline)
 }
 
 /// One event; `data` is serialised from a struct or `json!` value (structs keep GitLab's field order).
@@ -119,6 +120,7 @@ pub(crate) fn v4_sse_response(
     struct Start<M> {
         metadata: M,
     }
+    let deadline = chunks.deadline();
     let start = futures_util::stream::once(async move { Ok(sse_event("stream_start", &Start { metadata })) });
     let chunk_event =
         |text: String| sse_event("content_chunk", &json!({"choices": [{"delta": {"content": text}, "index": 0}]}));
@@ -131,13 +133,14 @@ pub(crate) fn v4_sse_response(
     let end = futures_util::stream::once(async { Ok(sse_event("stream_end", &Value::Null)) });
     let mut response = streamed_response(EVENT_STREAM, start.chain(content).chain(end));
     response.headers_mut().insert("x-streaming-format", http::HeaderValue::from_static("sse"));
-    response
+    with_deadline(response, deadline)
 }
 
 /// `/v2/prompts/{id}` streaming, as GitLab's gateway sends it under `text/event-stream`: one
 /// `{"content": …}` line per model event, then a last line with empty content and the usage
 /// keyed by `model`.
 pub(crate) fn prompt_lines_response(chunks: ChunkStream, model: String) -> http::Response<Body> {
+    let deadline = chunks.deadline();
     let lines = every_chunk(chunks).map(move |piece| {
         piece.map(|(text, usage)| {
             let mut line = json!({ "content": text });
@@ -149,7 +152,7 @@ pub(crate) fn prompt_lines_response(chunks: ChunkStream, model: String) -> http:
             Frame::data(Bytes::from(line))
         })
     });
-    streamed_response(EVENT_STREAM, lines)
+    with_deadline(streamed_response(EVENT_STREAM, lines), deadline)
 }
 
 /// `{"<model>": {"input_tokens", "output_tokens"}}`, GitLab's usage report.

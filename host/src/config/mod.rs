@@ -90,6 +90,9 @@ pub struct Config {
     /// Client connections open at once, across the workers (`AIGW_SERVER__MAX_CONNECTIONS`);
     /// past it a new connection is closed at once.
     pub(crate) max_connections: usize,
+    /// Longest a caller may leave its answer unread before its connection is dropped
+    /// (`AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS`).
+    pub(crate) write_idle_timeout: Duration,
     /// Shortest interval between two key-set refreshes triggered by unknown key ids
     /// (`AIGW_AUTH__JWKS_MIN_REFRESH_MS`): bounds the load a stream of forged `kid`s can put on GitLab.
     pub(crate) jwks_min_refresh: Duration,

@@ -227,6 +227,7 @@ section!(Server, "SERVER__" {
     shutdown_grace_ms: u64 = 25_000,
     // Two descriptors per connection (with its model-server one): fits the common 65,536 limit.
     max_connections: u64 = 16_384; "a number of connections",
+    write_idle_timeout_ms: u64 = 30_000,
 });
 
 section!(Dev, "DEV__" {
@@ -363,6 +364,7 @@ impl RawConfig {
             body_read_timeout: server.body_read_timeout,
             shutdown_grace: server.shutdown_grace,
             max_connections: server.max_connections,
+            write_idle_timeout: server.write_idle_timeout,
             prompts_dir: self.prompts.dir,
             allowed_kids,
             max_token_lifetime,
@@ -515,6 +517,7 @@ struct ServerLimits {
     body_read_timeout: Duration,
     shutdown_grace: Duration,
     max_connections: usize,
+    write_idle_timeout: Duration,
 }
 
 impl Server {
@@ -542,6 +545,7 @@ impl Server {
             header_read_timeout: millis("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms, 600_000)?,
             body_read_timeout: millis("AIGW_SERVER__BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms, 600_000)?,
             shutdown_grace: millis("AIGW_SERVER__SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 3_600_000)?,
+            write_idle_timeout: millis("AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS", self.write_idle_timeout_ms, 3_600_000)?,
             max_connections: match self.max_connections {
                 n @ 1..=1_000_000 => n as usize,
                 _ => return Err(ConfigError::new("AIGW_SERVER__MAX_CONNECTIONS", "must be between 1 and 1000000")),

@@ -146,12 +146,21 @@ pub struct ChunkStream {
     response: Option<UpstreamResponse>,
     /// The stream is over (its end, or an error was yielded).
     finished: bool,
+    /// The call's total deadline: past it no more is yielded, even what was already read (a
+    /// caller that reads slowly cannot stretch the call), and the error it ends with.
+    deadline: Option<(tokio::time::Instant, UpstreamError)>,
 }
 
 impl ChunkStream {
     /// A stream over `response`, parsed by the leased plugin.
     pub(super) fn new(lease: PluginLease, response: UpstreamResponse, observer: Observer, sent: Instant) -> Self {
-        ChunkStream { parser: EventParser::observed(lease, observer, sent), response: Some(response), finished: false }
+        let deadline = Some(response.deadline());
+        ChunkStream {
+            parser: EventParser::observed(lease, observer, sent),
+            response: Some(response),
+            finished: false,
+            deadline,
+        }
     }
 
     /// A whole answer delivered as a stream of one piece (streaming disabled by the operator).
@@ -159,7 +168,7 @@ impl ChunkStream {
         let mut parser = EventParser::observed(lease, observer, sent);
         parser.ready.push_back(whole);
         parser.done = true;
-        ChunkStream { parser, response: None, finished: false }
+        ChunkStream { parser, response: None, finished: false, deadline: None }
     }
 
     /// Wait for the answer's first piece (or its proper end) before the caller's response head
@@ -179,6 +188,13 @@ impl ChunkStream {
     /// end of the answer.
     pub(crate) async fn next(&mut self) -> Option<Result<wit::StreamChunk, GatewayError>> {
         loop {
+            let more = !self.parser.ready.is_empty() || !(self.finished || self.parser.done());
+            if more && let Some(error) = self.past_deadline() {
+                self.finished = true;
+                self.parser.observer.upstream_failed(&error);
+                self.parser.observer.stream_failed();
+                return Some(Err(error.into()));
+            }
             if let Some(chunk) = self.parser.next_chunk() {
                 return Some(Ok(chunk));
             }
@@ -193,6 +209,20 @@ impl ChunkStream {
                 return Some(Err(error));
             }
         }
+    }
+
+    /// When the call must end, if it is still reading from the model server.
+    pub(crate) fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline.as_ref().map(|(deadline, _)| *deadline)
+    }
+
+    /// The deadline's error, once the deadline has passed (then only once).
+    fn past_deadline(&mut self) -> Option<UpstreamError> {
+        let (deadline, _) = self.deadline.as_ref()?;
+        if tokio::time::Instant::now() < *deadline {
+            return None;
+        }
+        self.deadline.take().map(|(_, error)| error)
     }
 
     /// Read one upstream chunk into the parser.

@@ -5,6 +5,7 @@ pub(crate) mod tls;
 pub(crate) mod workers;
 
 mod request_log;
+mod write_watch;
 
 use crate::api;
 use crate::error::GatewayError;
@@ -20,6 +21,7 @@ use request_log::{LoggedBody, RequestLine};
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use write_watch::WriteWatch;
 
 /// Pause after a failed `accept` (out of file descriptors and the like), instead of spinning.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
@@ -89,17 +91,24 @@ pub(crate) async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let state = Arc::clone(&state);
+        let write_idle = state.config.write_idle_timeout;
+        let watch = WriteWatch::new();
+        let service_watch = Arc::clone(&watch);
+        let service_state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |request| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, worker, peer.ip(), request).await) }
+            let (state, watch) = (Arc::clone(&service_state), Arc::clone(&service_watch));
+            async move { Ok::<_, Infallible>(handle(&state, worker, peer.ip(), request, watch).await) }
         });
+        let metrics = Arc::clone(&state.metrics);
         match &tls {
             None => {
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(error = %error, "connection ended with an error");
+                    tokio::select! {
+                        ended = connection => if let Err(error) = ended {
+                            tracing::debug!(error = %error, "connection ended with an error");
+                        },
+                        stall = watch.stalled(write_idle) => dropped(&metrics, peer, stall),
                     }
                     drop(slot);
                 });
@@ -114,9 +123,13 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
-                    let connection = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
-                        tracing::debug!(error = %error, "connection ended with an error");
+                    let connection =
+                        watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned());
+                    tokio::select! {
+                        ended = connection => if let Err(error) = ended {
+                            tracing::debug!(error = %error, "connection ended with an error");
+                        },
+                        stall = watch.stalled(write_idle) => dropped(&metrics, peer, stall),
                     }
                     drop(slot);
                 });
@@ -124,6 +137,14 @@ pub(crate) async fn serve(
         }
     }
     graceful.shutdown().await;
+}
+
+/// A caller left its answer unread past `AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS`, or read a stream
+/// so slowly that it outlived its deadline: its connection is dropped, and with it the model
+/// call, its upstream connection and its plugin slot.
+fn dropped(metrics: &crate::telemetry::Metrics, peer: std::net::SocketAddr, stall: write_watch::Stall) {
+    tracing::info!(%peer, reason = stall.reason(), "the caller is not reading its answer in time; connection dropped");
+    metrics.connection_dropped(stall.reason());
 }
 
 /// The instance's `X-Request-ID` (printable, at most 128 bytes), or a new random one.
@@ -147,6 +168,7 @@ async fn handle(
     worker: usize,
     peer: std::net::IpAddr,
     request: http::Request<Incoming>,
+    watch: Arc<WriteWatch>,
 ) -> http::Response<Body> {
     let started = std::time::Instant::now();
     workers::note_request(started);
@@ -196,7 +218,10 @@ async fn handle(
         overhead,
         facts,
     };
-    response.map(|body| LoggedBody::new(body, line).boxed_unsync())
+    if let Some(crate::response::StreamDeadline(deadline)) = response.extensions().get() {
+        watch.streaming_until(*deadline);
+    }
+    response.map(|body| LoggedBody::new(body, line, watch).boxed_unsync())
 }
 
 /// The request body, up to `limit` bytes and within `timeout` (a slow POST cannot hold a

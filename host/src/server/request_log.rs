@@ -1,12 +1,14 @@
 //! The per-request log line, written when the answer's body has been sent or dropped, so that a
 //! stream's line carries its tokens and whole duration. Never a token, a key or a body.
 
+use super::write_watch::WriteWatch;
 use crate::error::GatewayError;
 use crate::response::Body;
 use crate::telemetry::SharedFacts;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,22 +66,25 @@ impl RequestLine {
 }
 
 /// A response body that writes its request's log line once: at its end, at an error, or when
-/// dropped early (the caller hung up).
+/// dropped early (the caller hung up); its polls also tell the connection's [`WriteWatch`].
 pub(super) struct LoggedBody {
     inner: Body,
     line: Option<RequestLine>,
+    /// The connection's writing progress, which the body's polls tell.
+    watch: Arc<WriteWatch>,
 }
 
 impl LoggedBody {
     /// Wrap `inner`.
-    pub(super) fn new(inner: Body, line: RequestLine) -> Self {
-        LoggedBody { inner, line: Some(line) }
+    pub(super) fn new(inner: Body, line: RequestLine, watch: Arc<WriteWatch>) -> Self {
+        LoggedBody { inner, line: Some(line), watch }
     }
 
     fn finish(&mut self, outcome: &'static str) {
         if let Some(line) = self.line.take() {
             line.write(outcome);
         }
+        self.watch.stream_ended();
     }
 }
 
@@ -88,11 +93,14 @@ impl http_body::Body for LoggedBody {
     type Error = GatewayError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, GatewayError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.watch.polled();
+        let waker = self.watch.waker(cx.waker());
+        let polled = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
         match &polled {
             Poll::Ready(None) => self.finish("completed"),
             Poll::Ready(Some(Err(_))) => self.finish("stream_error"),
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => self.watch.ready(),
+            Poll::Pending => {}
         }
         polled
     }
@@ -112,5 +120,6 @@ impl Drop for LoggedBody {
         // whole) lands here too; only a stream cut short is "cancelled".
         let outcome = if self.inner.is_end_stream() { "completed" } else { "cancelled" };
         self.finish(outcome);
+        self.watch.polled();
     }
 }

@@ -137,6 +137,7 @@ pub(crate) struct Metrics {
     upstream_failures: Family<u64>,
     upstream_retries: Family<u64>,
     connections_refused: Family<u64>,
+    connections_dropped: Family<u64>,
     jwks_refreshes: Family<u64>,
     /// Values read when rendered, from the parts that own them (the plugin pool).
     gauges: std::sync::RwLock<Vec<Gauge>>,
@@ -219,6 +220,11 @@ impl Default for Metrics {
                 "aigw_connections_refused_total",
                 "Client connections closed on arrival because AIGW_SERVER__MAX_CONNECTIONS were open.",
                 &[],
+            ),
+            connections_dropped: Family::new(
+                "aigw_connections_dropped_total",
+                "Client connections the gateway dropped, by reason (write_idle: the caller stopped reading; deadline: a stream read so slowly it outlived its model call's deadline).",
+                &["reason"],
             ),
             jwks_refreshes: Family::new(
                 "aigw_jwks_refreshes_total",
@@ -307,6 +313,11 @@ impl Metrics {
         self.connections_refused.with(&[], |c| *c += 1);
     }
 
+    /// A client connection dropped by the gateway for `reason`.
+    pub(crate) fn connection_dropped(&self, reason: &str) {
+        self.connections_dropped.with(&[reason], |c| *c += 1);
+    }
+
     /// A key set refresh (`ok` or `failed`).
     pub(crate) fn jwks_refresh(&self, outcome: &str) {
         self.jwks_refreshes.with(&[outcome], |c| *c += 1);
@@ -324,6 +335,7 @@ impl Metrics {
             &self.upstream_failures,
             &self.upstream_retries,
             &self.connections_refused,
+            &self.connections_dropped,
             &self.jwks_refreshes,
         ] {
             let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", counter.name, counter.help, counter.name);

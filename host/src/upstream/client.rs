@@ -350,9 +350,19 @@ pub(crate) struct UpstreamResponse {
 }
 
 impl UpstreamResponse {
+    /// The call's total deadline, and the error it ends the call with once passed.
+    pub(crate) fn deadline(&self) -> (Instant, UpstreamError) {
+        (self.deadline, UpstreamError::Timeout { phase: TimeoutPhase::Total, after: self.settings.total_timeout })
+    }
+
     /// The next body chunk, `None` at the end. Dropping the response cancels the upstream request.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
         let now = Instant::now();
+        // Past the deadline nothing more is read, even what has already arrived: a caller that
+        // reads slowly cannot stretch a call beyond its total time.
+        if now >= self.deadline {
+            return Err(UpstreamError::Timeout { phase: TimeoutPhase::Total, after: self.settings.total_timeout });
+        }
         let idle_deadline = now + self.settings.idle_timeout;
         let (limit, phase, after) = if idle_deadline < self.deadline {
             (idle_deadline, TimeoutPhase::Idle, self.settings.idle_timeout)

@@ -143,3 +143,103 @@ async fn an_endless_chunk_size_line_is_refused() {
     let served = t.complete(&t.completion_body("codestral", None, false)).await;
     assert_eq!(served.status, 200, "the gateway serves on");
 }
+
+/// A streamed completion request written on a raw connection, its answer left to the caller.
+/// The connection's receive buffer is small, as a slow client's is full: what the caller has
+/// not read cannot pile up in the kernel and hide how the gateway behaves.
+async fn start_stream(t: &TestGateway) -> TcpStream {
+    let body = t.completion_body("codestral", None, true).to_string();
+    let headers: String = t
+        .gitlab_headers(&t.token(&["complete_code"]))
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(t.gateway.addr()).await.unwrap();
+    let request = format!(
+        "POST /v2/code/completions HTTP/1.1\r\nHost: a\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0_u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the stream started");
+    stream
+}
+
+async fn wait_for_metric(t: &TestGateway, series: &str, at_least: f64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while metric(t, series).await.is_none_or(|value| value < at_least) {
+        assert!(tokio::time::Instant::now() < deadline, "{series} never reached {at_least}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A model that answers fast and long: 8 MiB of text in 2,048 pieces, more than the kernel's
+/// buffers between the gateway and a caller hold.
+fn long_answer() -> aigw_tests::Reply {
+    aigw_tests::Reply { text: "x".repeat(8 << 20), chunks: 2048, ..aigw_tests::Reply::default() }
+}
+
+#[tokio::test]
+async fn a_caller_that_stops_reading_is_dropped_and_its_model_call_released() {
+    let t = Setup::default()
+        .env("AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS", "500")
+        .env("AIGW_METRICS__LISTEN", "127.0.0.1:0")
+        .start()
+        .await;
+    t.model.set_reply(long_answer());
+    let stream = start_stream(&t).await;
+    // The caller reads nothing more. Once the kernel's buffers are full the gateway cannot
+    // write; half a second later it drops the connection, and with it the model call.
+    wait_for_metric(&t, "aigw_connections_dropped_total{reason=\"write_idle\"}", 1.0, Duration::from_secs(15)).await;
+    wait_for_open_connections(&t, 0.0).await;
+    wait_for_metric(&t, "aigw_plugin_slots_in_use", 0.0, Duration::from_secs(5)).await;
+    assert_eq!(metric(&t, "aigw_plugin_slots_in_use").await, Some(0.0), "the plugin slot is free");
+    drop(stream);
+
+    // A caller that keeps reading is not dropped, however long the answer takes.
+    t.model.set_reply(aigw_tests::Reply {
+        text: "y".repeat(1 << 20),
+        chunks: 256,
+        chunk_delay: Duration::from_millis(5),
+        ..aigw_tests::Reply::default()
+    });
+    let mut reader = start_stream(&t).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the answer ended");
+    assert!(answer.len() > 1 << 20, "the whole answer arrived: {} bytes", answer.len());
+    assert_eq!(metric(&t, "aigw_connections_dropped_total{reason=\"write_idle\"}").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_cut_at_the_total_deadline() {
+    let t = Setup::default()
+        .env("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", "1000")
+        .env("AIGW_METRICS__LISTEN", "127.0.0.1:0")
+        .start()
+        .await;
+    // The model sends everything at once: only the deadline itself can end the call.
+    t.model.set_reply(long_answer());
+    let mut stream = start_stream(&t).await;
+    // The caller reads, slowly: 4 KiB every 50 ms, which would take more than 100 s for the
+    // whole answer. Its writes waiting on the caller, the gateway still ends the call on time:
+    // within a second or so of its one-second deadline it drops the connection.
+    let reading = async {
+        let mut buffer = vec![0_u8; 4096];
+        while matches!(stream.read(&mut buffer).await, Ok(1..)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let cut = async {
+        wait_for_metric(&t, "aigw_connections_dropped_total{reason=\"deadline\"}", 1.0, Duration::from_secs(4)).await;
+        wait_for_open_connections(&t, 0.0).await;
+        assert_eq!(metric(&t, "aigw_plugin_slots_in_use").await, Some(0.0), "the plugin slot is free");
+    };
+    tokio::select! {
+        () = cut => {}
+        () = reading => panic!("the whole answer arrived"),
+    }
+}
