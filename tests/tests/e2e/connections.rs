@@ -243,3 +243,22 @@ async fn a_slow_reader_is_cut_at_the_total_deadline() {
         () = reading => panic!("the whole answer arrived"),
     }
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_the_head_timeout_and_reusable_before_it() {
+    let t = Setup::default().env("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", "1000").start().await;
+    let mut stream = TcpStream::connect(t.gateway.addr()).await.unwrap();
+    let probe = b"GET /monitoring/healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut buffer = vec![0_u8; 4096];
+    // Within the timeout the connection serves a second request.
+    for _ in 0..2 {
+        stream.write_all(probe).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await.unwrap().unwrap();
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buffer[..n]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Idle past it, the connection is closed by the gateway.
+    let started = std::time::Instant::now();
+    assert!(closed_by_server(&mut stream, Duration::from_secs(5)).await, "the idle connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(500), "not closed before the timeout");
+}
