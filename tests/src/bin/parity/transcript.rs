@@ -33,8 +33,14 @@ pub struct Case {
 /// A model-server call as recorded.
 #[derive(Debug)]
 pub struct ModelCall {
+    /// HTTP method GitLab's gateway used.
+    pub method: String,
     /// Path relative to the model endpoint.
     pub path: String,
+    /// The credential header it sent (`None`: none), and whether its value was the request's key.
+    pub auth: Option<(String, bool)>,
+    /// The JSON body it sent (`<sfx>` and `<current_date>` as the recording wrote them).
+    pub request_body: Value,
     /// Status of the recorded answer.
     pub status: u16,
     /// Content type of the recorded answer.
@@ -102,8 +108,19 @@ fn case_of(file: &str, token: &Value, case: &Value) -> Result<Case> {
         .context("no model_server list")?
         .iter()
         .map(|call| {
+            let auth = &call["request"]["auth"];
+            let auth = auth["header"]
+                .as_str()
+                .map(|header| (header.to_ascii_lowercase(), auth["value_is_request_api_key"].as_bool() == Some(true)));
+            let request_body = match &call["request"]["body"] {
+                Value::String(text) => serde_json::from_str(text).unwrap_or(Value::String(text.clone())),
+                other => other.clone(),
+            };
             Ok(ModelCall {
+                method: text(&call["request"]["method"], "model call method")?,
                 path: text(&call["request"]["path"], "model call path")?,
+                auth,
+                request_body,
                 status: u16::try_from(call["answer"]["status"].as_u64().context("no answer status")?)?,
                 content_type: text(&call["answer"]["content_type"], "answer content type")?,
                 body: text(&call["answer"]["body"], "answer body")?,
