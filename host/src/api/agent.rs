@@ -348,12 +348,7 @@ impl EventStream {
             }
             match self.chunks.next().await {
                 Some(Ok(chunk)) => {
-                    if let Some(usage) = chunk.usage {
-                        // Providers may split usage over several events; the parts add up.
-                        let total = self.usage.get_or_insert(wit::Usage { input_tokens: 0, output_tokens: 0 });
-                        total.input_tokens += usage.input_tokens;
-                        total.output_tokens += usage.output_tokens;
-                    }
+                    super::stream::add_usage(&mut self.usage, chunk.usage);
                     if chunk.finish_reason.is_some() {
                         self.finish_reason = chunk.finish_reason;
                     }

@@ -68,12 +68,7 @@ fn every_chunk(chunks: ChunkStream) -> impl Stream<Item = Result<(String, Option
         let (mut chunks, mut usage) = state?;
         match chunks.next().await {
             Some(Ok(chunk)) => {
-                if let Some(more) = chunk.usage {
-                    // Providers may split usage over several events; the parts add up.
-                    let total = usage.get_or_insert(wit::Usage { input_tokens: 0, output_tokens: 0 });
-                    total.input_tokens += more.input_tokens;
-                    total.output_tokens += more.output_tokens;
-                }
+                add_usage(&mut usage, chunk.usage);
                 Some((Ok((chunk.text, None)), Some((chunks, usage))))
             }
             Some(Err(error)) => {
@@ -153,6 +148,16 @@ pub(crate) fn prompt_lines_response(chunks: ChunkStream, model: String) -> http:
         })
     });
     with_deadline(streamed_response(EVENT_STREAM, lines), deadline)
+}
+
+/// Add a stream event's usage to the stream's total: providers may split usage over several
+/// events, and the parts add up.
+pub(crate) fn add_usage(total: &mut Option<wit::Usage>, more: Option<wit::Usage>) {
+    if let Some(more) = more {
+        let total = total.get_or_insert(wit::Usage { input_tokens: 0, output_tokens: 0 });
+        total.input_tokens += more.input_tokens;
+        total.output_tokens += more.output_tokens;
+    }
 }
 
 /// `{"<model>": {"input_tokens", "output_tokens"}}`, GitLab's usage report.

@@ -41,12 +41,12 @@ pub fn differences(expected: &Value, answer: &Answer) -> Vec<String> {
     match expected["body_kind"].as_str() {
         Some("json") => match serde_json::from_str::<Value>(&text) {
             Ok(ours) => diff("body", &expected["body"], &ours, &mut found),
-            Err(_) => found.push(format!("body: GitLab JSON, aigw {}", excerpt(&text))),
+            Err(_) => found.push(format!("body: GitLab JSON, aigw {}", quote(&text))),
         },
         Some("ndjson") => {
             match text.lines().map(serde_json::from_str).collect::<Result<Vec<Value>, _>>() {
                 Ok(events) => diff("events", &expected["body"], &Value::Array(events), &mut found),
-                Err(_) => found.push(format!("body: GitLab NDJSON, aigw {}", excerpt(&text))),
+                Err(_) => found.push(format!("body: GitLab NDJSON, aigw {}", quote(&text))),
             }
             if expected.pointer("/framing/trailing_newline") == Some(&Value::Bool(true)) && !text.ends_with('\n') {
                 found.push("framing: GitLab ends the NDJSON body with a newline, aigw does not".into());
@@ -153,10 +153,6 @@ fn sse_events(text: &str) -> Vec<Value> {
 
 fn quote(text: &str) -> String {
     excerpt_value(&Value::String(text.to_string()))
-}
-
-fn excerpt(text: &str) -> String {
-    quote(text)
 }
 
 /// A value as JSON, cut to a readable length.
