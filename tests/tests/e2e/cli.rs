@@ -84,6 +84,21 @@ async fn complete(port: u16, token: &str, endpoint: &str) -> Result<u16, String>
     client.request(request).await.map(|response| response.status().as_u16()).map_err(|e| format!("{e:?}"))
 }
 
+/// The development token a starting `aigw serve --dev` prints on its stdout.
+async fn printed_token(server: &mut tokio::process::Child) -> String {
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(token) = line.strip_prefix("export AIGW_TOKEN=") {
+                return token.to_string();
+            }
+        }
+        panic!("the server exited without printing a token");
+    })
+    .await
+    .expect("a token within 30 s")
+}
+
 /// `aigw serve --dev` on a free port with its key and log in `state`, plus `(name, value)`
 /// settings; returns the process, its port and the token it printed.
 async fn dev_server(state: &std::path::Path, settings: &[(&str, &str)]) -> (tokio::process::Child, u16, String) {
@@ -100,17 +115,7 @@ async fn dev_server(state: &std::path::Path, settings: &[(&str, &str)]) -> (toki
         command.env(name, value);
     }
     let mut server = command.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
-    let token = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(token) = line.strip_prefix("export AIGW_TOKEN=") {
-                return token.to_string();
-            }
-        }
-        panic!("the server exited without printing a token");
-    })
-    .await
-    .expect("a token within 30 s");
+    let token = printed_token(&mut server).await;
     (server, port, token)
 }
 
@@ -365,17 +370,7 @@ async fn dev_server_with_1024_files(
         command.env(name, value);
     }
     let mut server = command.spawn().expect("prlimit (util-linux) runs");
-    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
-    let token = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(token) = line.strip_prefix("export AIGW_TOKEN=") {
-                return token.to_string();
-            }
-        }
-        panic!("the server exited without printing a token");
-    })
-    .await
-    .expect("a token within 30 s");
+    let token = printed_token(&mut server).await;
     (server, port, metrics_port, token)
 }
 
