@@ -14,7 +14,14 @@ pub const PROVIDERS: [&str; 1] = ["azure"];
 pub const API_VERSION: &str = "2024-10-21";
 
 /// Azure names the model by deployment, in the path; the body carries no `model`.
-const DIALECT: Dialect = Dialect { model_in_body: false, stream_options: true, prefix_last_assistant: false };
+/// Azure serves OpenAI's API (its limit of 4 stop sequences too) and no vLLM extensions.
+const DIALECT: Dialect = Dialect {
+    model_in_body: false,
+    stream_options: true,
+    prefix_last_assistant: false,
+    max_stop: Some(4),
+    continue_mistral_prefill: false,
+};
 
 /// Plugin identity reported to the host.
 pub fn info() -> PluginInfo {

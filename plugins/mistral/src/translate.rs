@@ -15,7 +15,13 @@ pub const DEFAULT_ENDPOINT: &str = "https://api.mistral.ai/v1";
 
 /// Mistral refuses unknown fields (so no `stream_options`), reports usage in the last chunk
 /// without being asked, and continues a last assistant message only when it says `prefix`.
-const DIALECT: Dialect = Dialect { model_in_body: true, stream_options: false, prefix_last_assistant: true };
+const DIALECT: Dialect = Dialect {
+    model_in_body: true,
+    stream_options: false,
+    prefix_last_assistant: true,
+    max_stop: None,
+    continue_mistral_prefill: false,
+};
 
 /// Plugin identity reported to the host.
 pub fn info() -> PluginInfo {

@@ -16,11 +16,24 @@ pub struct Dialect {
     /// Mark a last assistant message (a prefill the model continues, such as ReAct's
     /// `Thought:`) with `"prefix": true`, which Mistral's API requires of one.
     pub prefix_last_assistant: bool,
+    /// The most stop sequences the API takes (OpenAI's takes 4); the first ones are sent.
+    pub max_stop: Option<usize>,
+    /// For a Mistral model (`mistral` in its id) whose last message is an assistant prefill,
+    /// ask vLLM to continue that message rather than open a new one
+    /// (`"continue_final_message": true, "add_generation_prompt": false`), as GitLab's gateway
+    /// does: Mistral's chat template otherwise ends the prefill's turn.
+    pub continue_mistral_prefill: bool,
 }
 
 impl Dialect {
-    /// OpenAI and the servers that copy it.
-    pub const OPENAI: Dialect = Dialect { model_in_body: true, stream_options: true, prefix_last_assistant: false };
+    /// OpenAI and the servers that copy it (vLLM, llama.cpp, LiteLLM, Ollama's `/v1`).
+    pub const OPENAI: Dialect = Dialect {
+        model_in_body: true,
+        stream_options: true,
+        prefix_last_assistant: false,
+        max_stop: Some(4),
+        continue_mistral_prefill: true,
+    };
 }
 
 #[derive(Serialize)]
@@ -30,9 +43,15 @@ struct ChatRequest<'a> {
     messages: Vec<ChatMessage<'a>>,
     #[serde(flatten)]
     sampling: SamplingFields<'a>,
+    /// Left out unless true: a whole answer is every server's default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continue_final_message: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    add_generation_prompt: Option<bool>,
 }
 
 /// The sampling fields OpenAI-style APIs share (chat and Mistral's fill-in-the-middle).
@@ -88,6 +107,14 @@ pub fn check_request(request: &ModelRequest) -> Result<(), PluginError> {
 /// The chat completions request body for `request`.
 pub fn chat_body(request: &ModelRequest, dialect: Dialect) -> Result<Vec<u8>, PluginError> {
     check_request(request)?;
+    let prefilled = request.messages.last().is_some_and(|last| matches!(last.role, Role::Assistant));
+    let continue_prefill =
+        (dialect.continue_mistral_prefill && prefilled && request.model.to_ascii_lowercase().contains("mistral"))
+            .then_some(true);
+    let mut sampling = SamplingFields::of(request);
+    if let Some(max) = dialect.max_stop {
+        sampling.stop = &sampling.stop[..sampling.stop.len().min(max)];
+    }
     to_json(&ChatRequest {
         model: dialect.model_in_body.then_some(request.model.as_str()),
         messages: request
@@ -103,9 +130,11 @@ pub fn chat_body(request: &ModelRequest, dialect: Dialect) -> Result<Vec<u8>, Pl
                 }
             })
             .collect(),
-        sampling: SamplingFields::of(request),
+        sampling,
         stream: request.stream,
         stream_options: (request.stream && dialect.stream_options).then_some(StreamOptions { include_usage: true }),
+        continue_final_message: continue_prefill,
+        add_generation_prompt: continue_prefill.map(|_| false),
     })
 }
 
@@ -234,17 +263,53 @@ mod tests {
                 ],
                 "max_tokens": 64,
                 "temperature": 0.32,
-                "stop": ["[INST]"],
-                "stream": false
-            })
+                "stop": ["[INST]"]
+            }),
+            "a whole answer is asked for by leaving `stream` out"
         );
+    }
+
+    #[test]
+    fn openai_takes_four_stop_sequences_and_the_first_four_are_sent() {
+        let mut five = request(false);
+        five.sampling.stop = ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"].map(String::from).to_vec();
+        let body: Value = serde_json::from_slice(&chat_body(&five, Dialect::OPENAI).unwrap()).unwrap();
+        assert_eq!(body["stop"], json!(["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]"]));
+        five.sampling.stop.truncate(4);
+        let body: Value = serde_json::from_slice(&chat_body(&five, Dialect::OPENAI).unwrap()).unwrap();
+        assert_eq!(body["stop"].as_array().unwrap().len(), 4, "four fit");
+    }
+
+    #[test]
+    fn a_mistral_prefill_is_continued_and_other_models_are_left_alone() {
+        let mut prefilled = request(true);
+        prefilled.messages.push(Message { role: Role::Assistant, content: "Thought:".into() });
+        prefilled.model = "Mistral-7B-Instruct-v0.3".into();
+        let body: Value = serde_json::from_slice(&chat_body(&prefilled, Dialect::OPENAI).unwrap()).unwrap();
+        assert_eq!(
+            (body["continue_final_message"].clone(), body["add_generation_prompt"].clone()),
+            (json!(true), json!(false))
+        );
+        prefilled.model = "Meta-Llama-3.1-8B-Instruct".into();
+        let body: Value = serde_json::from_slice(&chat_body(&prefilled, Dialect::OPENAI).unwrap()).unwrap();
+        assert!(body.get("continue_final_message").is_none() && body.get("add_generation_prompt").is_none());
+        let mut unprefilled = request(true);
+        unprefilled.model = "mistral-small".into();
+        let body: Value = serde_json::from_slice(&chat_body(&unprefilled, Dialect::OPENAI).unwrap()).unwrap();
+        assert!(body.get("continue_final_message").is_none(), "no prefill, nothing to continue");
     }
 
     #[test]
     fn dialects_differ_in_model_and_stream_options() {
         let openai: Value = serde_json::from_slice(&chat_body(&request(true), Dialect::OPENAI).unwrap()).unwrap();
         assert_eq!(openai["stream_options"], json!({"include_usage": true}));
-        let bare = Dialect { model_in_body: false, stream_options: false, prefix_last_assistant: false };
+        let bare = Dialect {
+            model_in_body: false,
+            stream_options: false,
+            prefix_last_assistant: false,
+            max_stop: None,
+            continue_mistral_prefill: false,
+        };
         let other: Value = serde_json::from_slice(&chat_body(&request(true), bare).unwrap()).unwrap();
         assert_eq!(other.get("model"), None);
         assert_eq!(other.get("stream_options"), None);
