@@ -52,7 +52,7 @@ pub enum StartError {
         /// Why.
         source: notify::Error,
     },
-    /// The prompts (embedded, or under AIGW_PROMPTS__DIR) do not load.
+    /// The prompts (built in, under AIGW_PROMPTS__DIR, or GitLab's under AIGW_PROMPTS__GITLAB_DIR) do not load.
     #[error("prompt registry: {0}")]
     Prompts(#[from] prompts::PromptError),
     /// Outbound client setup failed.
@@ -106,10 +106,7 @@ impl Gateway {
                 config.plugins.dir.display()
             )));
         }
-        let prompts = match &config.prompts_dir {
-            Some(dir) => prompts::PromptRegistry::embedded_with_dir(dir)?,
-            None => prompts::PromptRegistry::embedded()?,
-        };
+        let prompts = prompts::PromptRegistry::load(&config.prompts)?;
         let metrics = Arc::new(telemetry::Metrics::default());
         let (registry, plugins_watcher) = load_plugins(&config, &metrics).await?;
         let mut watchers = vec![plugins_watcher];
@@ -152,13 +149,14 @@ impl Gateway {
             metrics,
             connections,
         });
-        if let Some(dir) = state.config.prompts_dir.clone() {
-            let (watched, watched_dir) = (Arc::clone(&state), dir.clone());
+        // Either prompt directory changing reloads both, so that a reload never mixes sets.
+        for dir in [&state.config.prompts.dir, &state.config.prompts.gitlab_dir].into_iter().flatten() {
+            let watched = Arc::clone(&state);
             let reload = move || {
-                let (state, dir) = (Arc::clone(&watched), watched_dir.clone());
-                async move { state.reload_prompts(&dir) }
+                let state = Arc::clone(&watched);
+                async move { state.reload_prompts() }
             };
-            let watcher = DirWatcher::start(&dir, true, state.config.plugins.reload_debounce, reload)
+            let watcher = DirWatcher::start(dir, true, state.config.plugins.reload_debounce, reload)
                 .map_err(|source| StartError::Watch { dir: dir.display().to_string(), source })?;
             watchers.push(watcher);
         }

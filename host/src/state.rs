@@ -39,13 +39,13 @@ impl AppState {
         self.prompts.load_full()
     }
 
-    /// Rebuild the registry from the embedded prompts and `dir`; a directory that does not load
-    /// keeps the last good registry in place.
-    pub(crate) fn reload_prompts(&self, dir: &std::path::Path) {
-        match PromptRegistry::embedded_with_dir(dir) {
+    /// Rebuild the registry from the built-in prompts and the configured directories; a set that
+    /// does not load keeps the last good registry in place.
+    pub(crate) fn reload_prompts(&self) {
+        match PromptRegistry::load(&self.config.prompts) {
             Ok(registry) => {
                 self.prompts.store(Arc::new(registry));
-                tracing::info!(dir = %dir.display(), "prompts reloaded");
+                tracing::info!(sources = ?self.config.prompts, "prompts reloaded");
             }
             Err(error) => tracing::warn!(%error, "prompt files rejected; keeping the prompts already loaded"),
         }

@@ -9,6 +9,7 @@ use crate::auth::{AuthError, Principal};
 use crate::error::GatewayError;
 use crate::pipeline::{self, ChunkStream, Deadline, ModelJob};
 use crate::plugins::{PluginError, wit};
+use crate::prompts::{Prompt, PromptRegistry};
 use crate::response::Body;
 use crate::state::RequestState;
 use crate::upstream::UpstreamError;
@@ -17,31 +18,121 @@ use hyper::body::Frame;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// Tools the agent may offer: (name, scope that grants it, description for the model).
-const TOOLS: [(&str, &str, &str); 6] = [
-    (
-        "issue_reader",
-        "ask_issue",
-        "Reads a GitLab issue (description, comments, labels). Input: the issue reference or URL and what you want to know about it.",
-    ),
-    (
-        "epic_reader",
-        "ask_epic",
-        "Reads a GitLab epic and its child items. Input: the epic reference or URL and what you want to know about it.",
-    ),
-    (
-        "merge_request_reader",
-        "ask_merge_request",
-        "Reads a merge request (description, diff summary, discussion). Input: the merge request reference or URL and what you want to know.",
-    ),
-    (
-        "commit_reader",
-        "ask_commit",
-        "Reads a commit (message and changes). Input: the commit SHA or URL and what you want to know.",
-    ),
-    ("build_reader", "ask_build", "Reads a CI job and its log. Input: the job URL or ID and what you want to know."),
-    ("gitlab_documentation", "documentation_search", "Searches GitLab's documentation. Input: a search question."),
+/// A tool the agent may offer the model. Rails runs the tools; the gateway only describes them.
+struct Tool {
+    /// The name the model answers with (GitLab's, which Rails dispatches on).
+    name: &'static str,
+    /// The scope that grants it.
+    scope: &'static str,
+    /// What it reads, for prompts that list the resources the model can reach.
+    resource: &'static str,
+    /// The oldest GitLab version whose Rails runs it.
+    since: Option<(u64, u64)>,
+    /// What it does and what to pass it, for the model (aigw's words).
+    description: &'static str,
+    /// One step that uses it, in the output grammar the parser reads (aigw's words).
+    example: &'static str,
+}
+
+/// The tools, in the order GitLab's gateway offers them.
+const TOOLS: [Tool; 7] = [
+    Tool {
+        name: "build_reader",
+        scope: "ask_build",
+        resource: "builds",
+        since: Some((17, 5)),
+        description: "Reads one CI job (also called a build) and its log. Use it only when the user gives a job ID or \
+                      URL or is looking at a job; never to search for jobs. Input: the user's question as asked.",
+        example: "Question: Why did https://gitlab.example.com/group/app/-/jobs/42 fail?\nThought: The question is about \
+                  one job, which build_reader reads.\nAction: build_reader\nAction Input: Why did \
+                  https://gitlab.example.com/group/app/-/jobs/42 fail?",
+    },
+    Tool {
+        name: "epic_reader",
+        scope: "ask_epic",
+        resource: "epics",
+        since: None,
+        description: "Reads one epic and its child items. Use it only when the user gives an epic reference or URL or \
+                      is looking at an epic; never to search for epics. Input: the user's question as asked.",
+        example: "Question: What is left to do in &7?\nThought: The question is about one epic, which epic_reader \
+                  reads.\nAction: epic_reader\nAction Input: What is left to do in &7?",
+    },
+    Tool {
+        name: "issue_reader",
+        scope: "ask_issue",
+        resource: "issues",
+        since: None,
+        description: "Reads one issue: its description, comments and labels. Use it only when the user gives an issue \
+                      reference or URL or is looking at an issue; never to search for issues. Input: the user's \
+                      question as asked.",
+        example: "Question: Who reported #123?\nThought: The question is about one issue, which issue_reader \
+                  reads.\nAction: issue_reader\nAction Input: Who reported #123?",
+    },
+    Tool {
+        name: "merge_request_reader",
+        scope: "ask_merge_request",
+        resource: "merge_requests",
+        since: Some((17, 5)),
+        description: "Reads one merge request: its description, changes and discussion. Use it only when the user \
+                      gives a merge request reference or URL or is looking at one; never to search for them. Input: \
+                      the user's question as asked.",
+        example: "Question: Summarize !45.\nThought: The question is about one merge request, which \
+                  merge_request_reader reads.\nAction: merge_request_reader\nAction Input: Summarize !45.",
+    },
+    Tool {
+        name: "commit_reader",
+        scope: "ask_commit",
+        resource: "commits",
+        since: Some((17, 5)),
+        description: "Reads one commit: its message and changes. Use it only when the user gives a commit SHA or URL \
+                      or is looking at a commit; never to search for commits. Input: the user's question as asked.",
+        example: "Question: What does commit 1a2b3c4 change?\nThought: The question is about one commit, which \
+                  commit_reader reads.\nAction: commit_reader\nAction Input: What does commit 1a2b3c4 change?",
+    },
+    Tool {
+        name: "work_item_reader",
+        scope: "ask_work_item",
+        resource: "work_items",
+        since: Some((18, 5)),
+        description: "Reads one work item (a task, an objective, a key result, …). Use it only when the user gives a \
+                      work item ID or URL or is looking at one; never to search for them. Input: the user's question \
+                      as asked.",
+        example: "Question: Who owns https://gitlab.example.com/group/app/-/work_items/9?\nThought: The question is \
+                  about one work item, which work_item_reader reads.\nAction: work_item_reader\nAction Input: Who \
+                  owns https://gitlab.example.com/group/app/-/work_items/9?",
+    },
+    Tool {
+        name: "gitlab_documentation",
+        scope: "documentation_search",
+        resource: "documentation answers",
+        since: None,
+        description: "Searches GitLab's documentation, for questions about how GitLab and its features work. Input: \
+                      a short search phrase.",
+        example: "Question: How do I protect a branch?\nThought: This is about how GitLab works, which its \
+                  documentation answers.\nAction: gitlab_documentation\nAction Input: protect a branch",
+    },
 ];
+
+/// The `major.minor` of an `X-Gitlab-Version` header (`18.5.0`, `17.5.0-pre`).
+fn instance_version(headers: &http::HeaderMap) -> Option<(u64, u64)> {
+    let text = headers.get("x-gitlab-version")?.to_str().ok()?;
+    let mut parts = text.split(['.', '-']);
+    Some((parts.next()?.trim().parse().ok()?, parts.next()?.trim().parse().ok()?))
+}
+
+/// The tools a caller may use: granted by its scopes, and run by its instance's version (an
+/// instance that does not say is offered only the tools every version has).
+fn offered_tools(principal: &Principal, headers: &http::HeaderMap) -> Vec<Value> {
+    let version = instance_version(headers);
+    TOOLS
+        .iter()
+        .filter(|tool| principal.has_scope(tool.scope))
+        .filter(|tool| tool.since.is_none_or(|since| version.is_some_and(|v| v >= since)))
+        .map(|tool| {
+            json!({"name": tool.name, "resource": tool.resource, "description": tool.description, "example": tool.example})
+        })
+        .collect()
+}
 
 /// The ReAct prompt: the system message, per family (`chat/react/<family>`, else `base`).
 const PROMPT_ID: &str = "chat/react";
@@ -224,10 +315,102 @@ fn conversation(
     }
 }
 
+/// aigw's own ReAct prompt: its system message, the conversation as chat messages, then its
+/// prefill (a last assistant message in the prompt goes after the conversation).
+fn own_conversation(
+    prompts: &PromptRegistry,
+    prompt: &Prompt,
+    request: &AgentRequest,
+    options_steps: &[ScratchpadStep],
+    tools: &[Value],
+) -> Result<Result<Vec<wit::Message>, UnsupportedConversation>, GatewayError> {
+    let mut messages = match conversation(&request.messages, options_steps) {
+        Ok(messages) => messages,
+        Err(unsupported) => return Ok(Err(unsupported)),
+    };
+    let variables = minijinja::context! { tools => tools, unavailable_resources => &request.unavailable_resources };
+    let mut system = prompts.render(prompt, &variables)?;
+    let prefill = match system.last() {
+        Some(last) if system.len() > 1 && matches!(last.role, wit::Role::Assistant) => system.pop(),
+        _ => None,
+    };
+    system.append(&mut messages);
+    system.extend(prefill);
+    Ok(Ok(system))
+}
+
+/// GitLab's ReAct prompt, rendered as GitLab's gateway renders it: the `system` template (tools,
+/// unavailable resources, today's date), the `user` template for each user message (the message
+/// object as the instance sent it), the `assistant` template for each assistant message that has
+/// content (its scratchpad and answer), and the `assistant` template once more at the end with
+/// the step in progress: the `Thought:` prefill.
+fn gitlab_conversation(
+    prompts: &PromptRegistry,
+    prompt: &Prompt,
+    request: &AgentRequest,
+    raw_messages: &[Value],
+    options_steps: &[ScratchpadStep],
+    tools: &[Value],
+) -> Result<Result<Vec<wit::Message>, UnsupportedConversation>, GatewayError> {
+    let step_value = |step: &ScratchpadStep| {
+        json!({
+            "action": {
+                "thought": step.action.thought,
+                "tool": step.action.tool.replace("\\_", "_"),
+                "tool_input": step.action.tool_input,
+            },
+            "observation": step.observation,
+        })
+    };
+    let mut rendered = Vec::new();
+    let system_variables = minijinja::context! {
+        tools => tools,
+        unavailable_resources => &request.unavailable_resources,
+        current_date => super::date::Date::today().with_weekday(),
+    };
+    if let Some(system) = prompts.render_role(prompt, wit::Role::System, &system_variables)? {
+        rendered.push(wit::Message { role: wit::Role::System, content: system });
+    }
+    // A last assistant message without an answer holds the step in progress (newer instances
+    // send it there rather than in `options`): it is the prefill's scratchpad, not a turn.
+    let (turns, in_progress) = match request.messages.split_last() {
+        Some((last, earlier)) if last.role == "assistant" && last.content.is_none() => (earlier, Some(last)),
+        _ => (&request.messages[..], None),
+    };
+    for (message, raw) in turns.iter().zip(raw_messages) {
+        match message.role.as_str() {
+            "user" => {
+                let variables = minijinja::context! { message => raw };
+                let content = prompts.render_role(prompt, wit::Role::User, &variables)?.unwrap_or_default();
+                rendered.push(wit::Message { role: wit::Role::User, content });
+            }
+            "assistant" => {
+                let Some(answer) = &message.content else { continue };
+                let steps: Vec<Value> = message.agent_scratchpad.iter().map(step_value).collect();
+                let variables = minijinja::context! { agent_scratchpad => steps, final_answer => answer };
+                let content = prompts.render_role(prompt, wit::Role::Assistant, &variables)?.unwrap_or_default();
+                rendered.push(wit::Message { role: wit::Role::Assistant, content });
+            }
+            _ => return Ok(Err(UnsupportedConversation("Unsupported message"))),
+        }
+    }
+    if !rendered.last().is_some_and(|last| matches!(last.role, wit::Role::User)) {
+        return Ok(Err(UnsupportedConversation("Last message must be a human message")));
+    }
+    let steps: Vec<Value> =
+        options_steps.iter().chain(in_progress.iter().flat_map(|m| &m.agent_scratchpad)).map(step_value).collect();
+    let variables = minijinja::context! { agent_scratchpad => steps };
+    if let Some(prefill) = prompts.render_role(prompt, wit::Role::Assistant, &variables)? {
+        rendered.push(wit::Message { role: wit::Role::Assistant, content: prefill });
+    }
+    Ok(Ok(rendered))
+}
+
 /// Handle one agent step.
 pub(crate) async fn handle(
     state: &RequestState<'_>,
     principal: &Principal,
+    headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
     let mut request: AgentRequest = parse_json(body)?;
@@ -239,37 +422,37 @@ pub(crate) async fn handle(
         .and_then(|options| options.agent_scratchpad)
         .map(|scratchpad| scratchpad.steps.into_iter().map(ScratchpadStep::from).collect())
         .unwrap_or_default();
-    let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
-    let mut messages = match conversation(&request.messages, &options_steps) {
+    let (target, _) = ModelMetadata::resolve(request.model_metadata.take(), state.config.custom_models_enabled)?;
+    let tools = offered_tools(principal, headers);
+    let prompts = state.prompts();
+    let prompt = prompts.for_family(PROMPT_ID, &target.family, None)?;
+    let rendered = if prompt.is_gitlab() {
+        // GitLab's ReAct template renders each turn from the request's own message objects.
+        let raw: Value = serde_json::from_slice(body).unwrap_or_default();
+        let raw_messages = raw["messages"].as_array().cloned().unwrap_or_default();
+        gitlab_conversation(&prompts, prompt, &request, &raw_messages, &options_steps, &tools)?
+    } else {
+        own_conversation(&prompts, prompt, &request, &options_steps, &tools)?
+    };
+    let system = match rendered {
         Ok(messages) => messages,
         Err(UnsupportedConversation(message)) => return Ok(error_response(message.to_string(), false)),
     };
-    let tools: Vec<Value> = TOOLS
-        .iter()
-        .filter(|(_, scope, _)| principal.has_scope(scope))
-        .map(|(name, _, description)| json!({"name": name, "description": description}))
-        .collect();
-    let prompts = state.prompts();
-    let prompt = prompts.for_family(PROMPT_ID, &target.family, None)?;
-    let variables = minijinja::context! { tools => tools, unavailable_resources => request.unavailable_resources };
-    let mut system = prompts.render(prompt, &variables)?;
-    // A last assistant message in the prompt is its prefill: it goes after the conversation.
-    let prefill = match system.last() {
-        Some(last) if system.len() > 1 && matches!(last.role, wit::Role::Assistant) => system.pop(),
-        _ => None,
-    };
-    system.append(&mut messages);
-    system.extend(prefill);
-    let mut sampling = prompt.sampling();
-    if sampling.stop.is_empty() {
+    let mut sampling = prompts.sampling(prompt, &target.family);
+    if sampling.stop.is_empty() && !prompt.is_gitlab() {
         // The model must stop where the observation, which GitLab supplies, would begin.
+        // (GitLab's own prompts say for themselves: its `gpt` one sends no stop at all.)
         sampling.stop.push("Observation:".to_string());
     }
     let model = target.model.clone();
     let prefilled = system
         .last()
         .is_some_and(|last| matches!(last.role, wit::Role::Assistant) && last.content.trim_end().ends_with("Thought:"));
-    match pipeline::stream(state, ModelJob::new(target, system, sampling, Deadline::Chat)).await {
+    let mut job = ModelJob::new(target, system, sampling, Deadline::Chat);
+    if prompt.is_gitlab() {
+        job = job.with_roles_as_rendered();
+    }
+    match pipeline::stream(state, job).await {
         Ok(chunks) => Ok(events_response(chunks, model, ReactParser::new(prefilled))),
         // GitLab's gateway has already answered 200 when its model call fails, and Rails reads
         // the failure from the stream; aigw answers the same way.

@@ -5,6 +5,7 @@ pub(crate) mod access_token;
 pub(crate) mod agent;
 pub(crate) mod chat;
 pub(crate) mod code;
+mod date;
 pub(crate) mod fence;
 pub(crate) mod language;
 pub(crate) mod model;
@@ -153,7 +154,7 @@ pub(crate) async fn dispatch(
         Authenticated::Chat => chat::handle(state, &body).await,
         Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,
         Authenticated::UserAccessToken => access_token::handle(state, &principal, headers),
-        Authenticated::Agent => agent::handle(state, &principal, &body).await,
+        Authenticated::Agent => agent::handle(state, &principal, headers, &body).await,
     }
 }
 
@@ -181,7 +182,14 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
             let prompts = state.prompts();
             let models: Vec<Value> =
                 prompts.families().names().map(|family| json!({"name": family, "identifier": family})).collect();
-            let body = json!({"models": models, "providers": state.plugins.snapshot().provider_names()});
+            // Which prompt set serves: GitLab's registry (and the ids it has), else aigw's own.
+            let gitlab = prompts.gitlab_ids();
+            let prompt_set = if gitlab.is_some() { "gitlab" } else { "aigw" };
+            let body = json!({
+                "models": models,
+                "providers": state.plugins.snapshot().provider_names(),
+                "prompts": {"set": prompt_set, "gitlab_prompt_ids": gitlab},
+            });
             json_response(StatusCode::OK, body.to_string().into())
         }
     }

@@ -87,16 +87,23 @@ pub(crate) async fn handle(
     authorize(prompt, principal, id)?;
     let (target, _) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
     // Each input is a template variable; `inputs` holds them all, for prompts that show the model
-    // whatever the instance sent.
+    // whatever the instance sent. GitLab's gateway adds today's date unless the caller did.
     let variables = minijinja::context! {
         inputs => &request.inputs,
-        ..minijinja::Value::from_serialize(&request.inputs)
+        ..minijinja::context! {
+            ..minijinja::Value::from_serialize(&request.inputs),
+            ..minijinja::context! { current_date => super::date::Date::today().long() }
+        }
     };
     let messages = prompts.render(prompt, &variables)?;
     // GitLab's gateway keys a whole answer's usage by the family the instance named and a
     // stream's by the model that answered.
     let (family, model) = (target.family.clone(), target.model.clone());
-    let job = ModelJob::new(target, messages, prompt.sampling(), Deadline::Chat);
+    let sampling = prompts.sampling(prompt, &family);
+    let mut job = ModelJob::new(target, messages, sampling, Deadline::Chat);
+    if prompt.is_gitlab() {
+        job = job.with_roles_as_rendered();
+    }
     if request.stream {
         let chunks = pipeline::stream(state, job).await.map_err(model_status_as_421)?;
         let chunks = chunks.first_piece().await.map_err(model_status_as_421)?;

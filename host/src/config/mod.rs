@@ -73,8 +73,9 @@ pub struct Config {
     /// The gateway's own signing key, then the previous one still accepted during a rotation
     /// (`AIGW_SELF_SIGNED_JWT__SIGNING_KEY`, `__VALIDATION_KEY`, PEM). Empty: no user access tokens.
     pub(crate) gateway_keys: Vec<crate::auth::SigningKey>,
-    /// Extra prompt files (`AIGW_PROMPTS__DIR`), merged over the embedded registry at start-up.
-    pub(crate) prompts_dir: Option<PathBuf>,
+    /// Where prompts come from besides the built-in ones: the operator's own files
+    /// (`AIGW_PROMPTS__DIR`) and GitLab's registry (`AIGW_PROMPTS__GITLAB_DIR`), both hot-reloaded.
+    pub(crate) prompts: crate::prompts::PromptSources,
     /// Request body limit, bytes (`AIGW_SERVER__MAX_BODY_BYTES`).
     pub(crate) max_body_bytes: usize,
     /// Serving threads, each with its own single-threaded runtime (`AIGW_SERVER__WORKERS`;

@@ -244,6 +244,7 @@ section!(Auth, "AUTH__" {
 
 section!(Prompts, "PROMPTS__" {
     dir: Option<PathBuf> = None,
+    gitlab_dir: Option<PathBuf> = None,
 });
 
 section!(
@@ -365,7 +366,7 @@ impl RawConfig {
             shutdown_grace: server.shutdown_grace,
             max_connections: server.max_connections,
             write_idle_timeout: server.write_idle_timeout,
-            prompts_dir: self.prompts.dir,
+            prompts: crate::prompts::PromptSources { dir: self.prompts.dir, gitlab_dir: self.prompts.gitlab_dir },
             allowed_kids,
             max_token_lifetime,
             jwks_origin,

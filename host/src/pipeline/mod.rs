@@ -33,6 +33,8 @@ pub(crate) struct ModelJob {
     target: ModelTarget,
     request: wit::ModelRequest,
     deadline: Deadline,
+    /// Fold system messages into the first user message for families without a system role.
+    fit_roles: bool,
 }
 
 impl ModelJob {
@@ -47,7 +49,14 @@ impl ModelJob {
     ) -> Self {
         let request =
             wit::ModelRequest { model: target.model.clone(), messages, fill_in_middle: None, sampling, stream: false };
-        ModelJob { target, request, deadline }
+        ModelJob { target, request, deadline, fit_roles: true }
+    }
+
+    /// Send the messages with the roles they were rendered with, whatever the family: GitLab's
+    /// prompts say for themselves which roles a family gets, and GitLab's gateway sends them so.
+    pub(crate) fn with_roles_as_rendered(mut self) -> Self {
+        self.fit_roles = false;
+        self
     }
 
     /// Also carry the code around the cursor, for providers with a native fill-in-the-middle API.
@@ -113,7 +122,9 @@ impl Call {
     /// Resolve the plugin, let it build the provider request, and send it.
     async fn send(state: &RequestState<'_>, mut job: ModelJob, stream: bool) -> Result<Self, GatewayError> {
         job.request.stream = stream;
-        state.prompts.load().families().fit_roles(&job.target.family, &mut job.request.messages);
+        if job.fit_roles {
+            state.prompts.load().families().fit_roles(&job.target.family, &mut job.request.messages);
+        }
         let total_timeout = job.total_timeout(state);
         let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
         let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;

@@ -2,6 +2,7 @@
 //! rendered by the host into the canonical model request's messages and sampling.
 
 mod family;
+mod gitlab;
 mod trim;
 mod version;
 
@@ -103,9 +104,9 @@ impl From<Scopes> for Vec<String> {
 
 /// Sampling parameters as a file states them: each one optional, so that an extending file can
 /// override one and inherit the rest.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ParamsFile {
+pub(crate) struct ParamsFile {
     temperature: Option<f32>,
     max_tokens: Option<u32>,
     top_p: Option<f32>,
@@ -192,9 +193,36 @@ pub struct Prompt {
     pub(crate) budget: Option<Budget>,
     /// (role, template name in the environment) per message.
     messages: Vec<(wit::Role, String)>,
+    /// Where the prompt came from, which decides how it is rendered.
+    pub(crate) origin: Origin,
+}
+
+/// Where a prompt came from.
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    /// aigw's own prompts, built into the binary.
+    BuiltIn,
+    /// The operator's `AIGW_PROMPTS__DIR`.
+    Operator,
+    /// GitLab's registry (`AIGW_PROMPTS__GITLAB_DIR`), rendered as GitLab's gateway renders it.
+    Gitlab {
+        /// GitLab puts its tool-output security block in front of the first system message.
+        guarded: bool,
+        /// The variables a call must supply (LangChain refuses a call without one of them).
+        required: Vec<String>,
+        /// Why aigw cannot render it, if it cannot (a role it does not support).
+        unsupported: Option<String>,
+        /// The file's own `model.params` and `params.stop`, over the model's defaults.
+        file_params: ParamsFile,
+    },
 }
 
 impl Prompt {
+    /// Whether it is one of GitLab's (`AIGW_PROMPTS__GITLAB_DIR`).
+    pub(crate) fn is_gitlab(&self) -> bool {
+        matches!(self.origin, Origin::Gitlab { .. })
+    }
+
     /// The prompt's sampling defaults as the canonical model request carries them.
     pub(crate) fn sampling(&self) -> wit::Sampling {
         wit::Sampling {
@@ -211,18 +239,39 @@ pub struct PromptRegistry {
     env: minijinja::Environment<'static>,
     prompts: HashMap<String, Vec<Prompt>>,
     families: Families,
+    /// GitLab's registry, when the operator named it.
+    gitlab: Option<gitlab::GitlabPrompts>,
 }
+
+/// Where the prompts come from, besides the built-in ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PromptSources {
+    /// The operator's own prompt files (`AIGW_PROMPTS__DIR`); they win over every other source.
+    pub(crate) dir: Option<std::path::PathBuf>,
+    /// GitLab's `definitions` directory (`AIGW_PROMPTS__GITLAB_DIR`); it wins over the built-in
+    /// prompts for every prompt id it has.
+    pub(crate) gitlab_dir: Option<std::path::PathBuf>,
+}
+
+/// GitLab's id of the prompt for each of aigw's code prompt ids.
+const GITLAB_IDS: [(&str, &str); 2] =
+    [("code_completions", "code_suggestions/completions"), ("code_generations", "code_suggestions/generations")];
 
 impl std::fmt::Debug for PromptRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let families: Vec<&str> = self.families.names().collect();
-        f.debug_struct("PromptRegistry").field("prompts", &self.prompts.len()).field("families", &families).finish()
+        f.debug_struct("PromptRegistry")
+            .field("prompts", &self.prompts.len())
+            .field("families", &families)
+            .field("gitlab", &self.gitlab)
+            .finish()
     }
 }
 
 /// A parsed file waiting to become a [`Prompt`].
 struct Pending {
     path: String,
+    origin: Origin,
     id: String,
     version: Version,
     file: PromptFile,
@@ -231,52 +280,48 @@ struct Pending {
 impl PromptRegistry {
     /// The prompts built into the binary.
     pub fn embedded() -> Result<Self, PromptError> {
-        Self::from_files(embedded::EMBEDDED.iter().map(|(path, text)| (path.to_string(), text.to_string())))
+        Self::load(&PromptSources::default())
     }
 
-    /// The embedded prompts plus the operator's `*.toml` files under `dir`; a file with the same
-    /// id and version as an embedded one replaces it, and a `families.toml` adds its families.
-    pub(crate) fn embedded_with_dir(dir: &std::path::Path) -> Result<Self, PromptError> {
-        let mut files: Vec<(String, String)> =
-            embedded::EMBEDDED.iter().map(|(path, text)| (path.to_string(), text.to_string())).collect();
-        let mut overlay = std::collections::BTreeMap::new();
-        let mut pending = vec![dir.to_path_buf()];
-        while let Some(current) = pending.pop() {
-            let entries = std::fs::read_dir(&current).map_err(|e| PromptError::BadFile {
-                file: current.display().to_string(),
-                problem: format!("cannot read the prompts directory: {e}"),
-            })?;
-            for entry in entries.filter_map(Result::ok) {
-                let path = entry.path();
-                if path.is_dir() {
-                    pending.push(path);
-                } else if path.extension().is_some_and(|e| e == "toml") {
-                    let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| PromptError::BadFile { file: relative.clone(), problem: e.to_string() })?;
-                    overlay.insert(relative, text);
-                }
-            }
+    /// The built-in prompts, the operator's `*.toml` files under `sources.dir` (a file with the
+    /// same id and version as a built-in one replaces it, and a `families.toml` adds its
+    /// families), and GitLab's registry under `sources.gitlab_dir`.
+    pub(crate) fn load(sources: &PromptSources) -> Result<Self, PromptError> {
+        let mut files: Vec<(String, String, Origin)> = embedded::EMBEDDED
+            .iter()
+            .map(|(path, text)| (path.to_string(), text.to_string(), Origin::BuiltIn))
+            .collect();
+        if let Some(dir) = &sources.dir {
+            files.extend(operator_files(dir)?.into_iter().map(|(path, text)| (path, text, Origin::Operator)));
         }
-        files.extend(overlay);
-        Self::from_files(files)
+        let mut registry = Self::from_sources(files)?;
+        if let Some(dir) = &sources.gitlab_dir {
+            registry.gitlab = Some(gitlab::GitlabPrompts::load(dir)?);
+        }
+        Ok(registry)
     }
 
     /// Build a registry from `(relative path, contents)` pairs: `<id>/<version>.toml` prompt
     /// files (a later pair with the same path replaces an earlier one) and `families.toml`
     /// family lists (each adds to those before it).
+    #[cfg(test)]
     pub(crate) fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, PromptError> {
+        Self::from_sources(files.into_iter().map(|(path, text)| (path, text, Origin::BuiltIn)))
+    }
+
+    /// [`PromptRegistry::from_files`], each file with where it came from.
+    fn from_sources(files: impl IntoIterator<Item = (String, String, Origin)>) -> Result<Self, PromptError> {
         let mut families = Families::default();
         let mut prompt_files = std::collections::BTreeMap::new();
-        for (path, text) in files {
+        for (path, text, origin) in files {
             if path == FAMILIES_FILE {
                 families.merge(&text).map_err(|problem| PromptError::BadFile { file: path.clone(), problem })?;
             } else {
-                prompt_files.insert(path, text);
+                prompt_files.insert(path, (text, origin));
             }
         }
         let mut parsed = Vec::new();
-        for (path, text) in prompt_files {
+        for (path, (text, origin)) in prompt_files {
             let bad = |problem: String| PromptError::BadFile { file: path.clone(), problem };
             let normalized = path.replace('\\', "/");
             let (id, file_name) =
@@ -288,12 +333,12 @@ impl PromptRegistry {
                     "a prompt needs at least one message, or `extends` naming a prompt that has them".into()
                 ));
             }
-            parsed.push(Pending { id: id.to_string(), version, file, path });
+            parsed.push(Pending { id: id.to_string(), version, file, path, origin });
         }
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
-        let mut registry = PromptRegistry { env, prompts: HashMap::new(), families };
+        let mut registry = PromptRegistry { env, prompts: HashMap::new(), families, gitlab: None };
         // Bases first, so that every extending file finds the finished prompt it builds on.
         let (extending, bases): (Vec<_>, Vec<_>) = parsed.into_iter().partition(|p| p.file.extends.is_some());
         let extending_ids: std::collections::HashSet<&str> = extending.iter().map(|p| p.id.as_str()).collect();
@@ -333,7 +378,7 @@ impl PromptRegistry {
 
     /// Compile one file's templates and settle what it inherits.
     fn build(&mut self, pending: Pending) -> Result<Prompt, PromptError> {
-        let Pending { path, id, version, file } = pending;
+        let Pending { path, id, version, file, origin } = pending;
         let bad = |problem: String| PromptError::BadFile { file: path.clone(), problem };
         let parent = match &file.extends {
             None => None,
@@ -367,7 +412,18 @@ impl PromptRegistry {
             messages = inherited_messages;
         }
         let name = file.name.unwrap_or_else(|| id.clone());
-        Ok(Prompt { id, name, version, unit_primitives, open: file.open, gateway_tokens, params, budget, messages })
+        Ok(Prompt {
+            id,
+            name,
+            version,
+            unit_primitives,
+            open: file.open,
+            gateway_tokens,
+            params,
+            budget,
+            messages,
+            origin,
+        })
     }
 
     /// Highest stable version of prompt `id`.
@@ -380,53 +436,70 @@ impl PromptRegistry {
     /// matches nothing, is a `BadVersion` (400).
     pub(crate) fn matching(&self, id: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
         let versions = self.prompts.get(id).ok_or_else(|| PromptError::NotFound(id.to_string()))?;
-        // GitLab's texts for these two errors, which Rails passes on: the query, and the
-        // versions there are as a Python list.
-        let available = || {
-            let mut names: Vec<String> = versions.iter().map(|p| format!("'{}'", p.version)).collect();
-            names.sort();
-            format!("[{}]", names.join(", "))
-        };
-        let text = constraint.unwrap_or("*");
-        let constraint = Constraint::parse(text).ok_or_else(|| {
-            PromptError::BadVersion(format!(
-                "Version '{text}' is not a valid PEP 440 constraint and no exact match found (available: {})",
-                available()
-            ))
-        })?;
-        versions.iter().rev().find(|p| constraint.matches(&p.version)).ok_or_else(|| {
-            PromptError::BadVersion(format!("No version matching '{text}' (available: {})", available()))
-        })
+        pick_version(versions, constraint)
     }
 
-    /// Prompt `id` for model `family`, laid out as GitLab's registry is: `<id>/<family>`, else
-    /// `<id>/base`, else `<id>` itself; then the version `constraint` picks among its versions.
+    /// Prompt `id` for model `family`. The operator's own files win, then GitLab's registry for
+    /// an id it has, then the built-in prompts. Among the operator's and the built-in ones the
+    /// lookup is `<id>/<family>`, else `<id>/base`, else `<id>` itself; in GitLab's, GitLab's
+    /// own rule (the family list of `models.yml`, then `base`). Then the version `constraint`
+    /// picks among the folder's versions.
     pub(crate) fn for_family(&self, id: &str, family: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
-        let candidates = [format!("{id}/{family}"), format!("{id}/base")];
-        let found = candidates.iter().map(String::as_str).chain([id]).find(|c| self.prompts.contains_key(*c));
-        match found {
+        let own = self.own_folder(id, family);
+        if let Some(found) =
+            own.filter(|found| self.prompts[*found].iter().any(|p| matches!(p.origin, Origin::Operator)))
+        {
+            return self.matching(found, constraint);
+        }
+        let gitlab_id = GITLAB_IDS.iter().find(|(ours, _)| *ours == id).map_or(id, |(_, theirs)| theirs);
+        if let Some(gitlab) = self.gitlab.as_ref().filter(|gitlab| gitlab.has(gitlab_id)) {
+            return gitlab.select(gitlab_id, family, constraint);
+        }
+        match own {
             Some(found) => self.matching(found, constraint),
             None => Err(PromptError::NotFound(id.to_string())),
         }
     }
 
-    /// The code completion prompt for `family`: its own, else `code_completions/base`.
+    /// Which of aigw's (built-in or operator) folders serves `id` for `family`.
+    fn own_folder(&self, id: &str, family: &str) -> Option<&str> {
+        let candidates = [format!("{id}/{family}"), format!("{id}/base"), id.to_string()];
+        candidates.into_iter().find_map(|c| self.prompts.get_key_value(&c).map(|(key, _)| key.as_str()))
+    }
+
+    /// The code completion prompt for `family`: its own, else `code_completions/base` (GitLab's
+    /// `code_suggestions/completions` when its registry is loaded).
     pub fn code_completion(&self, family: &str) -> Result<&Prompt, PromptError> {
         self.code_prompt("code_completions", "code completion", family)
     }
 
-    /// The code generation prompt for `family`: its own, else `code_generations/base`.
+    /// The code generation prompt for `family`: its own, else `code_generations/base` (GitLab's
+    /// `code_suggestions/generations` when its registry is loaded).
     pub(crate) fn code_generation(&self, family: &str) -> Result<&Prompt, PromptError> {
         self.code_prompt("code_generations", "code generation", family)
     }
 
+    /// The code generation prompt of aigw's own (or the operator's) for `family`, never
+    /// GitLab's: for the legacy v2 forms, whose prompts GitLab's gateway builds in code.
+    pub(crate) fn own_code_generation(&self, family: &str) -> Result<&Prompt, PromptError> {
+        self.check_code_family(family, "code generation")?;
+        let id = "code_generations";
+        let found = self.own_folder(id, family).ok_or_else(|| PromptError::NotFound(id.to_string()))?;
+        self.matching(found, None)
+    }
+
     /// Code endpoints accept only the listed families (GitLab answers 422 for others).
     fn code_prompt(&self, id: &str, task: &'static str, family: &str) -> Result<&Prompt, PromptError> {
+        self.check_code_family(family, task)?;
+        self.for_family(id, family, None)
+    }
+
+    fn check_code_family(&self, family: &str, task: &'static str) -> Result<(), PromptError> {
         if self.families.get(family).is_none() {
             let supported = self.families.names().collect::<Vec<_>>().join(", ");
             return Err(PromptError::UnsupportedFamily { family: family.to_string(), task, supported });
         }
-        self.for_family(id, family, None)
+        Ok(())
     }
 
     /// The model families, from the registry's `families.toml` files.
@@ -434,18 +507,138 @@ impl PromptRegistry {
         &self.families
     }
 
-    /// Render a prompt's messages with `variables`.
+    /// The prompt ids GitLab's registry serves, when it is loaded.
+    pub(crate) fn gitlab_ids(&self) -> Option<Vec<&str>> {
+        self.gitlab.as_ref().map(|gitlab| gitlab.ids().collect())
+    }
+
+    /// The sampling a call of `prompt` for model `family` carries: the prompt's own, or for one
+    /// of GitLab's, the file's `model.params` over the `models.yml` entry's and the file's
+    /// `params.stop` (parameters neither sets are not sent, as in GitLab's gateway).
+    pub(crate) fn sampling(&self, prompt: &Prompt, family: &str) -> wit::Sampling {
+        match (&prompt.origin, &self.gitlab) {
+            (Origin::Gitlab { file_params, .. }, Some(gitlab)) => {
+                let model = gitlab.model_params(family).over(&Params::default());
+                let params = file_params.clone().over(&model);
+                wit::Sampling {
+                    max_tokens: params.max_tokens,
+                    temperature: params.temperature,
+                    top_p: params.top_p,
+                    stop: params.stop,
+                }
+            }
+            _ => prompt.sampling(),
+        }
+    }
+
+    /// Render a prompt's messages with `variables`. One of GitLab's prompts is rendered as
+    /// GitLab's gateway renders it: a missing variable is refused, and the security block (with
+    /// a new suffix) goes in front of the first system message.
     pub fn render(&self, prompt: &Prompt, variables: &minijinja::Value) -> Result<Vec<wit::Message>, PromptError> {
         let render_error = |e: minijinja::Error| PromptError::Render { id: prompt.id.clone(), problem: e.to_string() };
-        prompt
+        let (env, guarded) = match (&prompt.origin, &self.gitlab) {
+            (Origin::Gitlab { guarded, required, unsupported, .. }, Some(gitlab)) => {
+                if let Some(problem) = unsupported {
+                    return Err(PromptError::Render { id: prompt.id.clone(), problem: problem.clone() });
+                }
+                let missing: Vec<String> = required
+                    .iter()
+                    .filter(|name| variables.get_attr(name).map_or(true, |value| value.is_undefined()))
+                    .map(|name| format!("'{name}'"))
+                    .collect();
+                if !missing.is_empty() {
+                    let problem = format!("missing variables {{{}}}", missing.join(", "));
+                    return Err(PromptError::Render { id: prompt.id.clone(), problem });
+                }
+                (gitlab.env(), *guarded)
+            }
+            _ => (&self.env, false),
+        };
+        let mut messages = prompt
             .messages
             .iter()
             .map(|(role, name)| {
-                let template = self.env.get_template(name).map_err(render_error)?;
+                let template = env.get_template(name).map_err(render_error)?;
                 Ok(wit::Message { role: *role, content: template.render(variables).map_err(render_error)? })
             })
-            .collect()
+            .collect::<Result<Vec<_>, PromptError>>()?;
+        if guarded
+            && let Some(gitlab) = &self.gitlab
+            && let Some(system) = messages.iter_mut().find(|m| matches!(m.role, wit::Role::System))
+        {
+            let block = gitlab.security_block().map_err(render_error)?;
+            system.content = format!("{block}\n\n{}", system.content);
+        }
+        Ok(messages)
     }
+    /// Render the template `prompt` has for `role` alone (the first, if it has several), or
+    /// `None` when it has none: for prompts that are rendered a turn at a time, as GitLab's
+    /// ReAct prompt is. No security block, and no check of the variables (GitLab renders these
+    /// templates directly, without LangChain).
+    pub(crate) fn render_role(
+        &self,
+        prompt: &Prompt,
+        role: wit::Role,
+        variables: &minijinja::Value,
+    ) -> Result<Option<String>, PromptError> {
+        let render_error = |e: minijinja::Error| PromptError::Render { id: prompt.id.clone(), problem: e.to_string() };
+        let env = match (&prompt.origin, &self.gitlab) {
+            (Origin::Gitlab { .. }, Some(gitlab)) => gitlab.env(),
+            _ => &self.env,
+        };
+        let Some((_, name)) = prompt.messages.iter().find(|(r, _)| *r == role) else {
+            return Ok(None);
+        };
+        let template = env.get_template(name).map_err(render_error)?;
+        template.render(variables).map(Some).map_err(render_error)
+    }
+}
+
+/// The highest of `versions` (sorted, lowest first) matching `constraint`; GitLab's texts for
+/// the two ways that fails, which Rails passes on: the query, and the versions there are as a
+/// Python list.
+fn pick_version<'a>(versions: &'a [Prompt], constraint: Option<&str>) -> Result<&'a Prompt, PromptError> {
+    let available = || {
+        let mut names: Vec<String> = versions.iter().map(|p| format!("'{}'", p.version)).collect();
+        names.sort();
+        format!("[{}]", names.join(", "))
+    };
+    let text = constraint.unwrap_or("*");
+    let constraint = Constraint::parse(text).ok_or_else(|| {
+        PromptError::BadVersion(format!(
+            "Version '{text}' is not a valid PEP 440 constraint and no exact match found (available: {})",
+            available()
+        ))
+    })?;
+    versions
+        .iter()
+        .rev()
+        .find(|p| constraint.matches(&p.version))
+        .ok_or_else(|| PromptError::BadVersion(format!("No version matching '{text}' (available: {})", available())))
+}
+
+/// The operator's `*.toml` files under `dir`, as (path relative to `dir`, contents).
+fn operator_files(dir: &std::path::Path) -> Result<Vec<(String, String)>, PromptError> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|e| PromptError::BadFile {
+            file: current.display().to_string(),
+            problem: format!("cannot read the prompts directory: {e}"),
+        })?;
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| PromptError::BadFile { file: relative.clone(), problem: e.to_string() })?;
+                files.insert(relative, text);
+            }
+        }
+    }
+    Ok(files.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -246,3 +246,77 @@ async fn the_last_final_answer_delta_carries_the_models_finish_reason() {
         assert!(earlier.clone().all(|e| e["data"]["finish_reason"].is_null()), "{events:?}");
     }
 }
+
+#[tokio::test]
+async fn tools_are_offered_by_scope_and_by_the_instance_version_in_gitlabs_order() {
+    let t = TestGateway::start().await;
+    let every = [
+        "duo_chat",
+        "ask_build",
+        "ask_epic",
+        "ask_issue",
+        "ask_merge_request",
+        "ask_commit",
+        "ask_work_item",
+        "documentation_search",
+    ];
+    let offered = |version: Option<&str>, scopes: &[&str]| {
+        let mut headers = t.gitlab_headers(&t.token(scopes));
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-gitlab-version"));
+        if let Some(version) = version {
+            headers.push(("x-gitlab-version".into(), version.into()));
+        }
+        let body = json!({"messages": [{"role": "user", "content": "hi"}], "model_metadata": metadata(&t)});
+        let t = &t;
+        async move {
+            let answer = t.post("/v2/chat/agent", &headers, &body).await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            let system =
+                t.model.requests().last().unwrap().body["messages"][0]["content"].as_str().unwrap().to_string();
+            let names = [
+                "build_reader",
+                "epic_reader",
+                "issue_reader",
+                "merge_request_reader",
+                "commit_reader",
+                "work_item_reader",
+                "gitlab_documentation",
+            ];
+            let mut found: Vec<(usize, &str)> =
+                names.iter().filter_map(|name| system.find(&format!("- {name}:")).map(|at| (at, *name))).collect();
+            found.sort();
+            found.into_iter().map(|(_, name)| name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        offered(Some("18.5.0"), &every).await,
+        [
+            "build_reader",
+            "epic_reader",
+            "issue_reader",
+            "merge_request_reader",
+            "commit_reader",
+            "work_item_reader",
+            "gitlab_documentation"
+        ]
+    );
+    assert_eq!(
+        offered(Some("18.4.2"), &every).await,
+        [
+            "build_reader",
+            "epic_reader",
+            "issue_reader",
+            "merge_request_reader",
+            "commit_reader",
+            "gitlab_documentation"
+        ],
+        "work_item_reader needs 18.5"
+    );
+    assert_eq!(
+        offered(Some("17.4.0"), &every).await,
+        ["epic_reader", "issue_reader", "gitlab_documentation"],
+        "builds, merge requests and commits need 17.5"
+    );
+    assert_eq!(offered(None, &every).await, ["epic_reader", "issue_reader", "gitlab_documentation"]);
+    assert_eq!(offered(Some("18.5.0"), &["duo_chat", "ask_issue"]).await, ["issue_reader"], "scopes still gate");
+}

@@ -12,6 +12,7 @@ mod completions;
 mod conformance;
 mod connections;
 mod egress;
+mod gitlab_registry;
 mod hostile_upstream;
 mod limits;
 mod metrics;

@@ -72,6 +72,15 @@ struct CodeInput {
     /// Strip a generation's code fence (v2 does, as GitLab's gateway does; v3 and v4 send the
     /// model's text as it is).
     strip_fence: bool,
+    /// The instance's code context (the contents of open files), in its order; GitLab's gateway
+    /// puts it in front of the prefix.
+    context: Vec<String>,
+    /// The v3/v4 generation payload's `prompt_enhancer`: variables for the generation prompt.
+    enhancer: serde_json::Map<String, Value>,
+    /// A generation without `prompt_id` uses the registry's generation prompt, GitLab's when its
+    /// registry is loaded (v3 and v4, as GitLab's gateway); v2's legacy forms never use GitLab's
+    /// registry (GitLab's gateway builds those prompts in code).
+    legacy: bool,
 }
 
 /// The answer before it takes an endpoint's shape.
@@ -86,6 +95,8 @@ enum CodeOutcome {
         usage: Option<wit::Usage>,
         /// The model stopped at its output limit.
         cut_at_limit: bool,
+        /// Characters of the instance's code context the prompt carried.
+        context_used: usize,
     },
     /// A streamed suggestion.
     Stream { chunks: Box<ChunkStream>, fence: Option<FenceStripper> },
@@ -159,6 +170,19 @@ fn generation_prompt(
     }
 }
 
+/// The code context items joined by newlines, cut at the end to `room` bytes (on a character
+/// boundary) when there is a budget.
+fn fit_context(items: &[String], room: Option<usize>) -> String {
+    let mut joined = items.join("\n");
+    if let Some(room) = room
+        && joined.len() > room
+    {
+        let cut = (0..=room).rev().find(|at| joined.is_char_boundary(*at)).unwrap_or(0);
+        joined.truncate(cut);
+    }
+    joined
+}
+
 /// Render the prompt, call the model, and strip a generation's code fence where the endpoint does.
 async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, GatewayError> {
     let family = input.target.family.clone();
@@ -168,6 +192,7 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         (Task::Generation, GenerationPrompt::ById { id, constraint }) => {
             prompts.for_family(id, &family, constraint.as_deref())?
         }
+        (Task::Generation, _) if input.legacy => prompts.own_code_generation(&family)?,
         (Task::Generation, _) => prompts.code_generation(&family)?,
     };
     let prompt_name = prompt.name.clone();
@@ -180,8 +205,52 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         Some(budget) => trim_to_budget(&input.above, &input.below, budget),
         None => (input.above.as_str(), input.below.as_str()),
     };
-    let variables = minijinja::context! {
-        prefix => prefix, suffix => suffix, language => language, file_name => input.file_name,
+    // A completion's code context goes before the prefix, one newline between the pieces
+    // (GitLab's order), cut to what the prompt's budget leaves.
+    let context = match input.task {
+        Task::Completion => {
+            let room = prompt.budget.map(|b| b.max_prompt_chars.saturating_sub(prefix.len() + suffix.len()));
+            fit_context(&input.context, room)
+        }
+        Task::Generation => String::new(),
+    };
+    let with_context =
+        |prefix: &str| if context.is_empty() { prefix.to_string() } else { format!("{context}\n{prefix}") };
+    let gitlab = prompt.is_gitlab();
+    let (model_prefix, variables) = match input.task {
+        Task::Completion if gitlab => {
+            let prefix = with_context(prefix);
+            // GitLab's completion variables: the editor's language id (else the language's name),
+            // lower-cased.
+            let language = input.language_identifier.as_deref().unwrap_or(language).to_lowercase();
+            let variables = minijinja::context! {
+                prefix => &prefix, suffix => suffix, language => language, file_name => input.file_name,
+            };
+            (prefix, variables)
+        }
+        Task::Generation if gitlab => {
+            // GitLab's generation variables: the content above the cursor, as `prefix` and fenced
+            // as the instruction, the editor's language id, and the prompt enhancer's fields.
+            let fence_language = if lang.is_empty() {
+                std::path::Path::new(&input.file_name).extension().and_then(|e| e.to_str()).unwrap_or_default()
+            } else {
+                lang
+            };
+            let instruction = format!("```{fence_language}\n{}\n```", input.above);
+            let base = minijinja::context! {
+                prefix => &input.above, instruction => &instruction, user_instruction => &instruction,
+                language => input.language_identifier.as_deref(), file_name => input.file_name,
+            };
+            let variables = minijinja::context! { ..minijinja::Value::from_serialize(&input.enhancer), ..base };
+            (input.above.clone(), variables)
+        }
+        _ => {
+            let prefix = with_context(prefix);
+            let variables = minijinja::context! {
+                prefix => &prefix, suffix => suffix, language => language, file_name => input.file_name,
+            };
+            (prefix, variables)
+        }
     };
     let messages = match input.prompt {
         GenerationPrompt::Text(text) if input.task == Task::Generation => {
@@ -190,9 +259,13 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         GenerationPrompt::Messages(messages) if input.task == Task::Generation => messages,
         _ => prompts.render(prompt, &variables)?,
     };
-    let mut job = ModelJob::new(input.target, messages, prompt.sampling(), Deadline::Code);
+    let sampling = prompts.sampling(prompt, &family);
+    let mut job = ModelJob::new(input.target, messages, sampling, Deadline::Code);
+    if gitlab {
+        job = job.with_roles_as_rendered();
+    }
     if input.task == Task::Completion {
-        job = job.with_fill_in_middle(prefix, suffix);
+        job = job.with_fill_in_middle(&model_prefix, suffix);
     }
     let strip = input.task == Task::Generation && input.strip_fence;
     if input.stream {
@@ -203,7 +276,8 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
     let completion = pipeline::complete(state, job).await?;
     let cut_at_limit = matches!(completion.finish_reason, Some(wit::FinishReason::Length));
     let text = if strip { FenceStripper::strip(&completion.text) } else { completion.text };
-    let outcome = CodeOutcome::Text { lang, text, usage: completion.usage, cut_at_limit };
+    let context_used = context.chars().count();
+    let outcome = CodeOutcome::Text { lang, text, usage: completion.usage, cut_at_limit, context_used };
     Ok(CodeAnswer { prompt_name, outcome })
 }
 

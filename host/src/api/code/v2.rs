@@ -146,6 +146,9 @@ pub(crate) async fn handle_v2(
         prompt,
         target,
         strip_fence: true,
+        context: request.context.iter().filter_map(|item| item["content"].as_str().map(str::to_string)).collect(),
+        enhancer: serde_json::Map::new(),
+        legacy: true,
     };
     let answer = run(state, input).await?;
     let (engine, name) =
@@ -165,14 +168,13 @@ pub(crate) async fn handle_v2(
     };
     Ok(match answer.outcome {
         CodeOutcome::NoLanguage => v2_answer("", None, None),
-        CodeOutcome::Text { lang, text, usage, cut_at_limit } => {
+        CodeOutcome::Text { lang, text, usage, cut_at_limit, context_used } => {
             let tokens = (task == Task::Completion).then(|| TokensConsumption {
                 input_tokens: usage.as_ref().map_or(0, |u| u.input_tokens),
                 output_tokens: usage.as_ref().map_or(0, |u| u.output_tokens),
                 max_output_tokens_used: cut_at_limit,
                 context_tokens_sent: context_chars,
-                // The completion prompts do not use the instance's context yet.
-                context_tokens_used: 0,
+                context_tokens_used: context_used,
             });
             v2_answer(lang, Some(&text), tokens)
         }

@@ -34,6 +34,8 @@ struct EditorPayload {
     prompt_id: Option<String>,
     prompt_version: Option<PromptVersion>,
     prompt: Option<Value>,
+    #[serde(default)]
+    prompt_enhancer: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +107,11 @@ pub(crate) async fn handle_v3(
         prompt,
         target,
         strip_fence: false,
+        // GitLab's gateway uses `code_context` components only from language servers that
+        // announce advanced context; aigw does not read that header yet, so it sends none.
+        context: Vec::new(),
+        enhancer: payload.prompt_enhancer.unwrap_or_default(),
+        legacy: false,
     };
     let answer = run(state, input).await?;
     // A completion names the provider and family the instance sent; a generation, and every

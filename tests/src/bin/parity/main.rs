@@ -6,7 +6,9 @@
 //! aigw's answer with GitLab's (see `compare`), or, for a deliberate deviation, checks the answer
 //! aigw gives instead (see `deviations`). The reference directory is `AIGW_GITLAB_REFERENCE`
 //! (default `../shared/reference` beside the workspace); without it the run fails, it never
-//! skips. The model-server requests aigw sends are not compared here: the prompt text is its own.
+//! skips. aigw runs with GitLab's prompt registry from the same reference directory
+//! (`gitlab-prompts/definitions`), and the model-server requests it sends are compared with those
+//! GitLab's gateway sent (see `upstream`).
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -33,6 +35,8 @@ use transcript::Case;
 struct Replayed {
     outcome: Outcome,
     upstream: upstream::Upstream,
+    /// Where aigw's model-server request differs from GitLab's.
+    upstream_differences: Vec<String>,
 }
 
 /// How one case's answer came out.
@@ -75,20 +79,52 @@ async fn run() -> Result<bool> {
     if !stale.is_empty() {
         bail!("deviations name cases the transcripts do not have: {stale:?}");
     }
-    // The recording ran with GitLab's default location, which its answers report as `region`.
+    let gitlab_prompts = reference.join("gitlab-prompts/definitions");
+    if !gitlab_prompts.is_dir() {
+        bail!("GitLab's prompt registry is not at {}", gitlab_prompts.display());
+    }
+    // The recording ran with GitLab's default location, which its answers report as `region`,
+    // and with GitLab's prompt registry, which aigw reads from the reference copy.
     let gateway = Setup::default()
         .plugin(component("plugins/ollama.wasm"), "ollama.wasm")
         .env("AIGW_GOOGLE_CLOUD_PLATFORM__LOCATION", "us-central1")
+        .env("AIGW_PROMPTS__GITLAB_DIR", gitlab_prompts.to_str().context("the reference path is not UTF-8")?)
         .start()
         .await;
 
     let mut report = String::new();
     let (mut equal, mut deviating, mut open, mut failed) = (0, 0, 0, 0);
     let mut upstream_counts = std::collections::BTreeMap::new();
+    let mut upstream_report = String::new();
     for case in &cases {
-        let Replayed { outcome, upstream } =
+        let Replayed { outcome, upstream, upstream_differences } =
             replay(&gateway, case).await.with_context(|| format!("replaying {:?}", case.name))?;
         *upstream_counts.entry(format!("{upstream:?}")).or_insert(0) += 1;
+        // Only calls GitLab's gateway made are compared: where it made none, the answer is a
+        // deliberate deviation, checked above.
+        if !case.model_calls.is_empty() {
+            let reason = deviations::upstream_open_reason(case);
+            match (upstream_differences.is_empty(), reason) {
+                (true, None) => {}
+                (true, Some(_)) => {
+                    failed += 1;
+                    writeln!(upstream_report, "NOW IDENTICAL  {} (take it off the open differences)", case.name)?;
+                }
+                (false, reason) => {
+                    if reason.is_none() {
+                        failed += 1;
+                    }
+                    let label = if reason.is_some() { "open     " } else { "DIFFERENT" };
+                    writeln!(upstream_report, "{label}  {} ({upstream:?})", case.name)?;
+                    for line in upstream_differences.iter().take(6) {
+                        writeln!(upstream_report, "             {line}")?;
+                    }
+                    if upstream_differences.len() > 6 {
+                        writeln!(upstream_report, "             … {} more", upstream_differences.len() - 6)?;
+                    }
+                }
+            }
+        }
         let open_reason = deviations::open_reason(case);
         match (outcome, open_reason) {
             (Outcome::Equal, Some(_)) => {
@@ -135,12 +171,19 @@ async fn run() -> Result<bool> {
     let called = cases.iter().filter(|case| !case.model_calls.is_empty()).count();
     writeln!(
         report,
-        "model-server requests (reported, not yet enforced; the prompt text is aigw's own until the prompt-parity \
-         work): {} of {called} identical to GitLab's, {} more with the same method, path and credential; by \
-         outcome {upstream_counts:?}",
+        "model-server requests, with GitLab's prompt registry loaded: {} of {called} identical to GitLab's, {} more \
+         with the same method, path and credential; by outcome {upstream_counts:?}",
         upstream_counts.get("Identical").copied().unwrap_or(0),
         upstream_counts.get("SameShape").copied().unwrap_or(0),
     )?;
+    writeln!(report, "\nmodel-server requests that differ:\n{upstream_report}")?;
+    let mut causes: Vec<&str> = deviations::UPSTREAM_OPEN.iter().map(|(_, cause)| *cause).collect();
+    causes.dedup();
+    writeln!(report, "their causes:")?;
+    for cause in causes {
+        let cases = deviations::UPSTREAM_OPEN.iter().filter(|(_, c)| *c == cause).count();
+        writeln!(report, "- {cases} case(s): {cause}")?;
+    }
     writeln!(report, "\ndeliberate deviations:")?;
     for deviation in deviations::all() {
         writeln!(report, "- {}: {}", deviation.name, deviation.reason)?;
@@ -182,7 +225,15 @@ async fn replay(gateway: &TestGateway, case: &Case) -> Result<Replayed> {
     let api_key = ["/model_api_key", "/model_metadata/api_key", "/prompt_components/0/payload/model_api_key"]
         .iter()
         .find_map(|pointer| request.pointer(pointer).and_then(serde_json::Value::as_str));
-    let upstream = upstream::compare(case, &gateway.model.requests(), base_path, api_key);
+    let sent = gateway.model.requests();
+    let (upstream, upstream_differences) = upstream::compare(case, &sent, base_path, api_key);
+    // What aigw sent, for reading beside the transcript.
+    if let Some(first) = sent.first() {
+        let directory = workspace().join("target/parity/requests");
+        std::fs::create_dir_all(&directory)?;
+        let file: String = case.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        std::fs::write(directory.join(format!("{file}.json")), serde_json::to_vec_pretty(&first.body)?)?;
+    }
     let outcome = match deviations::of(case) {
         Some(deviation) => Outcome::Deviation { name: deviation.name, wrong: deviation.check(&answer) },
         None => {
@@ -190,5 +241,5 @@ async fn replay(gateway: &TestGateway, case: &Case) -> Result<Replayed> {
             if found.is_empty() { Outcome::Equal } else { Outcome::Different(found) }
         }
     };
-    Ok(Replayed { outcome, upstream })
+    Ok(Replayed { outcome, upstream, upstream_differences })
 }

@@ -1,7 +1,6 @@
 //! Compares the requests aigw sent to the model server with those GitLab's gateway sent for the
 //! same case: method, path, credential placement, and the JSON body whole (the security block's
-//! random suffix and the date masked). Reported, not enforced, until the prompt-parity work
-//! makes them equal: the body carries the prompt text, which is aigw's own.
+//! random suffix and the date masked), and says where they differ.
 
 use crate::transcript::Case;
 use aigw_tests::Recorded;
@@ -20,11 +19,15 @@ pub enum Upstream {
     Different,
 }
 
-/// The first call of `case` against the first request aigw sent. `base_path` is the endpoint's
-/// path (`/v1`), which GitLab's recording leaves out.
-pub fn compare(case: &Case, sent: &[Recorded], base_path: &str, api_key: Option<&str>) -> Upstream {
+/// The first call of `case` against the first request aigw sent, and where they differ.
+/// `base_path` is the endpoint's path (`/v1`), which GitLab's recording leaves out.
+pub fn compare(case: &Case, sent: &[Recorded], base_path: &str, api_key: Option<&str>) -> (Upstream, Vec<String>) {
     let (Some(theirs), Some(ours)) = (case.model_calls.first(), sent.first()) else {
-        return if case.model_calls.is_empty() && sent.is_empty() { Upstream::NoCall } else { Upstream::Different };
+        return match (case.model_calls.is_empty(), sent.is_empty()) {
+            (true, true) => (Upstream::NoCall, Vec::new()),
+            (false, _) => (Upstream::Different, vec!["aigw called no model server".into()]),
+            (true, false) => (Upstream::Different, vec!["GitLab's gateway called no model server".into()]),
+        };
     };
     let path = ours.path.strip_prefix(base_path).unwrap_or(&ours.path);
     let credential = |(header, is_key): &(String, bool)| {
@@ -37,9 +40,61 @@ pub fn compare(case: &Case, sent: &[Recorded], base_path: &str, api_key: Option<
         None => !ours.headers.contains_key("authorization"),
     };
     if ours.method.as_str() != theirs.method || path != theirs.path || !credential_equal {
-        return Upstream::Different;
+        let line = format!(
+            "request: GitLab {} {} (credential {:?}), aigw {} {path} (credential as GitLab's: {credential_equal})",
+            theirs.method, theirs.path, theirs.auth, ours.method
+        );
+        return (Upstream::Different, vec![line]);
     }
-    if masked(&theirs.request_body, &ours.body) { Upstream::Identical } else { Upstream::SameShape }
+    let mut found = Vec::new();
+    differences("body", &theirs.request_body, &ours.body, &mut found);
+    if found.is_empty() { (Upstream::Identical, found) } else { (Upstream::SameShape, found) }
+}
+
+/// Where `ours` differs from `theirs`, as JSON paths with both values (long texts shortened to
+/// the first place they part).
+fn differences(path: &str, theirs: &Value, ours: &Value, found: &mut Vec<String>) {
+    match (theirs, ours) {
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (index, (x, y)) in a.iter().zip(b).enumerate() {
+                differences(&format!("{path}[{index}]"), x, y, found);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                match b.get(key) {
+                    Some(other) => differences(&format!("{path}.{key}"), value, other, found),
+                    None => found.push(format!("{path}.{key}: GitLab {}, aigw has none", short(value))),
+                }
+            }
+            for (key, value) in b.iter().filter(|(key, _)| !a.contains_key(*key)) {
+                found.push(format!("{path}.{key}: GitLab has none, aigw {}", short(value)));
+            }
+        }
+        (Value::String(a), Value::String(b)) => {
+            if let Some((theirs_at, ours_at)) = mismatch(a, b) {
+                // A little before the parting, on character boundaries.
+                let excerpt = |text: &str, at: usize| {
+                    let start = (0..=at.saturating_sub(20)).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                    text[start..].chars().take(60).collect::<String>()
+                };
+                found.push(format!(
+                    "{path}: texts part at byte {theirs_at} of {} / {ours_at} of {}: GitLab {:?}, aigw {:?}",
+                    a.len(),
+                    b.len(),
+                    excerpt(a, theirs_at),
+                    excerpt(b, ours_at)
+                ));
+            }
+        }
+        _ if masked(theirs, ours) => {}
+        _ => found.push(format!("{path}: GitLab {}, aigw {}", short(theirs), short(ours))),
+    }
+}
+
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 80 { format!("{}…", text.chars().take(80).collect::<String>()) } else { text }
 }
 
 /// Equal, where the recording's `<sfx>` (16 hex digits) and `<current_date>` stand for any value.
@@ -56,54 +111,66 @@ fn masked(theirs: &Value, ours: &Value) -> bool {
 
 /// `pattern` with `<sfx>` and `<current_date>` placeholders against `text`.
 fn text_matches(pattern: &str, text: &str) -> bool {
-    // The pattern cut at its placeholders: (literal, the placeholder after it).
+    mismatch(pattern, text).is_none()
+}
+
+/// Where `text` stops matching `pattern` (placeholders standing for their values): the byte
+/// offsets in both, or `None` when it matches.
+fn mismatch(pattern: &str, text: &str) -> Option<(usize, usize)> {
+    // The pattern cut at its placeholders: (offset, literal, the placeholder after it).
     let mut parts = Vec::new();
-    let mut rest = pattern;
+    let mut at = 0;
     loop {
-        let next = ["<sfx>", "<current_date>"].iter().filter_map(|p| rest.find(p).map(|at| (at, *p))).min();
+        let rest = &pattern[at..];
+        let next = ["<sfx>", "<current_date>"].iter().filter_map(|p| rest.find(p).map(|i| (i, *p))).min();
         match next {
-            Some((at, placeholder)) => {
-                parts.push((&rest[..at], Some(placeholder)));
-                rest = &rest[at + placeholder.len()..];
+            Some((index, placeholder)) => {
+                parts.push((at, &rest[..index], Some(placeholder)));
+                at += index + placeholder.len();
             }
             None => {
-                parts.push((rest, None));
+                parts.push((at, rest, None));
                 break;
             }
         }
     }
-    let mut text = text;
-    for (index, (literal, placeholder)) in parts.iter().enumerate() {
-        let Some(after) = text.strip_prefix(literal) else {
-            return false;
-        };
-        text = after;
+    let mut consumed = 0;
+    for (index, (offset, literal, placeholder)) in parts.iter().enumerate() {
+        let rest = &text[consumed..];
+        if !rest.starts_with(literal) {
+            let common = literal.bytes().zip(rest.bytes()).take_while(|(a, b)| a == b).count();
+            return Some((offset + common, consumed + common));
+        }
+        consumed += literal.len();
         match placeholder {
             None => {}
             Some("<sfx>") => {
                 // 16 hex digits: ASCII, so the cut after them is a character boundary.
-                if !text.as_bytes().get(..16).is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
+                let digits = text.as_bytes().get(consumed..consumed + 16);
+                if !digits.is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit)) {
+                    return Some((offset + literal.len(), consumed));
                 }
-                text = &text[16..];
+                consumed += 16;
             }
             Some(_) => {
-                // The date runs to the next literal.
-                let next = parts.get(index + 1).map_or("", |(literal, _)| *literal);
-                let end = if next.is_empty() { Some(text.len()) } else { text.find(next) };
+                // The date runs to the start of the next literal (its first few characters, so
+                // that a difference further on is reported where it is).
+                let next = parts.get(index + 1).map_or("", |(_, literal, _)| *literal);
+                let next = &next[..(0..=next.len().min(8)).rev().find(|i| next.is_char_boundary(*i)).unwrap_or(0)];
+                let end = if next.is_empty() { Some(text.len() - consumed) } else { text[consumed..].find(next) };
                 let Some(end) = end else {
-                    return false;
+                    return Some((offset + literal.len(), consumed));
                 };
-                text = &text[end..];
+                consumed += end;
             }
         }
     }
-    text.is_empty()
+    (consumed != text.len()).then_some((pattern.len(), consumed))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::text_matches;
+    use super::{mismatch, text_matches};
 
     #[test]
     fn placeholders_stand_for_the_values_that_change() {
@@ -111,5 +178,7 @@ mod tests {
         assert!(!text_matches("<tag_<sfx>>x", "<tag_0123>x"));
         assert!(text_matches("Today is <current_date>.", "Today is Tuesday, December, 01, 2026."));
         assert!(text_matches("plain", "plain") && !text_matches("plain", "other"));
+        assert_eq!(mismatch("ab<sfx>cd", "ab0123456789abcdefce"), Some((8, 19)));
+        assert_eq!(mismatch("abc", "abcd"), Some((3, 3)));
     }
 }
