@@ -6,11 +6,11 @@
 //! Nothing of GitLab's is built into aigw: the operator points this at the directory their GitLab
 //! AI gateway image or source already has.
 
-use super::{Origin, ParamsFile, Prompt, PromptError, Version, parse_version, pick_version};
+use super::{Origin, Params, Prompt, PromptError, Version, parse_version, pick_version, walk};
 use crate::plugins::wit;
 use serde_yaml_ng::Value as Yaml;
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The template GitLab renders its tool-output security block from, relative to the root.
 const SECURITY_BLOCK: &str = "common/tool_output_security/1.0.0.jinja";
@@ -30,7 +30,7 @@ const OWN_TEMPLATE_FACTORIES: [&str; 1] = ["chat/react"];
 #[derive(Debug, Clone, Default)]
 struct ModelEntry {
     family: Vec<String>,
-    params: ParamsFile,
+    params: Params,
 }
 
 /// GitLab's registry, loaded.
@@ -42,8 +42,6 @@ pub(crate) struct GitlabPrompts {
     ids: BTreeSet<String>,
     /// `gitlab_identifier` → entry.
     models: HashMap<String, ModelEntry>,
-    /// Whether the security block's template is there (GitLab's registries before it had none).
-    has_security_block: bool,
 }
 
 impl std::fmt::Debug for GitlabPrompts {
@@ -77,8 +75,8 @@ fn yaml_number(value: &Yaml) -> Option<f64> {
 /// The sampling parameters of a `params` mapping (a prompt file's `model.params`, or a
 /// `models.yml` entry's): what reaches the model. The rest (`model`, `max_retries`,
 /// `custom_llm_provider`, …) says how GitLab's model library is set up, not what it sends.
-fn sampling_params(params: Option<&Yaml>, file: &str) -> Result<ParamsFile, PromptError> {
-    let mut out = ParamsFile::default();
+fn sampling_params(params: Option<&Yaml>, file: &str) -> Result<Params, PromptError> {
+    let mut out = Params::default();
     let Some(params) = params else {
         return Ok(out);
     };
@@ -114,27 +112,6 @@ fn yaml_error(error: &serde_yaml_ng::Error) -> String {
         Some(_) => error.to_string(),
         None => format!("{error} (no line known)"),
     }
-}
-
-/// Every file under `root`, as (path relative to `root` with `/`, full path), sorted.
-fn walk(root: &Path) -> Result<Vec<(String, PathBuf)>, PromptError> {
-    let mut files = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| bad(&dir.display().to_string(), format!("cannot read GitLab's prompt directory: {e}")))?;
-        for entry in entries {
-            let path = entry.map_err(|e| bad(&dir.display().to_string(), e.to_string()))?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                files.push((relative, path));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 /// The templates a template includes by a literal name (what LangChain looks into for the
@@ -183,7 +160,6 @@ impl GitlabPrompts {
         });
         add_gitlab_filters(&mut env);
         let files = walk(root)?;
-        let mut sources = HashMap::new();
         // Every file but a prompt definition may be included (`.jinja` partials, `.xml` lists);
         // one that is not text cannot be, and is left out.
         for (relative, path) in &files {
@@ -191,23 +167,15 @@ impl GitlabPrompts {
                 continue;
             }
             let Ok(text) = std::fs::read_to_string(path) else { continue };
-            env.add_template_owned(relative.clone(), text.clone())
-                .map_err(|e| bad(relative, with_line(e.line(), e)))?;
-            sources.insert(relative.clone(), text);
+            env.add_template_owned(relative.clone(), text).map_err(|e| bad(relative, with_line(e.line(), e)))?;
         }
-        let mut registry = GitlabPrompts {
-            has_security_block: sources.contains_key(SECURITY_BLOCK),
-            env,
-            folders: HashMap::new(),
-            ids: BTreeSet::new(),
-            models,
-        };
+        let mut registry = GitlabPrompts { env, folders: HashMap::new(), ids: BTreeSet::new(), models };
         for (relative, path) in &files {
             if !relative.ends_with(".yml") {
                 continue;
             }
             let text = std::fs::read_to_string(path).map_err(|e| bad(relative, e.to_string()))?;
-            let prompt = registry.add_file(relative, &text, &sources)?;
+            let prompt = registry.add_file(relative, &text)?;
             let folder = prompt.id.clone();
             let (id, _) = folder.rsplit_once('/').unwrap_or_default();
             registry.ids.insert(id.to_string());
@@ -220,12 +188,7 @@ impl GitlabPrompts {
     }
 
     /// Parse one `<prompt id>/<folder>/<version>.yml` and compile its templates.
-    fn add_file(
-        &mut self,
-        relative: &str,
-        text: &str,
-        sources: &HashMap<String, String>,
-    ) -> Result<Prompt, PromptError> {
+    fn add_file(&mut self, relative: &str, text: &str) -> Result<Prompt, PromptError> {
         let layout = "expected <prompt id>/<folder>/<version>.yml";
         let (folder, file_name) = relative.rsplit_once('/').ok_or_else(|| bad(relative, layout))?;
         let (id, _) = folder.rsplit_once('/').ok_or_else(|| bad(relative, layout))?;
@@ -243,13 +206,11 @@ impl GitlabPrompts {
         };
         let mut params = sampling_params(file.get("model").and_then(|m| m.get("params")), relative)?;
         params.stop = match file.get("params").and_then(|p| p.get("stop")) {
-            None | Some(Yaml::Null) => None,
-            Some(Yaml::Sequence(stops)) => Some(
-                stops
-                    .iter()
-                    .map(|s| s.as_str().map(str::to_string).ok_or_else(|| bad(relative, "`params.stop` lists strings")))
-                    .collect::<Result<_, _>>()?,
-            ),
+            None | Some(Yaml::Null) => Vec::new(),
+            Some(Yaml::Sequence(stops)) => stops
+                .iter()
+                .map(|s| s.as_str().map(str::to_string).ok_or_else(|| bad(relative, "`params.stop` lists strings")))
+                .collect::<Result<_, _>>()?,
             Some(_) => return Err(bad(relative, "`params.stop` must be a list of strings")),
         };
         let Some(Yaml::Mapping(template)) = file.get("prompt_template") else {
@@ -282,12 +243,11 @@ impl GitlabPrompts {
             let compiled = self.env.get_template(&template_name).map_err(|e| bad(relative, e.to_string()))?;
             required.extend(compiled.undeclared_variables(false));
             for included in included_names(source) {
-                if !sources.contains_key(&included) {
-                    return Err(bad(relative, format!("includes '{included}', which is not in the directory")));
-                }
-                if let Ok(template) = self.env.get_template(&included) {
-                    required.extend(template.undeclared_variables(false));
-                }
+                let template = self
+                    .env
+                    .get_template(&included)
+                    .map_err(|_| bad(relative, format!("includes '{included}', which is not in the directory")))?;
+                required.extend(template.undeclared_variables(false));
             }
             messages.push((role, template_name));
         }
@@ -298,15 +258,15 @@ impl GitlabPrompts {
             version,
             open: false,
             gateway_tokens: !generation,
-            params: params.clone().over(&super::Params::default()),
+            params,
             budget: None,
             messages,
             unit_primitives,
             origin: Origin::Gitlab {
-                guarded: self.has_security_block && !OWN_TEMPLATE_FACTORIES.contains(&id),
+                // GitLab's registries before the block had no template for it.
+                guarded: self.env.get_template(SECURITY_BLOCK).is_ok() && !OWN_TEMPLATE_FACTORIES.contains(&id),
                 required: required.into_iter().collect(),
                 unsupported,
-                file_params: params,
             },
         })
     }
@@ -333,9 +293,10 @@ impl GitlabPrompts {
         pick_version(&self.folders[&folder], Some(constraint.unwrap_or("^1.0.0")))
     }
 
-    /// The sampling defaults `models.yml` gives `model_name` (under a prompt file's own).
-    pub(crate) fn model_params(&self, model_name: &str) -> ParamsFile {
-        self.models.get(model_name).map(|m| m.params.clone()).unwrap_or_default()
+    /// The sampling defaults `models.yml` gives `model_name` (under a prompt file's own), if it
+    /// lists the model.
+    pub(crate) fn model_params(&self, model_name: &str) -> Option<&Params> {
+        self.models.get(model_name).map(|m| &m.params)
     }
 
     /// The Jinja environment the prompts' templates live in.

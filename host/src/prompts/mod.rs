@@ -104,9 +104,9 @@ impl From<Scopes> for Vec<String> {
 
 /// Sampling parameters as a file states them: each one optional, so that an extending file can
 /// override one and inherit the rest.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ParamsFile {
+struct ParamsFile {
     temperature: Option<f32>,
     max_tokens: Option<u32>,
     top_p: Option<f32>,
@@ -135,6 +135,29 @@ pub(crate) struct Params {
     pub(crate) top_p: Option<f32>,
     /// Stop sequences.
     pub(crate) stop: Vec<String>,
+}
+
+impl Params {
+    /// These parameters, with `defaults`' for those they leave unset; the stop sequences are
+    /// always these.
+    fn or(&self, defaults: &Params) -> Params {
+        Params {
+            temperature: self.temperature.or(defaults.temperature),
+            max_tokens: self.max_tokens.or(defaults.max_tokens),
+            top_p: self.top_p.or(defaults.top_p),
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// As the canonical model request carries them.
+    fn sampling(&self) -> wit::Sampling {
+        wit::Sampling {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop: self.stop.clone(),
+        }
+    }
 }
 
 /// How much code context a completion prompt may carry.
@@ -212,8 +235,6 @@ pub(crate) enum Origin {
         required: Vec<String>,
         /// Why aigw cannot render it, if it cannot (a role it does not support).
         unsupported: Option<String>,
-        /// The file's own `model.params` and `params.stop`, over the model's defaults.
-        file_params: ParamsFile,
     },
 }
 
@@ -225,12 +246,7 @@ impl Prompt {
 
     /// The prompt's sampling defaults as the canonical model request carries them.
     pub(crate) fn sampling(&self) -> wit::Sampling {
-        wit::Sampling {
-            max_tokens: self.params.max_tokens,
-            temperature: self.params.temperature,
-            top_p: self.params.top_p,
-            stop: self.params.stop.clone(),
-        }
+        self.params.sampling()
     }
 }
 
@@ -517,16 +533,10 @@ impl PromptRegistry {
     /// `params.stop` (parameters neither sets are not sent, as in GitLab's gateway).
     pub(crate) fn sampling(&self, prompt: &Prompt, family: &str) -> wit::Sampling {
         match (&prompt.origin, &self.gitlab) {
-            (Origin::Gitlab { file_params, .. }, Some(gitlab)) => {
-                let model = gitlab.model_params(family).over(&Params::default());
-                let params = file_params.clone().over(&model);
-                wit::Sampling {
-                    max_tokens: params.max_tokens,
-                    temperature: params.temperature,
-                    top_p: params.top_p,
-                    stop: params.stop,
-                }
-            }
+            (Origin::Gitlab { .. }, Some(gitlab)) => match gitlab.model_params(family) {
+                Some(defaults) => prompt.params.or(defaults).sampling(),
+                None => prompt.sampling(),
+            },
             _ => prompt.sampling(),
         }
     }
@@ -536,8 +546,8 @@ impl PromptRegistry {
     /// a new suffix) goes in front of the first system message.
     pub fn render(&self, prompt: &Prompt, variables: &minijinja::Value) -> Result<Vec<wit::Message>, PromptError> {
         let render_error = |e: minijinja::Error| PromptError::Render { id: prompt.id.clone(), problem: e.to_string() };
-        let (env, guarded) = match (&prompt.origin, &self.gitlab) {
-            (Origin::Gitlab { guarded, required, unsupported, .. }, Some(gitlab)) => {
+        let guarded = match &prompt.origin {
+            Origin::Gitlab { guarded, required, unsupported } => {
                 if let Some(problem) = unsupported {
                     return Err(PromptError::Render { id: prompt.id.clone(), problem: problem.clone() });
                 }
@@ -550,10 +560,11 @@ impl PromptRegistry {
                     let problem = format!("missing variables {{{}}}", missing.join(", "));
                     return Err(PromptError::Render { id: prompt.id.clone(), problem });
                 }
-                (gitlab.env(), *guarded)
+                *guarded
             }
-            _ => (&self.env, false),
+            _ => false,
         };
+        let env = self.env_of(prompt);
         let mut messages = prompt
             .messages
             .iter()
@@ -571,6 +582,15 @@ impl PromptRegistry {
         }
         Ok(messages)
     }
+
+    /// The Jinja environment `prompt`'s templates live in: GitLab's for GitLab's prompts.
+    fn env_of(&self, prompt: &Prompt) -> &minijinja::Environment<'static> {
+        match (&prompt.origin, &self.gitlab) {
+            (Origin::Gitlab { .. }, Some(gitlab)) => gitlab.env(),
+            _ => &self.env,
+        }
+    }
+
     /// Render the template `prompt` has for `role` alone (the first, if it has several), or
     /// `None` when it has none: for prompts that are rendered a turn at a time, as GitLab's
     /// ReAct prompt is. No security block, and no check of the variables (GitLab renders these
@@ -582,10 +602,7 @@ impl PromptRegistry {
         variables: &minijinja::Value,
     ) -> Result<Option<String>, PromptError> {
         let render_error = |e: minijinja::Error| PromptError::Render { id: prompt.id.clone(), problem: e.to_string() };
-        let env = match (&prompt.origin, &self.gitlab) {
-            (Origin::Gitlab { .. }, Some(gitlab)) => gitlab.env(),
-            _ => &self.env,
-        };
+        let env = self.env_of(prompt);
         let Some((_, name)) = prompt.messages.iter().find(|(r, _)| *r == role) else {
             return Ok(None);
         };
@@ -619,8 +636,23 @@ fn pick_version<'a>(versions: &'a [Prompt], constraint: Option<&str>) -> Result<
 
 /// The operator's `*.toml` files under `dir`, as (path relative to `dir`, contents).
 fn operator_files(dir: &std::path::Path) -> Result<Vec<(String, String)>, PromptError> {
-    let mut files = std::collections::BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
+    walk(dir)?
+        .into_iter()
+        .filter(|(_, path)| path.extension().is_some_and(|e| e == "toml"))
+        .map(|(relative, path)| {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| PromptError::BadFile { file: relative.clone(), problem: e.to_string() })?;
+            Ok((relative, text))
+        })
+        .collect()
+}
+
+/// Every file under `root`, as (path relative to `root` with `/`, full path), sorted by path.
+/// An entry that cannot be read (gone while the walk ran) is left out; a directory that cannot
+/// be read is an error.
+fn walk(root: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf)>, PromptError> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
     while let Some(current) = pending.pop() {
         let entries = std::fs::read_dir(&current).map_err(|e| PromptError::BadFile {
             file: current.display().to_string(),
@@ -630,15 +662,14 @@ fn operator_files(dir: &std::path::Path) -> Result<Vec<(String, String)>, Prompt
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "toml") {
-                let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| PromptError::BadFile { file: relative.clone(), problem: e.to_string() })?;
-                files.insert(relative, text);
+            } else {
+                let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                files.push((relative, path));
             }
         }
     }
-    Ok(files.into_iter().collect())
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

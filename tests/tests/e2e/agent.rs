@@ -247,6 +247,17 @@ async fn the_last_final_answer_delta_carries_the_models_finish_reason() {
     }
 }
 
+/// Every tool, in the order GitLab's gateway offers them.
+const GITLAB_TOOL_ORDER: [&str; 7] = [
+    "build_reader",
+    "epic_reader",
+    "issue_reader",
+    "merge_request_reader",
+    "commit_reader",
+    "work_item_reader",
+    "gitlab_documentation",
+];
+
 #[tokio::test]
 async fn tools_are_offered_by_scope_and_by_the_instance_version_in_gitlabs_order() {
     let t = TestGateway::start().await;
@@ -273,33 +284,16 @@ async fn tools_are_offered_by_scope_and_by_the_instance_version_in_gitlabs_order
             assert_eq!(answer.status, 200, "{}", answer.text());
             let system =
                 t.model.requests().last().unwrap().body["messages"][0]["content"].as_str().unwrap().to_string();
-            let names = [
-                "build_reader",
-                "epic_reader",
-                "issue_reader",
-                "merge_request_reader",
-                "commit_reader",
-                "work_item_reader",
-                "gitlab_documentation",
-            ];
-            let mut found: Vec<(usize, &str)> =
-                names.iter().filter_map(|name| system.find(&format!("- {name}:")).map(|at| (at, *name))).collect();
+            // In the order the prompt lists them, whatever the order searched in.
+            let mut found: Vec<(usize, &str)> = GITLAB_TOOL_ORDER
+                .iter()
+                .filter_map(|name| system.find(&format!("- {name}:")).map(|at| (at, *name)))
+                .collect();
             found.sort();
             found.into_iter().map(|(_, name)| name).collect::<Vec<_>>()
         }
     };
-    assert_eq!(
-        offered(Some("18.5.0"), &every).await,
-        [
-            "build_reader",
-            "epic_reader",
-            "issue_reader",
-            "merge_request_reader",
-            "commit_reader",
-            "work_item_reader",
-            "gitlab_documentation"
-        ]
-    );
+    assert_eq!(offered(Some("18.5.0"), &every).await, GITLAB_TOOL_ORDER);
     assert_eq!(
         offered(Some("18.4.2"), &every).await,
         [

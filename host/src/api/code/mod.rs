@@ -218,16 +218,6 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         |prefix: &str| if context.is_empty() { prefix.to_string() } else { format!("{context}\n{prefix}") };
     let gitlab = prompt.is_gitlab();
     let (model_prefix, variables) = match input.task {
-        Task::Completion if gitlab => {
-            let prefix = with_context(prefix);
-            // GitLab's completion variables: the editor's language id (else the language's name),
-            // lower-cased.
-            let language = input.language_identifier.as_deref().unwrap_or(language).to_lowercase();
-            let variables = minijinja::context! {
-                prefix => &prefix, suffix => suffix, language => language, file_name => input.file_name,
-            };
-            (prefix, variables)
-        }
         Task::Generation if gitlab => {
             // GitLab's generation variables: the content above the cursor, as `prefix` and fenced
             // as the instruction, the editor's language id, and the prompt enhancer's fields.
@@ -246,6 +236,13 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         }
         _ => {
             let prefix = with_context(prefix);
+            // GitLab's prompts get the editor's language id (else the language's name),
+            // lower-cased; aigw's get the language's name.
+            let language = if gitlab {
+                input.language_identifier.as_deref().unwrap_or(language).to_lowercase()
+            } else {
+                language.to_string()
+            };
             let variables = minijinja::context! {
                 prefix => &prefix, suffix => suffix, language => language, file_name => input.file_name,
             };

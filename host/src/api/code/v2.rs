@@ -134,8 +134,9 @@ pub(crate) async fn handle_v2(
         Task::Completion => target.family.clone(),
         Task::Generation => format!("{}/{}", target.provider, target.family),
     };
-    let context_chars: usize =
-        request.context.iter().filter_map(|item| item["content"].as_str()).map(|c| c.chars().count()).sum();
+    let context: Vec<String> =
+        request.context.iter().filter_map(|item| item["content"].as_str().map(str::to_string)).collect();
+    let context_chars: usize = context.iter().map(|content| content.chars().count()).sum();
     let input = CodeInput {
         task,
         file_name: request.current_file.file_name,
@@ -146,7 +147,7 @@ pub(crate) async fn handle_v2(
         prompt,
         target,
         strip_fence: true,
-        context: request.context.iter().filter_map(|item| item["content"].as_str().map(str::to_string)).collect(),
+        context,
         enhancer: serde_json::Map::new(),
         legacy: true,
     };
