@@ -188,6 +188,22 @@ struct AgentMessage {
     agent_scratchpad: Vec<ScratchpadStep>,
 }
 
+impl AgentMessage {
+    /// The message with every field a template may read: `content`, `current_file` (or none)
+    /// and `additional_context` (which [`authorize_additional_context`] has allowed).
+    fn as_value(&self) -> Value {
+        json!({
+            "content": self.content.as_deref().unwrap_or_default(),
+            "current_file": self.current_file.as_ref().map(|file| json!({
+                "file_path": file.file_path, "data": file.data, "selected_code": file.selected_code,
+            })),
+            "additional_context": self.additional_context.iter().map(|item| json!({
+                "category": item.category, "id": item.id, "content": item.content,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct CurrentFile {
     file_path: String,
@@ -238,43 +254,6 @@ fn authorize_additional_context(messages: &[AgentMessage], principal: &Principal
     Ok(())
 }
 
-/// A user message with the file in view and the additional context (which
-/// [`authorize_additional_context`] has allowed).
-fn user_content(message: &AgentMessage) -> String {
-    let mut content = message.content.clone().unwrap_or_default();
-    if let Some(file) = &message.current_file {
-        let what = if file.selected_code { "selected code" } else { "file" };
-        content.push_str(&format!(
-            "\n\nThe user is looking at this {what} from {}:\n<code>\n{}\n</code>",
-            file.file_path, file.data
-        ));
-    }
-    for item in &message.additional_context {
-        content.push_str(&format!(
-            "\n\n<additional_context category=\"{}\" id=\"{}\">\n{}\n</additional_context>",
-            item.category, item.id, item.content
-        ));
-    }
-    content
-}
-
-/// An action the model took and the observation GitLab made for it: the assistant's action,
-/// then the observation as the user's answer. Markdown-escaped underscores (`issue\\_reader`)
-/// go to the model unescaped, as GitLab's gateway sends them.
-fn render_step(step: &ScratchpadStep, rendered: &mut Vec<wit::Message>) {
-    let a = &step.action;
-    rendered.push(wit::Message {
-        role: wit::Role::Assistant,
-        content: format!(
-            "Thought: {}\nAction: {}\nAction Input: {}",
-            a.thought.replace("\\_", "_"),
-            a.tool.replace("\\_", "_"),
-            a.tool_input
-        ),
-    });
-    rendered.push(wit::Message { role: wit::Role::User, content: format!("Observation: {}", step.observation) });
-}
-
 /// The roles a message may have; anything else is a validation error, as in GitLab's schema.
 fn check_roles(messages: &[AgentMessage]) -> Result<(), GatewayError> {
     match messages.iter().find(|m| !matches!(m.role.as_str(), "user" | "assistant" | "system")) {
@@ -283,68 +262,13 @@ fn check_roles(messages: &[AgentMessage]) -> Result<(), GatewayError> {
     }
 }
 
-/// The conversation as chat messages: the scratchpad of the step in progress becomes assistant
-/// actions answered by user observations. The step in progress comes from `options` when an
-/// older instance sent it there.
+/// The ReAct prompt rendered a turn at a time, as GitLab's gateway renders its own: the `system`
+/// template (tools, unavailable resources, today's date), the `user` template for each user
+/// message, the `assistant` template for each assistant message that has content (its scratchpad
+/// and answer), and the `assistant` template once more at the end with the step in progress: the
+/// `Thought:` prefill. GitLab's templates get each message object as the instance sent it;
+/// aigw's get it with every field present (its templates refuse undefined values).
 fn conversation(
-    messages: &[AgentMessage],
-    options_steps: &[ScratchpadStep],
-) -> Result<Vec<wit::Message>, UnsupportedConversation> {
-    let mut rendered = Vec::new();
-    for message in messages {
-        match message.role.as_str() {
-            "user" => rendered.push(wit::Message { role: wit::Role::User, content: user_content(message) }),
-            "assistant" => {
-                if let Some(content) = &message.content {
-                    rendered.push(wit::Message { role: wit::Role::Assistant, content: content.clone() });
-                }
-                for step in &message.agent_scratchpad {
-                    render_step(step, &mut rendered);
-                }
-            }
-            // The gateway writes the system prompt; a caller's own is not accepted.
-            _ => return Err(UnsupportedConversation("Unsupported message")),
-        }
-    }
-    for step in options_steps {
-        render_step(step, &mut rendered);
-    }
-    match rendered.last() {
-        Some(last) if matches!(last.role, wit::Role::User) => Ok(rendered),
-        _ => Err(UnsupportedConversation("Last message must be a human message")),
-    }
-}
-
-/// aigw's own ReAct prompt: its system message, the conversation as chat messages, then its
-/// prefill (a last assistant message in the prompt goes after the conversation).
-fn own_conversation(
-    prompts: &PromptRegistry,
-    prompt: &Prompt,
-    request: &AgentRequest,
-    options_steps: &[ScratchpadStep],
-    tools: &[Value],
-) -> Result<Result<Vec<wit::Message>, UnsupportedConversation>, GatewayError> {
-    let mut messages = match conversation(&request.messages, options_steps) {
-        Ok(messages) => messages,
-        Err(unsupported) => return Ok(Err(unsupported)),
-    };
-    let variables = minijinja::context! { tools => tools, unavailable_resources => &request.unavailable_resources };
-    let mut system = prompts.render(prompt, &variables)?;
-    let prefill = match system.last() {
-        Some(last) if system.len() > 1 && matches!(last.role, wit::Role::Assistant) => system.pop(),
-        _ => None,
-    };
-    system.append(&mut messages);
-    system.extend(prefill);
-    Ok(Ok(system))
-}
-
-/// GitLab's ReAct prompt, rendered as GitLab's gateway renders it: the `system` template (tools,
-/// unavailable resources, today's date), the `user` template for each user message (the message
-/// object as the instance sent it), the `assistant` template for each assistant message that has
-/// content (its scratchpad and answer), and the `assistant` template once more at the end with
-/// the step in progress: the `Thought:` prefill.
-fn gitlab_conversation(
     prompts: &PromptRegistry,
     prompt: &Prompt,
     request: &AgentRequest,
@@ -380,7 +304,11 @@ fn gitlab_conversation(
     for (message, raw) in turns.iter().zip(raw_messages) {
         match message.role.as_str() {
             "user" => {
-                let variables = minijinja::context! { message => raw };
+                let variables = if prompt.is_gitlab() {
+                    minijinja::context! { message => raw }
+                } else {
+                    minijinja::context! { message => message.as_value() }
+                };
                 let content = prompts.render_role(prompt, wit::Role::User, &variables)?.unwrap_or_default();
                 rendered.push(wit::Message { role: wit::Role::User, content });
             }
@@ -399,7 +327,7 @@ fn gitlab_conversation(
     }
     let steps: Vec<Value> =
         options_steps.iter().chain(in_progress.iter().flat_map(|m| &m.agent_scratchpad)).map(step_value).collect();
-    let variables = minijinja::context! { agent_scratchpad => steps };
+    let variables = minijinja::context! { agent_scratchpad => steps, final_answer => () };
     if let Some(prefill) = prompts.render_role(prompt, wit::Role::Assistant, &variables)? {
         rendered.push(wit::Message { role: wit::Role::Assistant, content: prefill });
     }
@@ -426,14 +354,10 @@ pub(crate) async fn handle(
     let tools = offered_tools(principal, headers);
     let prompts = state.prompts();
     let prompt = prompts.for_family(PROMPT_ID, &target.family, None)?;
-    let rendered = if prompt.is_gitlab() {
-        // GitLab's ReAct template renders each turn from the request's own message objects.
-        let raw: Value = serde_json::from_slice(body).unwrap_or_default();
-        let raw_messages = raw["messages"].as_array().cloned().unwrap_or_default();
-        gitlab_conversation(&prompts, prompt, &request, &raw_messages, &options_steps, &tools)?
-    } else {
-        own_conversation(&prompts, prompt, &request, &options_steps, &tools)?
-    };
+    // GitLab's ReAct template renders each turn from the request's own message objects.
+    let raw: Value = serde_json::from_slice(body).unwrap_or_default();
+    let raw_messages = raw["messages"].as_array().cloned().unwrap_or_default();
+    let rendered = conversation(&prompts, prompt, &request, &raw_messages, &options_steps, &tools)?;
     let system = match rendered {
         Ok(messages) => messages,
         Err(UnsupportedConversation(message)) => return Ok(error_response(message.to_string(), false)),

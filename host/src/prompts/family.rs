@@ -1,7 +1,9 @@
 //! Model families: the names GitLab sends as `model_name`, read from the registry's
-//! `families.toml`, and what each family's chat template accepts, applied to every message list
-//! before it leaves for the model server.
+//! `families.toml`, with the family's prompt folders to fall back on, its default sampling, and
+//! what its chat template accepts, applied to every message list before it leaves for the model
+//! server.
 
+use super::Params;
 use crate::plugins::wit;
 use serde::Deserialize;
 
@@ -22,6 +24,22 @@ struct FamilyFile {
     name: String,
     #[serde(default = "has_system_role")]
     system_role: bool,
+    /// Families whose prompts serve this one when it has none of its own for a task, in order,
+    /// before `base` (GitLab's `models.yml` family lists: `mixtral` → `mistral`).
+    #[serde(default)]
+    falls_back_to: Vec<String>,
+    /// Sampling for every prompt of the family, under what each prompt file sets itself
+    /// (GitLab's `models.yml` `params`). No stop sequences here: those belong to the prompt.
+    #[serde(default)]
+    params: FamilyParams,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FamilyParams {
+    temperature: Option<f32>,
+    max_tokens: Option<u32>,
+    top_p: Option<f32>,
 }
 
 fn has_system_role() -> bool {
@@ -35,6 +53,10 @@ pub(crate) struct Family {
     pub(crate) name: String,
     /// Whether its chat template accepts a system message.
     pub(crate) system_role: bool,
+    /// The families whose prompts it uses when it has none of its own, in order.
+    pub(crate) falls_back_to: Vec<String>,
+    /// Its default sampling, under each prompt's own.
+    pub(crate) params: Params,
 }
 
 /// The families the registry knows, in the order their files list them.
@@ -50,7 +72,13 @@ impl Families {
             if name.is_empty() || name.contains('/') {
                 return Err(format!("family name {:?} must be a non-empty name without '/'", entry.name));
             }
-            let family = Family { name: name.to_string(), system_role: entry.system_role };
+            let FamilyParams { temperature, max_tokens, top_p } = entry.params;
+            let family = Family {
+                name: name.to_string(),
+                system_role: entry.system_role,
+                falls_back_to: entry.falls_back_to,
+                params: Params { temperature, max_tokens, top_p, stop: Vec::new() },
+            };
             match self.0.iter_mut().find(|known| known.name == family.name) {
                 Some(known) => *known = family,
                 None => self.0.push(family),

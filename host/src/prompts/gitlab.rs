@@ -262,12 +262,9 @@ impl GitlabPrompts {
             budget: None,
             messages,
             unit_primitives,
-            origin: Origin::Gitlab {
-                // GitLab's registries before the block had no template for it.
-                guarded: self.env.get_template(SECURITY_BLOCK).is_ok() && !OWN_TEMPLATE_FACTORIES.contains(&id),
-                required: required.into_iter().collect(),
-                unsupported,
-            },
+            // GitLab's registries before the block had no template for it.
+            guarded: self.env.get_template(SECURITY_BLOCK).is_ok() && !OWN_TEMPLATE_FACTORIES.contains(&id),
+            origin: Origin::Gitlab { required: required.into_iter().collect(), unsupported },
         })
     }
 
@@ -304,10 +301,9 @@ impl GitlabPrompts {
         &self.env
     }
 
-    /// The security block with a fresh random suffix, as GitLab draws one per request: 16 hex
-    /// digits that an injected text cannot guess, so it cannot close the block's tags.
-    pub(crate) fn security_block(&self) -> Result<String, minijinja::Error> {
-        let suffix = format!("{:016x}", rand::random::<u64>());
+    /// The security block with `suffix` in its tags: 16 random hex digits per request, as GitLab
+    /// draws them, which an injected text cannot guess, so it cannot close the block's tags.
+    pub(crate) fn security_block(&self, suffix: &str) -> Result<String, minijinja::Error> {
         self.env.get_template(SECURITY_BLOCK)?.render(minijinja::context! { suffix => suffix })
     }
 

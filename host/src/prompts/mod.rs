@@ -79,6 +79,10 @@ struct PromptFile {
     /// Whether tokens this gateway issued for IDE direct access may use it by id (default yes;
     /// generation prompts say no, as `/v2/code/generations` refuses those tokens).
     gateway_tokens: Option<bool>,
+    /// Whether aigw's content guard (`common/content_guard`) goes in front of the first system
+    /// message, as GitLab puts its tool-output security block in front of its prompts'
+    /// (default yes; inherited). The ReAct prompt says no, as GitLab's has no block either.
+    guard: Option<bool>,
     #[serde(default)]
     params: ParamsFile,
     budget: Option<Budget>,
@@ -111,14 +115,27 @@ struct ParamsFile {
     max_tokens: Option<u32>,
     top_p: Option<f32>,
     stop: Option<Vec<String>>,
+    /// Parameters not to inherit, so that the family's default (or, without one, the model
+    /// server's) applies: GitLab's `gpt` prompts send no temperature where `base` sets one.
+    #[serde(default)]
+    unset: Vec<ParamName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ParamName {
+    Temperature,
+    MaxTokens,
+    TopP,
 }
 
 impl ParamsFile {
     fn over(self, inherited: &Params) -> Params {
+        let kept = |name: ParamName| !self.unset.contains(&name);
         Params {
-            temperature: self.temperature.or(inherited.temperature),
-            max_tokens: self.max_tokens.or(inherited.max_tokens),
-            top_p: self.top_p.or(inherited.top_p),
+            temperature: self.temperature.or(inherited.temperature.filter(|_| kept(ParamName::Temperature))),
+            max_tokens: self.max_tokens.or(inherited.max_tokens.filter(|_| kept(ParamName::MaxTokens))),
+            top_p: self.top_p.or(inherited.top_p.filter(|_| kept(ParamName::TopP))),
             stop: self.stop.unwrap_or_else(|| inherited.stop.clone()),
         }
     }
@@ -216,6 +233,9 @@ pub struct Prompt {
     pub(crate) budget: Option<Budget>,
     /// (role, template name in the environment) per message.
     messages: Vec<(wit::Role, String)>,
+    /// Whether a content guard goes in front of its first system message when it is rendered:
+    /// GitLab's security block for GitLab's prompts, aigw's `common/content_guard` for the others.
+    pub(crate) guarded: bool,
     /// Where the prompt came from, which decides how it is rendered.
     pub(crate) origin: Origin,
 }
@@ -229,8 +249,6 @@ pub(crate) enum Origin {
     Operator,
     /// GitLab's registry (`AIGW_PROMPTS__GITLAB_DIR`), rendered as GitLab's gateway renders it.
     Gitlab {
-        /// GitLab puts its tool-output security block in front of the first system message.
-        guarded: bool,
         /// The variables a call must supply (LangChain refuses a call without one of them).
         required: Vec<String>,
         /// Why aigw cannot render it, if it cannot (a role it does not support).
@@ -268,6 +286,10 @@ pub(crate) struct PromptSources {
     /// prompts for every prompt id it has.
     pub(crate) gitlab_dir: Option<std::path::PathBuf>,
 }
+
+/// The prompt whose text is aigw's content guard (rendered with `suffix`), which goes in front
+/// of the first system message of every prompt that does not say `guard = false`.
+const CONTENT_GUARD: &str = "common/content_guard";
 
 /// GitLab's id of the prompt for each of aigw's code prompt ids.
 const GITLAB_IDS: [(&str, &str); 2] =
@@ -379,7 +401,9 @@ impl PromptRegistry {
         let mut closed: Vec<&str> = registry
             .prompts
             .iter()
-            .filter(|(_, versions)| versions.iter().any(|p| !p.open && p.unit_primitives.is_empty()))
+            .filter(|(id, versions)| {
+                id.as_str() != CONTENT_GUARD && versions.iter().any(|p| !p.open && p.unit_primitives.is_empty())
+            })
             .map(|(id, _)| id.as_str())
             .collect();
         if !closed.is_empty() {
@@ -417,6 +441,7 @@ impl PromptRegistry {
             );
         }
         let gateway_tokens = file.gateway_tokens.or(parent.map(|p| p.gateway_tokens)).unwrap_or(true);
+        let guarded = file.guard.or(parent.map(|p| p.guarded)).unwrap_or(true) && id != CONTENT_GUARD;
         let inherited_messages = parent.map(|p| p.messages.clone()).unwrap_or_default();
         let mut messages = Vec::with_capacity(file.messages.len());
         for (index, message) in file.messages.into_iter().enumerate() {
@@ -438,6 +463,7 @@ impl PromptRegistry {
             params,
             budget,
             messages,
+            guarded,
             origin,
         })
     }
@@ -461,26 +487,45 @@ impl PromptRegistry {
     /// own rule (the family list of `models.yml`, then `base`). Then the version `constraint`
     /// picks among the folder's versions.
     pub(crate) fn for_family(&self, id: &str, family: &str, constraint: Option<&str>) -> Result<&Prompt, PromptError> {
-        let own = self.own_folder(id, family);
-        if let Some(found) =
-            own.filter(|found| self.prompts[*found].iter().any(|p| matches!(p.origin, Origin::Operator)))
-        {
-            return self.matching(found, constraint);
+        // GitLab's ids of the code prompts (`code_suggestions/generations`, which Rails sends
+        // as `prompt_id`) are also served by aigw's own code prompts of the same family: the
+        // versions an operator put under GitLab's id join those of aigw's prompt.
+        let own_id = GITLAB_IDS.iter().find(|(_, theirs)| *theirs == id).map_or(id, |(ours, _)| ours);
+        let folders: Vec<&str> = [self.own_folder(id, family), self.own_folder(own_id, family)]
+            .into_iter()
+            .flatten()
+            .fold(Vec::new(), |mut folders, folder| {
+                if !folders.contains(&folder) {
+                    folders.push(folder);
+                }
+                folders
+            });
+        // The versions of both folders together, the one under the id asked for first.
+        let own = || match folders.as_slice() {
+            [] => Err(PromptError::NotFound(id.to_string())),
+            _ => pick_version(folders.iter().flat_map(|folder| &self.prompts[*folder]), constraint),
+        };
+        let operators = |folder: &&str| self.prompts[*folder].iter().any(|p| matches!(p.origin, Origin::Operator));
+        if folders.iter().any(operators) {
+            return own();
         }
         let gitlab_id = GITLAB_IDS.iter().find(|(ours, _)| *ours == id).map_or(id, |(_, theirs)| theirs);
         if let Some(gitlab) = self.gitlab.as_ref().filter(|gitlab| gitlab.has(gitlab_id)) {
             return gitlab.select(gitlab_id, family, constraint);
         }
-        match own {
-            Some(found) => self.matching(found, constraint),
-            None => Err(PromptError::NotFound(id.to_string())),
-        }
+        own()
     }
 
-    /// Which of aigw's (built-in or operator) folders serves `id` for `family`.
+    /// Which of aigw's (built-in or operator) folders serves `id` for `family`: the family's
+    /// own, then those it falls back to, then `base`, then `id` itself.
     fn own_folder(&self, id: &str, family: &str) -> Option<&str> {
-        let candidates = [format!("{id}/{family}"), format!("{id}/base"), id.to_string()];
-        candidates.into_iter().find_map(|c| self.prompts.get_key_value(&c).map(|(key, _)| key.as_str()))
+        let fallbacks = self.families.get(family).map(|f| f.falls_back_to.as_slice()).unwrap_or_default();
+        std::iter::once(family)
+            .chain(fallbacks.iter().map(String::as_str))
+            .chain(["base"])
+            .map(|folder| format!("{id}/{folder}"))
+            .chain([id.to_string()])
+            .find_map(|c| self.prompts.get_key_value(&c).map(|(key, _)| key.as_str()))
     }
 
     /// The code completion prompt for `family`: its own, else `code_completions/base` (GitLab's
@@ -528,16 +573,19 @@ impl PromptRegistry {
         self.gitlab.as_ref().map(|gitlab| gitlab.ids().collect())
     }
 
-    /// The sampling a call of `prompt` for model `family` carries: the prompt's own, or for one
-    /// of GitLab's, the file's `model.params` over the `models.yml` entry's and the file's
-    /// `params.stop` (parameters neither sets are not sent, as in GitLab's gateway).
+    /// The sampling a call of `prompt` for model `family` carries: the prompt's own over the
+    /// family's defaults (for one of GitLab's, the file's `model.params` over the `models.yml`
+    /// entry's; for aigw's, over `families.toml`'s), and the prompt's stop sequences.
+    /// Parameters neither sets are not sent, as in GitLab's gateway.
     pub(crate) fn sampling(&self, prompt: &Prompt, family: &str) -> wit::Sampling {
-        match (&prompt.origin, &self.gitlab) {
-            (Origin::Gitlab { .. }, Some(gitlab)) => match gitlab.model_params(family) {
-                Some(defaults) => prompt.params.or(defaults).sampling(),
-                None => prompt.sampling(),
-            },
-            _ => prompt.sampling(),
+        let defaults = match (&prompt.origin, &self.gitlab) {
+            (Origin::Gitlab { .. }, Some(gitlab)) => gitlab.model_params(family),
+            (Origin::Gitlab { .. }, None) => None,
+            _ => self.families.get(family).map(|f| &f.params),
+        };
+        match defaults {
+            Some(defaults) => prompt.params.or(defaults).sampling(),
+            None => prompt.sampling(),
         }
     }
 
@@ -546,24 +594,20 @@ impl PromptRegistry {
     /// a new suffix) goes in front of the first system message.
     pub fn render(&self, prompt: &Prompt, variables: &minijinja::Value) -> Result<Vec<wit::Message>, PromptError> {
         let render_error = |e: minijinja::Error| PromptError::Render { id: prompt.id.clone(), problem: e.to_string() };
-        let guarded = match &prompt.origin {
-            Origin::Gitlab { guarded, required, unsupported } => {
-                if let Some(problem) = unsupported {
-                    return Err(PromptError::Render { id: prompt.id.clone(), problem: problem.clone() });
-                }
-                let missing: Vec<String> = required
-                    .iter()
-                    .filter(|name| variables.get_attr(name).map_or(true, |value| value.is_undefined()))
-                    .map(|name| format!("'{name}'"))
-                    .collect();
-                if !missing.is_empty() {
-                    let problem = format!("missing variables {{{}}}", missing.join(", "));
-                    return Err(PromptError::Render { id: prompt.id.clone(), problem });
-                }
-                *guarded
+        if let Origin::Gitlab { required, unsupported } = &prompt.origin {
+            if let Some(problem) = unsupported {
+                return Err(PromptError::Render { id: prompt.id.clone(), problem: problem.clone() });
             }
-            _ => false,
-        };
+            let missing: Vec<String> = required
+                .iter()
+                .filter(|name| variables.get_attr(name).map_or(true, |value| value.is_undefined()))
+                .map(|name| format!("'{name}'"))
+                .collect();
+            if !missing.is_empty() {
+                let problem = format!("missing variables {{{}}}", missing.join(", "));
+                return Err(PromptError::Render { id: prompt.id.clone(), problem });
+            }
+        }
         let env = self.env_of(prompt);
         let mut messages = prompt
             .messages
@@ -573,14 +617,31 @@ impl PromptRegistry {
                 Ok(wit::Message { role: *role, content: template.render(variables).map_err(render_error)? })
             })
             .collect::<Result<Vec<_>, PromptError>>()?;
-        if guarded
-            && let Some(gitlab) = &self.gitlab
+        if prompt.guarded
             && let Some(system) = messages.iter_mut().find(|m| matches!(m.role, wit::Role::System))
+            && let Some(guard) = self.guard_for(prompt).map_err(render_error)?
         {
-            let block = gitlab.security_block().map_err(render_error)?;
-            system.content = format!("{block}\n\n{}", system.content);
+            system.content = format!("{guard}\n\n{}", system.content);
         }
         Ok(messages)
+    }
+
+    /// The content guard for one call of `prompt`, with a fresh random suffix in its tags (so
+    /// that text passed through cannot close them): GitLab's security block for GitLab's
+    /// prompts, aigw's `common/content_guard` for the others; `None` when there is none.
+    fn guard_for(&self, prompt: &Prompt) -> Result<Option<String>, minijinja::Error> {
+        let suffix = format!("{:016x}", rand::random::<u64>());
+        match (&prompt.origin, &self.gitlab) {
+            (Origin::Gitlab { .. }, Some(gitlab)) => gitlab.security_block(&suffix).map(Some),
+            (Origin::Gitlab { .. }, None) => Ok(None),
+            _ => {
+                let Some((_, template)) = self.latest(CONTENT_GUARD).ok().and_then(|guard| guard.messages.first())
+                else {
+                    return Ok(None);
+                };
+                self.env.get_template(template)?.render(minijinja::context! { suffix => suffix }).map(Some)
+            }
+        }
     }
 
     /// The Jinja environment `prompt`'s templates live in: GitLab's for GitLab's prompts.
@@ -614,10 +675,16 @@ impl PromptRegistry {
 /// The highest of `versions` (sorted, lowest first) matching `constraint`; GitLab's texts for
 /// the two ways that fails, which Rails passes on: the query, and the versions there are as a
 /// Python list.
-fn pick_version<'a>(versions: &'a [Prompt], constraint: Option<&str>) -> Result<&'a Prompt, PromptError> {
+fn pick_version<'a, I>(versions: I, constraint: Option<&str>) -> Result<&'a Prompt, PromptError>
+where
+    I: IntoIterator<Item = &'a Prompt>,
+    I::IntoIter: Clone,
+{
+    let versions = versions.into_iter();
     let available = || {
-        let mut names: Vec<String> = versions.iter().map(|p| format!("'{}'", p.version)).collect();
+        let mut names: Vec<String> = versions.clone().map(|p| format!("'{}'", p.version)).collect();
         names.sort();
+        names.dedup();
         format!("[{}]", names.join(", "))
     };
     let text = constraint.unwrap_or("*");
@@ -627,10 +694,11 @@ fn pick_version<'a>(versions: &'a [Prompt], constraint: Option<&str>) -> Result<
             available()
         ))
     })?;
+    // The first of equal versions wins: callers list the folder that takes precedence first.
     versions
-        .iter()
-        .rev()
-        .find(|p| constraint.matches(&p.version))
+        .clone()
+        .filter(|p| constraint.matches(&p.version))
+        .reduce(|best, p| if p.version > best.version { p } else { best })
         .ok_or_else(|| PromptError::BadVersion(format!("No version matching '{text}' (available: {})", available())))
 }
 
@@ -694,10 +762,19 @@ mod tests {
         ];
         for (family, expected) in cases {
             let prompt = registry.code_completion(family).unwrap();
-            assert_eq!(prompt.id, format!("code_completions/{family}"));
+            // Mixtral falls back to Mistral's prompt, as GitLab's family list has it.
+            let folder = if family == "mixtral" { "mistral" } else { family };
+            assert_eq!(prompt.id, format!("code_completions/{folder}"));
             let messages = registry.render(prompt, &completion_vars("A", "B")).unwrap();
-            assert_eq!(messages.len(), 1, "{family}");
-            assert_eq!(messages[0].content, expected, "{family}");
+            let (fim, instructions) = messages.split_last().unwrap();
+            assert_eq!(fim.content, expected, "{family}");
+            // The Mistral family's prompts have a system message, as GitLab's do, and with it the
+            // content guard; the bare fill-in-the-middle prompts have neither.
+            let with_system = ["codestral", "mistral", "mixtral"].contains(&family);
+            assert_eq!(instructions.len(), usize::from(with_system), "{family}");
+            if let Some(system) = instructions.first() {
+                assert!(matches!(system.role, wit::Role::System) && system.content.starts_with("<content_policy_"));
+            }
         }
         assert_eq!(registry.code_completion("codestral").unwrap().params.temperature, Some(0.32));
         assert_eq!(registry.code_completion("codegemma").unwrap().params.stop.len(), 4);
@@ -711,23 +788,100 @@ mod tests {
     }
 
     #[test]
-    fn instruction_families_extend_base_with_their_own_defaults() {
+    fn instruction_families_get_a_system_message_and_a_placeholder() {
         let registry = PromptRegistry::embedded().unwrap();
         let prompt = registry.code_completion("llama3").unwrap();
         assert_eq!(prompt.id, "code_completions/llama3");
         let messages = registry.render(prompt, &completion_vars("x = ", "\nprint(x)")).unwrap();
         assert!(matches!(messages[0].role, wit::Role::System));
         assert!(messages[1].content.contains("x = <CURSOR>\nprint(x)"));
-        for task in ["code_completions", "code_generations", "chat/react"] {
+        let gpt = registry.render(registry.code_completion("gpt").unwrap(), &completion_vars("A", "B")).unwrap();
+        assert!(gpt[1].content.ends_with("<|prefix|>A<|suffix|>B"), "{}", gpt[1].content);
+    }
+
+    /// Sample values for every variable aigw's own prompts read.
+    fn every_variable() -> minijinja::Value {
+        let inputs = serde_json::json!({"diff": "+fn a() {}", "mr_title": "Add a", "notes_content": "LGTM"});
+        let base = minijinja::context! {
+            prefix => "def add(a, b):\n    ", suffix => "\n", language => "Python", file_name => "a.py",
+            input => "Explain", selected_text => "x = 1", language_info => "", file_content => "",
+            file_content_reuse => "", libraries => Vec::<String>::new(), job_log => "npm ERR! 404",
+            vulnerability => "SQL injection", inputs => &inputs,
+        };
+        minijinja::context! { ..minijinja::Value::from_serialize(&inputs), ..base }
+    }
+
+    #[test]
+    fn every_family_and_feature_renders_with_its_structure() {
+        let registry = PromptRegistry::embedded().unwrap();
+        // Every feature the registry has: a folder with a `base` prompt, or a prompt of its own
+        // (`model_configuration/check`); not the guard, nor the ReAct prompt, which is rendered a
+        // turn at a time (the agent's tests render it).
+        let families: Vec<&str> = registry.families().names().collect();
+        let mut features: Vec<&str> = registry
+            .prompts
+            .keys()
+            .map(|id| match id.rsplit_once('/') {
+                Some((feature, last)) if last == "base" || families.contains(&last) => feature,
+                _ => id.as_str(),
+            })
+            .filter(|feature| ![CONTENT_GUARD, "chat/react"].contains(feature))
+            .collect();
+        features.sort_unstable();
+        features.dedup();
+        assert!(features.len() >= 14, "{features:?}");
+        features.push("code_suggestions/generations");
+        let mut suffixes = std::collections::HashSet::new();
+        for feature in features {
             for family in registry.families().names() {
-                let prompt = registry.for_family(task, family, None).unwrap();
-                assert_eq!(prompt.id, format!("{task}/{family}"), "every family has its own {task} prompt");
-                assert!(prompt.params.max_tokens.is_some(), "{task}/{family} states its answer limit");
-                if task != "chat/react" {
-                    assert!(prompt.budget.is_some(), "{task}/{family} states its context budget");
+                let prompt = registry.for_family(feature, family, None).unwrap();
+                let messages = registry
+                    .render(prompt, &every_variable())
+                    .unwrap_or_else(|e| panic!("{feature} for {family} ({}): {e}", prompt.id));
+                assert!(
+                    matches!(messages.last().unwrap().role, wit::Role::User),
+                    "{feature}/{family}: ends on the user"
+                );
+                assert!(messages.iter().all(|m| !m.content.trim().is_empty()), "{feature}/{family}: no empty message");
+                if let Some(system) = messages.iter().find(|m| matches!(m.role, wit::Role::System)) {
+                    // The guard leads the system message, with a suffix of its own each call.
+                    let tag = system.content.split_once('>').map(|(tag, _)| tag).unwrap_or_default();
+                    let suffix = tag.strip_prefix("<content_policy_").unwrap_or_else(|| panic!("{feature}: {tag}"));
+                    assert!(suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{tag}");
+                    assert!(system.content.contains(&format!("</content_policy_{suffix}>\n\n")));
+                    suffixes.insert(suffix.to_string());
                 }
+                let sampling = registry.sampling(prompt, family);
+                assert!(sampling.max_tokens.is_some() || family == "gpt", "{feature}/{family} limits its answer");
             }
         }
+        assert!(suffixes.len() > 100, "a new suffix per call: {}", suffixes.len());
+    }
+
+    #[test]
+    fn sampling_is_the_prompts_over_the_familys() {
+        let registry = PromptRegistry::embedded().unwrap();
+        let sampling = |id: &str, family: &str| {
+            let prompt = registry.for_family(id, family, None).unwrap();
+            let s = registry.sampling(prompt, family);
+            (s.temperature, s.max_tokens, s.stop)
+        };
+        let observation = vec!["Observation:".to_string()];
+        assert_eq!(sampling("chat/react", "llama3"), (Some(0.1), Some(4096), observation.clone()));
+        assert_eq!(sampling("chat/react", "qwen"), (Some(0.1), Some(8192), observation.clone()));
+        assert_eq!(sampling("chat/react", "gpt"), (None, Some(8192), observation), "no temperature for gpt");
+        assert_eq!(sampling("chat/explain_code", "mistral"), (Some(0.0), Some(2048), vec![]));
+        assert_eq!(sampling("chat/explain_code", "gemini"), (Some(1.0), Some(2048), vec![]));
+        assert_eq!(sampling("chat/explain_code", "gpt"), (None, Some(2048), vec![]));
+        assert_eq!(sampling("chat/fix_code", "codestral"), (Some(0.3), Some(2048), vec![]));
+        assert_eq!(sampling("chat/explain_vulnerability", "codestral").0, Some(0.0), "codestral falls back to mistral");
+        assert_eq!(sampling("generate_commit_message", "qwen"), (Some(0.0), Some(8192), vec![]));
+        assert_eq!(sampling("model_configuration/check", "mistral"), (Some(0.0), Some(16), vec![]));
+        assert_eq!(sampling("code_generations", "mixtral"), (Some(0.0), Some(4096), vec![]));
+        assert_eq!(sampling("code_completions", "gpt"), (None, Some(64), vec![]));
+        let react = registry.for_family("chat/react", "mistral", None).unwrap();
+        assert_eq!(react.id, "chat/react/base");
+        assert!(!react.guarded, "no guard in front of the ReAct prompt, as GitLab has none there");
     }
 
     #[test]
@@ -787,7 +941,7 @@ mod tests {
             file_content => "", file_content_reuse => "", libraries => ["requests (2.32)"],
         };
         for id in ["chat/explain_code", "chat/write_tests", "chat/refactor_code", "chat/fix_code"] {
-            let prompt = registry.for_family(id, "mistral", Some("^1.0.0")).unwrap();
+            let prompt = registry.for_family(id, "codellama", Some("^1.0.0")).unwrap();
             assert_eq!(prompt.id, format!("{id}/base"));
             assert!(prompt.unit_primitives.iter().any(|s| s == "duo_chat"), "{id}");
             let text: String = registry.render(prompt, &slash).unwrap().into_iter().map(|m| m.content).collect();
@@ -828,9 +982,10 @@ mod tests {
             assert!(!prompt.unit_primitives.is_empty(), "{id} is gated");
         }
         let by_id = registry.for_family("code_suggestions/generations", "codestral", None).unwrap();
+        assert_eq!(by_id.id, "code_generations/codestral", "GitLab's id, aigw's prompt for the family");
         assert_eq!(
             (by_id.unit_primitives.as_slice(), by_id.params.max_tokens),
-            (&["generate_code".to_string()][..], Some(2048))
+            (&["generate_code".to_string()][..], Some(256))
         );
     }
 
@@ -839,10 +994,14 @@ mod tests {
         let registry = PromptRegistry::embedded().unwrap();
         for (id, versions) in &registry.prompts {
             for prompt in versions {
+                if id == CONTENT_GUARD {
+                    assert!(!prompt.open && prompt.unit_primitives.is_empty(), "the guard is nobody's to call");
+                    continue;
+                }
                 let gated = !prompt.unit_primitives.is_empty();
                 assert!(gated != prompt.open, "{id}: gated or open, exactly one");
                 assert_eq!(prompt.open, id == "model_configuration/check", "{id}");
-                let generation = id.starts_with("code_generations") || id.starts_with("code_suggestions/generations");
+                let generation = id.starts_with("code_generations");
                 assert_eq!(prompt.gateway_tokens, !generation, "{id}: gateway tokens only where completion is");
             }
         }

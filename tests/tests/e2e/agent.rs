@@ -50,7 +50,7 @@ async fn react_round_trip_action_then_final_answer() {
     assert_eq!(upstream["stream"], json!(true));
     let system = upstream["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("- issue_reader:") && !system.contains("epic_reader"), "tools follow scopes: {system}");
-    let prefill = json!({"role": "assistant", "content": "Thought:"});
+    let prefill = json!({"role": "assistant", "content": "\nThought:"});
     assert_eq!(upstream["messages"].as_array().unwrap().last(), Some(&prefill), "the prefill comes last");
 
     // Step 2: GitLab ran the tool and sends the observation back.
@@ -74,12 +74,15 @@ async fn react_round_trip_action_then_final_answer() {
 
     let messages = &t.model.requests()[1].body["messages"];
     assert_eq!(messages[1], json!({"role": "user", "content": "What is issue #12 about?"}));
+    // The step in progress, then `Thought:` again: one prefill the model continues, as GitLab
+    // renders its scratchpad.
     assert_eq!(
         messages[2],
-        json!({"role": "assistant", "content": "Thought: I need to read the issue.\nAction: issue_reader\nAction Input: What is issue #12 about?"})
+        json!({"role": "assistant", "content": "Thought: I need to read the issue.\nAction: issue_reader\nAction Input: \
+                What is issue #12 about?\nObservation: Issue #12: CI fails randomly on main.\nThought:"})
     );
-    assert_eq!(messages[3], json!({"role": "user", "content": "Observation: Issue #12: CI fails randomly on main."}));
-    assert_eq!(messages[4], prefill);
+    assert_eq!(messages.as_array().unwrap().len(), 3);
+    assert_ne!(messages[2], prefill);
 }
 
 #[tokio::test]
@@ -190,12 +193,15 @@ async fn older_instances_scratchpad_in_options_is_rendered() {
              "observation": "Issue #12: squash before merge"}]}}});
     let answer = step(&t, &SCOPES, &body).await;
     assert_eq!(aigw_tests::final_answer(&events(&answer)), "Squash before merging.");
-    let messages = &t.model.requests()[0].body["messages"];
+    // The step in progress is the prefill's scratchpad, as GitLab renders it: the thought as the
+    // instance sent it, the tool's name unescaped.
+    let messages = t.model.requests()[0].body["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 3, "system, the question, the prefill: {messages:?}");
     assert_eq!(
         messages[2],
-        json!({"role": "assistant", "content": "Thought: I need the issue_reader.\nAction: issue_reader\nAction Input: Read #12"})
+        json!({"role": "assistant", "content": "Thought: I need the issue\\_reader.\nAction: issue_reader\nAction Input: \
+                Read #12\nObservation: Issue #12: squash before merge\nThought:"})
     );
-    assert_eq!(messages[3], json!({"role": "user", "content": "Observation: Issue #12: squash before merge"}));
 }
 
 #[tokio::test]

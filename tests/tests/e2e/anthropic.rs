@@ -61,7 +61,7 @@ async fn agent_stream_sums_usage_split_over_events() {
     assert_eq!(
         upstream["messages"],
         json!([{"role": "user", "content": "How do I find the bad commit?"},
-               {"role": "assistant", "content": "Thought:"}])
+               {"role": "assistant", "content": "\nThought:"}])
     );
 }
 

@@ -28,13 +28,16 @@ async fn generation_renders_the_template_and_strips_the_fence() {
     assert_eq!(json["object"], "text_completion");
     assert_eq!(json["choices"], json!([{"text": BARE, "index": 0, "finish_reason": "length"}]));
     let upstream = &t.model.requests()[0].body;
-    // Codestral's chat template has no system role, so the instruction opens the user message.
+    // A system message (the content guard, then the instruction) and the file, as GitLab sends
+    // Codestral; GitLab's sampling for the family.
     let messages = upstream["messages"].as_array().unwrap();
-    assert_eq!((messages.len(), &messages[0]["role"]), (1, &json!("user")));
-    let content = messages[0]["content"].as_str().unwrap();
-    assert!(content.starts_with("You write python code inside an editor."), "{content}");
-    assert!(content.ends_with("\n\nFile: src/calc.py\n# subtract b from a\n<CURSOR>"), "{content}");
-    assert_eq!((upstream["temperature"].clone(), upstream["max_tokens"].clone()), (json!(0.2), json!(2048)));
+    assert_eq!((messages.len(), &messages[0]["role"]), (2, &json!("system")));
+    let system = messages[0]["content"].as_str().unwrap();
+    assert!(system.starts_with("<content_policy_"), "{system}");
+    assert!(system.contains(">\n\nYou write python code inside an editor."), "{system}");
+    let content = messages[1]["content"].as_str().unwrap();
+    assert_eq!(content, "File: src/calc.py\n# subtract b from a\n<CURSOR>");
+    assert_eq!((upstream["temperature"].clone(), upstream["max_tokens"].clone()), (json!(0.3), json!(256)));
 }
 
 #[tokio::test]
@@ -64,10 +67,10 @@ async fn prompt_versions_2_and_3_send_the_instances_prompt() {
     v3["prompt_version"] = json!(3);
     v3["prompt"] = json!([{"role": "system", "content": "You write Python."}, {"role": "user", "content": "subtract"}]);
     assert_eq!(generate(&t, &v3).await.status, 200);
-    // Codestral's chat template has no system role: the instruction travels in the user message.
+    // The instance's own messages go as it wrote them (Codestral's template has a system role).
     assert_eq!(
         t.model.requests()[1].body["messages"],
-        json!([{"role": "user", "content": "You write Python.\n\nsubtract"}])
+        json!([{"role": "system", "content": "You write Python."}, {"role": "user", "content": "subtract"}])
     );
 
     let mut bad = generation_body(&t, false);
@@ -85,8 +88,9 @@ async fn generation_by_prompt_id_uses_the_registry_prompt() {
     let answer = generate(&t, &body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let upstream = &t.model.requests()[0].body;
-    let content = upstream["messages"][0]["content"].as_str().unwrap();
+    let content = upstream["messages"][1]["content"].as_str().unwrap();
     assert!(content.ends_with("File: src/calc.py\n# subtract b from a\n<CURSOR>"), "{content}");
+    assert_eq!(upstream["max_tokens"], json!(256), "the family's generation prompt serves GitLab's id");
 
     body["prompt_id"] = json!("code_suggestions/no_such_prompt");
     let answer = generate(&t, &body).await;
@@ -142,7 +146,7 @@ async fn v3_completion_answers_choices_and_metadata() {
     );
     let upstream = &t.model.requests()[0];
     assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer sk-v3");
-    assert_eq!(upstream.body["messages"][0]["content"], "<s>[SUFFIX]\n[PREFIX]def add(a, b):\n    ");
+    assert_eq!(upstream.body["messages"][1]["content"], "<s>[SUFFIX]\n[PREFIX]def add(a, b):\n    ");
 
     let stream = t.post("/v3/code/completions", &headers, &v3_body(&t, "code_editor_completion", true)).await;
     assert_eq!((stream.status.as_u16(), stream.text().as_str()), (200, "return a + b"));

@@ -16,11 +16,18 @@ async fn codestral_completion_sends_fim_prompt_and_answers_gitlab_shape() {
     assert_eq!(upstream.method, "POST");
     assert_eq!(upstream.path, "/v1/chat/completions");
     assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer sk-test-key");
+    // A system message that opens with the content guard, then the fill-in-the-middle tokens, as
+    // GitLab sends Codestral.
+    let mut body = upstream.body.clone();
+    let system = body["messages"][0]["content"].take();
+    let system = system.as_str().unwrap();
+    assert!(system.starts_with("<content_policy_") && system.contains("python"), "{system}");
     assert_eq!(
-        upstream.body,
+        body,
         json!({
             "model": "codestral-22b",
-            "messages": [{"role": "user",
+            "messages": [{"role": "system", "content": null},
+                         {"role": "user",
                           "content": "<s>[SUFFIX]\n\nprint(add(1, 2))\n[PREFIX]def add(a, b):\n    "}],
             "max_tokens": 64,
             "temperature": 0.32,
@@ -138,7 +145,9 @@ async fn instruction_families_send_the_instruction_prompt() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     let messages = &t.model.requests()[0].body["messages"];
     assert_eq!(messages[0]["role"], "system");
-    assert_eq!(messages[1]["content"], "File: src/calc.py\ndef add(a, b):\n    <CURSOR>\n\nprint(add(1, 2))\n");
+    let user = messages[1]["content"].as_str().unwrap();
+    assert!(user.contains("\ndef add(a, b):\n    <CURSOR>\n\nprint(add(1, 2))\n"), "{user}");
+    assert!(messages[0]["content"].as_str().unwrap().contains("python code in the file src/calc.py"));
 }
 
 #[tokio::test]

@@ -21,7 +21,10 @@ async fn test_connection_works_with_the_percent_encoded_id() {
     assert_eq!(answer.text(), "\"OK\"", "v1 answers a JSON string");
     let upstream = &t.model.requests()[0];
     assert_eq!(upstream.body["model"], "mistral-small");
-    assert_eq!(upstream.body["messages"], json!([{"role": "user", "content": "Reply with the single word OK."}]));
+    // A system and a user message, as GitLab's check sends; the system one opens with the guard.
+    let messages = upstream.body["messages"].as_array().unwrap();
+    assert_eq!(messages[1], json!({"role": "user", "content": "Reply with the single word OK."}));
+    assert!(messages[0]["content"].as_str().unwrap().starts_with("<content_policy_"), "{messages:?}");
     assert_eq!(upstream.headers.get("authorization").unwrap(), "Bearer sk-check");
 
     let literal =
@@ -147,11 +150,8 @@ async fn chat_invokable_sends_the_prompt_with_its_params() {
     let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain: a + b"}]);
     let stream = call(&t, "/v1/chat/agent", &["duo_chat"], &chat_body(&t, messages.clone(), true)).await;
     assert_eq!((stream.status.as_u16(), stream.text().as_str()), (200, "This adds two numbers."));
-    // Mistral's chat template has no system role: it is folded into the user's message.
-    assert_eq!(
-        t.model.requests()[1].body["messages"],
-        json!([{"role": "user", "content": "Be brief.\n\nExplain: a + b"}])
-    );
+    // The instance's messages go as it wrote them: Mistral's template has a system role.
+    assert_eq!(t.model.requests()[1].body["messages"], messages);
 }
 
 #[tokio::test]

@@ -52,11 +52,13 @@ async fn explain_code_renders_gitlabs_inputs_and_gates_on_its_scope() {
     }
     let upstream = &t.model.requests()[0].body;
     assert_eq!(upstream["model"], "mistral-7b");
-    // Mistral's chat template has no system role: one user message, the instruction first.
+    // A system message (the content guard, then the instruction) and the user's message.
     let messages = upstream["messages"].as_array().unwrap();
-    assert_eq!((messages.len(), &messages[0]["role"]), (1, &json!("user")));
-    let content = messages[0]["content"].as_str().unwrap();
-    assert!(content.starts_with("You explain code to a software developer"), "{content}");
+    assert_eq!((messages.len(), &messages[0]["role"]), (2, &json!("system")));
+    let system = messages[0]["content"].as_str().unwrap();
+    assert!(system.starts_with("<content_policy_"), "{system}");
+    assert!(system.contains(">\n\nYou explain code to a software developer"), "{system}");
+    let content: String = messages.iter().filter_map(|m| m["content"].as_str()).collect();
     for part in [
         "The code is written in Python.",
         "<file>\nvalues = [1, 2]\n</file>",
@@ -120,21 +122,21 @@ async fn families_bring_their_own_prompt_defaults() {
     let upstream = t.model.requests()[0].body.clone();
     assert_eq!(
         (upstream["messages"][0]["role"].clone(), upstream["max_tokens"].clone()),
-        (json!("system"), json!(2048))
+        (json!("system"), json!(256))
     );
     let user = upstream["messages"][1]["content"].as_str().unwrap();
     let kept = user.trim_start_matches("File: src/calc.py\n").trim_end_matches("<CURSOR>");
     assert_eq!(kept.chars().count(), 18_000);
     assert!(above.ends_with(kept));
 
-    // Completion answer limits: llama3 64 tokens, gpt 128.
-    for (family, max_tokens) in [("llama3", 64), ("gpt", 128)] {
+    // Completion answer limits (GitLab's): llama3 and gpt 64 tokens, claude_3 128.
+    for (family, max_tokens) in [("llama3", 64), ("gpt", 64), ("claude_3", 128)] {
         let answer = t.complete(&t.completion_body(family, Some("custom_openai/m"), false)).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(t.model.requests().last().unwrap().body["max_tokens"], max_tokens, "{family}");
     }
 
-    // Duo Chat on codegemma: its own answer limit, and the ReAct instructions in the user's first
+    // Duo Chat on codegemma: GitLab's answer limit, and the ReAct instructions in the user's first
     // message, because Gemma's chat template refuses a system role.
     t.model.set_reply(Reply { text: "Thought: easy.\nFinal Answer: Use git bisect.".into(), ..Reply::default() });
     let chat = json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
@@ -143,13 +145,13 @@ async fn families_bring_their_own_prompt_defaults() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(aigw_tests::final_answer(&answer.ndjson()), "Use git bisect.");
     let upstream = t.model.requests().last().unwrap().body.clone();
-    assert_eq!(upstream["max_tokens"], 1024);
+    assert_eq!(upstream["max_tokens"], 8192);
     assert_eq!(upstream["stop"], json!(["Observation:"]));
     let messages = upstream["messages"].as_array().unwrap();
     assert_eq!((messages.len(), &messages[0]["role"]), (2, &json!("user")), "the question, then the prefill");
     let content = messages[0]["content"].as_str().unwrap();
     assert!(content.starts_with("You are GitLab Duo Chat") && content.ends_with("How do I find the bad commit?"));
-    assert_eq!(messages[1], json!({"role": "assistant", "content": "Thought:"}));
+    assert_eq!(messages[1], json!({"role": "assistant", "content": "\nThought:"}));
 }
 
 #[tokio::test]
@@ -228,4 +230,74 @@ async fn an_operator_adds_a_family_through_the_prompts_directory_alone() {
     }
     let definitions = t.request(http::Method::GET, "/v1/models/definitions", &[], bytes::Bytes::new()).await.json();
     assert!(definitions["models"].as_array().unwrap().iter().any(|m| m["name"] == "starcoder2"));
+}
+
+/// The tag name and suffix of the content guard a system message opens with, if it opens with one.
+fn guard_tag(system: &str) -> Option<(String, String)> {
+    let tag = system.strip_prefix('<')?.split_once('>')?.0;
+    let (name, suffix) = tag.rsplit_once('_')?;
+    (suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit())).then(|| (name.into(), suffix.into()))
+}
+
+#[tokio::test]
+async fn the_content_guard_leads_system_messages_with_a_new_suffix_each_request() {
+    let t = TestGateway::start().await;
+    let system_of = |index: usize| {
+        let messages = t.model.requests()[index].body["messages"].clone();
+        let first = &messages[0];
+        (first["role"] == "system").then(|| first["content"].as_str().unwrap().to_string())
+    };
+    let mut suffixes = Vec::new();
+    for index in 0..2 {
+        let answer = t.complete(&t.completion_body("codestral", Some("custom_openai/codestral-22b"), false)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let system = system_of(index).expect("Codestral's completion has a system message");
+        let (name, suffix) = guard_tag(&system).unwrap_or_else(|| panic!("no guard: {system}"));
+        assert_eq!(name, "content_policy");
+        // Closed with the same suffix, then a blank line before the prompt's own system text.
+        assert!(system.contains(&format!("</content_policy_{suffix}>\n\nYou complete python code")), "{system}");
+        suffixes.push(suffix);
+    }
+    assert_ne!(suffixes[0], suffixes[1], "a suffix of its own for every request");
+
+    // The bare fill-in-the-middle prompts have no system message, so no guard.
+    assert_eq!(t.complete(&t.completion_body("codellama", Some("custom_openai/cl"), false)).await.status, 200);
+    let messages = t.model.requests()[2].body["messages"].clone();
+    assert_eq!(messages.as_array().unwrap().len(), 1);
+    assert!(messages[0]["content"].as_str().unwrap().starts_with("<PRE> "), "{messages}");
+
+    // Neither has the ReAct prompt, as GitLab's has no block there.
+    let answer = call(&t, "/v2/chat/agent", &["duo_chat"], &aigw_tests::agent_body(&t.model.base_url())).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let react = system_of(3).expect("the ReAct prompt's system message");
+    assert!(react.starts_with("You are GitLab Duo Chat"), "{react}");
+}
+
+#[tokio::test]
+async fn an_operator_replaces_the_guard_or_turns_it_off_for_a_prompt() {
+    let prompts = tempfile::tempdir().unwrap();
+    let write = |relative: &str, text: &str| {
+        let path = prompts.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(
+        "common/content_guard/1.0.0.toml",
+        "[[messages]]\nrole = \"system\"\ncontent = \"<house_rules_{{ suffix }}>Ours.</house_rules_{{ suffix }}>\"\n",
+    );
+    write(
+        "code_completions/llama3/1.0.0.toml",
+        "unit_primitive = \"complete_code\"\nguard = false\n[params]\nmax_tokens = 8\n\
+         [[messages]]\nrole = \"system\"\ncontent = \"Complete.\"\n[[messages]]\nrole = \"user\"\ncontent = \"{{ prefix }}\"\n",
+    );
+    let t = Setup::default().env("AIGW_PROMPTS__DIR", prompts.path().to_str().unwrap()).start().await;
+    assert_eq!(t.complete(&t.completion_body("codestral", Some("custom_openai/c"), false)).await.status, 200);
+    let system = t.model.requests()[0].body["messages"][0]["content"].as_str().unwrap().to_string();
+    let (name, suffix) = guard_tag(&system).unwrap_or_else(|| panic!("no guard: {system}"));
+    assert_eq!(name, "house_rules", "{system}");
+    assert!(system.starts_with(&format!("<house_rules_{suffix}>Ours.</house_rules_{suffix}>\n\n")), "{system}");
+
+    assert_eq!(t.complete(&t.completion_body("llama3", Some("custom_openai/l"), false)).await.status, 200);
+    let messages = t.model.requests()[1].body["messages"].clone();
+    assert_eq!(messages[0], json!({"role": "system", "content": "Complete."}), "guard = false: none");
 }

@@ -117,6 +117,11 @@ const LEGACY_GENERATION: &str = "GitLab's legacy v2 generation (no `prompt_id`) 
      `model` = the family name (`mistral`), which a server that names its model otherwise refuses; aigw renders its \
      own legacy generation prompt and names the model by the identifier";
 
+/// GitLab's route to Ollama flattens the prompt; aigw's Ollama plugin uses Ollama's own API.
+const OLLAMA_NATIVE: &str = "GitLab's model library sends Ollama models the chat messages flattened into one `### User:` \
+     text on `/api/generate` (then asks `/api/show`); aigw's Ollama plugin uses Ollama's own fill-in-the-middle \
+     (`prompt` and `suffix`), which the model's FIM template was trained for";
+
 /// Model-server requests that still differ from GitLab's with GitLab's registry loaded, with
 /// their cause. The run fails when another case differs, or when one of these becomes identical
 /// (so that the list can only shrink).
@@ -133,16 +138,31 @@ pub const UPSTREAM_OPEN: &[(&str, &str)] = &[
     ("v2 chat agent gpt family", TOOL_PROSE),
     ("v2 chat agent additional_context, token has include_snippet_context", TOOL_PROSE),
     ("v2 chat agent plain text (unknown)", TOOL_PROSE),
-    (
-        "v2 completions ollama/codellama identifier",
-        "GitLab's model library sends Ollama models the chat messages flattened into one `### User:` text on \
-         `/api/generate` (then asks `/api/show`); aigw's Ollama plugin uses Ollama's own fill-in-the-middle (`prompt` \
-         and `suffix`), which the model's FIM template was trained for",
-    ),
+    ("v2 completions ollama/codellama identifier", OLLAMA_NATIVE),
     ("v2 generations prompt_version 2 (legacy, no prompt_id)", LEGACY_GENERATION),
     ("v2 generations prompt_version 3 (messages)", LEGACY_GENERATION),
     ("v2 generations prompt_version 1", LEGACY_GENERATION),
 ];
+
+/// Model-server requests whose structure still differs from GitLab's when aigw renders its own
+/// built-in prompts, with their cause. As with [`UPSTREAM_OPEN`], the list may only shrink.
+pub const BUILT_IN_OPEN: &[(&str, &str)] = &[
+    (
+        "v2 chat agent gpt family",
+        "aigw's ReAct prompt keeps its `Observation:` stop for GPT models, where GitLab's `gpt` one has none: \
+         without it the model goes on to write the tool's observation itself, and the step answers from an invented \
+         result",
+    ),
+    ("v2 completions ollama/codellama identifier", OLLAMA_NATIVE),
+    ("v2 generations prompt_version 2 (legacy, no prompt_id)", LEGACY_GENERATION),
+    ("v2 generations prompt_version 3 (messages)", LEGACY_GENERATION),
+    ("v2 generations prompt_version 1", LEGACY_GENERATION),
+];
+
+/// Why `case`'s model-server request may differ in structure with the built-in prompts, if it may.
+pub fn built_in_open_reason(case: &Case) -> Option<&'static str> {
+    BUILT_IN_OPEN.iter().find(|(name, _)| *name == case.name).map(|(_, reason)| *reason)
+}
 
 /// Why `case`'s model-server request may still differ, if it may.
 pub fn upstream_open_reason(case: &Case) -> Option<&'static str> {
@@ -184,6 +204,7 @@ pub fn unknown_names(cases: &[Case]) -> Vec<&'static str> {
         .map(|(name, _)| *name)
         .chain(OPEN.iter().map(|(name, _)| *name))
         .chain(UPSTREAM_OPEN.iter().map(|(name, _)| *name))
+        .chain(BUILT_IN_OPEN.iter().map(|(name, _)| *name))
         .filter(|name| !cases.iter().any(|case| case.name == *name))
         .collect()
 }

@@ -20,6 +20,7 @@
 
 mod compare;
 mod deviations;
+mod matrix;
 mod transcript;
 mod upstream;
 
@@ -104,25 +105,8 @@ async fn run() -> Result<bool> {
         // deliberate deviation, checked above.
         if !case.model_calls.is_empty() {
             let reason = deviations::upstream_open_reason(case);
-            match (upstream_differences.is_empty(), reason) {
-                (true, None) => {}
-                (true, Some(_)) => {
-                    failed += 1;
-                    writeln!(upstream_report, "NOW IDENTICAL  {} (take it off the open differences)", case.name)?;
-                }
-                (false, reason) => {
-                    if reason.is_none() {
-                        failed += 1;
-                    }
-                    let label = if reason.is_some() { "open     " } else { "DIFFERENT" };
-                    writeln!(upstream_report, "{label}  {} ({upstream:?})", case.name)?;
-                    for line in upstream_differences.iter().take(6) {
-                        writeln!(upstream_report, "             {line}")?;
-                    }
-                    if upstream_differences.len() > 6 {
-                        writeln!(upstream_report, "             … {} more", upstream_differences.len() - 6)?;
-                    }
-                }
+            if !ratchet(&mut upstream_report, case, &format!("{upstream:?}"), &upstream_differences, reason)? {
+                failed += 1;
             }
         }
         let open_reason = deviations::open_reason(case);
@@ -184,6 +168,13 @@ async fn run() -> Result<bool> {
         let cases = deviations::UPSTREAM_OPEN.iter().filter(|(_, c)| *c == cause).count();
         writeln!(report, "- {cases} case(s): {cause}")?;
     }
+    let built_in = Setup::default().plugin(component("plugins/ollama.wasm"), "ollama.wasm").start().await;
+    let (built_in_failed, built_in_report) = compare_built_in_prompts(&cases, &built_in).await?;
+    failed += built_in_failed;
+    report.push_str(&built_in_report);
+    let (matrix_failed, matrix_report) = matrix::run(&gateway, &built_in).await?;
+    failed += matrix_failed;
+    report.push_str(&matrix_report);
     writeln!(report, "\ndeliberate deviations:")?;
     for deviation in deviations::all() {
         writeln!(report, "- {}: {}", deviation.name, deviation.reason)?;
@@ -196,7 +187,82 @@ async fn run() -> Result<bool> {
     Ok(failed == 0)
 }
 
-async fn replay(gateway: &TestGateway, case: &Case) -> Result<Replayed> {
+/// Reports one case's model-server request against a list of known differences that may only
+/// shrink: a difference not on the list, or a listed case that no longer differs, fails. Returns
+/// whether the case passes.
+fn ratchet(
+    report: &mut String,
+    case: &Case,
+    outcome: &str,
+    differences: &[String],
+    known: Option<&str>,
+) -> Result<bool> {
+    match (differences.is_empty(), known) {
+        (true, None) => Ok(true),
+        (true, Some(_)) => {
+            writeln!(report, "NOW IDENTICAL  {} (take it off the open differences)", case.name)?;
+            Ok(false)
+        }
+        (false, known) => {
+            let label = if known.is_some() { "open     " } else { "DIFFERENT" };
+            writeln!(report, "{label}  {} ({outcome})", case.name)?;
+            for line in differences.iter().take(6) {
+                writeln!(report, "             {line}")?;
+            }
+            if differences.len() > 6 {
+                writeln!(report, "             … {} more", differences.len() - 6)?;
+            }
+            Ok(known.is_some())
+        }
+    }
+}
+
+/// Replays every case that called the model server against aigw with its built-in prompts (no
+/// GitLab directory) and compares the structure of each model-server request with GitLab's:
+/// roles, prefill, guard, special tokens, stops, parameters, path and credential, everything but
+/// the prose. Returns the failures and the report's section.
+async fn compare_built_in_prompts(cases: &[Case], gateway: &TestGateway) -> Result<(usize, String)> {
+    let mut report = String::new();
+    let (mut same_structure, mut identical, mut called, mut failed) = (0, 0, 0, 0);
+    let mut differing = String::new();
+    for case in cases.iter().filter(|case| !case.model_calls.is_empty()) {
+        called += 1;
+        let sent =
+            send(gateway, case).await.with_context(|| format!("replaying {:?} with built-in prompts", case.name))?;
+        sent.keep_request(case, "built-in-requests")?;
+        let (outcome, differences) = sent.compare_upstream(case, upstream::Body::Structure);
+        if differences.is_empty() {
+            same_structure += 1;
+        }
+        if sent.compare_upstream(case, upstream::Body::Whole).1.is_empty() {
+            identical += 1;
+        }
+        let known = deviations::built_in_open_reason(case);
+        if !ratchet(&mut differing, case, &format!("{outcome:?}"), &differences, known)? {
+            failed += 1;
+        }
+    }
+    writeln!(
+        report,
+        "\nmodel-server requests with aigw's built-in prompts: {same_structure} of {called} with GitLab's structure \
+         (everything but the prose), {identical} of them identical byte for byte"
+    )?;
+    writeln!(report, "\nbuilt-in prompts, structures that differ:\n{differing}")?;
+    Ok((failed, report))
+}
+
+/// What one case sent and got: aigw's answer, the model-server requests it made, and the
+/// arguments `upstream::compare` needs for them.
+struct Sent {
+    answer: aigw_tests::Answer,
+    requests: Vec<aigw_tests::Recorded>,
+    base_path: &'static str,
+    api_key: Option<String>,
+}
+
+/// Serves `case`'s recorded model answers, sends its GitLab request with a real token, and
+/// collects what aigw answered and sent.
+async fn send(gateway: &TestGateway, case: &Case) -> Result<Sent> {
     let recordings = case
         .model_calls
         .iter()
@@ -224,20 +290,38 @@ async fn replay(gateway: &TestGateway, case: &Case) -> Result<Replayed> {
     let request: serde_json::Value = serde_json::from_str(&case.body).unwrap_or_default();
     let api_key = ["/model_api_key", "/model_metadata/api_key", "/prompt_components/0/payload/model_api_key"]
         .iter()
-        .find_map(|pointer| request.pointer(pointer).and_then(serde_json::Value::as_str));
-    let sent = gateway.model.requests();
-    let (upstream, upstream_differences) = upstream::compare(case, &sent, base_path, api_key);
-    // What aigw sent, for reading beside the transcript.
-    if let Some(first) = sent.first() {
-        let directory = workspace().join("target/parity/requests");
-        std::fs::create_dir_all(&directory)?;
-        let file: String = case.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        std::fs::write(directory.join(format!("{file}.json")), serde_json::to_vec_pretty(&first.body)?)?;
+        .find_map(|pointer| request.pointer(pointer).and_then(serde_json::Value::as_str))
+        .map(str::to_owned);
+    Ok(Sent { answer, requests: gateway.model.requests(), base_path, api_key })
+}
+
+impl Sent {
+    fn compare_upstream(&self, case: &Case, body: upstream::Body) -> (upstream::Upstream, Vec<String>) {
+        upstream::compare(case, &self.requests, self.base_path, self.api_key.as_deref(), body)
     }
+
+    /// Writes the first model-server request to `target/parity/<folder>/`, for reading beside
+    /// the transcript.
+    fn keep_request(&self, case: &Case, folder: &str) -> Result<()> {
+        if let Some(first) = self.requests.first() {
+            let directory = workspace().join("target/parity").join(folder);
+            std::fs::create_dir_all(&directory)?;
+            let file: String = case.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            std::fs::write(directory.join(format!("{file}.json")), serde_json::to_vec_pretty(&first.body)?)?;
+        }
+        Ok(())
+    }
+}
+
+async fn replay(gateway: &TestGateway, case: &Case) -> Result<Replayed> {
+    let sent = send(gateway, case).await?;
+    let (upstream, upstream_differences) = sent.compare_upstream(case, upstream::Body::Whole);
+    sent.keep_request(case, "requests")?;
+    let answer = &sent.answer;
     let outcome = match deviations::of(case) {
-        Some(deviation) => Outcome::Deviation { name: deviation.name, wrong: deviation.check(&answer) },
+        Some(deviation) => Outcome::Deviation { name: deviation.name, wrong: deviation.check(answer) },
         None => {
-            let found = compare::differences(&case.answer, &answer);
+            let found = compare::differences(&case.answer, answer);
             if found.is_empty() { Outcome::Equal } else { Outcome::Different(found) }
         }
     };

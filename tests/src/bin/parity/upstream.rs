@@ -1,6 +1,6 @@
 //! Compares the requests aigw sent to the model server with those GitLab's gateway sent for the
-//! same case: method, path, credential placement, and the JSON body whole (the security block's
-//! random suffix and the date masked), and says where they differ.
+//! same case: method, path, credential placement, and the JSON body, whole (the security block's
+//! random suffix and the date masked) or by its structure alone, and says where they differ.
 
 use crate::transcript::Case;
 use aigw_tests::Recorded;
@@ -19,9 +19,25 @@ pub enum Upstream {
     Different,
 }
 
+/// How much of the body is compared.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Body {
+    /// Every byte, as when aigw renders GitLab's own prompts.
+    Whole,
+    /// Everything but the prose of system and user messages (see [`structure`]), as when aigw
+    /// renders its own prompts in its own words.
+    Structure,
+}
+
 /// The first call of `case` against the first request aigw sent, and where they differ.
 /// `base_path` is the endpoint's path (`/v1`), which GitLab's recording leaves out.
-pub fn compare(case: &Case, sent: &[Recorded], base_path: &str, api_key: Option<&str>) -> (Upstream, Vec<String>) {
+pub fn compare(
+    case: &Case,
+    sent: &[Recorded],
+    base_path: &str,
+    api_key: Option<&str>,
+    body: Body,
+) -> (Upstream, Vec<String>) {
     let (Some(theirs), Some(ours)) = (case.model_calls.first(), sent.first()) else {
         return match (case.model_calls.is_empty(), sent.is_empty()) {
             (true, true) => (Upstream::NoCall, Vec::new()),
@@ -47,7 +63,10 @@ pub fn compare(case: &Case, sent: &[Recorded], base_path: &str, api_key: Option<
         return (Upstream::Different, vec![line]);
     }
     let mut found = Vec::new();
-    differences("body", &theirs.request_body, &ours.body, &mut found);
+    match body {
+        Body::Whole => differences("body", &theirs.request_body, &ours.body, &mut found),
+        Body::Structure => found = structural_differences(&theirs.request_body, &ours.body),
+    }
     if found.is_empty() { (Upstream::Identical, found) } else { (Upstream::SameShape, found) }
 }
 
@@ -90,6 +109,95 @@ fn differences(path: &str, theirs: &Value, ours: &Value, found: &mut Vec<String>
         _ if masked(theirs, ours) => {}
         _ => found.push(format!("{path}: GitLab {}, aigw {}", short(theirs), short(ours))),
     }
+}
+
+/// Where the structure of `ours` differs from that of `theirs` (see [`structure`]).
+pub fn structural_differences(theirs: &Value, ours: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    differences("body", &structure(theirs), &structure(ours), &mut found);
+    found
+}
+
+/// The body with the prose taken out: each system or user message's text (and Ollama's
+/// `prompt`) becomes what a prompt's structure consists of, namely whether it starts with a
+/// content guard (GitLab's tool-output policy or aigw's own, both a tag with 16 random hex
+/// digits) and the model's special tokens in order (`[SUFFIX]`, `<|fim_prefix|>`, `<PRE>`, …).
+/// Assistant messages (the prefill and the ReAct scratchpad: the parser's grammar and the
+/// request's own data) and every other field stay as they are.
+pub fn structure(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
+        for message in messages {
+            let role = message["role"].as_str().unwrap_or_default().to_owned();
+            if role != "assistant"
+                && let Some(text) = message["content"].as_str()
+            {
+                message["content"] = skeleton(text);
+            }
+        }
+    }
+    if let Some(text) = body.get("prompt").and_then(Value::as_str) {
+        body["prompt"] = skeleton(text);
+    }
+    body
+}
+
+fn skeleton(text: &str) -> Value {
+    serde_json::json!({ "guarded": starts_with_guard(text), "special_tokens": special_tokens(text) })
+}
+
+/// Whether `text` opens with a tag named `<word_…_<16 hex digits>>` (or the recording's
+/// `<sfx>` in their place).
+fn starts_with_guard(text: &str) -> bool {
+    let Some(tag) = text.strip_prefix('<').and_then(|rest| rest.split_once('>')).map(|(tag, _)| tag) else {
+        return false;
+    };
+    let suffix = tag.strip_suffix("<sfx").map(|name| (name, "")).or_else(|| {
+        let cut = tag.len().checked_sub(16)?;
+        tag.is_char_boundary(cut).then(|| (&tag[..cut], &tag[cut..]))
+    });
+    suffix.is_some_and(|(name, digits)| {
+        name.len() > 1
+            && name.ends_with('_')
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            && digits.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// The model-format tokens in `text`, in order: `<|…|>` and `<｜…｜>` tokens, `[INST]`-style
+/// upper-case bracket tokens, Code Llama's `<PRE>`/`<SUF>`/`<MID>`/`<EOT>`, and `<s>`/`</s>`.
+fn special_tokens(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(['<', '[']) {
+        rest = &rest[start..];
+        let token = ["<|", "<｜"]
+            .iter()
+            .zip(["|>", "｜>"])
+            .find_map(|(open, close)| {
+                let inner = rest.strip_prefix(open)?;
+                let end = inner.find(close)?;
+                let name = &inner[..end];
+                (!name.is_empty() && !name.contains(char::is_whitespace))
+                    .then(|| rest[..open.len() + end + close.len()].to_owned())
+            })
+            .or_else(|| {
+                let end = rest.find(']')?;
+                let name = rest[1..end].strip_prefix('/').unwrap_or(&rest[1..end]);
+                (rest.starts_with('[') && name.len() > 1 && name.bytes().all(|b| b.is_ascii_uppercase()))
+                    .then(|| rest[..=end].to_owned())
+            })
+            .or_else(|| {
+                ["<PRE>", "<SUF>", "<MID>", "<EOT>", "<s>", "</s>"]
+                    .iter()
+                    .find(|token| rest.starts_with(**token))
+                    .map(|token| (*token).to_owned())
+            });
+        let advance = token.as_ref().map_or_else(|| rest.chars().next().map_or(1, char::len_utf8), String::len);
+        tokens.extend(token);
+        rest = &rest[advance..];
+    }
+    tokens
 }
 
 fn short(value: &Value) -> String {
@@ -170,7 +278,8 @@ fn mismatch(pattern: &str, text: &str) -> Option<(usize, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{mismatch, text_matches};
+    use super::{mismatch, special_tokens, starts_with_guard, structure, text_matches};
+    use serde_json::json;
 
     #[test]
     fn placeholders_stand_for_the_values_that_change() {
@@ -180,5 +289,30 @@ mod tests {
         assert!(text_matches("plain", "plain") && !text_matches("plain", "other"));
         assert_eq!(mismatch("ab<sfx>cd", "ab0123456789abcdefce"), Some((8, 19)));
         assert_eq!(mismatch("abc", "abcd"), Some((3, 3)));
+    }
+
+    #[test]
+    fn structure_keeps_roles_tokens_guard_and_prefill_but_not_prose() {
+        assert_eq!(special_tokens("<s>[SUFFIX]b[PREFIX]a [x] [I]"), ["<s>", "[SUFFIX]", "[PREFIX]"]);
+        assert_eq!(
+            special_tokens("<|fim_prefix|>a<|fim_suffix|><| x |><PRE> <SUF>"),
+            ["<|fim_prefix|>", "<|fim_suffix|>", "<PRE>", "<SUF>"]
+        );
+        assert_eq!(special_tokens("<｜fim▁begin｜>é<｜fim▁hole｜>"), ["<｜fim▁begin｜>", "<｜fim▁hole｜>"]);
+        assert!(starts_with_guard("<tool_output_policy_<sfx>>\nrules"));
+        assert!(starts_with_guard("<content_policy_0123456789abcdef>rules"));
+        assert!(!starts_with_guard("<content_policy_0123>rules") && !starts_with_guard("You are"));
+        let theirs = json!({"model": "m", "messages": [
+            {"role": "system", "content": "One wording."},
+            {"role": "user", "content": "[SUFFIX]x[PREFIX]y"},
+            {"role": "assistant", "content": "Thought:"}]});
+        let ours = json!({"model": "m", "messages": [
+            {"role": "system", "content": "Another wording."},
+            {"role": "user", "content": "[SUFFIX]other code[PREFIX]y"},
+            {"role": "assistant", "content": "Thought:"}]});
+        assert_eq!(structure(&theirs), structure(&ours));
+        let mut no_prefill = ours.clone();
+        no_prefill["messages"][2]["content"] = json!("Thought: ");
+        assert_ne!(structure(&theirs), structure(&no_prefill));
     }
 }
