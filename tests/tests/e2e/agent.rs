@@ -157,6 +157,7 @@ async fn context_needs_its_scope_or_the_request_is_refused() {
     let user = t.model.requests()[0].body["messages"][1]["content"].as_str().unwrap().to_string();
     assert!(user.contains("src/main.rs") && user.contains("fn main() {}"), "{user}");
     assert!(user.contains("SNIPPET_CONTENT") && user.contains("SECRET_FILE_CONTENT"), "{user}");
+    assert!(user.ends_with("\n\nExplain this"), "the context first, then the question: {user}");
 }
 
 #[tokio::test]
