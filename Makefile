@@ -10,7 +10,7 @@ GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
 GUEST_PROFILE    := guest
 
-.PHONY: all build run test parity bench lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+.PHONY: all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
 
 all: build
 
@@ -73,6 +73,13 @@ bench: build
 	./target/release/aigw-bench plugin
 	./target/release/aigw-bench gateway
 	$(CARGO) bench -p aigw-bench --bench micro
+
+## soak: 30 minutes (SOAK_MINUTES) of mixed traffic with a plugin swap and a prompt reload every
+## minute; not in CI. Results in target/bench/soak.json.
+SOAK_MINUTES ?= 30
+soak: build
+	$(CARGO) build --release -p aigw-bench
+	./target/release/aigw-bench soak --minutes $(SOAK_MINUTES)
 
 ## lint: formatting, clippy with warnings denied, and no import cycle between the host's
 ## top-level modules.

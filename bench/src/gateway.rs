@@ -25,9 +25,9 @@ pub struct Plan {
 }
 
 /// A child process that is killed when dropped.
-struct Process {
+pub(crate) struct Process {
     child: Child,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Drop for Process {
@@ -66,6 +66,15 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 async fn start_aigw(state: &Path) -> anyhow::Result<(Process, String, String)> {
+    start_aigw_with(state, &[("AIGW_PLUGINS__DIR", "target/plugins".into())]).await
+}
+
+/// Start `aigw serve --dev` with `settings` added to its environment; returns the process, its
+/// address and a development token.
+pub(crate) async fn start_aigw_with(
+    state: &Path,
+    settings: &[(&str, String)],
+) -> anyhow::Result<(Process, String, String)> {
     let key_file = state.join("dev-key.pem");
     let key = aigw::auth::SigningKey::load_or_create(&key_file)?;
     let token = key.sign(&aigw::auth::keys::DevClaims::new(aigw::DEV_ISSUER, Duration::from_secs(3600)))?;
@@ -73,9 +82,9 @@ async fn start_aigw(state: &Path) -> anyhow::Result<(Process, String, String)> {
     command
         .args(["serve", "--dev"])
         .env("AIGW_FASTAPI__API_PORT", "0")
-        .env("AIGW_PLUGINS__DIR", "target/plugins")
         .env("AIGW_DEV__KEY_FILE", &key_file)
-        .env("AIGW_LOGGING__LEVEL", "warn");
+        .env("AIGW_LOGGING__LEVEL", "warn")
+        .envs(settings.iter().map(|(name, value)| (*name, value.as_str())));
     let (process, rest) = spawn_until(command, "curl -s http://").await?;
     let addr = rest.split('/').next().unwrap_or_default().to_string();
     Ok((process, addr, token))
@@ -88,7 +97,7 @@ async fn start_proxy(upstream: &str) -> anyhow::Result<(Process, String)> {
 }
 
 /// About 7.5 KB of code before the cursor, as in a real completion request.
-fn gitlab_body(model: &MockModelServer, stream: bool) -> Bytes {
+pub(crate) fn gitlab_body(model: &MockModelServer, stream: bool) -> Bytes {
     Bytes::from(
         json!({"current_file": {"file_name": "app.py", "content_above_cursor": crate::workload::prefix(), "content_below_cursor": "\n"},
                "model_provider": "litellm", "model_name": "codestral", "model_endpoint": model.base_url(),

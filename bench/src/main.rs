@@ -4,6 +4,8 @@
 //! `plugin`: one plugin round trip (fresh store, build + parse) against native Rust.
 //! `gateway`: a completion directly, through a bare proxy and through aigw, at concurrency 1 and
 //! 64, whole and streamed, with each process's CPU and memory, and the budget.
+//! `soak`: a bounded run of mixed traffic with plugin swaps and prompt reloads, watching memory,
+//! descriptors and threads.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +15,7 @@ mod load;
 mod plugin;
 mod procfs;
 mod proxy;
+mod soak;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +55,19 @@ enum Command {
         #[arg(long, default_value = "target/bench/gateway.json")]
         output: PathBuf,
     },
+    /// Mixed traffic for a bounded time, with a plugin swap and a prompt reload every minute:
+    /// good requests must all succeed, memory, descriptors and threads must stay flat.
+    Soak {
+        /// Minutes of traffic (at most 120).
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Callers at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Where to write the machine-readable results.
+        #[arg(long, default_value = "target/bench/soak.json")]
+        output: PathBuf,
+    },
     /// The bare pass-through proxy (started by `gateway` as a separate process).
     #[command(hide = true)]
     Proxy {
@@ -72,6 +88,10 @@ fn main() -> anyhow::Result<()> {
             Command::Plugin { component, iterations, output } => plugin::run(component, iterations, output).await,
             Command::Gateway { iterations, open_streams, output } => {
                 gateway::run(gateway::Plan { iterations, open_streams }, output).await
+            }
+            Command::Soak { minutes, concurrency, output } => {
+                let duration = std::time::Duration::from_secs(minutes.clamp(1, 120) * 60);
+                soak::run(soak::Plan { duration, concurrency: concurrency.clamp(1, 256) }, output).await
             }
             Command::Proxy { listen, upstream } => proxy::run(listen, upstream).await,
         }
