@@ -225,6 +225,9 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()))).await;
         samples.push(sample(aigw.pid, started));
+        // The mock keeps every request it is sent, for tests to read; at soak rates that is
+        // gigabytes within minutes, so drop them.
+        model.clear_requests();
         if Instant::now() >= next_swap {
             generation += 1;
             replace(&swapped, &with_marker(&original, generation))?;
