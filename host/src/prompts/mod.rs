@@ -491,15 +491,9 @@ impl PromptRegistry {
         // as `prompt_id`) are also served by aigw's own code prompts of the same family: the
         // versions an operator put under GitLab's id join those of aigw's prompt.
         let own_id = GITLAB_IDS.iter().find(|(_, theirs)| *theirs == id).map_or(id, |(ours, _)| ours);
-        let folders: Vec<&str> = [self.own_folder(id, family), self.own_folder(own_id, family)]
-            .into_iter()
-            .flatten()
-            .fold(Vec::new(), |mut folders, folder| {
-                if !folders.contains(&folder) {
-                    folders.push(folder);
-                }
-                folders
-            });
+        let mut folders: Vec<&str> =
+            [self.own_folder(id, family), self.own_folder(own_id, family)].into_iter().flatten().collect();
+        folders.dedup();
         // The versions of both folders together, the one under the id asked for first.
         let own = || match folders.as_slice() {
             [] => Err(PromptError::NotFound(id.to_string())),
