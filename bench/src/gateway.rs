@@ -98,12 +98,40 @@ async fn start_proxy(upstream: &str) -> anyhow::Result<(Process, String)> {
 
 /// About 7.5 KB of code before the cursor, as in a real completion request.
 pub(crate) fn gitlab_body(model: &MockModelServer, stream: bool) -> Bytes {
+    completion_body(model, "codestral", &crate::workload::prefix(), stream)
+}
+
+/// A completion request as GitLab sends it, for `family`, with `above` before the cursor.
+fn completion_body(model: &MockModelServer, family: &str, above: &str, stream: bool) -> Bytes {
     Bytes::from(
-        json!({"current_file": {"file_name": "app.py", "content_above_cursor": crate::workload::prefix(), "content_below_cursor": "\n"},
-               "model_provider": "litellm", "model_name": "codestral", "model_endpoint": model.base_url(),
-               "model_identifier": "custom_openai/codestral-22b", "stream": stream})
+        json!({"current_file": {"file_name": "app.py", "content_above_cursor": above, "content_below_cursor": "\n"},
+               "model_provider": "litellm", "model_name": family, "model_endpoint": model.base_url(),
+               "model_identifier": format!("custom_openai/{family}"), "stream": stream})
         .to_string(),
     )
+}
+
+/// A file as long as GitLab sends (96,000 characters above the cursor), about 25,000 tokens.
+const LONG_FILE_BYTES: usize = 96_000;
+
+/// aigw's CPU per completion of a long file, concurrency 1, `count` requests each: for a family
+/// whose window takes it whole (codestral, 128,000 tokens: only its length is looked at), and for
+/// one it must be cut for (codellama, 16,000 tokens: counted and cut in tokens).
+async fn long_file_cost(
+    client: &load::BenchClient,
+    model: &MockModelServer,
+    aigw: &Leg,
+    count: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let above = crate::workload::code_of_length(LONG_FILE_BYTES);
+    let mut cost = Vec::new();
+    for family in ["codestral", "codellama"] {
+        let body = completion_body(model, family, &above, false);
+        let before = Counters::read(aigw.pid);
+        let (latencies, _) = load::concurrent(client, &aigw.target, &body, count, 1, Duration::from_secs(60)).await?;
+        cost.push(micros(Counters::read(aigw.pid).since(before).cpu) / latencies.len().max(1) as f64);
+    }
+    Ok((cost[0], cost[1]))
 }
 
 /// The request aigw sends upstream for the body above, for the direct and proxied calls.
@@ -390,6 +418,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     let (per_stream_warm, _, closed_again) = open_streams_memory(&model, &legs[2], plan.open_streams).await?;
     let all_closed = all_closed && closed_again;
     let (proxy_per_stream, _, _) = open_streams_memory(&model, &legs[1], plan.open_streams).await?;
+    let (long_whole_cpu, long_cut_cpu) = long_file_cost(&client, &model, &legs[2], (iterations / 4).max(50)).await?;
     let peak_rss = procfs::peak_rss(aigw_process.pid);
     // Idle, once the load is over: what a gateway nobody calls costs in CPU.
     tokio::time::sleep(IDLE_SETTLE).await;
@@ -450,6 +479,10 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
             cpu_per_piece(i)
         );
     }
+    println!(
+        "  a 96,000-character file: aigw CPU {long_whole_cpu:.1} µs per completion when the window takes it whole \
+         (codestral), {long_cut_cpu:.1} µs when it is cut to 16,000 tokens (codellama)"
+    );
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     println!(
         "  aigw idle CPU after the load: {idle_ms_per_s:.2} ms per second\n  aigw memory: idle {:.1} MiB, {} open streams {:.1} MiB ({:.1} KiB each, first burst; {:.1} KiB each on a warm pool; bare proxy {:.1} KiB each), peak {:.1} MiB; streams closed upstream after hang-up: {all_closed}",
@@ -515,6 +548,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         "bare_proxy_added_first_token_p99_us": ttft_added(1),
         "added_per_piece_us": piece_added(2),
         "idle_cpu_ms_per_second": idle_ms_per_s,
+        "long_file_cpu_us_per_completion": {"bytes": LONG_FILE_BYTES, "whole": long_whole_cpu, "cut_to_tokens": long_cut_cpu},
         "memory": {"idle_rss_bytes": idle_rss, "open_streams": plan.open_streams, "rss_with_open_streams_bytes": held_rss,
                    "rss_per_open_stream_bytes": per_stream, "rss_per_open_stream_warm_pool_bytes": per_stream_warm,
                    "bare_proxy_rss_per_open_stream_bytes": proxy_per_stream,

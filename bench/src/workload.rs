@@ -7,11 +7,16 @@ use openai_compatible::types as native;
 
 /// Code before the cursor: about 7.5 KB of Python.
 pub fn prefix() -> String {
+    code_of_length(7_500)
+}
+
+/// At least `bytes` bytes of numbered Python handlers.
+pub fn code_of_length(bytes: usize) -> String {
     let unit =
         "def handler_{n}(request):\n    payload = request.json()\n    return {\"id\": {n}, \"ok\": bool(payload)}\n\n";
     let mut text = String::new();
     let mut n = 0;
-    while text.len() < 7_500 {
+    while text.len() < bytes {
         text.push_str(&unit.replace("{n}", &n.to_string()));
         n += 1;
     }

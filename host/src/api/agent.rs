@@ -9,7 +9,7 @@ use crate::auth::{AuthError, Principal};
 use crate::error::GatewayError;
 use crate::pipeline::{self, ChunkStream, Deadline, ModelJob};
 use crate::plugins::{PluginError, wit};
-use crate::prompts::{Prompt, PromptRegistry};
+use crate::prompts::{Prompt, PromptRegistry, fit_conversation};
 use crate::response::Body;
 use crate::state::RequestState;
 use crate::upstream::UpstreamError;
@@ -358,7 +358,7 @@ pub(crate) async fn handle(
     let raw: Value = serde_json::from_slice(body).unwrap_or_default();
     let raw_messages = raw["messages"].as_array().cloned().unwrap_or_default();
     let rendered = conversation(&prompts, prompt, &request, &raw_messages, &options_steps, &tools)?;
-    let system = match rendered {
+    let mut system = match rendered {
         Ok(messages) => messages,
         Err(UnsupportedConversation(message)) => return Ok(error_response(message.to_string(), false)),
     };
@@ -367,6 +367,10 @@ pub(crate) async fn handle(
         // The model must stop where the observation, which GitLab supplies, would begin.
         // (GitLab's own prompts say for themselves: its `gpt` one sends no stop at all.)
         sampling.stop.push("Observation:".to_string());
+    }
+    let budget = prompts.conversation_budget(&target.family, &sampling);
+    if fit_conversation(&mut system, budget) {
+        tracing::info!(budget, family = %target.family, "conversation cut to the model's context window");
     }
     let model = target.model.clone();
     let prefilled = system

@@ -32,6 +32,10 @@ struct FamilyFile {
     /// (GitLab's `models.yml` `params`). No stop sequences here: those belong to the prompt.
     #[serde(default)]
     params: FamilyParams,
+    /// The model's context window in tokens: prompt and answer together (GitLab's `models.yml`
+    /// `max_context_tokens`). An operator whose server runs the model with a smaller window
+    /// (vLLM's `--max-model-len`) states it here.
+    context_tokens: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,7 +61,13 @@ pub(crate) struct Family {
     pub(crate) falls_back_to: Vec<String>,
     /// Its default sampling, under each prompt's own.
     pub(crate) params: Params,
+    /// Its context window in tokens.
+    pub(crate) context_tokens: usize,
 }
+
+/// The context window of a family that states none, and of a model whose family is unknown:
+/// GitLab's gateway assumes as much of a model it has no definition for.
+pub(crate) const DEFAULT_CONTEXT_TOKENS: usize = 32_768;
 
 /// The families the registry knows, in the order their files list them.
 #[derive(Debug, Default, Clone)]
@@ -78,6 +88,7 @@ impl Families {
                 system_role: entry.system_role,
                 falls_back_to: entry.falls_back_to,
                 params: Params { temperature, max_tokens, top_p, stop: Vec::new() },
+                context_tokens: entry.context_tokens.unwrap_or(DEFAULT_CONTEXT_TOKENS),
             };
             match self.0.iter_mut().find(|known| known.name == family.name) {
                 Some(known) => *known = family,
@@ -90,6 +101,11 @@ impl Families {
     /// The family named `name`, if known.
     pub(crate) fn get(&self, name: &str) -> Option<&Family> {
         self.0.iter().find(|family| family.name == name)
+    }
+
+    /// The context window of `family`'s models, in tokens.
+    pub(crate) fn context_tokens(&self, family: &str) -> usize {
+        self.get(family).map_or(DEFAULT_CONTEXT_TOKENS, |f| f.context_tokens)
     }
 
     /// Every family's name, in order.

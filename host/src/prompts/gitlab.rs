@@ -265,6 +265,7 @@ impl GitlabPrompts {
             // GitLab's registries before the block had no template for it.
             guarded: self.env.get_template(SECURITY_BLOCK).is_ok() && !OWN_TEMPLATE_FACTORIES.contains(&id),
             origin: Origin::Gitlab { required: required.into_iter().collect(), unsupported },
+            template_tokens: std::sync::OnceLock::new(),
         })
     }
 
@@ -305,6 +306,11 @@ impl GitlabPrompts {
     /// draws them, which an injected text cannot guess, so it cannot close the block's tags.
     pub(crate) fn security_block(&self, suffix: &str) -> Result<String, minijinja::Error> {
         self.env.get_template(SECURITY_BLOCK)?.render(minijinja::context! { suffix => suffix })
+    }
+
+    /// `size` of the security block's template as written (0 if there is none).
+    pub(crate) fn security_block_size(&self, size: &dyn Fn(&str) -> usize) -> usize {
+        self.env.get_template(SECURITY_BLOCK).map_or(0, |template| size(template.source()))
     }
 
     /// Every prompt id it has, in order.

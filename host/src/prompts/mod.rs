@@ -3,11 +3,12 @@
 
 mod family;
 mod gitlab;
+mod tokens;
 mod trim;
 mod version;
 
 pub(crate) use family::{FAMILIES_FILE, Families};
-pub(crate) use trim::trim_to_budget;
+pub(crate) use trim::{FittedCode, fit_conversation};
 pub(crate) use version::{Constraint, Version, parse_version};
 
 use crate::plugins::wit;
@@ -177,12 +178,12 @@ impl Params {
     }
 }
 
-/// How much code context a completion prompt may carry.
+/// How the caller's code shares a code prompt's token budget.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Budget {
-    /// Prefix plus suffix, in characters.
-    pub(crate) max_prompt_chars: usize,
+    /// At most this many tokens of code, below what the family's context window leaves.
+    pub(crate) max_prompt_tokens: Option<usize>,
     /// Share of the budget reserved for the suffix (0.0–1.0).
     pub(crate) suffix_share: f32,
 }
@@ -238,6 +239,9 @@ pub struct Prompt {
     pub(crate) guarded: bool,
     /// Where the prompt came from, which decides how it is rendered.
     pub(crate) origin: Origin,
+    /// How many tokens its own text is (its templates and guard), counted the first time a
+    /// budget needs it.
+    template_tokens: std::sync::OnceLock<usize>,
 }
 
 /// Where a prompt came from.
@@ -465,6 +469,7 @@ impl PromptRegistry {
             messages,
             guarded,
             origin,
+            template_tokens: std::sync::OnceLock::new(),
         })
     }
 
@@ -581,6 +586,68 @@ impl PromptRegistry {
             Some(defaults) => prompt.params.or(defaults).sampling(),
             None => prompt.sampling(),
         }
+    }
+
+    /// The caller's code for a call of `prompt` for `family`, cut to the tokens it may take:
+    /// the family's context window less the answer's `max_tokens` and the prompt's own text
+    /// (templates and guard), and no more than the prompt's `max_prompt_tokens` (see
+    /// [`trim::fit_code`] for how prefix, suffix and context share them). GitLab's gateway gives
+    /// the caller's code the whole window; a model server refuses a prompt that leaves no room
+    /// for the answer (vLLM: 400, "maximum context length").
+    pub(crate) fn fit_code<'a>(
+        &self,
+        prompt: &Prompt,
+        family: &str,
+        sampling: &wit::Sampling,
+        (prefix, suffix, context): (&'a str, &'a str, &'a str),
+        suffix_share: f32,
+    ) -> FittedCode<'a> {
+        let room = self.conversation_budget(family, sampling);
+        let cap = prompt.budget.and_then(|b| b.max_prompt_tokens).unwrap_or(usize::MAX);
+        // A token is at least one byte, so code and templates that fit in bytes fit in tokens:
+        // most requests are never counted, and the vocabulary (about 30 MiB) is loaded only
+        // once one must be.
+        let own_bytes = self.template_bytes(prompt);
+        if prefix.len() + suffix.len() + context.len() + own_bytes <= room.min(cap) {
+            return FittedCode { prefix, suffix, context };
+        }
+        let own = *prompt.template_tokens.get_or_init(|| self.template_tokens(prompt));
+        let budget = room.saturating_sub(own).min(cap);
+        trim::fit_code(prefix, suffix, context, budget, suffix_share)
+    }
+
+    /// The bytes of `prompt`'s templates as written and of its guard's.
+    fn template_bytes(&self, prompt: &Prompt) -> usize {
+        self.template_sizes(prompt, &|source| source.len())
+    }
+
+    /// The tokens of `prompt`'s templates as written (the tags count too, which errs on the
+    /// safe side) and of its guard's.
+    fn template_tokens(&self, prompt: &Prompt) -> usize {
+        self.template_sizes(prompt, &tokens::count)
+    }
+
+    /// `size` summed over `prompt`'s templates and its guard's.
+    fn template_sizes(&self, prompt: &Prompt, size: &dyn Fn(&str) -> usize) -> usize {
+        let env = self.env_of(prompt);
+        let of = |name: &str| env.get_template(name).map_or(0, |t| size(t.source()));
+        let own: usize = prompt.messages.iter().map(|(_, name)| of(name)).sum();
+        let guard = match (&prompt.origin, &self.gitlab) {
+            _ if !prompt.guarded => 0,
+            (Origin::Gitlab { .. }, Some(gitlab)) => gitlab.security_block_size(size),
+            (Origin::Gitlab { .. }, None) => 0,
+            _ => self.latest(CONTENT_GUARD).map_or(0, |guard| self.template_sizes(guard, size)),
+        };
+        own + guard
+    }
+
+    /// The tokens a whole prompt for `family` may take: its context window less the answer's
+    /// `max_tokens`, but never less than half the window (GitLab's ReAct prompt asks 8,192
+    /// tokens of answer, more than CodeGemma's whole window: a prompt cut to nothing would be no
+    /// better than one the server refuses).
+    pub(crate) fn conversation_budget(&self, family: &str, sampling: &wit::Sampling) -> usize {
+        let window = self.families.context_tokens(family);
+        window - (sampling.max_tokens.unwrap_or(0) as usize).min(window / 2)
     }
 
     /// Render a prompt's messages with `variables`. One of GitLab's prompts is rendered as
@@ -883,7 +950,7 @@ mod tests {
         let files = [
             (
                 "t/base/1.0.0.toml",
-                "unit_primitive = \"duo_chat\"\n[params]\ntemperature = 0.5\nmax_tokens = 100\nstop = [\"x\"]\n[budget]\nmax_prompt_chars = 10\nsuffix_share = 0.1\n[[messages]]\nrole = \"user\"\ncontent = \"hello {{ name }}\"",
+                "unit_primitive = \"duo_chat\"\n[params]\ntemperature = 0.5\nmax_tokens = 100\nstop = [\"x\"]\n[budget]\nmax_prompt_tokens = 10\nsuffix_share = 0.1\n[[messages]]\nrole = \"user\"\ncontent = \"hello {{ name }}\"",
             ),
             ("t/base/1.1.0-dev.toml", "[[messages]]\nrole = \"user\"\ncontent = \"unreleased\""),
             ("t/fast/1.0.0.toml", "extends = \"t/base\"\n[params]\nmax_tokens = 20"),
@@ -893,7 +960,7 @@ mod tests {
         assert_eq!(fast.params.max_tokens, Some(20));
         assert_eq!(fast.params.temperature, Some(0.5));
         assert_eq!(fast.params.stop, ["x"]);
-        assert_eq!(fast.budget.unwrap().max_prompt_chars, 10);
+        assert_eq!(fast.budget.unwrap().max_prompt_tokens, Some(10));
         assert_eq!(fast.unit_primitives, ["duo_chat"]);
         let rendered = registry.render(fast, &minijinja::context! { name => "you" }).unwrap();
         assert_eq!(rendered[0].content, "hello you", "the stable base's messages, not the pre-release's");

@@ -6,6 +6,7 @@ mod access_token;
 mod agent;
 mod anthropic;
 mod auth;
+mod budgets;
 mod cli;
 mod code;
 mod completions;

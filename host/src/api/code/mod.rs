@@ -14,13 +14,16 @@ use crate::auth::scopes;
 use crate::error::{GatewayError, ValidationIssue};
 use crate::pipeline::{self, ChunkStream, Deadline, ModelJob, ModelTarget};
 use crate::plugins::wit;
-use crate::prompts::trim_to_budget;
+use crate::prompts::FittedCode;
 use crate::state::RequestState;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// GitLab's limit on each side of the cursor, characters.
 const MAX_CONTENT_CHARS: usize = 100_000;
+
+/// The share of the budget GitLab's gateway reserves for the suffix of a completion.
+const GITLAB_SUFFIX_SHARE: f32 = 0.07;
 
 /// GitLab's limit on `context` items.
 const MAX_CONTEXT_ITEMS: usize = 100;
@@ -170,19 +173,6 @@ fn generation_prompt(
     }
 }
 
-/// The code context items joined by newlines, cut at the end to `room` bytes (on a character
-/// boundary) when there is a budget.
-fn fit_context(items: &[String], room: Option<usize>) -> String {
-    let mut joined = items.join("\n");
-    if let Some(room) = room
-        && joined.len() > room
-    {
-        let cut = (0..=room).rev().find(|at| joined.is_char_boundary(*at)).unwrap_or(0);
-        joined.truncate(cut);
-    }
-    joined
-}
-
 /// Render the prompt, call the model, and strip a generation's code fence where the endpoint does.
 async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, GatewayError> {
     let family = input.target.family.clone();
@@ -201,19 +191,22 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         // GitLab's gateway answers an unknown language with no suggestion and calls no model.
         return Ok(CodeAnswer { prompt_name, outcome: CodeOutcome::NoLanguage });
     };
-    let (prefix, suffix) = match prompt.budget {
-        Some(budget) => trim_to_budget(&input.above, &input.below, budget),
-        None => (input.above.as_str(), input.below.as_str()),
+    // The caller's code, cut to the tokens the prompt leaves in the family's context window:
+    // the prefix keeps its end and the suffix its start (7 % of the budget for GitLab's
+    // completions); a completion's code context (its items joined by newlines) gets what they
+    // leave, and a generation's instruction (fenced content above the cursor) is the prefix alone.
+    let sampling = prompts.sampling(prompt, &family);
+    let suffix_share = match (prompt.budget, input.task) {
+        (Some(budget), _) => budget.suffix_share,
+        (None, Task::Completion) => GITLAB_SUFFIX_SHARE,
+        (None, Task::Generation) => 0.0,
     };
-    // A completion's code context goes before the prefix, one newline between the pieces
-    // (GitLab's order), cut to what the prompt's budget leaves.
-    let context = match input.task {
-        Task::Completion => {
-            let room = prompt.budget.map(|b| b.max_prompt_chars.saturating_sub(prefix.len() + suffix.len()));
-            fit_context(&input.context, room)
-        }
+    let joined_context = match input.task {
+        Task::Completion => input.context.join("\n"),
         Task::Generation => String::new(),
     };
+    let FittedCode { prefix, suffix, context } =
+        prompts.fit_code(prompt, &family, &sampling, (&input.above, &input.below, &joined_context), suffix_share);
     let with_context =
         |prefix: &str| if context.is_empty() { prefix.to_string() } else { format!("{context}\n{prefix}") };
     let gitlab = prompt.is_gitlab();
@@ -226,7 +219,7 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
             } else {
                 lang
             };
-            let instruction = format!("```{fence_language}\n{}\n```", input.above);
+            let instruction = format!("```{fence_language}\n{prefix}\n```");
             let base = minijinja::context! {
                 prefix => &input.above, instruction => &instruction, user_instruction => &instruction,
                 language => input.language_identifier.as_deref(), file_name => input.file_name,
@@ -256,7 +249,6 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         GenerationPrompt::Messages(messages) if input.task == Task::Generation => messages,
         _ => prompts.render(prompt, &variables)?,
     };
-    let sampling = prompts.sampling(prompt, &family);
     let mut job = ModelJob::new(input.target, messages, sampling, Deadline::Code);
     if gitlab {
         job = job.with_roles_as_rendered();
