@@ -10,7 +10,7 @@ GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
 GUEST_PROFILE    := guest
 
-.PHONY: all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+.PHONY: fuzz all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
 
 all: build
 
@@ -80,6 +80,11 @@ SOAK_MINUTES ?= 30
 soak: build
 	$(CARGO) build --release -p aigw-bench
 	./target/release/aigw-bench soak --minutes $(SOAK_MINUTES)
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_PARALLEL at a time;
+## needs the nightly toolchain; not in CI. Seeds in fuzz/seeds, crashes in fuzz/artifacts.
+fuzz:
+	./tools/fuzz.sh
 
 ## lint: formatting, clippy with warnings denied, and no import cycle between the host's
 ## top-level modules.

@@ -9,6 +9,8 @@ pub(crate) mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod plugins;
 pub mod prompts;

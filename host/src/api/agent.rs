@@ -138,7 +138,7 @@ fn offered_tools(principal: &Principal, headers: &http::HeaderMap) -> Vec<Value>
 const PROMPT_ID: &str = "chat/react";
 
 #[derive(Debug, Deserialize)]
-struct AgentRequest {
+pub(crate) struct AgentRequest {
     messages: Vec<AgentMessage>,
     model_metadata: Option<ModelMetadata>,
     #[serde(default)]
@@ -334,6 +334,14 @@ fn conversation(
     Ok(Ok(rendered))
 }
 
+/// The request, its roles checked and its additional context allowed for `principal`.
+pub(crate) fn parse(body: &[u8], principal: &Principal) -> Result<AgentRequest, GatewayError> {
+    let request: AgentRequest = parse_json(body)?;
+    check_roles(&request.messages)?;
+    authorize_additional_context(&request.messages, principal)?;
+    Ok(request)
+}
+
 /// Handle one agent step.
 pub(crate) async fn handle(
     state: &RequestState<'_>,
@@ -341,9 +349,7 @@ pub(crate) async fn handle(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
-    let mut request: AgentRequest = parse_json(body)?;
-    check_roles(&request.messages)?;
-    authorize_additional_context(&request.messages, principal)?;
+    let mut request = parse(body, principal)?;
     let options_steps: Vec<ScratchpadStep> = request
         .options
         .take()

@@ -29,7 +29,7 @@ pub(crate) const INVOKABLES: [&str; 12] = [
 ];
 
 #[derive(Debug, Deserialize)]
-struct ChatRequest {
+pub(crate) struct ChatRequest {
     prompt_components: Vec<ChatComponent>,
     #[serde(default)]
     stream: bool,
@@ -72,27 +72,38 @@ struct ChatAnswer<'a> {
     metadata: ChatMetadata<'a>,
 }
 
-/// Handle one call of an invokable (one of [`INVOKABLES`]; the route table has checked its scope).
-pub(crate) async fn handle(state: &RequestState<'_>, body: &[u8]) -> Result<http::Response<Body>, GatewayError> {
-    let request: ChatRequest = parse_json(body)?;
-    let [component] = request.prompt_components.as_slice() else {
-        return Err(GatewayError::Unprocessable("exactly one prompt component is required".into()));
-    };
-    let payload = &component.payload;
-    let messages = match &payload.content {
-        Value::String(text) => vec![wit::Message { role: wit::Role::User, content: text.clone() }],
-        list @ Value::Array(_) => parse_messages(list)?,
-        _ => return Err(GatewayError::Unprocessable("content must be a string or a list of messages".into())),
-    };
-    let target = ModelTarget::resolve(
+impl ChatRequest {
+    /// The fields of its (first) prompt component that name the model and where it is served.
+    pub(crate) fn model_fields(&self) -> ModelFields<'_> {
+        let payload = &self.prompt_components[0].payload;
         ModelFields {
             family: payload.model.as_deref(),
             endpoint: payload.model_endpoint.as_deref(),
             api_key: payload.model_api_key.as_deref(),
             identifier: payload.model_identifier.as_deref(),
-        },
-        state.config.custom_models_enabled,
-    )?;
+        }
+    }
+}
+
+/// The request, with exactly one prompt component, and that component's messages.
+pub(crate) fn parse(body: &[u8]) -> Result<(ChatRequest, Vec<wit::Message>), GatewayError> {
+    let request: ChatRequest = parse_json(body)?;
+    let [component] = request.prompt_components.as_slice() else {
+        return Err(GatewayError::Unprocessable("exactly one prompt component is required".into()));
+    };
+    let messages = match &component.payload.content {
+        Value::String(text) => vec![wit::Message { role: wit::Role::User, content: text.clone() }],
+        list @ Value::Array(_) => parse_messages(list)?,
+        _ => return Err(GatewayError::Unprocessable("content must be a string or a list of messages".into())),
+    };
+    Ok((request, messages))
+}
+
+/// Handle one call of an invokable (one of [`INVOKABLES`]; the route table has checked its scope).
+pub(crate) async fn handle(state: &RequestState<'_>, body: &[u8]) -> Result<http::Response<Body>, GatewayError> {
+    let (request, messages) = parse(body)?;
+    let payload = &request.prompt_components[0].payload;
+    let target = ModelTarget::resolve(request.model_fields(), state.config.custom_models_enabled)?;
     let provider = payload.provider.clone().unwrap_or_else(|| "litellm".to_string());
     let family = target.family.clone();
     let sampling = wit::Sampling {

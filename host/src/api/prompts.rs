@@ -24,7 +24,7 @@ pub(crate) enum Api {
 }
 
 #[derive(Debug, Deserialize)]
-struct PromptRequest {
+pub(crate) struct PromptRequest {
     #[serde(default)]
     inputs: serde_json::Map<String, Value>,
     prompt_version: Option<String>,
@@ -72,6 +72,11 @@ fn authorize(prompt: &crate::prompts::Prompt, principal: &Principal, id: &str) -
     if allowed { Ok(()) } else { Err(AuthError::PromptScope(id.to_string())) }
 }
 
+/// The request: the prompt's inputs, version constraint and model.
+pub(crate) fn parse(body: &[u8]) -> Result<PromptRequest, GatewayError> {
+    parse_json(body)
+}
+
 /// Handle one call for prompt `id`.
 pub(crate) async fn handle(
     state: &RequestState<'_>,
@@ -80,7 +85,7 @@ pub(crate) async fn handle(
     body: &[u8],
     api: Api,
 ) -> Result<http::Response<Body>, GatewayError> {
-    let request: PromptRequest = parse_json(body)?;
+    let request = parse(body)?;
     let prompts = state.prompts();
     let family = request.model_metadata.as_ref().and_then(|m| m.name.as_deref()).unwrap_or("base");
     let prompt = prompts.for_family(id, family, request.prompt_version.as_deref())?;

@@ -75,7 +75,7 @@ pub(crate) struct Families(Vec<Family>);
 
 impl Families {
     /// Add the families of one `families.toml`; an entry whose name is already known replaces it.
-    pub(super) fn merge(&mut self, text: &str) -> Result<(), String> {
+    pub(crate) fn merge(&mut self, text: &str) -> Result<(), String> {
         let file: FamiliesFile = toml::from_str(text).map_err(|e| e.to_string())?;
         for entry in file.family {
             let name = entry.name.trim();

@@ -28,7 +28,7 @@ const OWN_TEMPLATE_FACTORIES: [&str; 1] = ["chat/react"];
 /// One `models.yml` entry that matters here: the folders to look in, and the sampling defaults
 /// that a prompt file's `model.params` override.
 #[derive(Debug, Clone, Default)]
-struct ModelEntry {
+pub(crate) struct ModelEntry {
     family: Vec<String>,
     params: Params,
 }
@@ -144,6 +144,32 @@ impl GitlabPrompts {
             ));
         }
         let models = load_models(root)?;
+        // Every file but a prompt definition may be included (`.jinja` partials, `.xml` lists);
+        // one that is not text cannot be, and is left out. A definition must be read.
+        let mut files = Vec::new();
+        for (relative, path) in walk(root)? {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if relative.ends_with(".yml") => return Err(bad(&relative, e.to_string())),
+                Err(_) => continue,
+            };
+            files.push((relative, text));
+        }
+        Self::from_files(models, &files)
+    }
+
+    /// Build the registry from `models.yml`'s text and the definitions' (no directory: the fuzz
+    /// targets' way in).
+    pub(crate) fn from_texts(models_yml: &str, files: &[(String, String)]) -> Result<Self, PromptError> {
+        Self::from_files(parse_models(models_yml, "models.yml")?, files)
+    }
+
+    /// Build the registry from its files' texts, as (path relative to `definitions`, text), and
+    /// the models `models.yml` lists.
+    pub(crate) fn from_files(
+        models: HashMap<String, ModelEntry>,
+        files: &[(String, String)],
+    ) -> Result<Self, PromptError> {
         let mut env = minijinja::Environment::new();
         // As GitLab's Jinja environment: one trailing newline of a template is dropped, and an
         // undefined value renders empty (LangChain has checked the inputs beforehand).
@@ -159,23 +185,19 @@ impl GitlabPrompts {
             Ok(())
         });
         add_gitlab_filters(&mut env);
-        let files = walk(root)?;
-        // Every file but a prompt definition may be included (`.jinja` partials, `.xml` lists);
-        // one that is not text cannot be, and is left out.
-        for (relative, path) in &files {
+        for (relative, text) in files {
             if relative.ends_with(".yml") {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(path) else { continue };
-            env.add_template_owned(relative.clone(), text).map_err(|e| bad(relative, with_line(e.line(), e)))?;
+            env.add_template_owned(relative.clone(), text.clone())
+                .map_err(|e| bad(relative, with_line(e.line(), e)))?;
         }
         let mut registry = GitlabPrompts { env, folders: HashMap::new(), ids: BTreeSet::new(), models };
-        for (relative, path) in &files {
+        for (relative, text) in files {
             if !relative.ends_with(".yml") {
                 continue;
             }
-            let text = std::fs::read_to_string(path).map_err(|e| bad(relative, e.to_string()))?;
-            let prompt = registry.add_file(relative, &text)?;
+            let prompt = registry.add_file(relative, text)?;
             let folder = prompt.id.clone();
             let (id, _) = folder.rsplit_once('/').unwrap_or_default();
             registry.ids.insert(id.to_string());

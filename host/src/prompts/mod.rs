@@ -272,6 +272,12 @@ impl Prompt {
     }
 }
 
+/// Load GitLab's registry from `models.yml`'s text and its definitions' texts, as
+/// `AIGW_PROMPTS__GITLAB_DIR` would be loaded (for the fuzz targets, which have no directory).
+pub(crate) fn load_gitlab_texts(models_yml: &str, files: &[(String, String)]) -> Result<(), PromptError> {
+    gitlab::GitlabPrompts::from_texts(models_yml, files).map(drop)
+}
+
 /// All prompts, every version, with their compiled templates, and the model families.
 pub struct PromptRegistry {
     env: minijinja::Environment<'static>,
@@ -346,7 +352,6 @@ impl PromptRegistry {
     /// Build a registry from `(relative path, contents)` pairs: `<id>/<version>.toml` prompt
     /// files (a later pair with the same path replaces an earlier one) and `families.toml`
     /// family lists (each adds to those before it).
-    #[cfg(test)]
     pub(crate) fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, PromptError> {
         Self::from_sources(files.into_iter().map(|(path, text)| (path, text, Origin::BuiltIn)))
     }

@@ -4,7 +4,7 @@
 use super::egress::{EgressError, EgressPolicy};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -54,13 +54,11 @@ impl EgressConnector {
     async fn connect(self, uri: http::Uri) -> Result<TokioIo<TcpStream>, ConnectError> {
         let host = uri.host().ok_or(ConnectError::NoHost)?;
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = match (literal.parse::<IpAddr>(), super::egress::legacy_ipv4(literal)) {
-            (Ok(ip), _) => vec![SocketAddr::new(ip, port)],
+        let addrs: Vec<SocketAddr> = match super::egress::literal_address(host) {
             // Decimal, octal and hex spellings are read here, not left to the resolver.
-            (Err(_), Some(ipv4)) => vec![SocketAddr::new(IpAddr::V4(ipv4?), port)],
+            Some(ip) => vec![SocketAddr::new(ip?, port)],
             // One resolution; the addresses checked below are the ones connected to.
-            (Err(_), None) => tokio::net::lookup_host((host, port)).await?.collect(),
+            None => tokio::net::lookup_host((host, port)).await?.collect(),
         };
         if addrs.is_empty() {
             return Err(EgressError::Unresolved(host.to_string()).into());

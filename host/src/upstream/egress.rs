@@ -69,6 +69,16 @@ pub(crate) fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// The address a URL's host names without a resolver: an IPv4 or bracketed IPv6 literal, or a
+/// legacy IPv4 spelling (see [`legacy_ipv4`]); `None` for a name, which must be resolved.
+pub(crate) fn literal_address(host: &str) -> Option<Result<IpAddr, EgressError>> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    match literal.parse::<IpAddr>() {
+        Ok(ip) => Some(Ok(ip)),
+        Err(_) => legacy_ipv4(literal).map(|ipv4| ipv4.map(IpAddr::V4)),
+    }
+}
+
 /// Read a host written in one of the legacy IPv4 spellings `inet_aton` and browsers accept:
 /// one to four parts, each decimal, octal (leading `0`) or hex (`0x`), the last part filling the
 /// remaining bytes (`2130706433`, `0x7f.1`, `0177.0.0.1` are all 127.0.0.1). `None` when the host

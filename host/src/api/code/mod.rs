@@ -5,8 +5,8 @@
 mod v2;
 mod v3;
 
-pub(crate) use v2::handle_v2;
-pub(crate) use v3::{Version, handle_v3};
+pub(crate) use v2::{handle_v2, parse_v2};
+pub(crate) use v3::{Version, handle_v3, parse_v3};
 
 use super::fence::FenceStripper;
 use super::{language, parse_messages};

@@ -26,7 +26,7 @@ struct CurrentFile {
 }
 
 #[derive(Debug, Deserialize)]
-struct V2Request {
+pub(crate) struct V2Request {
     current_file: CurrentFile,
     prompt_version: Option<PromptVersion>,
     prompt: Option<Value>,
@@ -83,13 +83,21 @@ struct FeatureFlags {
     enabled_feature_flags: [(); 0],
 }
 
-/// `POST /v2/code/completions` (alias `/v2/completions`) and `POST /v2/code/generations`.
-/// The route table has checked the task's scopes.
-pub(crate) async fn handle_v2(
-    state: &RequestState<'_>,
-    body: &[u8],
-    task: Task,
-) -> Result<http::Response<Body>, GatewayError> {
+impl V2Request {
+    /// The fields that name the model and where it is served.
+    pub(crate) fn model_fields(&self) -> ModelFields<'_> {
+        ModelFields {
+            family: self.model_name.as_deref(),
+            endpoint: self.model_endpoint.as_deref(),
+            api_key: self.model_api_key.as_deref(),
+            identifier: self.model_identifier.as_deref(),
+        }
+    }
+}
+
+/// The request, checked as GitLab's schema checks it (each side of the cursor, the number of
+/// context items) and served by this gateway (the self-hosted provider).
+pub(crate) fn parse_v2(body: &[u8]) -> Result<V2Request, GatewayError> {
     let request: V2Request = parse_json(body)?;
     let file = &request.current_file;
     let mut issues = check_content(&file.content_above_cursor, &file.content_below_cursor, &["body", "current_file"]);
@@ -106,21 +114,25 @@ pub(crate) async fn handle_v2(
     if !issues.is_empty() {
         return Err(GatewayError::Validation(issues));
     }
-    let engine = request.model_provider.clone().unwrap_or_default();
+    let engine = request.model_provider.as_deref().unwrap_or_default();
     if engine != SELF_HOSTED_PROVIDER {
         return Err(GatewayError::Unprocessable(format!(
             "model_provider {engine:?} is not served by this gateway; self-hosted models use \"{SELF_HOSTED_PROVIDER}\""
         )));
     }
-    let target = ModelTarget::resolve(
-        ModelFields {
-            family: request.model_name.as_deref(),
-            endpoint: request.model_endpoint.as_deref(),
-            api_key: request.model_api_key.as_deref(),
-            identifier: request.model_identifier.as_deref(),
-        },
-        state.config.custom_models_enabled,
-    )?;
+    Ok(request)
+}
+
+/// `POST /v2/code/completions` (alias `/v2/completions`) and `POST /v2/code/generations`.
+/// The route table has checked the task's scopes.
+pub(crate) async fn handle_v2(
+    state: &RequestState<'_>,
+    body: &[u8],
+    task: Task,
+) -> Result<http::Response<Body>, GatewayError> {
+    let request = parse_v2(body)?;
+    let engine = request.model_provider.clone().unwrap_or_default();
+    let target = ModelTarget::resolve(request.model_fields(), state.config.custom_models_enabled)?;
     let prompt = match task {
         Task::Completion => GenerationPrompt::Template,
         Task::Generation => {

@@ -24,7 +24,7 @@ struct PromptComponent {
 }
 
 #[derive(Debug, Deserialize)]
-struct EditorPayload {
+pub(crate) struct EditorPayload {
     file_name: String,
     content_above_cursor: String,
     content_below_cursor: String,
@@ -39,7 +39,7 @@ struct EditorPayload {
 }
 
 #[derive(Debug, Deserialize)]
-struct V3Request {
+pub(crate) struct V3Request {
     prompt_components: Vec<PromptComponent>,
     model_metadata: Option<ModelMetadata>,
 }
@@ -53,13 +53,10 @@ pub(crate) enum Version {
     V4,
 }
 
-/// `POST /v3/code/completions` and `POST /v4/code/suggestions`.
-pub(crate) async fn handle_v3(
-    state: &RequestState<'_>,
-    principal: &Principal,
-    body: &[u8],
-    version: Version,
-) -> Result<http::Response<Body>, GatewayError> {
+/// The request, its one editor component's payload checked as GitLab's schema checks it, and
+/// the task it asks for, which `principal` must be allowed (checked between the two, in GitLab's
+/// order of errors).
+pub(crate) fn parse_v3(body: &[u8], principal: &Principal) -> Result<(V3Request, EditorPayload, Task), GatewayError> {
     let request: V3Request = parse_json(body)?;
     let editor: Vec<&PromptComponent> = request
         .prompt_components
@@ -88,6 +85,17 @@ pub(crate) async fn handle_v3(
     if !issues.is_empty() {
         return Err(GatewayError::Validation(issues));
     }
+    Ok((request, payload, task))
+}
+
+/// `POST /v3/code/completions` and `POST /v4/code/suggestions`.
+pub(crate) async fn handle_v3(
+    state: &RequestState<'_>,
+    principal: &Principal,
+    body: &[u8],
+    version: Version,
+) -> Result<http::Response<Body>, GatewayError> {
+    let (request, payload, task) = parse_v3(body, principal)?;
     let (target, provider) = ModelMetadata::resolve(request.model_metadata, state.config.custom_models_enabled)?;
     let prompt = match task {
         Task::Completion => GenerationPrompt::Template,

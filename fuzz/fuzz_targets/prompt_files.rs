@@ -1,0 +1,8 @@
+//! `aigw::fuzzing::prompt_files` on arbitrary bytes: the first picks the variant, the rest is the input.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Some((selector, input)) = data.split_first() {
+        aigw::fuzzing::prompt_files(*selector, input);
+    }
+});
