@@ -10,7 +10,7 @@ GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
 GUEST_PROFILE    := guest
 
-.PHONY: fuzz all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+.PHONY: image image-test restart-test fuzz all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
 
 all: build
 
@@ -80,6 +80,32 @@ SOAK_MINUTES ?= 30
 soak: build
 	$(CARGO) build --release -p aigw-bench
 	./target/release/aigw-bench soak --minutes $(SOAK_MINUTES)
+
+## image: the OCI image localhost/aigw:latest (podman; FROM scratch around a static musl build),
+## its context staged in target/image. image-test: start it against the mock GitLab and model
+## server on the host and check what an operator relies on (target/image/report.json).
+MUSL_TARGET := x86_64-unknown-linux-musl
+IMAGE ?= localhost/aigw:latest
+# The workspace version, which deploy/kubernetes's image tag names too.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+image: plugins
+	rustup target add $(MUSL_TARGET)
+	CARGO_PROFILE_RELEASE_STRIP=symbols $(CARGO) build --release --target $(MUSL_TARGET) -p aigw
+	rm -rf target/image && mkdir -p target/image/plugins
+	cp target/$(MUSL_TARGET)/release/aigw target/image/aigw
+	cp target/plugins/*.wasm target/image/plugins/
+	cp /etc/ssl/certs/ca-certificates.crt target/image/ca-certificates.crt
+	podman build --quiet --tag $(IMAGE) --tag localhost/aigw:$(VERSION) --file deploy/container/Containerfile target/image
+
+image-test: image
+	$(CARGO) build --release -p aigw-tests --bin image-test
+	./target/release/image-test $(IMAGE)
+
+## restart-test: a rolling restart of two replicas behind nginx (Debian's nginx-light) under a
+## bounded load: every request must succeed (target/restart/report.json).
+restart-test: build
+	$(CARGO) build --release -p aigw-tests --bin restart-test
+	./target/release/restart-test
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_PARALLEL at a time;
 ## needs the nightly toolchain; not in CI. Seeds in fuzz/seeds, crashes in fuzz/artifacts.

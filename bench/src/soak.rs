@@ -126,32 +126,6 @@ async fn one(client: &BenchClient, base: &str, token: &str, model: &MockModelSer
     }
 }
 
-/// The component's bytes with a custom section appended: the same code under a new digest, so
-/// that writing it makes aigw load it again, as a new build of the plugin would.
-fn with_marker(component: &[u8], generation: u64) -> Vec<u8> {
-    let name = format!("aigw-soak-{generation}");
-    let mut payload = Vec::new();
-    leb128(name.len() as u64, &mut payload);
-    payload.extend_from_slice(name.as_bytes());
-    let mut bytes = component.to_vec();
-    bytes.push(0); // custom section
-    leb128(payload.len() as u64, &mut bytes);
-    bytes.extend_from_slice(&payload);
-    bytes
-}
-
-fn leb128(mut value: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// Replaces `path` with `bytes` at once (write beside it, then rename), as a deployment does.
 fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let staging = path.with_extension("staging");
@@ -230,7 +204,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         model.clear_requests();
         if Instant::now() >= next_swap {
             generation += 1;
-            replace(&swapped, &with_marker(&original, generation))?;
+            replace(&swapped, &aigw_tests::with_new_digest(&original, &format!("aigw-soak-{generation}")))?;
             replace(&prompts.join("soak/check/1.0.0.toml"), prompt_file(generation).as_bytes())?;
             next_swap += Duration::from_secs(60);
         }

@@ -123,6 +123,7 @@ impl GatewayError {
                 }
                 PluginError::Invalid(_)
                 | PluginError::BadInfo(_)
+                | PluginError::Cache { .. }
                 | PluginError::Trap(_)
                 | PluginError::Deadline(_)
                 | PluginError::MemoryLimit(_) => detail(StatusCode::BAD_GATEWAY, PLUGIN_FAILED.into()),

@@ -1,7 +1,9 @@
 //! aigw: a self-hosted AI gateway for GitLab Duo whose provider wire formats run as sandboxed
 //! WebAssembly components. The binary is a thin CLI over [`Gateway`].
 
-#![forbid(unsafe_code)]
+// Denied, not forbidden: the one exception, loading plugin machine code this process compiled
+// and checksummed (plugins::cache), is allowed at its site with its reasoning.
+#![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub(crate) mod admission;
@@ -102,16 +104,15 @@ impl Gateway {
             Some(settings) => Some(server::tls::acceptor(settings)?),
             None => None,
         };
-        if !config.plugins.dir.is_dir() {
+        if let Some(missing) = config.plugins.dirs.iter().find(|dir| !dir.is_dir()) {
             return Err(StartError::PluginsDir(format!(
                 "{} is not a directory (AIGW_PLUGINS__DIR; `make build` fills target/plugins)",
-                config.plugins.dir.display()
+                missing.display()
             )));
         }
         let prompts = prompts::PromptRegistry::load(&config.prompts)?;
         let metrics = Arc::new(telemetry::Metrics::default());
-        let (registry, plugins_watcher) = load_plugins(&config, &metrics).await?;
-        let mut watchers = vec![plugins_watcher];
+        let (registry, mut watchers) = load_plugins(&config, &metrics).await?;
         let (verifier, background) = build_verifier(&config, options, &metrics)?;
         let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
         // One model-server client (and connection pool) per worker thread.
@@ -150,6 +151,7 @@ impl Gateway {
             upstreams,
             metrics,
             connections,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         // Either prompt directory changing reloads both, so that a reload never mixes sets.
         for dir in [&state.config.prompts.dir, &state.config.prompts.gitlab_dir].into_iter().flatten() {
@@ -184,9 +186,18 @@ impl Gateway {
         &self.state.plugins
     }
 
-    /// Stop accepting, let in-flight requests finish, then return.
+    /// Drain, then stop: readiness turns 503 at once and the listener keeps accepting for the
+    /// drain delay (`AIGW_SERVER__DRAIN_DELAY_MS`), so that a load balancer stops sending here
+    /// first; then it stops accepting and requests in flight get the grace period to finish.
     pub async fn shutdown(mut self) {
+        self.state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let delay = self.state.config.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "draining: readiness answers 503; still accepting for the drain delay");
+            tokio::time::sleep(delay).await;
+        }
         if let Some(workers) = self.workers.take() {
+            tracing::info!(grace = ?self.state.config.shutdown_grace, "no longer accepting; finishing requests in flight");
             workers.drain().await;
         }
     }
@@ -196,13 +207,17 @@ impl Gateway {
 async fn load_plugins(
     config: &Config,
     metrics: &Arc<telemetry::Metrics>,
-) -> Result<(Arc<PluginRegistry>, DirWatcher), StartError> {
+) -> Result<(Arc<PluginRegistry>, Vec<DirWatcher>), StartError> {
     let limits = SandboxLimits {
         memory_bytes: config.plugins.memory_bytes,
         call_deadline: config.plugins.call_deadline,
         max_concurrent: config.plugins.max_concurrent,
     };
-    let runtime = PluginRuntime::with_perf_map(limits, config.plugins.perf_map)?;
+    let options = plugins::runtime::RuntimeOptions {
+        perf_map: config.plugins.perf_map,
+        cache_dir: config.plugins.cache_dir.clone(),
+    };
+    let runtime = PluginRuntime::with_options(limits, options)?;
     let (slots, stores) = (Arc::clone(&runtime), Arc::clone(&runtime));
     metrics.gauge(
         "aigw_plugin_slots_in_use",
@@ -214,32 +229,38 @@ async fn load_plugins(
         "Plugin stores alive; a request waiting on its model server holds a slot but no store.",
         move || stores.stores_alive() as u64,
     );
-    let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dir.clone()));
+    let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dirs.clone()));
     let report = registry.reload().await;
-    metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
+    metrics.reloads(&report);
+    let dirs = std::env::join_paths(&config.plugins.dirs).unwrap_or_default();
     tracing::info!(
-        dir = %config.plugins.dir.display(),
+        dirs = %dirs.to_string_lossy(),
         loaded = report.loaded.len(),
         rejected = report.rejected.len(),
         providers = %registry.snapshot().provider_names().join(","),
         "plugins loaded"
     );
-    let (watched, reload_metrics) = (Arc::clone(&registry), Arc::clone(metrics));
-    let watcher = DirWatcher::start(&config.plugins.dir, false, config.plugins.reload_debounce, move || {
-        let (registry, metrics) = (Arc::clone(&watched), Arc::clone(&reload_metrics));
-        async move {
-            let report = registry.reload().await;
-            metrics.reloads(report.loaded.len(), report.rejected.len(), report.unloaded.len());
-            tracing::info!(
-                loaded = report.loaded.len(),
-                rejected = report.rejected.len(),
-                unloaded = report.unloaded.len(),
-                "plugins reloaded"
-            );
-        }
-    })
-    .map_err(|source| StartError::Watch { dir: config.plugins.dir.display().to_string(), source })?;
-    Ok((registry, watcher))
+    // One watch per directory; any change rescans them all (reloads are serialised).
+    let mut watchers = Vec::new();
+    for dir in &config.plugins.dirs {
+        let (watched, reload_metrics) = (Arc::clone(&registry), Arc::clone(metrics));
+        let watcher = DirWatcher::start(dir, false, config.plugins.reload_debounce, move || {
+            let (registry, metrics) = (Arc::clone(&watched), Arc::clone(&reload_metrics));
+            async move {
+                let report = registry.reload().await;
+                metrics.reloads(&report);
+                tracing::info!(
+                    loaded = report.loaded.len(),
+                    rejected = report.rejected.len(),
+                    unloaded = report.unloaded.len(),
+                    "plugins reloaded"
+                );
+            }
+        })
+        .map_err(|source| StartError::Watch { dir: dir.display().to_string(), source })?;
+        watchers.push(watcher);
+    }
+    Ok((registry, watchers))
 }
 
 /// Trust the GitLab instance's keys (warmed now, refreshed hourly by the returned task), the

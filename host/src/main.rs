@@ -130,8 +130,12 @@ async fn serve(config_file: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
         }
     }
     shutdown_signal().await;
-    tracing::info!("shutting down; finishing in-flight requests");
-    gateway.shutdown().await;
+    tracing::info!("shutting down");
+    // A second signal (an impatient operator) stops at once, cancelling what is in flight.
+    tokio::select! {
+        () = gateway.shutdown() => {}
+        () = shutdown_signal() => tracing::warn!("second signal: stopping now, cutting requests in flight"),
+    }
     Ok(())
 }
 

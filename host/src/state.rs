@@ -25,6 +25,9 @@ pub(crate) struct AppState {
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// Open client connections and their cap.
     pub(crate) connections: Arc<crate::admission::Admission>,
+    /// Set when shutdown begins: readiness answers 503 and HTTP/1 answers close their
+    /// connection, so that a load balancer moves callers elsewhere during the drain delay.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -32,6 +35,11 @@ impl AppState {
     /// model-server client, so that pooled connections are driven by the thread that uses them.
     pub(crate) fn for_worker(&self, worker: usize) -> RequestState<'_> {
         RequestState { shared: self, upstream: &self.upstreams[worker % self.upstreams.len()] }
+    }
+
+    /// Whether shutdown has begun (see [`AppState::draining`]).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current prompt registry; a request keeps the one it started with.

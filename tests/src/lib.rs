@@ -228,6 +228,87 @@ fn gitlab_answer(state: &GitLabState, request: &Request<Incoming>) -> Response<F
     }
 }
 
+/// A plain HTTP/1 client for loopback servers.
+pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Any request to `url`, its body kept as far as it came; the answer and its body must each come
+/// within 30 s.
+pub async fn http_request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> Answer {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    let response =
+        tokio::time::timeout(Duration::from_secs(30), client.request(builder.body(Full::new(body)).unwrap()))
+            .await
+            .expect("the server answered within 30 s")
+            .unwrap();
+    let (parts, mut body) = response.into_parts();
+    let mut received = bytes::BytesMut::new();
+    let mut body_error = None;
+    let reading = async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => received.extend_from_slice(frame.data_ref().map_or(&b""[..], |d| &d[..])),
+                Err(error) => {
+                    body_error = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reading).await.expect("the body ended within 30 s");
+    Answer { status: parts.status, headers: parts.headers, body: received.freeze(), body_error }
+}
+
+/// The headers a GitLab instance sends with `token`.
+pub fn gitlab_headers(token: &str) -> Vec<(String, String)> {
+    vec![
+        ("authorization".into(), format!("Bearer {token}")),
+        ("x-gitlab-authentication-type".into(), "oidc".into()),
+        ("x-gitlab-instance-id".into(), INSTANCE_ID.into()),
+        ("x-gitlab-realm".into(), "self-managed".into()),
+        ("x-gitlab-global-user-id".into(), "user-42".into()),
+        ("x-gitlab-host-name".into(), "gitlab.example.com".into()),
+        ("x-gitlab-version".into(), "18.5.0".into()),
+        ("x-request-id".into(), "req-1".into()),
+        ("content-type".into(), "application/json".into()),
+    ]
+}
+
+/// `component`'s bytes with a custom section named `marker` appended: the same code under a new
+/// digest, which a plugins directory picks up as a new build of the plugin.
+pub fn with_new_digest(component: &[u8], marker: &str) -> Vec<u8> {
+    let mut payload = Vec::new();
+    leb128(marker.len() as u64, &mut payload);
+    payload.extend_from_slice(marker.as_bytes());
+    let mut bytes = component.to_vec();
+    bytes.push(0); // custom section
+    leb128(payload.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn leb128(mut value: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// An HTTP answer as a test sees it.
 #[derive(Debug)]
 pub struct Answer {
@@ -335,7 +416,7 @@ impl Setup {
         env.extend(self.env);
         let config = aigw::config::Config::load(None, env, false).unwrap();
         let gateway = aigw::Gateway::start(config, aigw::StartOptions::default()).await.unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = http_client();
         TestGateway { gateway, gitlab, model, key, plugins, client }
     }
 }
@@ -364,17 +445,7 @@ impl TestGateway {
 
     /// The headers a GitLab instance sends with `token`.
     pub fn gitlab_headers(&self, token: &str) -> Vec<(String, String)> {
-        vec![
-            ("authorization".into(), format!("Bearer {token}")),
-            ("x-gitlab-authentication-type".into(), "oidc".into()),
-            ("x-gitlab-instance-id".into(), INSTANCE_ID.into()),
-            ("x-gitlab-realm".into(), "self-managed".into()),
-            ("x-gitlab-global-user-id".into(), "user-42".into()),
-            ("x-gitlab-host-name".into(), "gitlab.example.com".into()),
-            ("x-gitlab-version".into(), "18.5.0".into()),
-            ("x-request-id".into(), "req-1".into()),
-            ("content-type".into(), "application/json".into()),
-        ]
+        gitlab_headers(token)
     }
 
     /// POST `body` to `path` with `headers`.
@@ -411,31 +482,7 @@ impl TestGateway {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Answer {
-        let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.gateway.addr()));
-        for (name, value) in headers {
-            builder = builder.header(name, value);
-        }
-        let response =
-            tokio::time::timeout(Duration::from_secs(30), self.client.request(builder.body(Full::new(body)).unwrap()))
-                .await
-                .expect("the gateway answered within 30 s")
-                .unwrap();
-        let (parts, mut body) = response.into_parts();
-        let mut received = bytes::BytesMut::new();
-        let mut body_error = None;
-        let reading = async {
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(frame) => received.extend_from_slice(frame.data_ref().map_or(&b""[..], |d| &d[..])),
-                    Err(error) => {
-                        body_error = Some(error.to_string());
-                        break;
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), reading).await.expect("the body ended within 30 s");
-        Answer { status: parts.status, headers: parts.headers, body: received.freeze(), body_error }
+        http_request(&self.client, method, &format!("http://{}{path}", self.gateway.addr()), headers, body).await
     }
 
     /// A code completion body as GitLab sends it, for `family` at this test's model server.

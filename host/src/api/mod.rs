@@ -164,7 +164,9 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
         Public::Healthz => json_response(StatusCode::OK, json!({"status": "ok"}).to_string().into()),
         Public::Ready => {
             let plugins = state.plugins.snapshot();
-            let problem = if plugins.is_empty() {
+            let problem = if state.is_draining() {
+                Some("draining: shutting down")
+            } else if plugins.is_empty() {
                 Some("no provider plugin is loaded")
             } else if !state.verifier.has_keys() {
                 Some("no signing key could be loaded from the GitLab instance yet")

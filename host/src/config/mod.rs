@@ -88,6 +88,10 @@ pub struct Config {
     /// On shutdown, how long requests in flight may take to finish before they are cut
     /// (`AIGW_SERVER__SHUTDOWN_GRACE_MS`).
     pub(crate) shutdown_grace: Duration,
+    /// On SIGTERM, how long the gateway keeps accepting with readiness at 503 before it stops
+    /// accepting and the grace period begins, so that a load balancer stops sending first
+    /// (`AIGW_SERVER__DRAIN_DELAY_MS`).
+    pub(crate) drain_delay: Duration,
     /// Client connections open at once, across the workers (`AIGW_SERVER__MAX_CONNECTIONS`);
     /// past it a new connection is closed at once.
     pub(crate) max_connections: usize,
@@ -111,8 +115,9 @@ pub struct Config {
 /// Plugin directory and sandbox limits.
 #[derive(Debug, Clone)]
 pub(crate) struct PluginSettings {
-    /// Directory of `*.wasm` provider components (`AIGW_PLUGINS__DIR`).
-    pub(crate) dir: PathBuf,
+    /// Directories of `*.wasm` provider components, in precedence order (`AIGW_PLUGINS__DIR`,
+    /// separated by ':').
+    pub(crate) dirs: Vec<PathBuf>,
     /// Per-store linear memory cap (`AIGW_PLUGINS__MEMORY_LIMIT_MB`).
     pub(crate) memory_bytes: usize,
     /// Per-call deadline (`AIGW_PLUGINS__CALL_TIMEOUT_MS`).
@@ -124,6 +129,8 @@ pub(crate) struct PluginSettings {
     /// Write `/tmp/perf-<pid>.map` so that `perf` names the plugins' compiled functions
     /// (`AIGW_PLUGINS__PERF_MAP`).
     pub(crate) perf_map: bool,
+    /// Compiled components kept between runs (`AIGW_PLUGINS__CACHE_DIR`); none when unset.
+    pub(crate) cache_dir: Option<PathBuf>,
 }
 
 /// Egress policy for model endpoints.

@@ -175,6 +175,9 @@ const GITLAB_URL: &str = "AIGW_GITLAB_URL";
 section!(Fastapi, "FASTAPI__" {
     api_host: Option<String> = None,
     api_port: u16 = 5052; "a TCP port (0-65535)",
+    // GitLab's names for the metrics listener (its image: 0.0.0.0:8082).
+    metrics_host: Option<String> = None,
+    metrics_port: Option<u16> = None; "a TCP port (0-65535)",
 } nested { tls: Tls });
 
 section!(Tls, "FASTAPI__TLS__" {
@@ -200,6 +203,7 @@ section!(Plugins, "PLUGINS__" {
     max_concurrent: u32 = 1024,
     reload_debounce_ms: u64 = 250,
     perf_map: bool = false,
+    cache_dir: Option<PathBuf> = None,
 });
 
 section!(Egress, "EGRESS__" {
@@ -225,6 +229,9 @@ section!(Server, "SERVER__" {
     body_read_timeout_ms: u64 = 30_000,
     // Inside Kubernetes' default termination grace period of 30 s.
     shutdown_grace_ms: u64 = 25_000,
+    // 0: a process that nothing balances to need not wait; behind a load balancer, set it to
+    // the time the balancer takes to notice readiness turned 503.
+    drain_delay_ms: u64 = 0,
     // Two descriptors per connection (with its model-server one): fits the common 65,536 limit.
     max_connections: u64 = 16_384; "a number of connections",
     write_idle_timeout_ms: u64 = 30_000,
@@ -336,9 +343,13 @@ impl RawConfig {
         let upstream = self.upstream.validate()?;
         let server = self.server.validate()?;
         let gateway_keys = self.self_signed_jwt.0.keys()?;
+        let gitlab_metrics_listen = self.fastapi.metrics_listen()?;
         let tls = self.fastapi.tls.validate()?;
         let ingress_allow = self.ingress.validate()?;
-        let metrics_listen = self.metrics.validate()?;
+        let metrics_listen = match self.metrics.validate()? {
+            Some(listen) => Some(listen),
+            None => gitlab_metrics_listen,
+        };
         let allowed_kids = self.auth.allowed_kids()?;
         let max_token_lifetime = self.auth.max_token_lifetime()?;
         let jwks_origin = self.auth.jwks_origin()?;
@@ -364,6 +375,7 @@ impl RawConfig {
             header_read_timeout: server.header_read_timeout,
             body_read_timeout: server.body_read_timeout,
             shutdown_grace: server.shutdown_grace,
+            drain_delay: server.drain_delay,
             max_connections: server.max_connections,
             write_idle_timeout: server.write_idle_timeout,
             prompts: crate::prompts::PromptSources { dir: self.prompts.dir, gitlab_dir: self.prompts.gitlab_dir },
@@ -422,6 +434,20 @@ impl Fastapi {
     }
 }
 
+impl Fastapi {
+    /// The metrics listener GitLab's variables ask for, if either is set: its host (default
+    /// 0.0.0.0, as GitLab's) and its port (default 8082, as GitLab's image).
+    /// `AIGW_METRICS__LISTEN`, when set, wins over both.
+    fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.metrics_host.is_none() && self.metrics_port.is_none() {
+            return Ok(None);
+        }
+        let host = self.metrics_host.as_deref().map(str::trim).unwrap_or("0.0.0.0");
+        let host: IpAddr = parse("AIGW_FASTAPI__METRICS_HOST", host, "an IP address such as 0.0.0.0 or 127.0.0.1")?;
+        Ok(Some(SocketAddr::new(host, self.metrics_port.unwrap_or(8082))))
+    }
+}
+
 impl Tls {
     fn validate(self) -> Result<Option<super::TlsSettings>, ConfigError> {
         if !self.enabled {
@@ -463,14 +489,23 @@ impl Plugins {
         if !(1..=100_000).contains(&max_concurrent) {
             return Err(ConfigError::new("AIGW_PLUGINS__MAX_CONCURRENT", "must be between 1 and 100000"));
         }
+        // As PATH: directories separated by ':', the earlier winning a provider name.
+        let dirs: Vec<PathBuf> = std::env::split_paths(&self.dir).filter(|dir| !dir.as_os_str().is_empty()).collect();
+        if dirs.is_empty() {
+            return Err(ConfigError::new(
+                "AIGW_PLUGINS__DIR",
+                "names no directory (give one, or several separated by ':')",
+            ));
+        }
         Ok(PluginSettings {
-            dir: self.dir,
+            dirs,
             memory_bytes: usize::try_from(memory_mb << 20)
                 .map_err(|_| ConfigError::new("AIGW_PLUGINS__MEMORY_LIMIT_MB", "too large for this machine"))?,
             call_deadline: Duration::from_millis(call_ms),
             max_concurrent,
             reload_debounce: Duration::from_millis(self.reload_debounce_ms),
             perf_map: self.perf_map,
+            cache_dir: self.cache_dir.filter(|dir| !dir.as_os_str().is_empty()),
         })
     }
 }
@@ -517,6 +552,7 @@ struct ServerLimits {
     header_read_timeout: Duration,
     body_read_timeout: Duration,
     shutdown_grace: Duration,
+    drain_delay: Duration,
     max_connections: usize,
     write_idle_timeout: Duration,
 }
@@ -546,6 +582,15 @@ impl Server {
             header_read_timeout: millis("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms, 600_000)?,
             body_read_timeout: millis("AIGW_SERVER__BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms, 600_000)?,
             shutdown_grace: millis("AIGW_SERVER__SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 3_600_000)?,
+            drain_delay: match self.drain_delay_ms {
+                ms @ 0..=600_000 => Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError::new(
+                        "AIGW_SERVER__DRAIN_DELAY_MS",
+                        "must be between 0 and 600000 milliseconds",
+                    ));
+                }
+            },
             write_idle_timeout: millis("AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS", self.write_idle_timeout_ms, 3_600_000)?,
             max_connections: match self.max_connections {
                 n @ 1..=1_000_000 => n as usize,
@@ -666,6 +711,21 @@ mod tests {
     }
 
     #[test]
+    fn gitlabs_metrics_variables_open_the_metrics_listener() {
+        let listener = |vars: &[(&str, &str)]| {
+            let mut all = vec![("AIGW_GITLAB_URL", "http://gitlab")];
+            all.extend_from_slice(vars);
+            Config::load(None, env(&all), false).unwrap().metrics_listen
+        };
+        let addr = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
+        assert_eq!(listener(&[]), None, "metrics stay on the API port unless asked");
+        assert_eq!(listener(&[("AIGW_FASTAPI__METRICS_PORT", "8082")]), addr("0.0.0.0:8082"));
+        assert_eq!(listener(&[("AIGW_FASTAPI__METRICS_HOST", "127.0.0.1")]), addr("127.0.0.1:8082"));
+        let both = [("AIGW_FASTAPI__METRICS_PORT", "9100"), ("AIGW_METRICS__LISTEN", "127.0.0.1:9090")];
+        assert_eq!(listener(&both), addr("127.0.0.1:9090"), "aigw's own setting wins");
+    }
+
+    #[test]
     fn bad_values_name_the_setting_and_the_fix() {
         let cases = [
             ("AIGW_FASTAPI__API_PORT", "http"),
@@ -673,13 +733,17 @@ mod tests {
             ("AIGW_PLUGINS__MEMORY_LIMIT_MB", "0"),
             ("AIGW_CUSTOM_MODELS__ENABLED", "maybe"),
             ("AIGW_PLUGINS__PERF_MAP", "sometimes"),
+            ("AIGW_PLUGINS__DIR", ":"),
             ("AIGW_LOGGING__LEVEL", "loud=[["),
             ("AIGW_METRICS__LISTEN", "9090"),
+            ("AIGW_FASTAPI__METRICS_PORT", "metrics"),
+            ("AIGW_FASTAPI__METRICS_HOST", "metrics.internal"),
             ("AIGW_SERVER__WORKERS", "0"),
             ("AIGW_SERVER__WORKERS", "1025"),
             ("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", "0"),
             ("AIGW_SERVER__BODY_READ_TIMEOUT_MS", "600001"),
             ("AIGW_SERVER__SHUTDOWN_GRACE_MS", "0"),
+            ("AIGW_SERVER__DRAIN_DELAY_MS", "600001"),
             ("AIGW_AUTH__ALLOWED_KIDS", " , "),
             ("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "59"),
             ("AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS", "2592001"),

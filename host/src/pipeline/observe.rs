@@ -67,7 +67,9 @@ impl Observer {
     pub(super) fn plugin_failed(&self, error: PluginError) -> GatewayError {
         let kind = match &error {
             PluginError::Guest(_) | PluginError::UnknownProvider { .. } => None,
-            PluginError::Invalid(_) | PluginError::BadInfo(_) | PluginError::Trap(_) => Some("trap"),
+            PluginError::Invalid(_) | PluginError::BadInfo(_) | PluginError::Cache { .. } | PluginError::Trap(_) => {
+                Some("trap")
+            }
             PluginError::Capacity => Some("capacity"),
             PluginError::Deadline(_) => Some("deadline"),
             PluginError::MemoryLimit(_) => Some("memory_limit"),

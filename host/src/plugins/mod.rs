@@ -2,6 +2,7 @@
 //! (reloaded by [`crate::watch::DirWatcher`]).
 
 mod bindings;
+mod cache;
 mod epoch;
 pub(crate) mod lease;
 pub(crate) mod registry;
@@ -41,6 +42,14 @@ pub enum PluginError {
     /// The guest tried to grow its memory past the per-store cap.
     #[error("plugin exceeded its {0}-byte memory cap")]
     MemoryLimit(usize),
+    /// The directory for compiled plugins cannot be made or written (at start only).
+    #[error("AIGW_PLUGINS__CACHE_DIR {}: {source}", dir.display())]
+    Cache {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The plugin understood the input and refused it: a typed domain error.
     #[error("{}", describe(.0))]
     Guest(wit::PluginError),

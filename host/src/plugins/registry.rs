@@ -15,11 +15,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn from_files(by_file: BTreeMap<PathBuf, LoadedPlugin>) -> Self {
+    /// `files` in precedence order: when two plugins claim one provider name, the first wins
+    /// (the earlier directory, then the earlier file name), the same way on every reload.
+    fn from_files(files: Vec<(PathBuf, LoadedPlugin)>) -> Self {
         let mut by_provider = HashMap::new();
-        // Files are visited in name order, so when two plugins claim one provider name the
-        // first file name wins, the same way on every reload.
-        for (path, plugin) in &by_file {
+        for (path, plugin) in &files {
             for provider in &plugin.identity().providers {
                 if let Some(existing) = by_provider.get(provider) {
                     let existing: &LoadedPlugin = existing;
@@ -34,7 +34,7 @@ impl Snapshot {
                 by_provider.insert(provider.clone(), plugin.clone());
             }
         }
-        Snapshot { by_file, by_provider }
+        Snapshot { by_file: files.into_iter().collect(), by_provider }
     }
 
     /// The plugin serving `provider`, or an error naming the providers that are loaded.
@@ -63,6 +63,8 @@ impl Snapshot {
 pub struct ReloadReport {
     /// Files compiled and published (new or changed).
     pub(crate) loaded: Vec<PathBuf>,
+    /// Of those, how many came from the cache of compiled components.
+    pub(crate) from_cache: usize,
     /// Files whose new contents were rejected; the previous version, if any, stays published.
     pub rejected: Vec<(PathBuf, PluginError)>,
     /// Files that disappeared; their plugins were unloaded.
@@ -72,7 +74,8 @@ pub struct ReloadReport {
 /// Loaded plugins, published through an atomic pointer swap.
 pub struct PluginRegistry {
     runtime: Arc<PluginRuntime>,
-    dir: PathBuf,
+    /// Searched in order; an earlier directory's plugin wins a provider name.
+    dirs: Vec<PathBuf>,
     current: ArcSwap<Snapshot>,
     /// Serialises reloads so two never race to publish.
     reloading: tokio::sync::Mutex<()>,
@@ -80,16 +83,16 @@ pub struct PluginRegistry {
 
 impl std::fmt::Debug for PluginRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRegistry").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("PluginRegistry").field("dirs", &self.dirs).finish_non_exhaustive()
     }
 }
 
 impl PluginRegistry {
-    /// An empty registry over `dir`; call [`PluginRegistry::reload`] to load what is there.
-    pub(crate) fn new(runtime: Arc<PluginRuntime>, dir: PathBuf) -> Self {
+    /// An empty registry over `dirs`; call [`PluginRegistry::reload`] to load what is there.
+    pub(crate) fn new(runtime: Arc<PluginRuntime>, dirs: Vec<PathBuf>) -> Self {
         PluginRegistry {
             runtime,
-            dir,
+            dirs,
             current: ArcSwap::from_pointee(Snapshot::default()),
             reloading: tokio::sync::Mutex::new(()),
         }
@@ -100,14 +103,14 @@ impl PluginRegistry {
         self.current.load_full()
     }
 
-    /// Rescan the directory: compile new and changed `*.wasm` files, keep the last good version of
-    /// any file that fails, unload deleted files, then publish the result in one swap.
+    /// Rescan the directories: compile new and changed `*.wasm` files, keep the last good version
+    /// of any file that fails, unload deleted files, then publish the result in one swap.
     pub async fn reload(&self) -> ReloadReport {
         let _serialised = self.reloading.lock().await;
         let previous = self.snapshot();
         let mut report = ReloadReport::default();
-        let mut next = BTreeMap::new();
-        for path in plugin_files(&self.dir) {
+        let mut next = Vec::new();
+        for path in self.dirs.iter().flat_map(|dir| plugin_files(dir)) {
             let old = previous.by_file.get(&path);
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
@@ -117,7 +120,7 @@ impl PluginRegistry {
                 }
             };
             if let Some(unchanged) = old.filter(|old| old.digest() == super::runtime::sha256_hex(&bytes)) {
-                next.insert(path, unchanged.clone());
+                next.push((path, unchanged.clone()));
                 continue;
             }
             match self.runtime.load(bytes).await {
@@ -125,25 +128,27 @@ impl PluginRegistry {
                     let id = plugin.identity();
                     tracing::info!(
                         file = %path.display(), plugin = %id.name, version = %id.version,
-                        providers = %id.providers.join(","), "plugin loaded"
+                        providers = %id.providers.join(","), from_cache = plugin.from_cache(), "plugin loaded"
                     );
+                    report.from_cache += usize::from(plugin.from_cache());
                     report.loaded.push(path.clone());
-                    next.insert(path, plugin);
+                    next.push((path, plugin));
                 }
                 Err(error) => keep_or_reject(&mut next, &mut report, path, old, error),
             }
         }
-        for path in previous.by_file.keys().filter(|p| !next.contains_key(*p)) {
+        for path in previous.by_file.keys().filter(|p| !next.iter().any(|(kept, _)| kept == *p)) {
             tracing::info!(file = %path.display(), "plugin file removed; plugin unloaded");
             report.unloaded.push(path.clone());
         }
+        self.runtime.retain_cached(&next.iter().map(|(_, plugin)| plugin.digest()).collect::<Vec<_>>());
         self.current.store(Arc::new(Snapshot::from_files(next)));
         report
     }
 }
 
 fn keep_or_reject(
-    next: &mut BTreeMap<PathBuf, LoadedPlugin>,
+    next: &mut Vec<(PathBuf, LoadedPlugin)>,
     report: &mut ReloadReport,
     path: PathBuf,
     old: Option<&LoadedPlugin>,
@@ -153,7 +158,7 @@ fn keep_or_reject(
         Some(old) => {
             tracing::warn!(file = %path.display(), error = %error, kept_version = %old.identity().version,
                 "plugin file rejected; keeping the version already loaded");
-            next.insert(path.clone(), old.clone());
+            next.push((path.clone(), old.clone()));
         }
         None => tracing::warn!(file = %path.display(), error = %error, "plugin file rejected"),
     }

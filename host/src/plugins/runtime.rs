@@ -2,6 +2,7 @@
 //! cap and a per-call deadline.
 
 use super::bindings::{Provider, ProviderPre};
+use super::cache::{CompiledCache, Lookup};
 use super::epoch::{Alive, EpochTicker};
 use super::{PluginError, wit};
 use std::sync::Arc;
@@ -48,6 +49,19 @@ pub struct PluginRuntime {
     /// One permit per pool slot. A request holds one for its whole life, even while it holds no
     /// store (an idle stream), so a permit holder always finds a free slot.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Machine code compiled by earlier runs (`AIGW_PLUGINS__CACHE_DIR`), when set.
+    cache: Option<CompiledCache>,
+}
+
+/// How the runtime's engine is set up beyond the sandbox limits.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RuntimeOptions {
+    /// wasmtime writes `/tmp/perf-<pid>.map` as it compiles, so that `perf report` names each
+    /// plugin function (`wasm[0]::function[73]`, or its own name when the component keeps a
+    /// name section) instead of a bare JIT address.
+    pub(crate) perf_map: bool,
+    /// Where compiled components are kept between runs.
+    pub(crate) cache_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -65,13 +79,11 @@ impl Drop for PluginRuntime {
 impl PluginRuntime {
     /// Build the engine (Cranelift, pooling allocator, epoch interruption) and the WASI linker.
     pub fn new(limits: SandboxLimits) -> Result<Arc<Self>, PluginError> {
-        Self::with_perf_map(limits, false)
+        Self::with_options(limits, RuntimeOptions::default())
     }
 
-    /// As [`PluginRuntime::new`]; with `perf_map`, wasmtime writes `/tmp/perf-<pid>.map` as it
-    /// compiles, so that `perf report` names each plugin function (`wasm[0]::function[73]`, or
-    /// its own name when the component keeps a name section) instead of a bare JIT address.
-    pub(crate) fn with_perf_map(limits: SandboxLimits, perf_map: bool) -> Result<Arc<Self>, PluginError> {
+    /// As [`PluginRuntime::new`], with a perf map or a cache of compiled components.
+    pub(crate) fn with_options(limits: SandboxLimits, options: RuntimeOptions) -> Result<Arc<Self>, PluginError> {
         let mut pool = PoolingAllocationConfig::new();
         let slots = limits.max_concurrent.max(1);
         pool.total_component_instances(slots)
@@ -96,7 +108,7 @@ impl PluginRuntime {
             .epoch_interruption(true)
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if perf_map {
+        if options.perf_map {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         let engine = Engine::new(&config).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
@@ -105,7 +117,13 @@ impl PluginRuntime {
         let ticker = EpochTicker::start(&engine, tick_period(limits.call_deadline))
             .map_err(|e| PluginError::Invalid(format!("cannot start the epoch ticker: {e}")))?;
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent as usize));
-        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots }))
+        let cache = match &options.cache_dir {
+            Some(dir) => Some(
+                CompiledCache::open(dir, &engine).map_err(|source| PluginError::Cache { dir: dir.clone(), source })?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots, cache }))
     }
 
     /// Slots held by requests (each request in flight holds one, waiting or not).
@@ -129,16 +147,16 @@ impl PluginRuntime {
     pub async fn load(self: &Arc<Self>, bytes: Vec<u8>) -> Result<LoadedPlugin, PluginError> {
         check_component_header(&bytes)?;
         let runtime = Arc::clone(self);
-        let Compiled { pre, digest, imports } =
-            tokio::task::spawn_blocking(move || runtime.compile(&bytes))
-                .await
-                .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
+        let Compiled { pre, digest, imports, cached } = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+            .await
+            .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
         let mut plugin = LoadedPlugin {
             runtime: Arc::clone(self),
             pre,
             info: Arc::new(PluginIdentity::placeholder()),
             digest,
             imports: Arc::new(imports),
+            cached,
         };
         let info = plugin.call_info().await?;
         plugin.info = Arc::new(PluginIdentity::validate(info)?);
@@ -147,7 +165,17 @@ impl PluginRuntime {
 
     fn compile(&self, bytes: &[u8]) -> Result<Compiled, PluginError> {
         let invalid = |e: wasmtime::Error| PluginError::Invalid(format!("{e:#}"));
-        let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+        let digest = sha256_hex(bytes);
+        let (component, cached) = match self.cache.as_ref().map(|cache| cache.get(&self.engine, &digest)) {
+            Some(Lookup::Hit(component)) => (component, true),
+            lookup => {
+                if let Some(Lookup::Rejected(why)) = lookup {
+                    tracing::warn!(%digest, %why, "precompiled plugin ignored; compiling it again");
+                }
+                let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+                (component, false)
+            }
+        };
         let imports: Vec<String> =
             component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect();
         if let Some(network) = imports.iter().find(|name| NETWORK_IMPORTS.iter().any(|p| name.starts_with(p))) {
@@ -169,7 +197,19 @@ impl PluginRuntime {
                 "the component does not export the aigw:plugin@{WIT_VERSION} provider world: {e:#}"
             ))
         })?;
-        Ok(Compiled { pre, digest: sha256_hex(bytes), imports })
+        // Cached only once it has passed the import checks: a component refused here is never
+        // written, so it is compiled (and refused) again, not loaded, next time.
+        if let Some(cache) = self.cache.as_ref().filter(|_| !cached) {
+            cache.put(&digest, &component);
+        }
+        Ok(Compiled { pre, digest, imports, cached })
+    }
+
+    /// Drop cached compilations of components no longer loaded (see [`CompiledCache::retain`]).
+    pub(crate) fn retain_cached(&self, digests: &[&str]) {
+        if let Some(cache) = &self.cache {
+            cache.retain(digests);
+        }
     }
 
     fn new_store(&self) -> Store<GuestState> {
@@ -224,6 +264,7 @@ struct Compiled {
     pre: ProviderPre<GuestState>,
     digest: String,
     imports: Vec<String>,
+    cached: bool,
 }
 
 fn tick_period(deadline: Duration) -> Duration {
@@ -379,6 +420,8 @@ pub struct LoadedPlugin {
     info: Arc<PluginIdentity>,
     digest: String,
     imports: Arc<Vec<String>>,
+    /// Loaded from the cache of compiled components rather than compiled.
+    cached: bool,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -391,6 +434,11 @@ impl LoadedPlugin {
     /// Name, version, providers and framing, as validated at load time.
     pub fn identity(&self) -> &PluginIdentity {
         &self.info
+    }
+
+    /// Whether its machine code came from `AIGW_PLUGINS__CACHE_DIR` instead of a compile.
+    pub fn from_cache(&self) -> bool {
+        self.cached
     }
 
     /// SHA-256 of the component bytes, hex.

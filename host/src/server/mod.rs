@@ -136,6 +136,9 @@ pub(crate) async fn serve(
             }
         }
     }
+    // Closed now, not after the drain: a connection waiting in the backlog would be accepted by
+    // the kernel and then reset, where a closed port sends the caller elsewhere at once.
+    drop(listener);
     graceful.shutdown().await;
 }
 
@@ -203,6 +206,12 @@ async fn handle(
     }
     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", value);
+    }
+    // While draining, a kept-alive HTTP/1 connection would bring its caller (or a balancer's
+    // pooled connection) back here; closing it after this answer sends the next request to a
+    // replica that stays. HTTP/2 learns it from the GOAWAY the drain sends.
+    if state.is_draining() && parts.version <= http::Version::HTTP_11 {
+        headers.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     let status = response.status().as_u16();
     state.metrics.request(endpoint, status, provider.as_deref(), elapsed);

@@ -133,6 +133,7 @@ pub(crate) struct Metrics {
     plugin_failures: Family<u64>,
     tokens: Family<u64>,
     reloads: Family<u64>,
+    precompiled_loads: Family<u64>,
     egress_refusals: Family<u64>,
     upstream_failures: Family<u64>,
     upstream_retries: Family<u64>,
@@ -201,6 +202,11 @@ impl Default for Metrics {
             ),
             tokens: Family::new("aigw_tokens_total", "Tokens reported by model servers.", &["model", "direction"]),
             reloads: Family::new("aigw_plugin_reloads_total", "Plugin file reload outcomes.", &["outcome"]),
+            precompiled_loads: Family::new(
+                "aigw_plugin_precompiled_loads_total",
+                "Plugins loaded with machine code from AIGW_PLUGINS__CACHE_DIR instead of compiled.",
+                &[],
+            ),
             egress_refusals: Family::new(
                 "aigw_egress_refusals_total",
                 "Model endpoints refused by the egress policy.",
@@ -286,11 +292,15 @@ impl Metrics {
         self.tokens.with_capped(&[model, "output"], MAX_CALLER_SERIES, |c| *c += u64::from(output));
     }
 
-    /// Plugin reload outcomes: files loaded, rejected, unloaded.
-    pub(crate) fn reloads(&self, loaded: usize, rejected: usize, unloaded: usize) {
-        for (outcome, count) in [("loaded", loaded), ("rejected", rejected), ("unloaded", unloaded)] {
+    /// Plugin reload outcomes: files loaded (and how many of them from the compiled-code
+    /// cache), rejected, unloaded.
+    pub(crate) fn reloads(&self, report: &crate::plugins::registry::ReloadReport) {
+        let outcomes =
+            [("loaded", report.loaded.len()), ("rejected", report.rejected.len()), ("unloaded", report.unloaded.len())];
+        for (outcome, count) in outcomes {
             self.reloads.with(&[outcome], |c| *c += count as u64);
         }
+        self.precompiled_loads.with(&[], |c| *c += report.from_cache as u64);
     }
 
     /// A refused model endpoint.
@@ -331,6 +341,7 @@ impl Metrics {
             &self.plugin_failures,
             &self.tokens,
             &self.reloads,
+            &self.precompiled_loads,
             &self.egress_refusals,
             &self.upstream_failures,
             &self.upstream_retries,

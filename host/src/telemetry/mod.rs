@@ -9,7 +9,10 @@ pub(crate) use metrics::Metrics;
 pub fn init(level: &str, json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a file, a pipe or a log collector gets plain text
+    // (escape codes in stored logs break searches and parsers).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let installed = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
     if installed.is_err() {
         tracing::debug!("a tracing subscriber was already installed");

@@ -146,6 +146,7 @@ async fn dev_mode_prints_a_token_that_works_and_token_mint_agrees_and_keys_stay_
     let _ = server.wait().await;
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(log.contains("/v2/code/completions"), "request lines are logged");
+    assert!(!log.contains('\u{1b}'), "a log written to a file carries no terminal colour codes");
     assert!(!log.contains(CANARY_KEY), "the model API key appears in the trace-level log");
     assert!(!log.contains(&token), "the caller's token appears in the log");
 }

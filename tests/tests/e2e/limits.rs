@@ -421,6 +421,78 @@ async fn shutdown_drains_streams_in_flight_then_closes_the_port() {
     assert!(refused.is_err(), "nothing listens once the gateway has shut down");
 }
 
+/// A rolling restart as a load balancer sees it: readiness turns 503 at once, the port still
+/// takes new requests for the drain delay (each answer closing its connection), then it closes,
+/// and a stream begun before the signal still ends whole.
+#[tokio::test]
+async fn shutdown_drains_with_readiness_503_and_the_port_open_for_the_drain_delay() {
+    const DRAIN: Duration = Duration::from_millis(1500);
+    let t = Setup::default().env("AIGW_SERVER__DRAIN_DELAY_MS", &DRAIN.as_millis().to_string()).start().await;
+    let base = format!("http://{}", t.gateway.addr());
+    let client = aigw_tests::http_client();
+    // The instance's keys are fetched in the background at start; a request waits for them,
+    // readiness does not (it answers 503 until they are there).
+    let kept_alive = t.complete(&t.completion_body("codestral", None, false)).await;
+    assert_eq!(kept_alive.header("connection"), None, "before the drain, connections are kept alive");
+    let ready =
+        aigw_tests::http_request(&client, Method::GET, &format!("{base}/monitoring/ready"), &[], Bytes::new()).await;
+    assert_eq!((ready.status.as_u16(), ready.json()["status"].clone()), (200, json!("ok")));
+
+    // A stream that outlasts the drain delay.
+    t.model.set_reply(Reply {
+        text: "abcdefgh".into(),
+        chunks: 8,
+        chunk_delay: Duration::from_millis(250),
+        ..Reply::default()
+    });
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let stream_body = Bytes::from(t.completion_body("codestral", None, true).to_string());
+    let completion_body = Bytes::from(t.completion_body("codestral", None, false).to_string());
+    let url = format!("{base}/v2/code/completions");
+    let streaming = tokio::spawn({
+        let (client, url, headers) = (client.clone(), url.clone(), headers.clone());
+        async move { aigw_tests::http_request(&client, Method::POST, &url, &headers, stream_body).await }
+    });
+    let TestGateway { gateway, model, .. } = t;
+    for _ in 0..100 {
+        if model.open_streams() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(model.open_streams(), 1, "the stream began before the signal");
+    let began = std::time::Instant::now();
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ready =
+            aigw_tests::http_request(&client, Method::GET, &format!("{base}/monitoring/ready"), &[], Bytes::new())
+                .await;
+        let fresh = aigw_tests::http_request(&client, Method::POST, &url, &headers, completion_body).await;
+        assert!(began.elapsed() < DRAIN, "checked within the drain delay");
+        tokio::time::sleep(DRAIN + Duration::from_millis(300) - began.elapsed()).await;
+        let after = tokio::net::TcpStream::connect(gateway_addr(&base)).await;
+        (ready, fresh, after.is_err())
+    };
+    let (stopped, streamed, (ready, fresh, refused)) =
+        tokio::join!(tokio::time::timeout(Duration::from_secs(10), gateway.shutdown()), streaming, during);
+    assert_eq!((ready.status.as_u16(), ready.json()["status"].clone()), (503, json!("draining: shutting down")));
+    assert_eq!(fresh.status, 200, "the port still serves during the drain delay: {}", fresh.text());
+    assert_eq!(fresh.header("connection"), Some("close"), "and sends the caller elsewhere for its next request");
+    assert!(refused, "after the drain delay the port is closed");
+    assert!(stopped.is_ok(), "the shutdown ends once the last stream has");
+    assert!(began.elapsed() >= DRAIN, "not before the drain delay");
+    let streamed = streamed.unwrap();
+    assert_eq!(
+        (streamed.status.as_u16(), streamed.text().as_str(), streamed.body_error.clone()),
+        (200, "abcdefgh", None)
+    );
+    assert_eq!(model.open_streams(), 0);
+}
+
+fn gateway_addr(base: &str) -> std::net::SocketAddr {
+    base.trim_start_matches("http://").parse().unwrap()
+}
+
 /// A stream that fails before anything reached the caller is an HTTP error with a status; one
 /// that ends without its end marker and without a finish reason was cut short, not complete.
 #[tokio::test]

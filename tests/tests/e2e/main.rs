@@ -18,6 +18,7 @@ mod hostile_upstream;
 mod limits;
 mod metrics;
 mod ollama;
+mod precompiled;
 mod prompts_chat;
 mod providers;
 mod registry;

@@ -100,3 +100,18 @@ async fn metrics_can_move_to_a_listener_of_their_own() {
     assert_eq!(value(&text, series), 1.0);
     assert_eq!(get(&format!("http://{addr}/v2/code/completions")).await.0, 404, "only metrics on that port");
 }
+
+#[tokio::test]
+async fn gitlabs_metrics_host_and_port_variables_move_them_too() {
+    let t = Setup::default()
+        .env("AIGW_FASTAPI__METRICS_HOST", "127.0.0.1")
+        .env("AIGW_FASTAPI__METRICS_PORT", "0")
+        .start()
+        .await;
+    assert_eq!(t.request(Method::GET, "/metrics", &[], Bytes::new()).await.status, 404);
+    let addr = t.gateway.metrics_addr().unwrap();
+    assert!(addr.ip().is_loopback(), "on the host GitLab's variable names: {addr}");
+    let (status, text) = get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("aigw_"), "{text}");
+}

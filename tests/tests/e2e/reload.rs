@@ -147,3 +147,31 @@ async fn a_stream_in_flight_finishes_on_the_version_it_started_with() {
     assert_eq!(t.complete(&t.completion_body("codestral", Some("hostile/good"), false)).await.status, 200);
     assert_eq!(t.model.requests()[1].headers.get("x-hostile-version").unwrap(), "0.2.0");
 }
+
+/// Several plugin directories, as the Kubernetes manifests use them (the operator's, then the
+/// image's): the earlier directory wins a provider name whatever the file names, and each
+/// directory is watched.
+#[tokio::test]
+async fn an_earlier_plugin_directory_wins_a_provider_and_every_directory_is_watched() {
+    let (operator, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // By name alone, a-hostile (0.1.0) would win over z-hostile (0.2.0).
+    std::fs::copy(component("test-guests/hostile-v2.wasm"), operator.path().join("z-hostile.wasm")).unwrap();
+    std::fs::copy(component("test-guests/hostile.wasm"), image.path().join("a-hostile.wasm")).unwrap();
+    let dirs = format!("{}:{}", operator.path().display(), image.path().display());
+    let t = Setup::default().env("AIGW_PLUGINS__DIR", &dirs).start().await;
+    assert_eq!(version_of(&t, "hostile").as_deref(), Some("0.2.0"), "the operator's directory comes first");
+    assert_eq!(version_of(&t, "custom_openai"), None, "the default directory is replaced, not added");
+
+    std::fs::remove_file(operator.path().join("z-hostile.wasm")).unwrap();
+    t.wait_for_plugins("the image's hostile plugin", |s| {
+        s.resolve("hostile").is_ok_and(|p| p.identity().version == "0.1.0")
+    })
+    .await;
+    deploy(
+        &image.path().join("openai-compatible.wasm"),
+        &std::fs::read(component("plugins/openai-compatible.wasm")).unwrap(),
+    );
+    t.wait_for_plugins("a plugin added to the second directory", |s| s.resolve("custom_openai").is_ok()).await;
+    let answer = t.complete(&t.completion_body("codestral", None, false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
