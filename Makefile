@@ -10,7 +10,7 @@ GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
 GUEST_PROFILE    := guest
 
-.PHONY: image image-test restart-test fuzz all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+.PHONY: image image-test restart-test k8s-check fuzz all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
 
 all: build
 
@@ -106,6 +106,16 @@ image-test: image
 restart-test: build
 	$(CARGO) build --release -p aigw-tests --bin restart-test
 	./target/release/restart-test
+
+## k8s-check: every manifest in deploy/kubernetes loaded strictly through the Kubernetes
+## client's models (tools/k8s_strict.py), then scanned by checkov; both from PyPI, pinned in
+## tools/k8s-requirements.txt, installed once into target/k8s-venv.
+K8S_VENV := target/k8s-venv
+k8s-check:
+	@test -x $(K8S_VENV)/bin/checkov || { python3 -m venv $(K8S_VENV) && \
+		$(K8S_VENV)/bin/pip install --quiet --requirement tools/k8s-requirements.txt; }
+	$(K8S_VENV)/bin/python tools/k8s_strict.py deploy/kubernetes
+	$(K8S_VENV)/bin/checkov --directory deploy/kubernetes --framework kubernetes --skip-download --compact --quiet
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_PARALLEL at a time;
 ## needs the nightly toolchain; not in CI. Seeds in fuzz/seeds, crashes in fuzz/artifacts.
