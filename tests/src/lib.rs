@@ -269,6 +269,14 @@ pub async fn http_request(
     Answer { status: parts.status, headers: parts.headers, body: received.freeze(), body_error }
 }
 
+/// `GET {base}/monitoring/ready`'s status, or `None` while nothing answers (not listening yet,
+/// or not within 2 s).
+pub async fn ready_status(client: &Client<HttpConnector, Full<Bytes>>, base: &str) -> Option<StatusCode> {
+    let request = Request::get(format!("{base}/monitoring/ready")).body(Full::new(Bytes::new())).ok()?;
+    let answer = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await.ok()?.ok()?;
+    Some(answer.status())
+}
+
 /// The headers a GitLab instance sends with `token`.
 pub fn gitlab_headers(token: &str) -> Vec<(String, String)> {
     vec![

@@ -168,15 +168,7 @@ async fn main() {
     let client = http_client();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = tokio::time::timeout(Duration::from_secs(2), async {
-            http_request(&client, Method::GET, &format!("{base}/monitoring/ready"), &[], Bytes::new()).await
-        });
-        if let Ok(answer) = ready.await
-            && answer.status == 200
-        {
-            break;
-        }
+    while aigw_tests::ready_status(&client, &base).await != Some(http::StatusCode::OK) {
         assert!(Instant::now() < deadline, "ready within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

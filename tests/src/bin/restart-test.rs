@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test: failing loudly is the point")]
 
-use aigw_tests::{MockGitLab, MockModelServer, Reply, TestKey, gitlab_headers, instance_claims, workspace};
+use aigw_tests::{
+    MockGitLab, MockModelServer, Reply, TestKey, gitlab_headers, instance_claims, ready_status, workspace,
+};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -24,8 +26,10 @@ use std::time::{Duration, Instant};
 /// needs it, so the test runs with it.
 const DRAIN_DELAY: Duration = Duration::from_millis(2_000);
 const GRACE: Duration = Duration::from_millis(10_000);
-/// Callers sending at once (half of them streaming), and the bounds of the whole run.
-const CALLERS: usize = 8;
+/// Callers sending at once, and the run's bounds. Two thirds of the callers stream, each
+/// stream landing on either replica: that no stream at all is in flight across either SIGTERM
+/// has a chance of about 2^-16.
+const CALLERS: usize = 12;
 const MAX_REQUESTS: u64 = 200_000;
 const MAX_RUN: Duration = Duration::from_secs(120);
 /// Each stream: this many chunks this far apart, so that streams are in flight at every signal.
@@ -116,12 +120,6 @@ impl Replica {
         json!({"not_ready_ms": not_ready.as_millis(), "exit_ms": exited.as_millis(), "ready_again_ms": ready.as_millis(),
                "signalled_at": signalled_at})
     }
-}
-
-async fn ready_status(client: &HttpClient, base: &str) -> Option<StatusCode> {
-    let request = Request::get(format!("{base}/monitoring/ready")).body(Full::new(Bytes::new())).unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await.ok()?.ok()?;
-    Some(answer.status())
 }
 
 fn free_port() -> u16 {
@@ -334,8 +332,7 @@ async fn main() {
                 (callers_client.clone(), url.clone(), headers.clone(), counts.clone(), stop.clone(), failures.clone());
             let (completion, stream) = (completion.clone(), stream.clone());
             tokio::spawn(async move {
-                // Half the callers stream; the rest send completions back to back.
-                let streaming = caller % 2 == 0;
+                let streaming = caller % 3 != 0;
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_RUN {
                     let sent = counts.completions.load(Ordering::Relaxed) + counts.streams.load(Ordering::Relaxed);
                     if sent >= MAX_REQUESTS {
