@@ -277,6 +277,16 @@ pub async fn ready_status(client: &Client<HttpConnector, Full<Bytes>>, base: &st
     Some(answer.status())
 }
 
+/// The value of `series` (its name with labels, as written) in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A loopback port nothing listens on (free when asked; the OS may hand it out again later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The headers a GitLab instance sends with `token`.
 pub fn gitlab_headers(token: &str) -> Vec<(String, String)> {
     vec![

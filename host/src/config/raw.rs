@@ -346,10 +346,7 @@ impl RawConfig {
         let gitlab_metrics_listen = self.fastapi.metrics_listen()?;
         let tls = self.fastapi.tls.validate()?;
         let ingress_allow = self.ingress.validate()?;
-        let metrics_listen = match self.metrics.validate()? {
-            Some(listen) => Some(listen),
-            None => gitlab_metrics_listen,
-        };
+        let metrics_listen = self.metrics.validate()?.or(gitlab_metrics_listen);
         let allowed_kids = self.auth.allowed_kids()?;
         let max_token_lifetime = self.auth.max_token_lifetime()?;
         let jwks_origin = self.auth.jwks_origin()?;
@@ -569,29 +566,32 @@ impl Server {
             Some(n @ 1..=1024) => n as usize,
             Some(_) => return Err(ConfigError::new("AIGW_SERVER__WORKERS", "must be between 1 and 1024")),
         };
-        let millis = |name: &str, ms: u64, max: u64| {
-            if (1..=max).contains(&ms) {
+        let millis = |name: &str, ms: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&ms) {
                 Ok(Duration::from_millis(ms))
             } else {
-                Err(ConfigError::new(name, format!("must be between 1 and {max} milliseconds")))
+                Err(ConfigError::new(
+                    name,
+                    format!("must be between {} and {} milliseconds", range.start(), range.end()),
+                ))
             }
         };
         Ok(ServerLimits {
             max_body_bytes: max_body as usize,
             workers,
-            header_read_timeout: millis("AIGW_SERVER__HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms, 600_000)?,
-            body_read_timeout: millis("AIGW_SERVER__BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms, 600_000)?,
-            shutdown_grace: millis("AIGW_SERVER__SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 3_600_000)?,
-            drain_delay: match self.drain_delay_ms {
-                ms @ 0..=600_000 => Duration::from_millis(ms),
-                _ => {
-                    return Err(ConfigError::new(
-                        "AIGW_SERVER__DRAIN_DELAY_MS",
-                        "must be between 0 and 600000 milliseconds",
-                    ));
-                }
-            },
-            write_idle_timeout: millis("AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS", self.write_idle_timeout_ms, 3_600_000)?,
+            header_read_timeout: millis(
+                "AIGW_SERVER__HEADER_READ_TIMEOUT_MS",
+                self.header_read_timeout_ms,
+                1..=600_000,
+            )?,
+            body_read_timeout: millis("AIGW_SERVER__BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms, 1..=600_000)?,
+            shutdown_grace: millis("AIGW_SERVER__SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 1..=3_600_000)?,
+            drain_delay: millis("AIGW_SERVER__DRAIN_DELAY_MS", self.drain_delay_ms, 0..=600_000)?,
+            write_idle_timeout: millis(
+                "AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS",
+                self.write_idle_timeout_ms,
+                1..=3_600_000,
+            )?,
             max_connections: match self.max_connections {
                 n @ 1..=1_000_000 => n as usize,
                 _ => return Err(ConfigError::new("AIGW_SERVER__MAX_CONNECTIONS", "must be between 1 and 1000000")),

@@ -9,6 +9,7 @@
 //! which is what is deserialized (a torn or corrupted file is never loaded). Anything else is
 //! ignored and replaced by a fresh compile.
 
+use super::runtime::hex;
 use sha2::{Digest, Sha256};
 use std::hash::Hash;
 use std::io::Write;
@@ -159,10 +160,6 @@ fn verified(entry: &[u8]) -> Option<&[u8]> {
     let rest = entry.strip_prefix(MAGIC)?;
     let (checksum, code) = rest.split_at_checked(32)?;
     (Sha256::digest(code)[..] == *checksum).then_some(code)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Feeds `Hash` output into SHA-256: a key that is the same on every run and machine, which

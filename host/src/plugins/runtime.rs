@@ -288,8 +288,12 @@ fn check_component_header(bytes: &[u8]) -> Result<(), PluginError> {
 
 pub(super) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// `bytes` as lower-case hexadecimal.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A clock stuck at zero: plugins are pure functions and must not depend on time.

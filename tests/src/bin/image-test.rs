@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test: failing loudly is the point")]
 
 use aigw_tests::{
-    MockGitLab, MockModelServer, Reply, TestKey, gitlab_headers, http_client, http_request, instance_claims,
+    MockGitLab, MockModelServer, Reply, TestKey, free_port, gitlab_headers, http_client, http_request, instance_claims,
     with_new_digest, workspace,
 };
 use bytes::Bytes;
@@ -50,10 +50,6 @@ impl Drop for Container {
             .args(["--runtime", "runc", "rm", "--force", "--time", "0", &self.name])
             .output();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The sum of `aigw_plugin_reloads_total{outcome="loaded"}`.

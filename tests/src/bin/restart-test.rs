@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test: failing loudly is the point")]
 
 use aigw_tests::{
-    MockGitLab, MockModelServer, Reply, TestKey, gitlab_headers, instance_claims, ready_status, workspace,
+    MockGitLab, MockModelServer, Reply, TestKey, free_port, gitlab_headers, instance_claims, ready_status, workspace,
 };
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -120,10 +120,6 @@ impl Replica {
         json!({"not_ready_ms": not_ready.as_millis(), "exit_ms": exited.as_millis(), "ready_again_ms": ready.as_millis(),
                "signalled_at": signalled_at})
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// nginx in front of the replicas, configured as an operator would: pooled HTTP/1.1 upstream

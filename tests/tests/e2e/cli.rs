@@ -1,6 +1,6 @@
 //! The `aigw` binary: `plugin check`, start-up errors, and the development mode's token flow.
 
-use aigw_tests::{MockModelServer, component, workspace};
+use aigw_tests::{MockModelServer, component, free_port, workspace};
 use serde_json::json;
 use std::process::Stdio;
 use std::time::Duration;
@@ -58,10 +58,6 @@ async fn bad_settings_stop_start_up_naming_the_setting() {
     assert_eq!(no_plugins.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&no_plugins.stderr);
     assert!(stderr.contains("/nonexistent/aigw-plugins is not a directory (AIGW_PLUGINS__DIR"), "{stderr}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A model key that must reach the model server and nothing else (no log line at any level).

@@ -20,7 +20,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// A gauge or counter from the metrics listener.
 async fn metric(t: &TestGateway, series: &str) -> Option<f64> {
     let (_, text) = get(t.gateway.metrics_addr().unwrap(), "/metrics").await;
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    aigw_tests::metric(&text, series)
 }
 
 async fn wait_for_open_connections(t: &TestGateway, open: f64) {

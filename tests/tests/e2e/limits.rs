@@ -1,6 +1,6 @@
 //! Request and upstream limits, each with both sides.
 
-use aigw_tests::{Reply, Setup, TestGateway};
+use aigw_tests::{Reply, Setup, TestGateway, metric};
 use bytes::Bytes;
 use http::Method;
 use serde_json::json;
@@ -200,10 +200,6 @@ async fn a_connection_dropped_before_any_byte_is_retried_within_the_bound() {
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3, "two retries, no more");
     assert_eq!(answer.json()["detail"], "The model server could not be reached (after 3 calls)");
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Each timeout answers in the endpoint's own form, and the metric says which one fired.

@@ -6,11 +6,7 @@ use http::Method;
 use serde_json::json;
 
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
-        .parse()
-        .unwrap()
+    aigw_tests::metric(text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 async fn metric(t: &TestGateway, series: &str) -> f64 {
     let text = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(-1.0)
+    aigw_tests::metric(&text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
 }
 
 /// The openai-compatible and Ollama plugins, compiled code kept in `cache`.
