@@ -56,6 +56,13 @@ pub enum GatewayError {
     /// The model server answered with an HTTP error, reported as GitLab's prompt endpoints do.
     #[error("{}: {}", .0.as_u16(), .0.canonical_reason().unwrap_or("Unknown"))]
     ModelAnswered(StatusCode),
+    /// An OpenAI-style endpoint without `/v1` answered 404: the most common misconfiguration,
+    /// said as such.
+    #[error("The model server answered 404 Not Found at {endpoint}; OpenAI-compatible endpoints usually end with /v1")]
+    MissingV1 {
+        /// The endpoint as configured.
+        endpoint: String,
+    },
     /// Model server or network failure, after `calls` calls (retries included).
     #[error("{error}")]
     Upstream {
@@ -98,6 +105,7 @@ impl GatewayError {
             GatewayError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found".into()),
             GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),
             GatewayError::ModelAnswered(_) => detail(StatusCode::MISDIRECTED_REQUEST, self.to_string()),
+            GatewayError::MissingV1 { .. } => detail(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             GatewayError::Prompt(prompt) => match prompt {
                 PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } => {
                     detail(StatusCode::UNPROCESSABLE_ENTITY, prompt.to_string())
@@ -172,6 +180,9 @@ fn upstream_status_and_body(upstream: &UpstreamError) -> (StatusCode, serde_json
         }
         UpstreamError::Body(_) => detail(StatusCode::BAD_GATEWAY, "The model server's answer could not be read".into()),
         UpstreamError::Signing(message) => detail(StatusCode::BAD_GATEWAY, message.clone()),
+        UpstreamError::Handshake(_) => {
+            detail(StatusCode::BAD_GATEWAY, "The TLS handshake with the model server failed".into())
+        }
         UpstreamError::Tls(_) => detail(StatusCode::INTERNAL_SERVER_ERROR, "TLS is unavailable".into()),
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod admission;
 pub(crate) mod api;
 pub mod auth;
 pub mod config;
+pub mod doctor;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -203,11 +204,8 @@ impl Gateway {
     }
 }
 
-/// Compile the plugins directory's components and watch it for changes.
-async fn load_plugins(
-    config: &Config,
-    metrics: &Arc<telemetry::Metrics>,
-) -> Result<(Arc<PluginRegistry>, Vec<DirWatcher>), StartError> {
+/// The Wasm runtime with the configured sandbox limits and compiled-plugin cache.
+pub(crate) fn plugin_runtime(config: &Config) -> Result<Arc<PluginRuntime>, plugins::PluginError> {
     let limits = SandboxLimits {
         memory_bytes: config.plugins.memory_bytes,
         call_deadline: config.plugins.call_deadline,
@@ -217,7 +215,15 @@ async fn load_plugins(
         perf_map: config.plugins.perf_map,
         cache_dir: config.plugins.cache_dir.clone(),
     };
-    let runtime = PluginRuntime::with_options(limits, options)?;
+    PluginRuntime::with_options(limits, options)
+}
+
+/// Compile the plugins directory's components and watch it for changes.
+async fn load_plugins(
+    config: &Config,
+    metrics: &Arc<telemetry::Metrics>,
+) -> Result<(Arc<PluginRegistry>, Vec<DirWatcher>), StartError> {
+    let runtime = plugin_runtime(config)?;
     let (slots, stores) = (Arc::clone(&runtime), Arc::clone(&runtime));
     metrics.gauge(
         "aigw_plugin_slots_in_use",
@@ -273,16 +279,7 @@ fn build_verifier(
     let mut verifier = Verifier::new().max_token_lifetime(config.max_token_lifetime);
     let mut background = Vec::new();
     if let Some(gitlab_url) = &config.gitlab_url {
-        let mut gitlab_settings = config.upstream;
-        gitlab_settings.total_timeout = Duration::from_secs(10);
-        gitlab_settings.first_byte_timeout = Duration::from_secs(10);
-        let jwks = Arc::new(JwksCache::new(
-            gitlab_url.clone(),
-            config.jwks_origin.clone(),
-            gitlab_settings,
-            config.jwks_min_refresh,
-            Arc::clone(metrics),
-        )?);
+        let jwks = Arc::new(instance_keys(config, gitlab_url, metrics)?);
         let refresher = Arc::clone(&jwks);
         // Warm the cache without delaying start-up (an unreachable instance is retried on
         // demand), then refresh periodically so keys the instance withdrew stop verifying.
@@ -302,6 +299,25 @@ fn build_verifier(
         verifier = verifier.trust_local_key(&issuer, key.kid(), key.decoding_key().clone());
     }
     Ok((verifier, background))
+}
+
+/// The GitLab instance's key cache, empty until refreshed. A key fetch gets 10 s whatever the
+/// model-call timeouts are: it is small, and requests wait on it.
+pub(crate) fn instance_keys(
+    config: &Config,
+    gitlab_url: &str,
+    metrics: &Arc<telemetry::Metrics>,
+) -> Result<JwksCache, upstream::UpstreamError> {
+    let mut gitlab_settings = config.upstream;
+    gitlab_settings.total_timeout = Duration::from_secs(10);
+    gitlab_settings.first_byte_timeout = Duration::from_secs(10);
+    JwksCache::new(
+        gitlab_url.to_string(),
+        config.jwks_origin.clone(),
+        gitlab_settings,
+        config.jwks_min_refresh,
+        Arc::clone(metrics),
+    )
 }
 
 impl Drop for Gateway {

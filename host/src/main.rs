@@ -1,8 +1,9 @@
-//! The `aigw` command line: `serve`, `token mint`, `plugin check`.
+//! The `aigw` command line: `serve`, `doctor`, `token mint`, `plugin check`.
 
 use aigw::auth::SigningKey;
 use aigw::auth::keys::DevClaims;
 use aigw::config::Config;
+use aigw::doctor::{self, DoctorOptions, ModelProbe};
 use aigw::plugins::{PluginRuntime, SandboxLimits};
 use aigw::{DEV_ISSUER, Gateway, StartOptions};
 use anyhow::Context as _;
@@ -28,6 +29,32 @@ enum Command {
         /// Development mode: trust a locally generated signing key and print a ready-to-use token.
         #[arg(long)]
         dev: bool,
+    },
+    /// Check this environment as the gateway would use it, step by step, and say what to fix;
+    /// exits 1 when a step fails.
+    Doctor {
+        /// TOML settings file, as given to `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Check the settings as `serve --dev` reads them.
+        #[arg(long)]
+        dev: bool,
+        /// A model endpoint to send a one-token test completion to, as GitLab's self-hosted
+        /// model configuration holds it (e.g. http://vllm:8000/v1).
+        #[arg(long, requires = "model_identifier")]
+        model_endpoint: Option<String>,
+        /// The model identifier, `<provider>/<model>` (e.g. custom_openai/codestral-22b).
+        #[arg(long)]
+        model_identifier: Option<String>,
+        /// The model family, which selects the prompts (e.g. codestral).
+        #[arg(long, requires = "model_identifier")]
+        model_name: Option<String>,
+        /// The model server's key, if it needs one.
+        #[arg(long, env = "AIGW_DOCTOR_MODEL_API_KEY", hide_env_values = true, requires = "model_identifier")]
+        model_api_key: Option<String>,
+        /// A token the GitLab instance sent (its `Authorization: Bearer` value), to verify.
+        #[arg(long, env = "AIGW_DOCTOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Development tokens.
     Token {
@@ -85,6 +112,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Plugin { command: PluginCommand::Check { file } } => check_plugin(file).await,
+            Command::Doctor { config, dev, model_endpoint, model_identifier, model_name, model_api_key, token } => {
+                let model = model_identifier.map(|identifier| ModelProbe {
+                    endpoint: model_endpoint,
+                    identifier,
+                    family: model_name,
+                    api_key: model_api_key,
+                });
+                // The doctor's own inputs are not settings: leave them out of the settings check.
+                let env = std::env::vars().filter(|(name, _)| !name.starts_with("AIGW_DOCTOR_")).collect();
+                let report = doctor::run(DoctorOptions { config_file: config, dev, model, token }, env).await;
+                print!("{}", report.render());
+                std::io::stdout().flush()?;
+                if report.failed() {
+                    return Err(anyhow::anyhow!("doctor: a check failed (the fix is under it)"));
+                }
+                Ok(())
+            }
         }
     })
 }

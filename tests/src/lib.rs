@@ -18,7 +18,6 @@ use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,7 +124,6 @@ struct GitLabState {
 
 /// A mock GitLab instance: OIDC discovery and the JWKS endpoint.
 pub struct MockGitLab {
-    addr: SocketAddr,
     state: Arc<GitLabState>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -139,10 +137,30 @@ impl Drop for MockGitLab {
 impl MockGitLab {
     /// Start on loopback, publishing `keys`.
     pub async fn start(keys: &[&TestKey]) -> Self {
+        Self::serve(keys, None).await
+    }
+
+    /// Start on loopback over HTTPS, with a certificate for 127.0.0.1 that nothing trusts unless
+    /// told to; returns it too, as PEM.
+    pub async fn start_tls(keys: &[&TestKey]) -> (Self, String) {
+        let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![generated.cert.der().clone()], key)
+            .unwrap();
+        let gitlab = Self::serve(keys, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+        (gitlab, generated.cert.pem())
+    }
+
+    async fn serve(keys: &[&TestKey], tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(GitLabState::default());
-        *state.url.lock().unwrap() = format!("http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        *state.url.lock().unwrap() = format!("{scheme}://{addr}");
         *state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk().clone()).collect();
         let task_state = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -150,24 +168,27 @@ impl MockGitLab {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let state = Arc::clone(&task_state);
+                let (state, tls) = (Arc::clone(&task_state), tls.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(gitlab_answer(&state, &request)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        // A client that refuses the certificate ends the handshake: nothing to serve.
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_gitlab(TokioIo::new(stream), state).await;
+                            }
+                        }
+                        None => serve_gitlab(TokioIo::new(stream), state).await,
+                    }
                 });
             }
         });
-        MockGitLab { addr, state, task }
+        MockGitLab { state, task }
     }
 
-    /// `http://127.0.0.1:<port>`: the instance URL (and token issuer).
+    /// `http://127.0.0.1:<port>` (`https://` when started with TLS): the instance URL (and token
+    /// issuer).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.state.url.lock().unwrap().clone()
     }
 
     /// Replace the published keys (key rotation).
@@ -199,6 +220,17 @@ impl MockGitLab {
     pub fn jwks_fetches(&self) -> usize {
         self.state.jwks_fetches.load(Ordering::SeqCst)
     }
+}
+
+async fn serve_gitlab<S>(io: TokioIo<S>, state: Arc<GitLabState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(gitlab_answer(&state, &request)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
 }
 
 fn gitlab_answer(state: &GitLabState, request: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -22,6 +22,35 @@ pub(crate) enum JwksError {
     /// The documents were not what OIDC discovery and JWKS promise.
     #[error("{0}")]
     Malformed(String),
+    /// Discovery named a key set on another origin than the instance's (or the one allowed).
+    #[error(
+        "jwks_uri {0:?} is not on the instance's origin (add its origin to AIGW_AUTH__JWKS_ORIGIN if it should be)"
+    )]
+    ForeignKeySet(String),
+}
+
+/// One key of a published key set, as aigw sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PublishedKey {
+    /// Its `kid`, if it has one.
+    pub(crate) kid: Option<String>,
+    /// Why aigw cannot verify tokens with it; `None` when it can.
+    pub(crate) unusable: Option<&'static str>,
+}
+
+/// A key set as one fetch found it.
+#[derive(Debug)]
+pub(crate) struct PublishedKeys {
+    /// Every key in the document, in its order.
+    pub(crate) keys: Vec<PublishedKey>,
+    usable: HashMap<String, Arc<DecodingKey>>,
+}
+
+impl PublishedKeys {
+    /// The ids of the keys tokens can be verified with.
+    pub(crate) fn usable_kids(&self) -> Vec<&str> {
+        self.keys.iter().filter(|key| key.unusable.is_none()).filter_map(|key| key.kid.as_deref()).collect()
+    }
 }
 
 /// The scheme, host and port of an http(s) URL: where a key set may be fetched from.
@@ -147,27 +176,14 @@ impl JwksCache {
     /// Fetch discovery and the key set and publish the usable RS256 signing keys; a set with none
     /// is refused and the current keys stay.
     pub(crate) async fn refresh(&self) -> Result<usize, JwksError> {
-        let discovery_url = format!("{}/.well-known/openid-configuration", self.gitlab_url);
-        let discovery = self.http.get_json(&discovery_url, MAX_DOCUMENT_BYTES).await?;
-        let jwks_uri = discovery
-            .get("jwks_uri")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| JwksError::Malformed(format!("{discovery_url} has no jwks_uri")))?;
-        if !Origin::of(jwks_uri).is_some_and(|origin| self.key_origins.contains(&origin)) {
-            return Err(JwksError::Malformed(format!(
-                "jwks_uri {jwks_uri:?} is not on the instance's origin (add its origin to AIGW_AUTH__JWKS_ORIGIN if it should be)"
-            )));
-        }
-        let document = self.http.get_json(jwks_uri, MAX_DOCUMENT_BYTES).await?;
-        let set: JwkSet = serde_json::from_value(document)
-            .map_err(|e| JwksError::Malformed(format!("{jwks_uri} is not a JWK set: {e}")))?;
-        let keys = usable_keys(&set);
+        let jwks_uri = self.discover().await?;
+        let PublishedKeys { keys: published, usable: keys } = self.fetch_keys(&jwks_uri).await?;
         // A key set with nothing aigw can verify with is a broken answer, not a rotation to no
         // keys: the keys already held keep serving.
         if keys.is_empty() {
             return Err(JwksError::Malformed(format!(
                 "{jwks_uri} holds {} keys and no usable RS256 signing key; keeping the keys already loaded",
-                set.keys.len()
+                published.len()
             )));
         }
         let count = keys.len();
@@ -183,21 +199,65 @@ impl JwksCache {
         self.loaded_once.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(count)
     }
+
+    /// The instance's OIDC discovery document's address.
+    pub(crate) fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.gitlab_url)
+    }
+
+    /// Read discovery and return its `jwks_uri`, once it is known to be on an allowed origin.
+    pub(crate) async fn discover(&self) -> Result<String, JwksError> {
+        let discovery_url = self.discovery_url();
+        let discovery = self.http.get_json(&discovery_url, MAX_DOCUMENT_BYTES).await?;
+        let jwks_uri = discovery
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| JwksError::Malformed(format!("{discovery_url} has no jwks_uri")))?;
+        if !Origin::of(jwks_uri).is_some_and(|origin| self.key_origins.contains(&origin)) {
+            return Err(JwksError::ForeignKeySet(jwks_uri.to_string()));
+        }
+        Ok(jwks_uri.to_string())
+    }
+
+    /// Fetch the key set at `jwks_uri` (which [`Self::discover`] returned), without publishing it.
+    pub(crate) async fn fetch_keys(&self, jwks_uri: &str) -> Result<PublishedKeys, JwksError> {
+        let document = self.http.get_json(jwks_uri, MAX_DOCUMENT_BYTES).await?;
+        let set: JwkSet = serde_json::from_value(document)
+            .map_err(|e| JwksError::Malformed(format!("{jwks_uri} is not a JWK set: {e}")))?;
+        let mut usable = HashMap::new();
+        let keys = set
+            .keys
+            .iter()
+            .map(|jwk| {
+                let kid = jwk.common.key_id.clone();
+                let unusable = match (&kid, verification_key(jwk)) {
+                    (_, Err(why)) => Some(why),
+                    (None, Ok(_)) => Some("it has no kid"),
+                    (Some(kid), Ok(key)) => {
+                        usable.insert(kid.clone(), Arc::new(key));
+                        None
+                    }
+                };
+                PublishedKey { kid, unusable }
+            })
+            .collect();
+        Ok(PublishedKeys { keys, usable })
+    }
 }
 
-/// RSA signature keys with a `kid`, not marked for another algorithm or use.
-fn usable_keys(set: &JwkSet) -> HashMap<String, Arc<DecodingKey>> {
-    set.keys
-        .iter()
-        .filter(|jwk| matches!(jwk.algorithm, AlgorithmParameters::RSA(_)))
-        .filter(|jwk| matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::RS256)))
-        .filter(|jwk| matches!(jwk.common.public_key_use, None | Some(PublicKeyUse::Signature)))
-        .filter_map(|jwk| {
-            let kid = jwk.common.key_id.clone()?;
-            let key = DecodingKey::from_jwk(jwk).ok()?;
-            Some((kid, Arc::new(key)))
-        })
-        .collect()
+/// The key to verify RS256 signatures with, or why this one is none: it must be an RSA key not
+/// marked for another algorithm or use.
+fn verification_key(jwk: &jsonwebtoken::jwk::Jwk) -> Result<DecodingKey, &'static str> {
+    if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
+        return Err("it is not an RSA key");
+    }
+    if !matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::RS256)) {
+        return Err("it is marked for another algorithm than RS256");
+    }
+    if !matches!(jwk.common.public_key_use, None | Some(PublicKeyUse::Signature)) {
+        return Err("it is marked for another use than signatures");
+    }
+    DecodingKey::from_jwk(jwk).map_err(|_| "its RSA parameters do not read")
 }
 
 #[cfg(test)]

@@ -300,6 +300,13 @@ impl Verifier {
         Ok(Principal { scopes: claims.scopes, realm: claims.gitlab_realm, gateway_issued, unrestricted: false })
     }
 
+    /// Verify a token on its own, without the headers a request carries with it (what
+    /// `aigw doctor --token` checks): its scopes and when it expires.
+    pub(crate) async fn verify_token_only(&self, token: &str) -> Result<(Vec<String>, u64), AuthError> {
+        let (claims, _) = self.verify_signature_and_claims(token.trim()).await?;
+        Ok((claims.scopes, claims.exp))
+    }
+
     /// Sum of the instance key sets' generations: changes whenever a key set changes.
     fn key_generation(&self) -> u64 {
         self.issuers

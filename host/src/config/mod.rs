@@ -2,6 +2,7 @@
 //! validated into one [`Config`] before anything starts.
 
 mod raw;
+pub(crate) mod sources;
 
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};

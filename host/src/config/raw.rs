@@ -39,7 +39,6 @@ macro_rules! section {
         }
 
         impl Section for $name {
-            #[cfg(test)]
             fn variables(&self, out: &mut Vec<String>) {
                 $(out.push(concat!("AIGW_", $prefix, stringify!($field)).to_ascii_uppercase());)*
                 $($(self.$sub.variables(out);)*)?
@@ -66,7 +65,6 @@ macro_rules! section {
 /// What [`section!`] generates for each section.
 trait Section {
     /// The section's variable names, upper case.
-    #[cfg(test)]
     fn variables(&self, out: &mut Vec<String>);
     /// Set the field `variable` names; `None` when it names none of this section's fields.
     fn set(&mut self, variable: &str, value: &str) -> Option<Result<(), ConfigError>>;
@@ -302,8 +300,7 @@ impl RawConfig {
     }
 
     /// Every `AIGW_*` variable aigw reads.
-    #[cfg(test)]
-    fn variables() -> Vec<String> {
+    pub(crate) fn variables() -> Vec<String> {
         let mut out = vec![GITLAB_URL.to_string()];
         for section in RawConfig::default().sections() {
             section.variables(&mut out);

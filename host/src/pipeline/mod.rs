@@ -171,7 +171,7 @@ impl Call {
 }
 
 /// The endpoint the request named, else the plugin's default one (with the AWS region filled in).
-fn endpoint_for(
+pub(crate) fn endpoint_for(
     target: &ModelTarget,
     plugin: &PluginIdentity,
     aws: &AwsEnvironment,
@@ -194,9 +194,7 @@ fn hint_missing_v1(error: UpstreamError, calls: u32, target: &ModelTarget, endpo
     let not_found = matches!(&error, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND);
     let openai_style = matches!(target.provider.as_str(), "custom_openai" | "openai");
     if not_found && openai_style && !endpoint.path().trim_end_matches('/').ends_with("/v1") {
-        return GatewayError::Unprocessable(format!(
-            "The model server answered 404 Not Found at {endpoint}; OpenAI-compatible endpoints usually end with /v1"
-        ));
+        return GatewayError::MissingV1 { endpoint: endpoint.to_string().trim_end_matches('/').to_string() };
     }
     GatewayError::Upstream { error, calls }
 }

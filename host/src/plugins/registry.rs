@@ -52,6 +52,26 @@ impl Snapshot {
         names
     }
 
+    /// The loaded files in path order, each with the provider names another file's plugin
+    /// won from it (see [`Snapshot::from_files`]).
+    pub(crate) fn files(&self) -> Vec<(&Path, &LoadedPlugin, Vec<&str>)> {
+        self.by_file
+            .iter()
+            .map(|(path, plugin)| {
+                let lost = plugin
+                    .identity()
+                    .providers
+                    .iter()
+                    .filter(|provider| {
+                        self.by_provider.get(*provider).is_some_and(|won| won.digest() != plugin.digest())
+                    })
+                    .map(String::as_str)
+                    .collect();
+                (path.as_path(), plugin, lost)
+            })
+            .collect()
+    }
+
     /// True when no plugin is loaded.
     pub(crate) fn is_empty(&self) -> bool {
         self.by_file.is_empty()

@@ -214,7 +214,7 @@ impl Default for Metrics {
             ),
             upstream_failures: Family::new(
                 "aigw_upstream_failures_total",
-                "Model calls that failed, by provider and reason (a timeout phase, connect, refused, status class, body, signing).",
+                "Model calls that failed, by provider and reason (a timeout phase, connect, refused, status class, body, signing, TLS handshake).",
                 &["provider", "reason"],
             ),
             upstream_retries: Family::new(

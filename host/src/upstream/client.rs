@@ -230,6 +230,9 @@ fn tls_config() -> Result<rustls::ClientConfig, UpstreamError> {
 fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
+        if let Some(tls) = tls_error(current) {
+            return UpstreamError::Handshake(tls.to_string());
+        }
         if let Some(connect) = current.downcast_ref::<ConnectError>() {
             return match connect {
                 ConnectError::Refused(refused) => UpstreamError::Refused(refused.clone()),
@@ -239,7 +242,21 @@ fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamE
         }
         source = current.source();
     }
-    UpstreamError::Connect(error.to_string())
+    // The client's own text ("client error (Connect)") says less than the error it wraps.
+    let source = std::error::Error::source(error).map(ToString::to_string);
+    UpstreamError::Connect(source.unwrap_or_else(|| error.to_string()))
+}
+
+/// The TLS handshake's error, which arrives wrapped in `io::Error`s (whose own `source()` skips
+/// what they wrap).
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = error;
+    loop {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = current.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
 }
 
 /// Join the endpoint and the plugin's path, copy the plugin's headers (minus reserved ones) and

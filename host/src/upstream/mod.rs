@@ -76,6 +76,10 @@ pub enum UpstreamError {
     /// The request could not be signed (AWS SigV4): the gateway's AWS environment is incomplete.
     #[error("model request not signed: {0}")]
     Signing(String),
+    /// The TLS handshake failed, most often on a certificate aigw does not trust (a private CA,
+    /// a wrong name, expired): a set-up mistake, so never retried.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
     /// The TLS client could not be set up (start-up only).
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -108,6 +112,7 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } if status.is_client_error() => "status_4xx",
             UpstreamError::Status { .. } => "status_other",
             UpstreamError::Signing(_) => "signing",
+            UpstreamError::Handshake(_) => "tls_handshake",
             UpstreamError::Tls(_) => "tls",
             UpstreamError::Body(_) => "body",
         }

@@ -205,6 +205,32 @@ async fn main() {
     assert_eq!(complete(false).await.status, 200, "the new plugin serves");
     println!("plugin swapped on the volume: loaded without a restart, serving");
 
+    // The doctor, run where operators run it: inside the running container, with its environment.
+    let endpoint = model.base_url();
+    let doctor = run(
+        &conf,
+        &[
+            "exec",
+            &name,
+            "/usr/local/bin/aigw",
+            "doctor",
+            "--model-endpoint",
+            &endpoint,
+            "--model-identifier",
+            "custom_openai/codestral-22b",
+            "--model-name",
+            "codestral",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    let printed = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "the doctor passes inside the container:\n{printed}");
+    assert!(printed.contains("  ok    test completion answered in"), "{printed}");
+    assert!(printed.contains("/opt/aigw/plugins  (environment)"), "{printed}");
+    std::fs::write(out_dir.join("doctor.txt"), printed.as_bytes()).unwrap();
+    println!("aigw doctor inside the container: every check passed (target/image/doctor.txt)");
+
     // SIGTERM with a stream in flight: the stream finishes, the container exits 0 in its grace.
     model.set_reply(Reply {
         text: "return a + b".into(),

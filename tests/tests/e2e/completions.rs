@@ -258,3 +258,24 @@ async fn caller_mistakes_in_the_model_fields_are_422_naming_the_field() {
     good["model_api_key"] = json!("sk-AZaz09_-.~+/=");
     assert_eq!(t.complete(&good).await.status, 200);
 }
+
+#[tokio::test]
+async fn an_openai_compatible_endpoint_without_v1_is_answered_with_the_hint() {
+    let t = TestGateway::start().await;
+    let mut body = t.completion_body("codestral", Some("custom_openai/codestral-22b"), false);
+    body["model_endpoint"] = json!(t.model.root_url());
+    let answer = t.complete(&body).await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        json!({"detail": format!(
+            "The model server answered 404 Not Found at {}; OpenAI-compatible endpoints usually end with /v1",
+            t.model.root_url()
+        )})
+    );
+    // With /v1 the same server answers: the hint named the fix.
+    assert_eq!(
+        t.complete(&t.completion_body("codestral", Some("custom_openai/codestral-22b"), false)).await.status,
+        200
+    );
+}

@@ -107,3 +107,16 @@ async fn garbage_instead_of_http_is_a_502() {
     assert_eq!(answer.json(), json!({"detail": "The model server could not be reached (after 3 calls)"}));
     assert_eq!(seen.load(Ordering::SeqCst), 3, "the call and its two retries, no more");
 }
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_502_saying_tls_failed_and_is_not_retried() {
+    let t = Setup::default().start().await;
+    // Any HTTPS server with a certificate nothing trusts: the mock GitLab over TLS serves.
+    let (untrusted, _certificate) = aigw_tests::MockGitLab::start_tls(&[]).await;
+    let answer = complete_at(&t, &format!("{}/v1", untrusted.url())).await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(answer.json(), json!({"detail": "The TLS handshake with the model server failed"}));
+    let metrics = t.request(http::Method::GET, "/metrics", &[], bytes::Bytes::new()).await.text();
+    let failures = r#"aigw_upstream_failures_total{provider="custom_openai",reason="tls_handshake"}"#;
+    assert_eq!(aigw_tests::metric(&metrics, failures), Some(1.0), "one call, not retried: {metrics}");
+}

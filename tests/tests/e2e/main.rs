@@ -12,6 +12,7 @@ mod code;
 mod completions;
 mod conformance;
 mod connections;
+mod doctor;
 mod egress;
 mod gitlab_registry;
 mod hostile_upstream;
