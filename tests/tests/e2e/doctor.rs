@@ -496,3 +496,98 @@ async fn model_fields_gitlab_would_refuse_fail() {
     assert!(unknown.failed());
     assert!(unknown.step("FAIL  family cobol").contains("--model-name is the model family"));
 }
+
+#[tokio::test]
+async fn an_instance_url_that_is_not_gitlab_or_that_redirects_gets_its_own_fix() {
+    let f = Fixture::start().await;
+    // A model server where the instance should be: discovery is not there.
+    let not_gitlab = f.run(&[("AIGW_GITLAB_URL", &f.model.root_url())], &[]).await;
+    assert!(not_gitlab.failed());
+    let step = not_gitlab.step("FAIL  OIDC discovery at");
+    assert!(step.contains("the instance answered 404 Not Found"), "{step}");
+    assert!(step.contains("AIGW_GITLAB_URL must be its root URL"), "{step}");
+
+    // An instance answering http:// with a redirect to https://, which aigw never follows.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let redirector = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head).await;
+            let answer =
+                "HTTP/1.1 301 Moved Permanently\r\nlocation: https://gitlab.example.com/\r\ncontent-length: 0\r\n\r\n";
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let redirected = f.run(&[("AIGW_GITLAB_URL", &url)], &[]).await;
+    redirector.abort();
+    assert!(redirected.failed());
+    let step = redirected.step("FAIL  OIDC discovery at");
+    assert!(step.contains("the instance answered 301 Moved Permanently"), "{step}");
+    assert!(step.contains("a redirect (often from http:// to https://), which aigw never follows"), "{step}");
+}
+
+#[tokio::test]
+async fn an_https_instance_that_does_not_answer_skips_tls_and_a_metadata_url_is_refused() {
+    let f = Fixture::start().await;
+    let https = format!("https://127.0.0.1:{}", free_port());
+    let out = f.run(&[("AIGW_GITLAB_URL", &https)], &[]).await;
+    assert!(out.failed());
+    assert!(out.stdout.contains("  skip  TLS: not checked, the instance did not answer\n"), "{}", out.stdout);
+    assert!(out.step("FAIL  OIDC discovery at").contains("unreachable"));
+
+    let metadata = f.run(&[("AIGW_GITLAB_URL", "http://169.254.169.254")], &[]).await;
+    assert!(metadata.failed());
+    let step = metadata.step("FAIL  OIDC discovery at http://169.254.169.254");
+    assert!(step.contains("always refused"), "{step}");
+    assert!(step.contains("fix: AIGW_GITLAB_URL may not name a link-local, metadata or unspecified address"), "{step}");
+}
+
+#[tokio::test]
+async fn each_failing_model_server_answer_gets_its_own_fix() {
+    let f = Fixture::start().await;
+    let cases = [
+        (
+            404,
+            "404 Not Found",
+            "no such route or model: check the endpoint's path and that it serves model \"codestral-22b\"",
+        ),
+        (400, "400 Bad Request", "did not accept the request: check that it speaks custom_openai's API"),
+        (503, "503 Service Unavailable", "overloaded or failing: see its own log"),
+    ];
+    for (status, said, fix) in cases {
+        f.model.set_reply(Reply { status, ..Reply::default() });
+        let out = f.run_with_model(&[("AIGW_UPSTREAM__RETRIES", "0")]).await;
+        assert!(out.failed(), "{status}");
+        let step = out.step("FAIL  test completion to");
+        assert!(step.contains(said) && step.contains(fix), "{status}: {step}");
+    }
+    // An answer the plugin cannot read: the endpoint speaks another API.
+    f.model.replay(vec![aigw_tests::Recording {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"reply": "not OpenAI's shape"}"#.into(),
+    }]);
+    let out = f.run_with_model(&[]).await;
+    assert!(out.failed());
+    let step = out.step("FAIL  test completion to");
+    assert!(
+        step.contains("fix: the plugin could not read the answer: the endpoint does not speak custom_openai's API"),
+        "{step}"
+    );
+}
+
+#[tokio::test]
+async fn a_signed_provider_without_aws_credentials_fails_naming_them() {
+    let f = Fixture::start().await;
+    std::fs::copy(component("plugins/bedrock.wasm"), f.plugins().join("bedrock.wasm")).unwrap();
+    let endpoint = f.model.root_url();
+    let args = ["--model-endpoint", &endpoint, "--model-identifier", "bedrock/anthropic.claude-3-haiku-20240307-v1:0"];
+    let out = f.run(&[], &args).await;
+    assert!(out.failed());
+    let step = out.step("FAIL  test completion to");
+    assert!(step.contains("not signed"), "{step}");
+    assert!(step.contains("fix: set the AWS credentials the gateway signs with: AWS_ACCESS_KEY_ID"), "{step}");
+    assert!(f.model.requests().is_empty(), "nothing unsigned is sent");
+}
