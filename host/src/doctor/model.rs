@@ -92,11 +92,22 @@ pub(super) async fn check(config: Config, probe: &ModelProbe, loaded: Loaded, me
     let Some(addr) = egress_and_reach(&config, &endpoint, &mut section).await else {
         return section;
     };
+    section.push(test_completion(config, loaded, metrics, target, addr).await);
+    section
+}
+
+/// Send the one-token completion through the gateway's own pipeline, as a request would.
+async fn test_completion(
+    config: Config,
+    loaded: Loaded,
+    metrics: Arc<Metrics>,
+    target: ModelTarget,
+    addr: SocketAddr,
+) -> Step {
     let state = match test_state(config, loaded, metrics) {
         Ok(state) => state,
         Err(error) => {
-            section.push(Step::fail(format!("the outbound client cannot be set up: {error}"), "report this as a bug"));
-            return section;
+            return Step::fail(format!("the outbound client cannot be set up: {error}"), "report this as a bug");
         }
     };
     let messages = vec![wit::Message { role: wit::Role::User, content: TEST_PROMPT.to_string() }];
@@ -105,7 +116,7 @@ pub(super) async fn check(config: Config, probe: &ModelProbe, loaded: Loaded, me
     let started = Instant::now();
     let answered = pipeline::complete(&state.for_worker(0), job).await;
     let ms = started.elapsed().as_millis();
-    section.push(match answered {
+    match answered {
         Ok(completion) => {
             let mut step = Step::ok(format!("test completion answered in {ms} ms: {:?}", completion.text));
             if let Some(reason) = completion.finish_reason {
@@ -128,8 +139,7 @@ pub(super) async fn check(config: Config, probe: &ModelProbe, loaded: Loaded, me
             };
             Step::fail(format!("test completion to {addr} failed after {ms} ms: {said}"), fix_for(&error, &target))
         }
-    });
-    section
+    }
 }
 
 /// The egress and reachability steps; the address connected to when both pass.
