@@ -40,6 +40,10 @@ pub const DEV_ISSUER: &str = "aigw-dev";
 /// How often the instance's key set is refreshed even when no unknown `kid` asks for it.
 pub const JWKS_REFRESH_PERIOD: Duration = Duration::from_secs(3600);
 
+/// Longest a fetch from the GitLab instance (discovery, key set) may take, whatever the
+/// model-call timeouts are: the documents are small, and requests wait on them.
+pub(crate) const INSTANCE_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -301,16 +305,16 @@ fn build_verifier(
     Ok((verifier, background))
 }
 
-/// The GitLab instance's key cache, empty until refreshed. A key fetch gets 10 s whatever the
-/// model-call timeouts are: it is small, and requests wait on it.
+/// The GitLab instance's key cache, empty until refreshed; its fetches get
+/// [`INSTANCE_FETCH_TIMEOUT`].
 pub(crate) fn instance_keys(
     config: &Config,
     gitlab_url: &str,
     metrics: &Arc<telemetry::Metrics>,
 ) -> Result<JwksCache, upstream::UpstreamError> {
     let mut gitlab_settings = config.upstream;
-    gitlab_settings.total_timeout = Duration::from_secs(10);
-    gitlab_settings.first_byte_timeout = Duration::from_secs(10);
+    gitlab_settings.total_timeout = INSTANCE_FETCH_TIMEOUT;
+    gitlab_settings.first_byte_timeout = INSTANCE_FETCH_TIMEOUT;
     JwksCache::new(
         gitlab_url.to_string(),
         config.jwks_origin.clone(),

@@ -185,8 +185,8 @@ fn fix_for(error: &JwksError, url: &str) -> String {
                 "nothing answered at {url}: check AIGW_GITLAB_URL, and that this environment reaches the instance \
                  (DNS, proxies, a NetworkPolicy's egress rules)"
             ),
-            UpstreamError::Timeout { .. } => {
-                "the instance did not answer within 10 s: check the network path from here to it".to_string()
+            UpstreamError::Timeout { after, .. } => {
+                format!("the instance did not answer within {after:?}: check the network path from here to it")
             }
             UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND => format!(
                 "the instance answered 404: AIGW_GITLAB_URL must be its root URL (such as https://gitlab.example.com), \

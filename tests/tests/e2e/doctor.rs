@@ -591,3 +591,23 @@ async fn a_signed_provider_without_aws_credentials_fails_naming_them() {
     assert!(step.contains("fix: set the AWS credentials the gateway signs with: AWS_ACCESS_KEY_ID"), "{step}");
     assert!(f.model.requests().is_empty(), "nothing unsigned is sent");
 }
+
+#[tokio::test]
+async fn an_instance_that_accepts_but_never_answers_fails_on_its_timeout() {
+    let f = Fixture::start().await;
+    // Accepts the connection and reads, never answers: the instance's fetch timeout (10 s) ends it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let out = f.run(&[("AIGW_GITLAB_URL", &url)], &[]).await;
+    silent.abort();
+    assert!(out.failed());
+    let step = out.step("FAIL  OIDC discovery at");
+    assert!(step.contains("no answer within 10s"), "{step}");
+    assert!(step.contains("fix: the instance did not answer within 10s: check the network path"), "{step}");
+}
