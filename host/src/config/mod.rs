@@ -194,3 +194,9 @@ pub(crate) fn parse_allowlist(setting: &str, text: &str) -> Result<Vec<IpNet>, C
         })
         .collect()
 }
+
+/// An environment for tests, from name and value pairs.
+#[cfg(test)]
+pub(crate) fn test_env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}

@@ -684,9 +684,7 @@ impl DuoChat {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::config::test_env as env;
 
     #[test]
     fn defaults_follow_gitlab() {

@@ -107,9 +107,7 @@ fn file_value(table: &toml::Table, variable: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::config::test_env as env;
 
     #[test]
     fn the_environment_wins_over_the_file_and_the_rest_are_defaults() {
