@@ -7,6 +7,7 @@ use crate::auth::jwks::JwksError;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use crate::upstream::UpstreamError;
+use crate::upstream::egress::literal_address;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,8 +36,7 @@ pub(super) async fn check(config: &Config, token: Option<&str>, metrics: &Arc<Me
         (Err(JwksError::Fetch(UpstreamError::Handshake(why))), true) => {
             section.push(Step::fail(
                 format!("TLS: the handshake with {host} failed: {why}"),
-                "if the instance's certificate comes from a private CA, add that CA to this system's trust \
-                 store, or point SSL_CERT_FILE at a PEM bundle holding it (read at start-up)",
+                super::untrusted_certificate_fix("the instance's"),
             ));
             return section;
         }
@@ -213,8 +213,9 @@ fn fix_for(error: &JwksError, url: &str) -> String {
     }
 }
 
+/// Whether `host` is loopback, read as the connector reads an address.
 fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost" || literal_address(host).and_then(Result::ok).is_some_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

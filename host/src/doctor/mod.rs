@@ -198,6 +198,14 @@ impl Report {
     }
 }
 
+/// The fix for a TLS certificate aigw does not trust; `whose` names the server ("the instance's").
+fn untrusted_certificate_fix(whose: &str) -> String {
+    format!(
+        "if {whose} certificate comes from a private CA, add that CA to this system's trust store, or point \
+         SSL_CERT_FILE at a PEM bundle holding it (read at start-up)"
+    )
+}
+
 /// Run every check against `env` (the process environment, passed in so tests never set it).
 pub async fn run(options: DoctorOptions, env: Vec<(String, String)>) -> Report {
     let (settings, config) = settings::check(options.config_file.as_deref(), &env, options.dev);

@@ -11,7 +11,7 @@ use crate::pipeline::{self, Deadline, ModelFields, ModelJob, ModelTarget};
 use crate::plugins::{PluginError, wit};
 use crate::state::AppState;
 use crate::telemetry::Metrics;
-use crate::upstream::egress::literal_address;
+use crate::upstream::connector::{self, ConnectError};
 use crate::upstream::{EgressError, EgressPolicy, Upstream, UpstreamError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -142,27 +142,24 @@ async fn test_completion(
     }
 }
 
-/// The egress and reachability steps; the address connected to when both pass.
+/// The egress and reachability steps, with the connector's own resolution and connection; the
+/// address connected to when both pass.
 async fn egress_and_reach(config: &Config, endpoint: &http::Uri, section: &mut Section) -> Option<SocketAddr> {
     let host = endpoint.host().unwrap_or_default();
-    let port = endpoint.port_u16().unwrap_or(if endpoint.scheme_str() == Some("https") { 443 } else { 80 });
-    let addrs: Vec<SocketAddr> = match literal_address(host) {
-        Some(Ok(ip)) => vec![SocketAddr::new(ip, port)],
-        Some(Err(error)) => {
+    let addrs = match connector::resolve(endpoint).await {
+        Ok(addrs) => addrs,
+        Err(ConnectError::Io(error)) => {
+            section.push(Step::fail(
+                format!("egress: {host} does not resolve here: {error}"),
+                "the gateway resolves the endpoint itself, from this environment: use a name its DNS knows \
+                 (inside Kubernetes, a Service name), or an address",
+            ));
+            return None;
+        }
+        Err(error) => {
             section.push(Step::fail(format!("egress: {error}"), "correct the endpoint's host"));
             return None;
         }
-        None => match tokio::net::lookup_host((host, port)).await {
-            Ok(found) => found.collect(),
-            Err(error) => {
-                section.push(Step::fail(
-                    format!("egress: {host} does not resolve here: {error}"),
-                    "the gateway resolves the endpoint itself, from this environment: use a name its DNS knows \
-                     (inside Kubernetes, a Service name), or an address",
-                ));
-                return None;
-            }
-        },
     };
     let policy = EgressPolicy::new(config.egress.allow.clone());
     let resolved: Vec<String> = addrs.iter().map(|addr| addr.ip().to_string()).collect();
@@ -172,48 +169,44 @@ async fn egress_and_reach(config: &Config, endpoint: &http::Uri, section: &mut S
     } else {
         format!("{host} ({})", resolved.join(", "))
     };
-    for addr in &addrs {
-        if let Err(refused) = policy.check(addr.ip()) {
-            let fix = match refused {
-                EgressError::NotAllowed(ip) => {
-                    let allowed: Vec<String> = config.egress.allow.iter().map(ToString::to_string).collect();
-                    format!(
-                        "add {ip} (or its network) to AIGW_EGRESS__ALLOW, which allows {} now; by default only \
-                         loopback and private networks are",
-                        allowed.join(",")
-                    )
-                }
-                _ => "no setting allows it: a model server never lives there; correct the endpoint".to_string(),
-            };
-            let mut step = Step::fail(format!("egress refused: {refused}"), fix);
-            if shown != host {
-                step = step.detail(shown.clone());
+    if let Some(refused) = addrs.iter().find_map(|addr| policy.check(addr.ip()).err()) {
+        let fix = match refused {
+            EgressError::NotAllowed(ip) => {
+                let allowed: Vec<String> = config.egress.allow.iter().map(ToString::to_string).collect();
+                format!(
+                    "add {ip} (or its network) to AIGW_EGRESS__ALLOW, which allows {} now; by default only \
+                     loopback and private networks are",
+                    allowed.join(",")
+                )
             }
-            section.push(step);
-            return None;
+            _ => "no setting allows it: a model server never lives there; correct the endpoint".to_string(),
+        };
+        let mut step = Step::fail(format!("egress refused: {refused}"), fix);
+        if shown != host {
+            step = step.detail(shown);
         }
+        section.push(step);
+        return None;
     }
     section.push(Step::ok(format!("egress: {shown} is inside AIGW_EGRESS__ALLOW")));
     let started = Instant::now();
-    let mut last_error = None;
-    for addr in &addrs {
-        match tokio::time::timeout(config.upstream.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(_)) => {
-                let ms = started.elapsed().as_millis();
-                section.push(Step::ok(format!("reachable: connected to {addr} in {ms} ms")));
-                return Some(*addr);
-            }
-            Ok(Err(error)) => last_error = Some(format!("{addr}: {error}")),
-            Err(_) => last_error = Some(format!("{addr}: no answer within {:?}", config.upstream.connect_timeout)),
+    match connector::connect_any(&addrs, config.upstream.connect_timeout).await {
+        Ok(stream) => {
+            let addr = stream.peer_addr().unwrap_or(addrs[0]);
+            section.push(Step::ok(format!("reachable: connected to {addr} in {} ms", started.elapsed().as_millis())));
+            Some(addr)
+        }
+        Err(error) => {
+            let tried: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            section.push(Step::fail(
+                format!("unreachable: {}: {error}", tried.join(", ")),
+                "start the model server, or make it listen where this environment reaches it (vLLM and Ollama \
+                 listen on loopback unless told otherwise: vllm serve --host 0.0.0.0, OLLAMA_HOST=0.0.0.0); \
+                 check firewalls and NetworkPolicies on the way",
+            ));
+            None
         }
     }
-    section.push(Step::fail(
-        format!("unreachable: {}", last_error.unwrap_or_default()),
-        "start the model server, or make it listen where this environment reaches it (vLLM and Ollama listen on \
-         loopback unless told otherwise: vllm serve --host 0.0.0.0, OLLAMA_HOST=0.0.0.0); check firewalls and \
-         NetworkPolicies on the way",
-    ));
-    None
 }
 
 /// The gateway's shared state as a request sees it, with one outbound client.
@@ -259,10 +252,7 @@ fn fix_for(error: &GatewayError, target: &ModelTarget) -> String {
             UpstreamError::Timeout { .. } => "the model did not answer in time: a model still loading can take \
                                               minutes; otherwise raise AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS"
                 .to_string(),
-            UpstreamError::Handshake(_) => "if the model server's certificate comes from a private CA, add that CA \
-                                            to this system's trust store, or point SSL_CERT_FILE at a PEM bundle \
-                                            holding it"
-                .to_string(),
+            UpstreamError::Handshake(_) => super::untrusted_certificate_fix("the model server's"),
             UpstreamError::Signing(_) => "set the AWS credentials the gateway signs with: AWS_ACCESS_KEY_ID, \
                                           AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), and AWS_REGION"
                 .to_string(),

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 /// Connection failure, carrying the egress refusal when that was the cause.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum ConnectError {
+pub(crate) enum ConnectError {
     /// The policy refused the destination before any connection attempt.
     #[error(transparent)]
     Refused(#[from] EgressError),
@@ -52,36 +52,45 @@ impl tower_service::Service<http::Uri> for EgressConnector {
 
 impl EgressConnector {
     async fn connect(self, uri: http::Uri) -> Result<TokioIo<TcpStream>, ConnectError> {
-        let host = uri.host().ok_or(ConnectError::NoHost)?;
-        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-        let addrs: Vec<SocketAddr> = match super::egress::literal_address(host) {
-            // Decimal, octal and hex spellings are read here, not left to the resolver.
-            Some(ip) => vec![SocketAddr::new(ip?, port)],
-            // One resolution; the addresses checked below are the ones connected to.
-            None => tokio::net::lookup_host((host, port)).await?.collect(),
-        };
-        if addrs.is_empty() {
-            return Err(EgressError::Unresolved(host.to_string()).into());
-        }
+        let addrs = resolve(&uri).await?;
         // Every address must pass: a name that resolves partly to a forbidden range is refused.
         for addr in &addrs {
             self.policy.check(addr.ip())?;
         }
-        let attempt = async {
-            let mut last_error = None;
-            for addr in &addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last_error = Some(e),
-                }
-            }
-            Err(last_error.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
-        };
-        let stream = tokio::time::timeout(self.connect_timeout, attempt)
-            .await
-            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
+        let stream = connect_any(&addrs, self.connect_timeout).await?;
         // Small request/response writes must not wait for delayed ACKs.
         stream.set_nodelay(true)?;
         Ok(TokioIo::new(stream))
     }
+}
+
+/// The addresses `uri`'s host stands for, resolved once: the ones checked are the ones
+/// connected to. Never empty.
+pub(crate) async fn resolve(uri: &http::Uri) -> Result<Vec<SocketAddr>, ConnectError> {
+    let host = uri.host().ok_or(ConnectError::NoHost)?;
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    let addrs: Vec<SocketAddr> = match super::egress::literal_address(host) {
+        // Decimal, octal and hex spellings are read here, not left to the resolver.
+        Some(ip) => vec![SocketAddr::new(ip?, port)],
+        None => tokio::net::lookup_host((host, port)).await?.collect(),
+    };
+    if addrs.is_empty() {
+        return Err(EgressError::Unresolved(host.to_string()).into());
+    }
+    Ok(addrs)
+}
+
+/// A connection to the first of `addrs` that accepts one, all within `timeout`.
+pub(crate) async fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let attempt = async {
+        let mut last_error = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
+    };
+    Ok(tokio::time::timeout(timeout, attempt).await.map_err(|_| ConnectError::Timeout(timeout))??)
 }

@@ -3,7 +3,7 @@
 
 pub(crate) mod aws;
 pub(crate) mod client;
-mod connector;
+pub(crate) mod connector;
 pub(crate) mod egress;
 pub mod framing;
 pub(crate) mod retry;
