@@ -12,7 +12,7 @@ pub(crate) const AUDIENCE: &str = "gitlab-ai-gateway";
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
 pub(crate) const LEEWAY_SECS: u64 = 30;
 
-/// Longest lifetime (`exp` − `iat`, or − `nbf` without `iat`) of an accepted token by default,
+/// Longest lifetime (`exp` − `iat`) of an accepted token by default,
 /// seconds: GitLab's tokens live one hour and `serve --dev`'s 24 hours, so this refuses only
 /// tokens minted to outlive any rotation.
 pub(crate) const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 48 * 3600;
@@ -58,12 +58,13 @@ impl Principal {
 }
 
 /// The claims aigw reads. `scopes` has no default: a token without a list of scopes is not an
-/// AI-gateway token, whatever else it carries.
+/// AI-gateway token, whatever else it carries. `iat` has none either: GitLab's AI-gateway tokens
+/// always carry it, and without it a token's lifetime could not be bounded.
 #[derive(Debug, Clone, Deserialize)]
 struct Claims {
     exp: u64,
     nbf: u64,
-    iat: Option<u64>,
+    iat: u64,
     sub: Option<String>,
     scopes: Vec<String>,
     gitlab_realm: Option<String>,
@@ -130,10 +131,10 @@ impl Claims {
     /// The time rules the JWT library leaves to its caller: not issued in the future, and not
     /// minted to live longer than `max_lifetime_secs`.
     fn check_issue_time(&self, now: u64, max_lifetime_secs: u64) -> Result<(), AuthError> {
-        if self.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
+        if self.iat > now + LEEWAY_SECS {
             return Err(AuthError::forbidden("the token was issued in the future (iat)"));
         }
-        let lifetime = self.exp.saturating_sub(self.iat.unwrap_or(self.nbf));
+        let lifetime = self.exp.saturating_sub(self.iat);
         if lifetime > max_lifetime_secs {
             return Err(AuthError::forbidden(format!(
                 "the token lives {lifetime} s, longer than AIGW_AUTH__MAX_TOKEN_LIFETIME_SECS ({max_lifetime_secs} s)"
@@ -436,7 +437,7 @@ mod tests {
     }
 
     fn gateway_claims() -> serde_json::Value {
-        json!({"exp": 2, "nbf": 1, "iss": "https://gitlab", "sub": "uuid", "gitlab_realm": "self-managed",
+        json!({"exp": 2, "nbf": 1, "iat": 1, "iss": "https://gitlab", "sub": "uuid", "gitlab_realm": "self-managed",
                "scopes": ["complete_code"]})
     }
 
@@ -456,9 +457,12 @@ mod tests {
         let mut no_scopes = gateway_claims();
         no_scopes.as_object_mut().map(|c| c.remove("scopes"));
         assert!(shaped(no_scopes, true).unwrap_err().contains("scopes"));
+        let mut no_issue_time = gateway_claims();
+        no_issue_time.as_object_mut().map(|c| c.remove("iat"));
+        assert!(shaped(no_issue_time, true).unwrap_err().contains("iat"));
     }
 
-    fn timed(iat: Option<u64>, nbf: u64, exp: u64) -> Claims {
+    fn timed(iat: u64, nbf: u64, exp: u64) -> Claims {
         Claims { exp, nbf, iat, sub: None, scopes: Vec::new(), gitlab_realm: None, gitlab_instance_id: None }
     }
 
@@ -466,12 +470,12 @@ mod tests {
     fn issue_time_and_lifetime_have_limits_on_both_sides() {
         let now = 1_000_000;
         let max = 7200;
-        assert!(timed(Some(now + LEEWAY_SECS), now, now + 3600).check_issue_time(now, max).is_ok());
-        assert!(timed(Some(now + LEEWAY_SECS + 1), now, now + 3600).check_issue_time(now, max).is_err());
-        assert!(timed(Some(now), now, now + max).check_issue_time(now, max).is_ok());
-        assert!(timed(Some(now), now, now + max + 1).check_issue_time(now, max).is_err());
-        // Without iat, the lifetime counts from nbf.
-        assert!(timed(None, now - 10, now + max - 10).check_issue_time(now, max).is_ok());
-        assert!(timed(None, now - 10, now + max - 9).check_issue_time(now, max).is_err());
+        assert!(timed(now + LEEWAY_SECS, now, now + 3600).check_issue_time(now, max).is_ok());
+        assert!(timed(now + LEEWAY_SECS + 1, now, now + 3600).check_issue_time(now, max).is_err());
+        assert!(timed(now, now, now + max).check_issue_time(now, max).is_ok());
+        assert!(timed(now, now, now + max + 1).check_issue_time(now, max).is_err());
+        // The lifetime counts from iat, however late nbf is.
+        assert!(timed(now - 10, now + 600, now + max - 10).check_issue_time(now, max).is_ok());
+        assert!(timed(now - 10, now + 600, now + max - 9).check_issue_time(now, max).is_err());
     }
 }

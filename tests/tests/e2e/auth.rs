@@ -345,6 +345,13 @@ async fn issue_time_and_lifetime_are_bounded() {
     // A lifetime of exactly the maximum passes; a second more does not.
     assert_eq!(with_token(&t, &signed(now, now + 7200)).await.status, 200);
     assert_401(&with_token(&t, &signed(now, now + 7201)).await, "Forbidden by auth provider");
+    // Without iat (signed by the instance's own key, so not forged) a token is refused: GitLab's
+    // tokens always carry it, and the lifetime bound would have nothing to count from.
+    let mut no_issue_time = instance_claims(&t.gitlab.url(), &["complete_code"]);
+    no_issue_time.as_object_mut().map(|claims| claims.remove("iat"));
+    assert_401(&with_token(&t, &t.key.sign(&no_issue_time)).await, "Forbidden by auth provider");
+    no_issue_time.as_object_mut().map(|claims| claims.remove("nbf"));
+    assert_401(&with_token(&t, &t.key.sign(&no_issue_time)).await, "Forbidden by auth provider");
 
     // The default allows the development token's day and refuses a token minted for a week.
     let default = TestGateway::start().await;
