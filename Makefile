@@ -88,7 +88,11 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 IMAGE ?= localhost/aigw:latest
 # The workspace version, which deploy/kubernetes's image tag names too.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# What the image targets need beyond rustup: musl-gcc for the static build's C parts, podman and
+# runc (crun fails on these machines' hybrid cgroups) to build and run the image.
+IMAGE_DEPS := podman=podman runc=runc musl-gcc=musl-tools
 image: plugins
+	./tools/debian-deps.sh $(IMAGE_DEPS)
 	rustup target add $(MUSL_TARGET)
 	CARGO_PROFILE_RELEASE_STRIP=symbols $(CARGO) build --release --target $(MUSL_TARGET) -p aigw
 	rm -rf target/image && mkdir -p target/image/plugins
@@ -104,6 +108,7 @@ image-test: image
 ## restart-test: a rolling restart of two replicas behind nginx (Debian's nginx-light) under a
 ## bounded load: every request must succeed (target/restart/report.json).
 restart-test: build
+	./tools/debian-deps.sh nginx=nginx-light
 	$(CARGO) build --release -p aigw-tests --bin restart-test
 	./target/release/restart-test
 
