@@ -142,12 +142,20 @@ impl Gateway {
                 .await
                 .map_err(|source| StartError::Listen { addr: metrics_listen, source })?;
             metrics_addr = metrics_listener.local_addr().ok();
-            background.push(tokio::spawn(server::serve_metrics(metrics_listener, Arc::clone(&metrics))));
+            background.push(tokio::spawn(server::serve_metrics(
+                metrics_listener,
+                Arc::clone(&metrics),
+                config.header_read_timeout,
+            )));
         }
-        admission::fit_file_limit(config.max_connections);
-        let connections = admission::Admission::new(config.max_connections);
-        let open = Arc::clone(&connections);
+        let connections = admission::Admission::new(admission::fit_to_file_limit(config.max_connections));
+        let (open, cap) = (Arc::clone(&connections), connections.cap() as u64);
         metrics.gauge("aigw_open_connections", "Client connections open now.", move || open.open() as u64);
+        metrics.gauge(
+            "aigw_connection_cap",
+            "Client connections allowed at once: AIGW_SERVER__MAX_CONNECTIONS, lowered to fit the open-file limit.",
+            move || cap,
+        );
         let state = Arc::new(AppState {
             prompts: arc_swap::ArcSwap::from_pointee(prompts),
             config,

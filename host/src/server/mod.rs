@@ -4,14 +4,19 @@
 pub(crate) mod tls;
 pub(crate) mod workers;
 
+mod abortive;
+mod chunk_guard;
 mod request_log;
 mod write_watch;
 
+use crate::admission::{Admission, Admitted, ConnectionSlot, RequestMark};
 use crate::api;
 use crate::error::GatewayError;
 use crate::response::{Body, error_response, json_response, metrics_response};
 use crate::state::AppState;
+use abortive::{AbortHandle, AbortableStream};
 use bytes::Bytes;
+use chunk_guard::{ChunkGuard, DeclaredPastLimit};
 use http::{StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -80,38 +85,49 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // Past the cap a new connection is closed at once: the ones in flight keep their
-        // descriptors, workers and plugin slots.
-        let Some(slot) = state.connections.admit() else {
-            state.metrics.connection_refused();
-            drop(stream);
-            continue;
+        // At the cap, an idle connection (keep-alive, or one that has sent no request yet)
+        // gives way to the newcomer; only when every connection has a request in progress is
+        // the newcomer closed at once, so those keep their descriptors, workers and slots.
+        let slot = match admit(&state.connections).await {
+            Some((slot, gave_way)) => {
+                if gave_way {
+                    state.metrics.connection_dropped("idle_at_cap");
+                }
+                slot
+            }
+            None => {
+                state.metrics.connection_refused();
+                drop(stream);
+                continue;
+            }
         };
         // Head and body of small answers must not wait for the client's delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let write_idle = state.config.write_idle_timeout;
+        let slot = Arc::new(slot);
         let watch = WriteWatch::new();
-        let service_watch = Arc::clone(&watch);
-        let service_state = Arc::clone(&state);
+        let (service_watch, service_state, service_slot) = (Arc::clone(&watch), Arc::clone(&state), Arc::clone(&slot));
         let service = hyper::service::service_fn(move |request| {
             let (state, watch) = (Arc::clone(&service_state), Arc::clone(&service_watch));
-            async move { Ok::<_, Infallible>(handle(&state, worker, peer.ip(), request, watch).await) }
+            let mark = service_slot.begin_request();
+            async move { Ok::<_, Infallible>(handle(&state, worker, peer.ip(), request, watch, mark).await) }
         });
-        let metrics = Arc::clone(&state.metrics);
+        let (stream, abort) = AbortableStream::new(stream);
+        let body_limit = state.config.max_body_bytes;
+        let guard = ConnectionGuard {
+            slot,
+            watch,
+            abort,
+            peer,
+            write_idle: state.config.write_idle_timeout,
+            metrics: Arc::clone(&state.metrics),
+        };
         match &tls {
             None => {
+                let stream = ChunkGuard::new(stream, body_limit);
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        ended = connection => if let Err(error) = ended {
-                            tracing::debug!(error = %error, "connection ended with an error");
-                        },
-                        stall = watch.stalled(write_idle) => dropped(&metrics, peer, stall),
-                    }
-                    drop(slot);
-                });
+                tokio::spawn(guard.drive(connection));
             }
             Some(acceptor) => {
                 let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
@@ -123,15 +139,10 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
+                    let stream = ChunkGuard::new(tls_stream, body_limit);
                     let connection =
-                        watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned());
-                    tokio::select! {
-                        ended = connection => if let Err(error) = ended {
-                            tracing::debug!(error = %error, "connection ended with an error");
-                        },
-                        stall = watch.stalled(write_idle) => dropped(&metrics, peer, stall),
-                    }
-                    drop(slot);
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                    guard.drive(connection).await;
                 });
             }
         }
@@ -142,12 +153,68 @@ pub(crate) async fn serve(
     graceful.shutdown().await;
 }
 
-/// A caller left its answer unread past `AIGW_SERVER__WRITE_IDLE_TIMEOUT_MS`, or read a stream
-/// so slowly that it outlived its deadline: its connection is dropped, and with it the model
-/// call, its upstream connection and its plugin slot.
-fn dropped(metrics: &crate::telemetry::Metrics, peer: std::net::SocketAddr, stall: write_watch::Stall) {
-    tracing::info!(%peer, reason = stall.reason(), "the caller is not reading its answer in time; connection dropped");
-    metrics.connection_dropped(stall.reason());
+/// Longest the accept loop waits for the connections that gave way to close (they close within
+/// a scheduler turn of their worker; under CPU pressure that turn can take milliseconds).
+const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A place for a newcomer under the cap, and whether an idle connection gave way for it; `None`
+/// to refuse it. After an idle connection gave way the accept loop yields to it, and while those
+/// that did are still closing it waits for them: accepting a backlog of newcomers in one go
+/// would outrun their closing and refuse callers for nothing.
+async fn admit(connections: &Arc<Admission>) -> Option<(ConnectionSlot, bool)> {
+    let deadline = tokio::time::Instant::now() + CLOSING_WAIT;
+    loop {
+        let freed = connections.freed();
+        match connections.admit() {
+            Admitted::Free(slot) => return Some((slot, false)),
+            Admitted::GaveWay(slot) => {
+                tokio::task::yield_now().await;
+                return Some((slot, true));
+            }
+            Admitted::Closing => tokio::time::timeout_at(deadline, freed).await.ok()?,
+            Admitted::Full => return None,
+        }
+    }
+}
+
+/// What watches one client connection while hyper serves it: its place under the cap, whether
+/// its caller still reads, and how to reset it.
+struct ConnectionGuard {
+    slot: Arc<ConnectionSlot>,
+    watch: Arc<WriteWatch>,
+    abort: AbortHandle,
+    peer: std::net::SocketAddr,
+    write_idle: std::time::Duration,
+    metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl ConnectionGuard {
+    /// Serve `connection` until it ends, its caller stops reading in time, or it gives way to a
+    /// newcomer at the cap; then free its place.
+    async fn drive<E: std::fmt::Display>(self, connection: impl std::future::Future<Output = Result<(), E>>) {
+        let mut connection = Box::pin(connection);
+        tokio::select! {
+            ended = &mut connection => if let Err(error) = ended {
+                tracing::debug!(error = %error, "connection ended with an error");
+            },
+            stall = self.watch.stalled(self.write_idle) => {
+                // A caller that left its answer unread past the write-idle timeout, or read a
+                // stream so slowly that it outlived its deadline: marked before the connection
+                // is dropped, so that what the kernel still holds for it is discarded (a reset,
+                // not a close), and with it go the model call, its upstream connection and its
+                // plugin slot.
+                self.abort.abort();
+                tracing::info!(peer = %self.peer, reason = stall.reason(), "the caller is not reading its answer in time; connection reset");
+                self.metrics.connection_dropped(stall.reason());
+            }
+            () = self.slot.evicted() => {
+                tracing::debug!(peer = %self.peer, "an idle connection gave way to a newcomer at the connection cap");
+            }
+        }
+        // The connection (and its descriptor) goes before its place under the cap.
+        drop(connection);
+        drop(self.slot);
+    }
 }
 
 /// The instance's `X-Request-ID` (printable, at most 128 bytes), or a new random one.
@@ -172,11 +239,22 @@ async fn handle(
     peer: std::net::IpAddr,
     request: http::Request<Incoming>,
     watch: Arc<WriteWatch>,
+    mark: Option<RequestMark>,
 ) -> http::Response<Body> {
     let started = std::time::Instant::now();
     workers::note_request(started);
     let route = api::route(request.method(), request.uri().path());
     let endpoint = route.label;
+    let Some(mark) = mark else {
+        // The request arrived as its connection was giving way to a newcomer at the cap: the
+        // caller may send it again on a new connection.
+        let mut response = error_response(GatewayError::Unavailable(
+            "The connection was closed to make room for another; retry on a new connection".into(),
+        ));
+        response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        state.metrics.request(endpoint, 503, None, started.elapsed());
+        return response;
+    };
     if !ingress_allows(state, peer) {
         // Before any token work: a caller outside the allowlist learns nothing else.
         tracing::info!(%peer, path = request.uri().path(), "client outside AIGW_INGRESS__ALLOW refused");
@@ -230,7 +308,7 @@ async fn handle(
     if let Some(crate::response::StreamDeadline(deadline)) = response.extensions().get() {
         watch.streaming_until(*deadline);
     }
-    response.map(|body| LoggedBody::new(body, line, watch).boxed_unsync())
+    response.map(|body| LoggedBody::new(body, line, watch, mark).boxed_unsync())
 }
 
 /// The request body, up to `limit` bytes and within `timeout` (a slow POST cannot hold a
@@ -251,7 +329,9 @@ async fn read_body(
         .map_err(|_| GatewayError::BodyTimeout(timeout))?;
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge(limit)),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() || DeclaredPastLimit::is_in(&*error) => {
+            Err(GatewayError::PayloadTooLarge(limit))
+        }
         Err(error) => Err(GatewayError::Validation(vec![crate::error::ValidationIssue {
             kind: "body_read",
             loc: vec![serde_json::json!("body")],
@@ -262,8 +342,17 @@ async fn read_body(
 
 /// The separate metrics listener (`AIGW_METRICS__LISTEN`): `GET /metrics`, and the liveness
 /// probe `GET /monitoring/healthz`, which keeps answering here when the API port is at its
-/// connection cap.
-pub(crate) async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::telemetry::Metrics>) {
+/// connection cap. It holds at most [`crate::admission::METRICS_CONNECTIONS`] connections (the
+/// API port's cap leaves descriptors for them), an idle one giving way to a newcomer, and each
+/// must send its request head within `header_read_timeout`.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<crate::telemetry::Metrics>,
+    header_read_timeout: std::time::Duration,
+) {
+    let admission = crate::admission::Admission::new(crate::admission::METRICS_CONNECTIONS);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
     let mut failures = AcceptFailures::default();
     loop {
         let stream = match listener.accept().await {
@@ -274,22 +363,35 @@ pub(crate) async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::tel
                 continue;
             }
         };
-        let metrics = Arc::clone(&metrics);
+        let Some((slot, _)) = admit(&admission).await else {
+            drop(stream);
+            continue;
+        };
+        let slot = Arc::new(slot);
+        let (metrics, service_slot) = (Arc::clone(&metrics), Arc::clone(&slot));
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let metrics = Arc::clone(&metrics);
+            let mark = service_slot.begin_request();
+            async move {
+                let response = match (request.method(), request.uri().path()) {
+                    _ if mark.is_none() => {
+                        error_response(GatewayError::Unavailable("Retry on a new connection".into()))
+                    }
+                    (&http::Method::GET, "/metrics") => metrics_response(&metrics),
+                    (&http::Method::GET, "/monitoring/healthz") => {
+                        json_response(StatusCode::OK, serde_json::json!({"status": "ok"}).to_string().into())
+                    }
+                    _ => error_response(GatewayError::NotFound),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    let response = match (request.method(), request.uri().path()) {
-                        (&http::Method::GET, "/metrics") => metrics_response(&metrics),
-                        (&http::Method::GET, "/monitoring/healthz") => {
-                            json_response(StatusCode::OK, serde_json::json!({"status": "ok"}).to_string().into())
-                        }
-                        _ => error_response(GatewayError::NotFound),
-                    };
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            tokio::select! {
+                _ = connection => {}
+                () = slot.evicted() => {}
+            }
         });
     }
 }

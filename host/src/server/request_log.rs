@@ -2,6 +2,7 @@
 //! stream's line carries its tokens and whole duration. Never a token, a key or a body.
 
 use super::write_watch::WriteWatch;
+use crate::admission::RequestMark;
 use crate::error::GatewayError;
 use crate::response::Body;
 use crate::telemetry::SharedFacts;
@@ -72,12 +73,14 @@ pub(super) struct LoggedBody {
     line: Option<RequestLine>,
     /// The connection's writing progress, which the body's polls tell.
     watch: Arc<WriteWatch>,
+    /// Keeps the connection busy (never chosen to give way at the cap) until the answer is done.
+    _request: RequestMark,
 }
 
 impl LoggedBody {
     /// Wrap `inner`.
-    pub(super) fn new(inner: Body, line: RequestLine, watch: Arc<WriteWatch>) -> Self {
-        LoggedBody { inner, line: Some(line), watch }
+    pub(super) fn new(inner: Body, line: RequestLine, watch: Arc<WriteWatch>, request: RequestMark) -> Self {
+        LoggedBody { inner, line: Some(line), watch, _request: request }
     }
 
     fn finish(&mut self, outcome: &'static str) {

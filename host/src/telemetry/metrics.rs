@@ -224,12 +224,12 @@ impl Default for Metrics {
             ),
             connections_refused: Family::new(
                 "aigw_connections_refused_total",
-                "Client connections closed on arrival because AIGW_SERVER__MAX_CONNECTIONS were open.",
+                "Client connections closed on arrival: the cap (AIGW_SERVER__MAX_CONNECTIONS, fitted to the open-file limit) was reached and every connection had a request in progress.",
                 &[],
             ),
             connections_dropped: Family::new(
                 "aigw_connections_dropped_total",
-                "Client connections the gateway dropped, by reason (write_idle: the caller stopped reading; deadline: a stream read so slowly it outlived its model call's deadline).",
+                "Client connections the gateway dropped, by reason (write_idle: the caller stopped reading; deadline: a stream read so slowly it outlived its model call's deadline; idle_at_cap: an idle connection gave way to a newcomer at the connection cap).",
                 &["reason"],
             ),
             jwks_refreshes: Family::new(

@@ -380,50 +380,54 @@ async fn http_get(port: u16, path: &str) -> Option<u16> {
     answer.get(9..12)?.parse().ok()
 }
 
+/// One value from the metrics listener's text.
+async fn scraped(metrics_port: u16, series: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await.ok()?.ok()?;
+    aigw_tests::metric(&text, series)
+}
+
+/// Started with a systemd service's default of 1,024 descriptors, the gateway's connection cap
+/// shrinks to fit them, and a flood of idle connections that send nothing (more than the
+/// process could open) gives way to every caller that sends a request.
 #[tokio::test]
-async fn with_1024_file_descriptors_a_flood_of_idle_connections_leaves_probes_answering() {
+async fn with_1024_file_descriptors_a_flood_of_idle_connections_gives_way_to_requests() {
     let state = tempfile::tempdir().unwrap();
-    // The default cap does not fit in 1,024 descriptors: start-up says so.
-    let (server, ..) = dev_server_with_1024_files(state.path(), &[]).await;
-    drop(server);
+    let (_server, port, metrics_port, token) = dev_server_with_1024_files(state.path(), &[]).await;
     let log = std::fs::read_to_string(state.path().join("aigw.log")).unwrap();
-    assert!(log.contains("does not fit in the open-file limit"), "{log}");
-
-    // A cap that fits: 1,500 idle connections, more than the descriptors the gateway has.
-    let (_server, port, metrics_port, token) =
-        dev_server_with_1024_files(state.path(), &[("AIGW_SERVER__MAX_CONNECTIONS", "300")]).await;
-    let mut flood = Vec::new();
-    for _ in 0..1500 {
-        if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            flood.push(stream);
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(http_get(metrics_port, "/monitoring/healthz").await, Some(200), "liveness answers under the flood");
-    let metrics = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.unwrap();
-        text
-    };
-    assert!(metrics.contains("aigw_open_connections 300"), "{metrics}");
-    let refused = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("aigw_connections_refused_total ")?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(refused >= 1000.0, "connections past the cap were closed at once: {refused}");
-
-    // Once the flood is gone, the gateway serves again.
-    drop(flood);
+    assert!(log.contains("lowered to fit the open-file limit"), "{log}");
+    // Two descriptors per connection and 256 kept free: (1,024 − 256) / 2.
+    assert_eq!(scraped(metrics_port, "aigw_connection_cap").await, Some(384.0));
     let model = MockModelServer::start().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match complete(port, &token, &model.base_url()).await {
-            Ok(200) => break,
-            other => assert!(tokio::time::Instant::now() < deadline, "not serving after the flood: {other:?}"),
+    assert_eq!(complete(port, &token, &model.base_url()).await, Ok(200), "served before the flood");
+
+    // 1,100 idle connections, then 50 more between every two callers.
+    let mut flood = Vec::new();
+    let mut connect_flood = async |count: usize| {
+        for _ in 0..count {
+            if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                flood.push(stream);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    connect_flood(1100).await;
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        connect_flood(50).await;
+        let probe = http_get(port, "/monitoring/healthz").await;
+        let completion = complete(port, &token, &model.base_url()).await;
+        if probe != Some(200) || completion != Ok(200) {
+            failures.push(format!("probe {probe:?}, completion {completion:?}"));
+        }
     }
+    assert!(failures.is_empty(), "every caller during the flood is served: {failures:#?}");
+    assert_eq!(http_get(metrics_port, "/monitoring/healthz").await, Some(200), "liveness answers on the metrics port");
+    let open = scraped(metrics_port, "aigw_open_connections").await.unwrap();
+    assert!(open <= 384.0 + 32.0, "{open} open connections, past the cap and its moment of giving way");
+    let gave_way = scraped(metrics_port, "aigw_connections_dropped_total{reason=\"idle_at_cap\"}").await.unwrap_or(0.0);
+    assert!(gave_way >= 1000.0, "idle connections gave way to newcomers: {gave_way}");
+    drop(flood);
 }

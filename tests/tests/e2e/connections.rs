@@ -45,34 +45,71 @@ async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// At the cap an idle connection gives way to a newcomer; only when every connection has a
+/// request in progress is the newcomer closed at once.
 #[tokio::test]
-async fn past_the_connection_cap_a_new_connection_is_closed_at_once_and_probes_still_answer() {
+async fn at_the_connection_cap_an_idle_connection_gives_way_and_a_busy_one_does_not() {
     let t = Setup::default()
         .env("AIGW_SERVER__MAX_CONNECTIONS", "3")
         .env("AIGW_METRICS__LISTEN", "127.0.0.1:0")
         .start()
         .await;
     let addr = t.gateway.addr();
-    // Within the cap: three idle connections are held open.
+    // Within the cap: three idle connections are held open, the first one longest.
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(TcpStream::connect(addr).await.unwrap());
+        wait_for_open_connections(&t, idle.len() as f64).await;
     }
-    wait_for_open_connections(&t, 3.0).await;
+    assert!(!closed_by_server(&mut idle[0], Duration::from_millis(300)).await, "held open within the cap");
 
-    // Past it: closed on arrival, not queued, and counted.
+    // Past it: the connection idle longest gives way, and the newcomer is served.
+    let (status, _) = get(addr, "/monitoring/healthz").await;
+    assert_eq!(status, 200);
+    assert!(closed_by_server(&mut idle[0], Duration::from_secs(2)).await, "the oldest idle connection stayed open");
+    assert!(!closed_by_server(&mut idle[2], Duration::from_millis(100)).await, "a younger one was closed");
+    assert_eq!(metric(&t, "aigw_connections_dropped_total{reason=\"idle_at_cap\"}").await, Some(1.0));
+    drop(idle);
+    wait_for_open_connections(&t, 0.0).await;
+
+    // Three streams in flight, their callers reading nothing: a newcomer finds no idle
+    // connection and is closed on arrival, counted; the probe answers on the metrics listener.
+    t.model.set_reply(long_answer());
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(start_stream(&t).await);
+    }
     let mut fourth = TcpStream::connect(addr).await.unwrap();
     assert!(closed_by_server(&mut fourth, Duration::from_secs(2)).await, "the fourth connection was not closed");
     assert!(metric(&t, "aigw_connections_refused_total").await >= Some(1.0));
-    // The liveness probe keeps answering on the metrics listener.
     let (status, body) = get(t.gateway.metrics_addr().unwrap(), "/monitoring/healthz").await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(metric(&t, "aigw_connections_dropped_total{reason=\"idle_at_cap\"}").await, Some(1.0));
 
     // Places come free as connections close.
-    drop(idle);
+    drop(busy);
     wait_for_open_connections(&t, 0.0).await;
+    t.model.set_reply(aigw_tests::Reply::default());
     let answer = t.complete(&t.completion_body("codestral", None, false)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+/// The metrics listener holds a few connections; past them an idle one gives way, so a flood
+/// of idle connections there cannot keep the probe from answering.
+#[tokio::test]
+async fn the_metrics_listener_answers_its_probe_past_a_flood_of_idle_connections() {
+    let t = Setup::default().env("AIGW_METRICS__LISTEN", "127.0.0.1:0").start().await;
+    let metrics_addr = t.gateway.metrics_addr().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        flood.push(TcpStream::connect(metrics_addr).await.unwrap());
+    }
+    for _ in 0..5 {
+        let (status, body) = get(metrics_addr, "/monitoring/healthz").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The connections past the listener's 32 were the ones to give way: the first is closed.
+    assert!(closed_by_server(&mut flood[0], Duration::from_secs(2)).await, "the oldest idle connection stayed open");
 }
 
 #[tokio::test]
@@ -148,6 +185,11 @@ async fn an_endless_chunk_size_line_is_refused() {
 /// The connection's receive buffer is small, as a slow client's is full: what the caller has
 /// not read cannot pile up in the kernel and hide how the gateway behaves.
 async fn start_stream(t: &TestGateway) -> TcpStream {
+    start_stream_with(t, Some(4096)).await
+}
+
+/// [`start_stream`] with the receive buffer given, or the kernel's own (`None`).
+async fn start_stream_with(t: &TestGateway, receive_buffer: Option<u32>) -> TcpStream {
     let body = t.completion_body("codestral", None, true).to_string();
     let headers: String = t
         .gitlab_headers(&t.token(&["complete_code"]))
@@ -155,7 +197,9 @@ async fn start_stream(t: &TestGateway) -> TcpStream {
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
     let mut stream = socket.connect(t.gateway.addr()).await.unwrap();
     let request = format!(
         "POST /v2/code/completions HTTP/1.1\r\nHost: a\r\n{headers}Content-Length: {}\r\n\r\n{body}",
@@ -214,8 +258,13 @@ async fn a_caller_that_stops_reading_is_dropped_and_its_model_call_released() {
     assert_eq!(metric(&t, "aigw_connections_dropped_total{reason=\"write_idle\"}").await, Some(1.0));
 }
 
+/// The caller reads, slowly (1 KiB every 50 ms, which would take minutes for the whole answer),
+/// with the kernel's own buffers, as a real client has them. The gateway ends the call at its
+/// deadline and resets the connection: the caller then reads only what its own kernel had
+/// already received. A plain close would let the gateway's send buffer (megabytes on loopback)
+/// trickle out after it: without the reset, this caller was still receiving after 15 s.
 #[tokio::test]
-async fn a_slow_reader_is_cut_at_the_total_deadline() {
+async fn a_slow_reader_stops_receiving_at_the_total_deadline() {
     let t = Setup::default()
         .env("AIGW_UPSTREAM__TOTAL_TIMEOUT_MS", "1000")
         .env("AIGW_METRICS__LISTEN", "127.0.0.1:0")
@@ -223,25 +272,50 @@ async fn a_slow_reader_is_cut_at_the_total_deadline() {
         .await;
     // The model sends everything at once: only the deadline itself can end the call.
     t.model.set_reply(long_answer());
-    let mut stream = start_stream(&t).await;
-    // The caller reads, slowly: 4 KiB every 50 ms, which would take more than 100 s for the
-    // whole answer. Its writes waiting on the caller, the gateway still ends the call on time:
-    // within a second or so of its one-second deadline it drops the connection.
-    let reading = async {
-        let mut buffer = vec![0_u8; 4096];
-        while matches!(stream.read(&mut buffer).await, Ok(1..)) {
+    let mut stream = start_stream_with(&t, None).await;
+    let started = tokio::time::Instant::now();
+    let mut received = 0_usize;
+    let mut buffer = vec![0_u8; 1024];
+    // Bounded: at this pace 15 s would bring 300 KiB, far less than the answer.
+    let reading = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+            received += n;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    };
-    let cut = async {
-        wait_for_metric(&t, "aigw_connections_dropped_total{reason=\"deadline\"}", 1.0, Duration::from_secs(4)).await;
-        wait_for_open_connections(&t, 0.0).await;
-        assert_eq!(metric(&t, "aigw_plugin_slots_in_use").await, Some(0.0), "the plugin slot is free");
-    };
-    tokio::select! {
-        () = cut => {}
-        () = reading => panic!("the whole answer arrived"),
-    }
+    })
+    .await;
+    assert!(reading.is_ok(), "still receiving after 15 s: {received} bytes");
+    // By the cut (the 1 s deadline and the watchdog's next look, within 2 s) the caller has
+    // read 40 KiB; after it, at most what its kernel's receive buffer holds by default.
+    let receive_buffer: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(131_072);
+    let ended = started.elapsed();
+    assert!(received <= (40 << 10) + receive_buffer, "{received} bytes until {ended:?}");
+    assert_eq!(metric(&t, "aigw_connections_dropped_total{reason=\"deadline\"}").await, Some(1.0));
+    wait_for_open_connections(&t, 0.0).await;
+    wait_for_metric(&t, "aigw_plugin_slots_in_use", 0.0, Duration::from_secs(5)).await;
+    assert_eq!(metric(&t, "aigw_plugin_slots_in_use").await, Some(0.0), "the plugin slot is free");
+
+    // Within the deadline, a slow reader of a short answer gets all of it.
+    t.model.set_reply(aigw_tests::Reply { text: "z".repeat(8 << 10), chunks: 16, ..aigw_tests::Reply::default() });
+    let mut stream = start_stream_with(&t, None).await;
+    let mut answer = Vec::new();
+    // Until the last chunk of the chunked answer: the connection itself stays open.
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while !answer.ends_with(b"0\r\n\r\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the connection ended before the answer");
+            answer.extend_from_slice(&buffer[..n]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the answer did not end");
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(text.matches('z').count(), 8 << 10, "the whole answer arrived");
+    assert_eq!(metric(&t, "aigw_connections_dropped_total{reason=\"deadline\"}").await, Some(1.0));
 }
 
 #[tokio::test]
