@@ -38,6 +38,15 @@ pub enum GatewayError {
     /// The body exceeds the configured limit.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body would take more memory once parsed than a body is allowed to (its shape, not
+    /// its size: many small values).
+    #[error("request body would take about {} KiB once parsed, more than the {} KiB allowed (4 × AIGW_SERVER__MAX_BODY_BYTES)", .estimated.div_ceil(1024), .budget / 1024)]
+    TooComplex {
+        /// The estimated heap of the parse, bytes.
+        estimated: u64,
+        /// The most a parse may take, bytes.
+        budget: u64,
+    },
     /// The body did not arrive within the configured time.
     #[error("the request body did not arrive within {} ms", .0.as_millis())]
     BodyTimeout(std::time::Duration),
@@ -100,7 +109,9 @@ impl GatewayError {
             GatewayError::Validation(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": issues })),
             GatewayError::Unprocessable(message) => detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone()),
             GatewayError::Unavailable(message) => detail(StatusCode::SERVICE_UNAVAILABLE, message.clone()),
-            GatewayError::PayloadTooLarge(_) => detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
+            GatewayError::PayloadTooLarge(_) | GatewayError::TooComplex { .. } => {
+                detail(StatusCode::PAYLOAD_TOO_LARGE, self.to_string())
+            }
             GatewayError::BodyTimeout(_) => detail(StatusCode::REQUEST_TIMEOUT, self.to_string()),
             GatewayError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found".into()),
             GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod json_cost;
 pub mod pipeline;
 pub mod plugins;
 pub mod prompts;

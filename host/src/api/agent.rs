@@ -334,12 +334,27 @@ fn conversation(
     Ok(Ok(rendered))
 }
 
-/// The request, its roles checked and its additional context allowed for `principal`.
-pub(crate) fn parse(body: &[u8], principal: &Principal) -> Result<AgentRequest, GatewayError> {
-    let request: AgentRequest = parse_json(body)?;
+/// The request, its roles checked and its additional context allowed for `principal`, with its
+/// message objects as sent (GitLab's ReAct template renders each turn from them). The body is
+/// parsed once: a long chat history parsed twice, and its messages copied a third time, held
+/// three times its parsed size for the whole request.
+pub(crate) fn parse(body: &[u8], principal: &Principal) -> Result<(AgentRequest, Vec<Value>), GatewayError> {
+    let parsed = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|raw| AgentRequest::deserialize(&raw).ok().map(|request| (request, raw)));
+    let Some((request, mut raw)) = parsed else {
+        // Parsed from the bytes again, only to word the error as every endpoint does.
+        return Err(parse_json::<AgentRequest>(body)
+            .err()
+            .unwrap_or_else(|| GatewayError::Unprocessable("the request does not match the agent schema".into())));
+    };
     check_roles(&request.messages)?;
     authorize_additional_context(&request.messages, principal)?;
-    Ok(request)
+    let raw_messages = match raw.get_mut("messages").map(Value::take) {
+        Some(Value::Array(messages)) => messages,
+        _ => Vec::new(),
+    };
+    Ok((request, raw_messages))
 }
 
 /// Handle one agent step.
@@ -349,7 +364,7 @@ pub(crate) async fn handle(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
-    let mut request = parse(body, principal)?;
+    let (mut request, raw_messages) = parse(body, principal)?;
     let options_steps: Vec<ScratchpadStep> = request
         .options
         .take()
@@ -360,9 +375,6 @@ pub(crate) async fn handle(
     let tools = offered_tools(principal, headers);
     let prompts = state.prompts();
     let prompt = prompts.for_family(PROMPT_ID, &target.family, None)?;
-    // GitLab's ReAct template renders each turn from the request's own message objects.
-    let raw: Value = serde_json::from_slice(body).unwrap_or_default();
-    let raw_messages = raw["messages"].as_array().cloned().unwrap_or_default();
     let rendered = conversation(&prompts, prompt, &request, &raw_messages, &options_steps, &tools)?;
     let mut system = match rendered {
         Ok(messages) => messages,

@@ -311,8 +311,14 @@ async fn handle(
     response.map(|body| LoggedBody::new(body, line, watch, mark).boxed_unsync())
 }
 
-/// The request body, up to `limit` bytes and within `timeout` (a slow POST cannot hold a
-/// connection and its handler open indefinitely).
+/// How much heap a body's parse may take, in multiples of the body limit: text-heavy JSON
+/// takes about its size, GitLab's most structured requests (chat histories) about 15×
+/// (`json_cost`), and a body of tiny values up to 57×, which is what this refuses.
+const PARSE_FACTOR: u64 = 4;
+
+/// The request body, up to `limit` bytes, within `timeout` (a slow POST cannot hold a
+/// connection and its handler open indefinitely), and whose parse would take at most
+/// [`PARSE_FACTOR`] times `limit`.
 async fn read_body(
     body: Incoming,
     headers: &http::HeaderMap,
@@ -328,7 +334,14 @@ async fn read_body(
         .await
         .map_err(|_| GatewayError::BodyTimeout(timeout))?;
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            let (estimated, budget) = (crate::json_cost::estimated_parse_bytes(&body), PARSE_FACTOR * limit as u64);
+            if estimated > budget {
+                return Err(GatewayError::TooComplex { estimated, budget });
+            }
+            Ok(body)
+        }
         Err(error) if error.is::<http_body_util::LengthLimitError>() || DeclaredPastLimit::is_in(&*error) => {
             Err(GatewayError::PayloadTooLarge(limit))
         }

@@ -22,6 +22,31 @@ async fn body_size_limit_obeyed_and_violated() {
     assert_eq!(t.model.requests().len(), 1);
 }
 
+/// A body's parse may take four times the body limit: a small body of many tiny values (which
+/// would take some 50 times its size once parsed) is refused before it is parsed.
+#[tokio::test]
+async fn parse_budget_obeyed_and_violated() {
+    let t = Setup::default().env("AIGW_SERVER__MAX_BODY_BYTES", "4096").start().await;
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    let with_numbers = |count: usize| {
+        let mut body = t.completion_body("codestral", None, false);
+        body["extra"] = json!(vec![0; count]);
+        body
+    };
+    // Within: 100 numbers; past: 200, in a body still far below the size limit.
+    assert_eq!(t.post("/v2/code/completions", &headers, &with_numbers(100)).await.status, 200);
+    let past = with_numbers(200);
+    assert!(past.to_string().len() < 1200);
+    let answer = t.post("/v2/code/completions", &headers, &past).await;
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    let detail = answer.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.ends_with("once parsed, more than the 16 KiB allowed (4 × AIGW_SERVER__MAX_BODY_BYTES)"),
+        "{detail}"
+    );
+    assert_eq!(t.model.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn first_byte_timeout_obeyed_and_violated() {
     let t = Setup::default().env("AIGW_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "300").start().await;
@@ -605,4 +630,54 @@ async fn shutdown_ends_within_its_grace_period_whatever_a_client_holds_open() {
     let stopped = tokio::time::timeout(Duration::from_secs(10), gateway.shutdown()).await;
     assert!(stopped.is_ok(), "a half-sent request head kept the gateway from stopping");
     assert_eq!(in_flight.await.unwrap().unwrap().status(), 200, "the request in flight finished");
+}
+
+/// A chunked completion request on a raw connection: its head, then `chunks` as written.
+fn chunked_request(t: &TestGateway, chunks: &str) -> String {
+    let mut head = "POST /v2/code/completions HTTP/1.1\r\nHost: aigw\r\nConnection: close\r\n\
+                    Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        .to_string();
+    for (name, value) in t.gitlab_headers(&t.token(&["complete_code"])) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    format!("{head}\r\n{chunks}")
+}
+
+/// A chunk size is a promise of bytes to come: one past the body limit is refused when it is
+/// declared, not after the body timeout, and the connection closes.
+#[tokio::test]
+async fn a_chunk_declared_past_the_body_limit_is_refused_at_once() {
+    let t = Setup::default()
+        .env("AIGW_SERVER__MAX_BODY_BYTES", "4096")
+        .env("AIGW_SERVER__BODY_READ_TIMEOUT_MS", "30000")
+        .start()
+        .await;
+    let addr = t.gateway.addr();
+    // Within: the body in two chunks, 4,096 bytes in all, is served.
+    let mut body = t.completion_body("codestral", None, false);
+    body["current_file"]["content_above_cursor"] = json!("");
+    let padding = 4096 - body.to_string().len();
+    body["current_file"]["content_above_cursor"] = json!("p".repeat(padding));
+    let body = body.to_string();
+    assert_eq!(body.len(), 4096);
+    let (first, rest) = body.split_at(1000);
+    let chunks = format!("{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n", first.len(), rest.len());
+    let served = raw_exchange(addr, &[chunked_request(&t, &chunks).as_bytes()], Duration::ZERO).await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+
+    // Past: one byte more declared, or the largest size a chunk line can carry, followed by a
+    // few bytes and silence. The answer comes at once (the 10 s guard of `raw_exchange` is a
+    // third of the body timeout) and the connection closes.
+    for (declared, then) in [(4097_u64, "x".repeat(10)), (u64::MAX, "{}".to_string())] {
+        let request = chunked_request(&t, &format!("{declared:x}\r\n{then}"));
+        let started = std::time::Instant::now();
+        let refused = raw_exchange(addr, &[request.as_bytes()], Duration::ZERO).await;
+        assert!(refused.starts_with("HTTP/1.1 413"), "{declared:x}: {refused}");
+        assert!(refused.contains("request body larger than 4096 bytes"), "{refused}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // Declared over two chunks: the sum counts.
+    let two = chunked_request(&t, &format!("800\r\n{}\r\n801\r\n", "y".repeat(2048)));
+    assert!(raw_exchange(addr, &[two.as_bytes()], Duration::ZERO).await.starts_with("HTTP/1.1 413"));
+    assert_eq!(t.model.requests().len(), 1, "only the request within the limit reached the model");
 }

@@ -17,6 +17,7 @@ mod egress;
 mod gitlab_registry;
 mod hostile_upstream;
 mod limits;
+mod memory;
 mod metrics;
 mod ollama;
 mod precompiled;
