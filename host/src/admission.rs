@@ -239,14 +239,19 @@ pub(crate) fn fit_to_file_limit(configured: usize) -> usize {
     if fits >= configured {
         return configured;
     }
-    tracing::warn!(
-        open_file_limit = limit,
-        configured = configured,
-        max_connections = fits,
-        "AIGW_SERVER__MAX_CONNECTIONS lowered to fit the open-file limit (two descriptors per connection, with its \
-         model-server connection, and {RESERVED_DESCRIPTORS} kept free); raise the limit (ulimit -n, LimitNOFILE=) \
-         for more"
-    );
+    // A warning only when the operator asked for more than fits; the default is fitted quietly.
+    if configured == crate::config::DEFAULT_MAX_CONNECTIONS {
+        tracing::info!(open_file_limit = limit, max_connections = fits, "the connection cap fits the open-file limit");
+    } else {
+        tracing::warn!(
+            open_file_limit = limit,
+            configured = configured,
+            max_connections = fits,
+            "AIGW_SERVER__MAX_CONNECTIONS lowered to fit the open-file limit (two descriptors per connection, with \
+             its model-server connection, and {RESERVED_DESCRIPTORS} kept free); raise the limit (ulimit -n, \
+             LimitNOFILE=) for more"
+        );
+    }
     fits
 }
 

@@ -12,6 +12,10 @@ use std::time::Duration;
 pub(crate) use crate::upstream::UpstreamSettings;
 pub(crate) use raw::RawConfig;
 
+/// `AIGW_SERVER__MAX_CONNECTIONS` when unset: at start it is lowered to what the open-file limit
+/// holds, without a warning, since nobody asked for more.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
 /// A setting that cannot be used, with what would be valid.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {problem}")]

@@ -231,7 +231,7 @@ section!(Server, "SERVER__" {
     // the time the balancer takes to notice readiness turned 503.
     drain_delay_ms: u64 = 0,
     // Two descriptors per connection (with its model-server one): fits the common 65,536 limit.
-    max_connections: u64 = 16_384; "a number of connections",
+    max_connections: u64 = crate::config::DEFAULT_MAX_CONNECTIONS as u64; "a number of connections",
     write_idle_timeout_ms: u64 = 30_000,
 });
 

@@ -396,10 +396,18 @@ async fn scraped(metrics_port: u16, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn with_1024_file_descriptors_a_flood_of_idle_connections_gives_way_to_requests() {
     let state = tempfile::tempdir().unwrap();
+    // A cap the operator set above what fits is lowered with a warning...
+    let (asked, _, metrics_port, _) =
+        dev_server_with_1024_files(state.path(), &[("AIGW_SERVER__MAX_CONNECTIONS", "1000")]).await;
+    // Two descriptors per connection and 256 kept free: (1,024 − 256) / 2.
+    assert_eq!(scraped(metrics_port, "aigw_connection_cap").await, Some(384.0));
+    drop(asked);
+    let log = std::fs::read_to_string(state.path().join("aigw.log")).unwrap();
+    assert!(log.contains("lowered to fit the open-file limit") && log.contains("WARN"), "{log}");
+    // ...and the default is fitted without one.
     let (_server, port, metrics_port, token) = dev_server_with_1024_files(state.path(), &[]).await;
     let log = std::fs::read_to_string(state.path().join("aigw.log")).unwrap();
-    assert!(log.contains("lowered to fit the open-file limit"), "{log}");
-    // Two descriptors per connection and 256 kept free: (1,024 − 256) / 2.
+    assert!(log.contains("the connection cap fits the open-file limit") && !log.contains("WARN"), "{log}");
     assert_eq!(scraped(metrics_port, "aigw_connection_cap").await, Some(384.0));
     let model = MockModelServer::start().await.unwrap();
     assert_eq!(complete(port, &token, &model.base_url()).await, Ok(200), "served before the flood");
