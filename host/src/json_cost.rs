@@ -53,18 +53,18 @@ pub(crate) fn estimated_parse_bytes(json: &[u8]) -> u64 {
 }
 
 /// The index of the quote that ends the string whose contents start at `from` (or the end of
-/// `json` when it never ends).
+/// `json` when it never ends). Quotes are rare in code and prose, escapes are not (every
+/// newline is one), so this looks for quotes and counts the backslashes before each.
 fn string_end(json: &[u8], mut from: usize) -> usize {
-    while let Some(offset) = memchr::memchr2(b'"', b'\\', &json[from..]) {
-        let found = from + offset;
-        if json[found] == b'"' {
-            return found;
+    while let Some(offset) = memchr::memchr(b'"', &json[from..]) {
+        let quote = from + offset;
+        let backslashes = json[..quote].iter().rev().take_while(|&&byte| byte == b'\\').count();
+        // After an odd number of backslashes the quote is escaped (`\"`); after an even number
+        // it ends the string (`\\"` is an escaped backslash, then the quote).
+        if backslashes % 2 == 0 {
+            return quote;
         }
-        // An escape: skip the escaped byte (`\"` does not end the string).
-        from = found + 2;
-        if from >= json.len() {
-            break;
-        }
+        from = quote + 1;
     }
     json.len()
 }
