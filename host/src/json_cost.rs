@@ -93,6 +93,21 @@ mod tests {
         assert_eq!(estimated_parse_bytes(br#"["ab\"#), 2 * PER_VALUE + 3);
     }
 
+    proptest::proptest! {
+        /// Any bytes at all (a body is checked before it is known to be JSON) get a figure,
+        /// and the text of JSON strings is never estimated below its size.
+        #[test]
+        fn any_bytes_get_an_estimate_and_strings_count_their_text(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            texts in proptest::collection::vec("[^\"\\\\]{0,40}", 0..8),
+        ) {
+            let _ = estimated_parse_bytes(&noise);
+            let json = serde_json::to_vec(&texts).unwrap_or_default();
+            let text: usize = texts.iter().map(String::len).sum();
+            proptest::prop_assert!(estimated_parse_bytes(&json) >= text as u64);
+        }
+    }
+
     #[test]
     fn the_estimate_errs_high_against_the_measured_shapes() {
         // Heap measured with a counting allocator for serde_json 1.0 with preserve_order.
