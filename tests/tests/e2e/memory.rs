@@ -105,6 +105,16 @@ fn mutated(rng: &mut StdRng, valid: &Value) -> Vec<u8> {
     }
 }
 
+/// A POST of `body` to `path` as the instance sends it, with `token`.
+fn post(port: u16, token: &str, path: &str, body: Vec<u8>) -> http::Request<http_body_util::Full<Bytes>> {
+    http::Request::post(format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-gitlab-authentication-type", "oidc")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
 /// Valid completions, `CONCURRENCY` at a time: the sandbox's pool and the connections reach the
 /// size this concurrency gives them, before memory is measured.
 async fn warm_up(port: u16, token: &str, completion: &Value) {
@@ -114,12 +124,7 @@ async fn warm_up(port: u16, token: &str, completion: &Value) {
         let (client, token, body) = (client.clone(), token.to_string(), completion.to_string());
         tasks.push(tokio::spawn(async move {
             for _ in 0..20 {
-                let request = http::Request::post(format!("http://127.0.0.1:{port}/v2/code/completions"))
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("x-gitlab-authentication-type", "oidc")
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(Bytes::from(body.clone())))
-                    .unwrap();
+                let request = post(port, &token, "/v2/code/completions", body.clone().into_bytes());
                 let response = client.request(request).await.unwrap();
                 assert_eq!(response.status(), 200);
                 let _ = http_body_util::BodyExt::collect(response.into_body()).await;
@@ -148,12 +153,7 @@ async fn pass(
             for _ in 0..PASS / CONCURRENCY {
                 let (path, valid) = &bodies[rng.gen_range(0..bodies.len())];
                 let body = mutated(&mut rng, valid);
-                let request = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("x-gitlab-authentication-type", "oidc")
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(Bytes::from(body)))
-                    .unwrap();
+                let request = post(port, &token, path, body);
                 // 0: the connection ended before an answer (an oversized body is answered 413
                 // before it is read, and the client may still be writing it); 1: no answer in
                 // time, which must never happen.
