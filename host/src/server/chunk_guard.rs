@@ -117,35 +117,19 @@ impl<S> ChunkGuard<S> {
 
     /// Append bytes to `line` up to the end of the unit in progress (a head ends with a blank
     /// line, a chunk-size or trailer line with LF); the bytes after it, or `None` while it is
-    /// incomplete.
+    /// incomplete. Only the unit's own bytes are copied, never the body that follows it.
     fn take_line<'a>(&mut self, bytes: &'a [u8]) -> Option<&'a [u8]> {
         let end = if self.framing == Framing::Head {
-            // The blank line may straddle two reads: look from three bytes back.
-            let from = self.line.len().saturating_sub(3);
-            self.line.extend_from_slice(bytes);
-            memchr::memmem::find(&self.line[from..], b"\r\n\r\n").map(|at| from + at + 4).map(|end| {
-                let extra = self.line.len() - end;
-                self.line.truncate(end);
-                bytes.len() - extra
-            })
+            head_end(&self.line, bytes)
         } else {
-            memchr::memchr(b'\n', bytes).map(|at| {
-                self.line.extend_from_slice(&bytes[..=at]);
-                at + 1
-            })
+            memchr::memchr(b'\n', bytes).map(|at| at + 1)
         };
-        match end {
-            Some(end) => Some(&bytes[end..]),
-            None => {
-                if self.framing != Framing::Head {
-                    self.line.extend_from_slice(bytes);
-                }
-                if self.line.len() > MAX_LINE_BYTES {
-                    self.stop();
-                }
-                None
-            }
+        let (unit, rest) = bytes.split_at(end.unwrap_or(bytes.len()));
+        self.line.extend_from_slice(unit);
+        if end.is_none() && self.line.len() > MAX_LINE_BYTES {
+            self.stop();
         }
+        end.map(|_| rest)
     }
 
     fn stop(&mut self) {
@@ -183,6 +167,19 @@ impl<S> ChunkGuard<S> {
         }
         Ok(())
     }
+}
+
+/// Where in `bytes` the request head begun in `previous` ends (just after its blank line), if
+/// it does there. The blank line may straddle the two reads.
+fn head_end(previous: &[u8], bytes: &[u8]) -> Option<usize> {
+    const BLANK_LINE: &[u8] = b"\r\n\r\n";
+    // Begun at the end of `previous`: the more of it there, the sooner it ends in `bytes`.
+    for carried in (1..BLANK_LINE.len()).rev() {
+        if previous.ends_with(&BLANK_LINE[..carried]) && bytes.starts_with(&BLANK_LINE[carried..]) {
+            return Some(BLANK_LINE.len() - carried);
+        }
+    }
+    memchr::memmem::find(bytes, BLANK_LINE).map(|at| at + BLANK_LINE.len())
 }
 
 /// How the body after a complete request `head` is framed (RFC 9112 §6.3), or `None` for what
