@@ -213,32 +213,30 @@ pub const BUILT_IN_OPEN: &[(&str, &str)] = &[
 
 /// Why `case`'s model-server request may differ in structure with the built-in prompts, if it may.
 pub fn built_in_open_reason(case: &Case) -> Option<&'static str> {
-    BUILT_IN_OPEN
-        .iter()
-        .chain(NOT_CALLED_YET)
-        .find(|(name, _)| *name == case.name)
-        .map(|(_, reason)| *reason)
-        .or_else(|| unmapped_language(case))
+    open_in(&[BUILT_IN_OPEN, NOT_CALLED_YET], case)
 }
 
 /// Why `case`'s model-server request may still differ, if it may.
 pub fn upstream_open_reason(case: &Case) -> Option<&'static str> {
-    UPSTREAM_OPEN
-        .iter()
-        .chain(NOT_CALLED_YET)
-        .find(|(name, _)| *name == case.name)
-        .map(|(_, reason)| *reason)
-        .or_else(|| unmapped_language(case))
-}
-
-/// [`UNMAPPED_LANGUAGE`] if `case` is one of its cases.
-fn unmapped_language(case: &Case) -> Option<&'static str> {
-    UNMAPPED_LANGUAGE_CASES.contains(&case.name.as_str()).then_some(UNMAPPED_LANGUAGE)
+    open_in(&[UPSTREAM_OPEN, NOT_CALLED_YET], case)
 }
 
 /// Why `case` is still allowed to differ, if it is.
 pub fn open_reason(case: &Case) -> Option<&'static str> {
-    OPEN.iter().find(|(name, _)| *name == case.name).map(|(_, reason)| *reason).or_else(|| unmapped_language(case))
+    open_in(&[OPEN], case)
+}
+
+/// The reason `lists` (or the unmapped languages, open in every comparison) give for `case`.
+fn open_in(lists: &[&'static [(&'static str, &'static str)]], case: &Case) -> Option<&'static str> {
+    lists
+        .iter()
+        .find_map(|list| named(list, case))
+        .or_else(|| UNMAPPED_LANGUAGE_CASES.contains(&case.name.as_str()).then_some(UNMAPPED_LANGUAGE))
+}
+
+/// What `list` holds for `case`, by its name.
+fn named<T: Copy>(list: &[(&str, T)], case: &Case) -> Option<T> {
+    list.iter().find(|(name, _)| *name == case.name).map(|(_, value)| *value)
 }
 
 /// Said once in the report rather than per case: GitLab's gateway drops the connection after an
@@ -249,7 +247,7 @@ pub const CLEAN_END_AFTER_ERROR_EVENT: &str = "after an in-stream `error` event 
 
 /// The deliberate deviation `case` falls under, if any.
 pub fn of(case: &Case) -> Option<&'static Deviation> {
-    BY_NAME.iter().find(|(name, _)| *name == case.name).map(|(_, deviation)| *deviation)
+    named(BY_NAME, case)
 }
 
 /// Every deliberate deviation once, in the order first named.
