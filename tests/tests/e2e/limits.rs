@@ -580,16 +580,8 @@ async fn a_request_head_or_body_must_arrive_in_time() {
     let slowloris = raw_exchange(addr, &[b"GET /monitoring/healthz HTTP/1.1\r\nHost: aigw\r\n"], Duration::ZERO).await;
     assert!(!slowloris.contains("200 OK"), "{slowloris}");
     // The same for a body: whole in time is answered; stalled part-way is a 408.
-    let token = t.token(&["complete_code"]);
     let body = t.completion_body("codestral", None, false).to_string();
-    let mut head = format!(
-        "POST /v2/code/completions HTTP/1.1\r\nHost: aigw\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in t.gitlab_headers(&token) {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
+    let head = completion_head(&t, &format!("Content-Length: {}", body.len()));
     let (first, rest) = body.split_at(body.len() / 2);
     let whole =
         raw_exchange(addr, &[head.as_bytes(), first.as_bytes(), rest.as_bytes()], Duration::from_millis(100)).await;
@@ -632,15 +624,21 @@ async fn shutdown_ends_within_its_grace_period_whatever_a_client_holds_open() {
     assert_eq!(in_flight.await.unwrap().unwrap().status(), 200, "the request in flight finished");
 }
 
-/// A chunked completion request on a raw connection: its head, then `chunks` as written.
-fn chunked_request(t: &TestGateway, chunks: &str) -> String {
-    let mut head = "POST /v2/code/completions HTTP/1.1\r\nHost: aigw\r\nConnection: close\r\n\
-                    Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-        .to_string();
+/// The head of a completion request for a raw connection, with the instance's headers and
+/// `framing` (its `Content-Length` or `Transfer-Encoding`), up to the blank line.
+fn completion_head(t: &TestGateway, framing: &str) -> String {
+    let mut head = format!(
+        "POST /v2/code/completions HTTP/1.1\r\nHost: aigw\r\nConnection: close\r\nContent-Type: application/json\r\n{framing}\r\n"
+    );
     for (name, value) in t.gitlab_headers(&t.token(&["complete_code"])) {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    format!("{head}\r\n{chunks}")
+    head + "\r\n"
+}
+
+/// A chunked completion request on a raw connection: its head, then `chunks` as written.
+fn chunked_request(t: &TestGateway, chunks: &str) -> String {
+    completion_head(t, "Transfer-Encoding: chunked") + chunks
 }
 
 /// A chunk size is a promise of bytes to come: one past the body limit is refused when it is
