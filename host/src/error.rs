@@ -65,6 +65,17 @@ pub enum GatewayError {
     /// The model server answered with an HTTP error, reported as GitLab's prompt endpoints do.
     #[error("{}: {}", .0.as_u16(), .0.canonical_reason().unwrap_or("Unknown"))]
     ModelAnswered(StatusCode),
+    /// The model server refused the call with 400, 401 or 429, passed on with that status, as
+    /// GitLab's embeddings endpoints do.
+    #[error("The model server refused the request: {status}")]
+    ModelRefused {
+        /// The status it sent.
+        status: StatusCode,
+        /// Its `Retry-After`, passed on for 429.
+        retry_after: Option<HeaderValue>,
+        /// How many calls were made.
+        calls: u32,
+    },
     /// An OpenAI-style endpoint without `/v1` answered 404: the most common misconfiguration,
     /// said as such.
     #[error("The model server answered 404 Not Found at {endpoint}; OpenAI-compatible endpoints usually end with /v1")]
@@ -117,6 +128,15 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into()),
             GatewayError::ModelAnswered(_) => detail(StatusCode::MISDIRECTED_REQUEST, self.to_string()),
             GatewayError::MissingV1 { .. } => detail(StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
+            GatewayError::ModelRefused { status, calls, .. } => {
+                let why = match status.as_u16() {
+                    401 => "check the model's API key",
+                    429 => "it is rate limiting requests",
+                    _ => "the gateway log has its reason",
+                };
+                let after = if *calls > 1 { format!(" (after {calls} calls)") } else { String::new() };
+                detail(*status, format!("{self}: {why}{after}"))
+            }
             GatewayError::Prompt(prompt) => match prompt {
                 PromptError::UnsupportedFamily { .. } | PromptError::Render { .. } => {
                     detail(StatusCode::UNPROCESSABLE_ENTITY, prompt.to_string())
@@ -130,7 +150,9 @@ impl GatewayError {
                 }
             },
             GatewayError::Plugin(plugin) => match plugin {
-                PluginError::UnknownProvider { .. } => detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string()),
+                PluginError::UnknownProvider { .. } | PluginError::NoEmbeddings { .. } => {
+                    detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string())
+                }
                 PluginError::Capacity => {
                     detail(StatusCode::SERVICE_UNAVAILABLE, "The gateway is at capacity; retry shortly".into())
                 }
@@ -166,6 +188,11 @@ impl GatewayError {
             GatewayError::Upstream {
                 error: UpstreamError::Status { status, retry_after: Some(value), .. }, ..
             } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                vec![(header::RETRY_AFTER, value.clone())]
+            }
+            GatewayError::ModelRefused { status, retry_after: Some(value), .. }
+                if *status == StatusCode::TOO_MANY_REQUESTS =>
+            {
                 vec![(header::RETRY_AFTER, value.clone())]
             }
             _ => Vec::new(),

@@ -215,6 +215,8 @@ async fn check_plugin(file: PathBuf) -> anyhow::Result<()> {
             println!("  plugin:    {} {}", id.name, id.version);
             println!("  providers: {}", id.providers.join(", "));
             println!("  framing:   {:?}", id.framing);
+            let embeddings = if id.can_embed() { "with embeddings" } else { "no embeddings (rebuild to embed)" };
+            println!("  contract:  aigw:plugin@{}, {embeddings}", id.wit_version);
             println!("  sha256:    {}", plugin.digest());
             println!(
                 "  imports:   {} (served inert: no files, network, environment or clock)",

@@ -1,13 +1,16 @@
 //! A mock model server speaking every provider's wire format over loopback (OpenAI chat
 //! completions, Azure OpenAI, Mistral chat and fill-in-the-middle, Ollama native, Anthropic
-//! Messages, Bedrock Converse with SigV4 checks and event-stream framing), for tests, benchmarks
-//! and the quick start. It records every request it receives and answers with a scripted reply,
+//! Messages, Bedrock Converse with SigV4 checks and event-stream framing, and each provider's
+//! embeddings), for tests, benchmarks and the quick start. It records every request it receives and answers with a scripted reply,
 //! whole or streamed in the provider's own framing.
 
 #![forbid(unsafe_code)]
 
+mod embeddings;
 pub mod event_stream;
 pub mod sigv4;
+
+pub use embeddings::mock_vector;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -245,14 +248,17 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
     let Some(wire) = Wire::of(&parts.method, parts.uri.path()) else {
         return full(StatusCode::NOT_FOUND, "application/json", json!({"detail": "Not Found"}).to_string());
     };
-    if let Wire::Bedrock { .. } = wire
+    if let Wire::Bedrock { .. } | Wire::Embeddings(embeddings::Api::BedrockInvoke { .. }) = wire
         && let Err(why) = sigv4::verify(&parts.headers, &parts.uri, &bytes)
     {
         return full(StatusCode::FORBIDDEN, "application/json", json!({"message": why}).to_string());
     }
-    if let Wire::Mistral { fim } = wire
-        && let Some(field) = mistral_unknown_field(&json, fim)
-    {
+    let mistral_field = match &wire {
+        Wire::Mistral { fim } => mistral_unknown_field(&json, *fim),
+        Wire::Embeddings(embeddings::Api::Mistral) => embeddings::mistral_unknown_field(&json),
+        _ => None,
+    };
+    if let Some(field) = mistral_field {
         let detail = json!({"detail": [{"type": "extra_forbidden", "loc": ["body", field], "msg": "Extra inputs are not permitted"}]});
         return full(StatusCode::UNPROCESSABLE_ENTITY, "application/json", detail.to_string());
     }
@@ -270,6 +276,10 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
     }
     let stream = json.get("stream").and_then(Value::as_bool);
     match wire {
+        Wire::Embeddings(api) => {
+            let (status, body) = embeddings::answer(&api, &json);
+            full(status, "application/json", body.to_string())
+        }
         Wire::Ollama { generate } => {
             ollama_answer(state, reply, json_model(&json, "mock"), generate, stream != Some(false))
         }
@@ -328,6 +338,7 @@ enum Wire {
     Ollama { generate: bool },
     Anthropic,
     Bedrock { stream: bool },
+    Embeddings(embeddings::Api),
 }
 
 impl Wire {
@@ -336,6 +347,9 @@ impl Wire {
             return None;
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if let Some(api) = embeddings::Api::of(&segments) {
+            return Some(Wire::Embeddings(api));
+        }
         Some(match segments.as_slice() {
             ["mistral", "v1", "chat", "completions"] => Wire::Mistral { fim: false },
             ["mistral", "v1", "fim", "completions"] => Wire::Mistral { fim: true },

@@ -6,6 +6,7 @@ pub(crate) mod agent;
 pub(crate) mod chat;
 pub(crate) mod code;
 mod date;
+pub(crate) mod embeddings;
 pub(crate) mod fence;
 pub(crate) mod language;
 pub(crate) mod model;
@@ -49,6 +50,8 @@ enum Authenticated {
     UserAccessToken,
     /// Duo Chat ReAct step.
     Agent,
+    /// Code embeddings for semantic search.
+    Embeddings(embeddings::Path),
 }
 
 /// Every endpoint aigw serves, with who may call it.
@@ -96,6 +99,18 @@ pub(crate) fn route(method: &Method, path: &str) -> Route {
             ("/v1/code/user_access_token", scoped(A::UserAccessToken, scopes::USER_ACCESS_TOKEN, Method::POST))
         }
         "/v2/chat/agent" => ("/v2/chat/agent", scoped(A::Agent, scopes::CHAT_AGENT, Method::POST)),
+        "/v1/embeddings/code_embeddings" => (
+            "/v1/embeddings/code_embeddings",
+            scoped(A::Embeddings(embeddings::Path::Index), scopes::CODE_EMBEDDINGS, Method::POST),
+        ),
+        "/v1/embeddings/code_embeddings/index" => (
+            "/v1/embeddings/code_embeddings/index",
+            scoped(A::Embeddings(embeddings::Path::Index), scopes::CODE_EMBEDDINGS, Method::POST),
+        ),
+        "/v1/embeddings/code_embeddings/search" => (
+            "/v1/embeddings/code_embeddings/search",
+            scoped(A::Embeddings(embeddings::Path::Search), scopes::CODE_EMBEDDINGS, Method::POST),
+        ),
         _ => {
             if let Some(invokable) = path.strip_prefix("/v1/chat/") {
                 let known = chat::INVOKABLES.iter().copied().find(|known| *known == invokable);
@@ -155,6 +170,7 @@ pub(crate) async fn dispatch(
         Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,
         Authenticated::UserAccessToken => access_token::handle(state, &principal, headers),
         Authenticated::Agent => agent::handle(state, &principal, headers, &body).await,
+        Authenticated::Embeddings(path) => embeddings::handle(state, &body, path).await,
     }
 }
 

@@ -13,6 +13,8 @@ pub(crate) const CODE_SUGGESTIONS: &str = "code_suggestions";
 pub(crate) const DUO_CHAT: &str = "duo_chat";
 /// Duo Chat's classic ReAct agent.
 pub(crate) const DUO_CLASSIC_CHAT: &str = "duo_classic_chat";
+/// Semantic code search's embeddings.
+pub(crate) const GENERATE_EMBEDDINGS_CODEBASE: &str = "generate_embeddings_codebase";
 
 /// What a caller must hold to use an endpoint.
 #[derive(Debug, Clone)]
@@ -41,6 +43,11 @@ pub(crate) const CODE_GENERATION: Requirement =
 
 /// `/v2/chat/agent`.
 pub(crate) const CHAT_AGENT: Requirement = Requirement::new(&[DUO_CLASSIC_CHAT, DUO_CHAT], false, "duo chat");
+
+/// `/v1/embeddings/code_embeddings*`: only GitLab itself indexes and searches, so only its
+/// instance tokens.
+pub(crate) const CODE_EMBEDDINGS: Requirement =
+    Requirement::new(&[GENERATE_EMBEDDINGS_CODEBASE], true, "code embeddings");
 
 /// `/v1/code/user_access_token`: an instance token with a completion scope, the only scopes a
 /// minted token may carry.

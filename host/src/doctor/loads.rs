@@ -79,8 +79,19 @@ async fn plugins(config: &Config) -> (Section, Option<Arc<PluginRegistry>>) {
         let identity = plugin.identity();
         let cached = if plugin.from_cache() { ", compiled code from the cache" } else { "" };
         section.push(
-            Step::ok(format!("{} {}: serves {}", identity.name, identity.version, identity.providers.join(", ")))
-                .detail(format!("{}{cached}", path.display())),
+            Step::ok(format!(
+                "{} {}: serves {}{}",
+                identity.name,
+                identity.version,
+                identity.providers.join(", "),
+                // Loaded and serving, but built before embeddings existed.
+                if identity.can_embed() {
+                    String::new()
+                } else {
+                    format!(" (built for aigw:plugin@{}: no embeddings until rebuilt)", identity.wit_version)
+                }
+            ))
+            .detail(format!("{}{cached}", path.display())),
         );
         if !lost.is_empty() {
             section.push(Step::warn(

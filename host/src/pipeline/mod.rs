@@ -1,6 +1,6 @@
-//! The model call every endpoint shares: one canonical job, which the provider plugin builds into
-//! an HTTP request, the host sends (egress policy, credentials, timeouts), and the plugin parses
-//! back, whole or event by event as it streams.
+//! The model call every endpoint shares: one canonical job (a chat or completion, or texts to
+//! embed), which the provider plugin builds into an HTTP request, the host sends (egress policy,
+//! credentials, timeouts), and the plugin parses back, whole or event by event as it streams.
 
 mod events;
 mod observe;
@@ -11,7 +11,7 @@ pub(crate) use target::{ModelFields, ModelTarget, parse_endpoint};
 
 use crate::error::GatewayError;
 use crate::plugins::runtime::PluginIdentity;
-use crate::plugins::{PluginLease, wit};
+use crate::plugins::{PluginError, PluginLease, embeddings, wit};
 use crate::state::RequestState;
 use crate::upstream::aws::AwsEnvironment;
 use crate::upstream::{ModelCall, UpstreamError, UpstreamResponse, client::MAX_ANSWER_BYTES};
@@ -118,6 +118,77 @@ struct Call {
     sent: Instant,
 }
 
+/// Run an embeddings request for `target` and return the model server's vectors, checked: one
+/// per input, all of one length (the one asked for, if any).
+pub(crate) async fn embed(
+    state: &RequestState<'_>,
+    target: &ModelTarget,
+    request: embeddings::EmbeddingsRequest,
+) -> Result<embeddings::EmbeddingsResult, GatewayError> {
+    let Prepared { endpoint, observer, mut lease } = Prepared::new(state, target).await?;
+    if !lease.identity().can_embed() {
+        let identity = lease.identity();
+        let refused = PluginError::NoEmbeddings { plugin: identity.name.clone(), wit_version: identity.wit_version };
+        return Err(observer.plugin_failed(refused));
+    }
+    let building = Instant::now();
+    let built = async { lease.session().await?.build_embeddings_request(&request).await }
+        .await
+        .map_err(|e| observer.plugin_failed(e))?;
+    observer.plugin_call("build_embeddings_request", building.elapsed());
+    let call = Call::dispatch(state, target, &endpoint, built, lease, observer, None).await?;
+    let (body, mut lease, observer) = call.body().await?;
+    let parsing = Instant::now();
+    let result = async { lease.session().await?.parse_embeddings_response(&body).await }
+        .await
+        .map_err(|e| observer.plugin_failed(e))?;
+    observer.plugin_call("parse_embeddings_response", parsing.elapsed());
+    if let Err(why) = check_vectors(&result.vectors, request.inputs.len(), request.dimensions) {
+        let malformed = PluginError::Guest(wit::PluginError::MalformedResponse(why));
+        return Err(observer.plugin_failed(malformed));
+    }
+    if let Some(input_tokens) = result.input_tokens {
+        observer.tokens(&wit::Usage { input_tokens, output_tokens: 0 });
+    }
+    Ok(result)
+}
+
+/// Why `vectors` are not an answer for `inputs` texts, if they are not: one each, all of one
+/// non-zero length, `dimensions` long when the caller asked for it.
+fn check_vectors(vectors: &[Vec<f32>], inputs: usize, dimensions: Option<u32>) -> Result<(), String> {
+    if vectors.len() != inputs {
+        return Err(format!("{} vectors for {inputs} inputs", vectors.len()));
+    }
+    let Some(first) = vectors.first() else { return Ok(()) };
+    if first.is_empty() || vectors.iter().any(|vector| vector.len() != first.len()) {
+        return Err("the vectors are empty or of different lengths".into());
+    }
+    match dimensions {
+        Some(asked) if first.len() != asked as usize => {
+            Err(format!("vectors of {} dimensions where {asked} were asked", first.len()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What every model call has before its plugin builds the request: where it goes, who observes
+/// it, and a fresh sandbox of the plugin serving its provider.
+struct Prepared {
+    endpoint: http::Uri,
+    observer: Observer,
+    lease: PluginLease,
+}
+
+impl Prepared {
+    async fn new(state: &RequestState<'_>, target: &ModelTarget) -> Result<Self, GatewayError> {
+        let plugin = state.plugins.snapshot().resolve(&target.provider)?;
+        let endpoint = endpoint_for(target, plugin.identity(), state.upstream.aws())?;
+        let observer = Observer::new(&state.metrics, target, plugin.identity());
+        let lease = PluginLease::new(plugin.clone()).await.map_err(|e| observer.plugin_failed(e))?;
+        Ok(Prepared { endpoint, observer, lease })
+    }
+}
+
 impl Call {
     /// Resolve the plugin, let it build the provider request, and send it.
     async fn send(state: &RequestState<'_>, mut job: ModelJob, stream: bool) -> Result<Self, GatewayError> {
@@ -126,15 +197,26 @@ impl Call {
             state.prompts.load().families().fit_roles(&job.target.family, &mut job.request.messages);
         }
         let total_timeout = job.total_timeout(state);
-        let plugin = state.plugins.snapshot().resolve(&job.target.provider)?;
-        let endpoint = endpoint_for(&job.target, plugin.identity(), state.upstream.aws())?;
-        let observer = Observer::new(&state.metrics, &job.target, plugin.identity());
-        let failed = |e| observer.plugin_failed(e);
         let building = Instant::now();
-        let mut lease = PluginLease::new(plugin.clone()).await.map_err(failed)?;
-        let built = async { lease.session().await?.build_request(&job.request).await }.await.map_err(failed)?;
+        let Prepared { endpoint, observer, mut lease } = Prepared::new(state, &job.target).await?;
+        let built = async { lease.session().await?.build_request(&job.request).await }
+            .await
+            .map_err(|e| observer.plugin_failed(e))?;
         observer.plugin_call("build_request", building.elapsed());
-        let call = ModelCall { endpoint: &endpoint, request: built, api_key: &job.target.api_key, total_timeout };
+        Self::dispatch(state, &job.target, &endpoint, built, lease, observer, total_timeout).await
+    }
+
+    /// Send the request the plugin built and wait for the answer's head.
+    async fn dispatch(
+        state: &RequestState<'_>,
+        target: &ModelTarget,
+        endpoint: &http::Uri,
+        built: wit::UpstreamRequest,
+        mut lease: PluginLease,
+        observer: Observer,
+        total_timeout: Option<Duration>,
+    ) -> Result<Self, GatewayError> {
+        let call = ModelCall { endpoint, request: built, api_key: &target.api_key, total_timeout };
         let sent = Instant::now();
         let mut calls = 1;
         let mut retrying = |error: &UpstreamError| {
@@ -146,18 +228,24 @@ impl Call {
             // A call that failed or timed out was still time spent on the model server.
             observer.waited(sent.elapsed());
             observer.upstream_failed(&e);
-            hint_missing_v1(e, calls, &job.target, &endpoint)
+            hint_missing_v1(e, calls, target, endpoint)
         })?;
         observer.answered(sent.elapsed());
         Ok(Call { lease, response, observer, sent })
     }
 
-    /// Read the whole answer and let the plugin parse it.
-    async fn whole_answer(self) -> Result<WholeAnswer, GatewayError> {
+    /// Read the whole answer body; the lease and observer go on with it.
+    async fn body(self) -> Result<(bytes::Bytes, PluginLease, Observer), GatewayError> {
         let Call { mut lease, response, observer, sent } = self;
         let body = lease.wait(response.collect(MAX_ANSWER_BYTES)).await;
         observer.waited(sent.elapsed());
         let body = body.inspect_err(|e| observer.upstream_failed(e))?;
+        Ok((body, lease, observer))
+    }
+
+    /// Read the whole answer and let the plugin parse it.
+    async fn whole_answer(self) -> Result<WholeAnswer, GatewayError> {
+        let (body, mut lease, observer) = self.body().await?;
         let parsing = Instant::now();
         let completion = async { lease.session().await?.parse_response(&body).await }
             .await

@@ -1,9 +1,26 @@
-//! The one `bindgen!` of the host: Rust types and call stubs for the `provider` world.
+//! The host's bindings of `wit/provider.wit`: the `provider-core` world every accepted version
+//! exports, and the `embeddings` interface that 0.3.0 components export beside it.
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "provider",
-    exports: { default: async },
-});
+/// Identity, chat and completion calls: the same in every WIT version the host accepts (the
+/// component model matches records by structure, so a 0.2.0 component's exports fit these types).
+mod core {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "provider-core",
+        exports: { default: async },
+    });
+}
 
-pub use self::aigw::plugin::types;
+/// The `embeddings` export (0.3.0), over the same shared types.
+mod full {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "provider",
+        exports: { default: async },
+        with: { "aigw:plugin/types": super::core::aigw::plugin::types },
+    });
+}
+
+pub use self::core::aigw::plugin::types;
+pub(super) use self::core::{ProviderCore, ProviderCoreIndices};
+pub use self::full::exports::aigw::plugin::embeddings;

@@ -8,6 +8,7 @@ pub(crate) mod lease;
 pub(crate) mod registry;
 pub(crate) mod runtime;
 
+pub use bindings::embeddings;
 pub use bindings::types as wit;
 pub use lease::PluginLease;
 pub use registry::{PluginRegistry, Snapshot};
@@ -49,6 +50,18 @@ pub enum PluginError {
         dir: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The plugin was built against a WIT version without embeddings (0.2.0).
+    #[error(
+        "plugin {plugin} cannot embed: it was built against aigw:plugin@{wit_version}, which has no embeddings; \
+         rebuild it against aigw:plugin@{}",
+        runtime::WIT_VERSION
+    )]
+    NoEmbeddings {
+        /// The plugin's name.
+        plugin: String,
+        /// The version it was built against.
+        wit_version: &'static str,
     },
     /// The plugin understood the input and refused it: a typed domain error.
     #[error("{}", describe(.0))]

@@ -1,13 +1,13 @@
 //! The Wasm sandbox: one engine, components compiled once, a fresh store per request with a memory
 //! cap and a per-call deadline.
 
-use super::bindings::{Provider, ProviderPre};
+use super::bindings::{ProviderCore, ProviderCoreIndices, embeddings};
 use super::cache::{CompiledCache, Lookup};
 use super::epoch::{Alive, EpochTicker};
 use super::{PluginError, wit};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, UpdateDeadline,
 };
@@ -147,19 +147,21 @@ impl PluginRuntime {
     pub async fn load(self: &Arc<Self>, bytes: Vec<u8>) -> Result<LoadedPlugin, PluginError> {
         check_component_header(&bytes)?;
         let runtime = Arc::clone(self);
-        let Compiled { pre, digest, imports, cached } = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
-            .await
-            .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
+        let Compiled { pre, core, embeddings, wit_version, digest, imports, cached } =
+            tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+                .await
+                .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
         let mut plugin = LoadedPlugin {
             runtime: Arc::clone(self),
             pre,
+            core,
             info: Arc::new(PluginIdentity::placeholder()),
             digest,
             imports: Arc::new(imports),
             cached,
         };
         let info = plugin.call_info().await?;
-        plugin.info = Arc::new(PluginIdentity::validate(info)?);
+        plugin.info = Arc::new(PluginIdentity::validate(info, wit_version, embeddings)?);
         Ok(plugin)
     }
 
@@ -183,26 +185,29 @@ impl PluginRuntime {
                 "the component imports {network}: plugins get no network, the host does all I/O"
             )));
         }
-        if let Some(other) =
-            imports.iter().find(|name| name.starts_with("aigw:plugin/") && !name.ends_with(WIT_VERSION))
-        {
-            return Err(PluginError::Invalid(format!(
-                "the component was built against {other}; this gateway speaks aigw:plugin@{WIT_VERSION}: \
-                 rebuild it against this gateway's wit/provider.wit"
-            )));
-        }
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = ProviderPre::new(instance_pre).map_err(|e| {
+        let wit_version = wit_version_of(&imports)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        let core = ProviderCoreIndices::new(&pre).map_err(|e| {
             PluginError::Invalid(format!(
-                "the component does not export the aigw:plugin@{WIT_VERSION} provider world: {e:#}"
+                "the component does not export the aigw:plugin@{wit_version} provider world: {e:#}"
             ))
         })?;
+        // A 0.2.0 component has no embeddings; from 0.3.0 on the world requires them.
+        let embeddings = match embeddings::GuestIndices::new(&pre) {
+            Ok(indices) => Some(indices),
+            Err(_) if wit_version == PREVIOUS_WIT_VERSION => None,
+            Err(e) => {
+                return Err(PluginError::Invalid(format!(
+                    "the component does not export aigw:plugin/embeddings@{wit_version}: {e:#}"
+                )));
+            }
+        };
         // Cached only once it has passed the import checks: a component refused here is never
         // written, so it is compiled (and refused) again, not loaded, next time.
         if let Some(cache) = self.cache.as_ref().filter(|_| !cached) {
             cache.put(&digest, &component);
         }
-        Ok(Compiled { pre, digest, imports, cached })
+        Ok(Compiled { pre, core, embeddings, wit_version, digest, imports, cached })
     }
 
     /// Drop cached compilations of components no longer loaded (see [`CompiledCache::retain`]).
@@ -253,7 +258,28 @@ impl PluginRuntime {
 }
 
 /// The version of `wit/provider.wit` this host is built against.
-pub(crate) const WIT_VERSION: &str = "0.2.0";
+pub(crate) const WIT_VERSION: &str = "0.3.0";
+
+/// The earlier version whose components still load: everything but embeddings.
+pub(crate) const PREVIOUS_WIT_VERSION: &str = "0.2.0";
+
+/// The `aigw:plugin` version a component was built against, read from the interfaces it
+/// imports (its types); refused unless this host speaks it. A component that imports none
+/// uses no shared type and is taken as the current version.
+fn wit_version_of(imports: &[String]) -> Result<&'static str, PluginError> {
+    let Some(import) = imports.iter().find(|name| name.starts_with("aigw:plugin/")) else {
+        return Ok(WIT_VERSION);
+    };
+    [WIT_VERSION, PREVIOUS_WIT_VERSION]
+        .into_iter()
+        .find(|version| import.strip_suffix(version).is_some_and(|rest| rest.ends_with('@')))
+        .ok_or_else(|| {
+            PluginError::Invalid(format!(
+                "the component was built against {import}; this gateway speaks aigw:plugin@{WIT_VERSION} \
+                 (and loads {PREVIOUS_WIT_VERSION}): rebuild it against this gateway's wit/provider.wit"
+            ))
+        })
+}
 
 /// Import prefixes refused at load time. The sandbox would answer them with PermissionDenied
 /// anyway; refusing says plainly to the plugin author that translation must not do I/O.
@@ -261,7 +287,10 @@ const NETWORK_IMPORTS: [&str; 2] = ["wasi:sockets/", "wasi:http/"];
 
 /// A compiled component before its `info()` has been checked.
 struct Compiled {
-    pre: ProviderPre<GuestState>,
+    pre: InstancePre<GuestState>,
+    core: ProviderCoreIndices,
+    embeddings: Option<embeddings::GuestIndices>,
+    wit_version: &'static str,
     digest: String,
     imports: Vec<String>,
     cached: bool,
@@ -356,7 +385,7 @@ impl WasiView for GuestState {
 }
 
 /// What a plugin says it is, validated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PluginIdentity {
     /// Plugin name.
     pub name: String,
@@ -368,6 +397,24 @@ pub struct PluginIdentity {
     pub framing: wit::Framing,
     /// Endpoint used when the model configuration names none (may contain `{aws-region}`).
     pub(crate) default_endpoint: Option<String>,
+    /// The `aigw:plugin` version the component was built against.
+    pub wit_version: &'static str,
+    /// Where its `embeddings` export is, when it has one (0.3.0 on).
+    embeddings: Option<embeddings::GuestIndices>,
+}
+
+impl std::fmt::Debug for PluginIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginIdentity")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("providers", &self.providers)
+            .field("framing", &self.framing)
+            .field("default_endpoint", &self.default_endpoint)
+            .field("wit_version", &self.wit_version)
+            .field("can_embed", &self.can_embed())
+            .finish()
+    }
 }
 
 impl PluginIdentity {
@@ -378,10 +425,22 @@ impl PluginIdentity {
             providers: Vec::new(),
             framing: wit::Framing::Sse,
             default_endpoint: None,
+            wit_version: WIT_VERSION,
+            embeddings: None,
         }
     }
 
-    fn validate(info: wit::PluginInfo) -> Result<Self, PluginError> {
+    /// Whether the plugin exports embeddings (a 0.2.0 component does not). One that does may
+    /// still answer that its provider has none.
+    pub fn can_embed(&self) -> bool {
+        self.embeddings.is_some()
+    }
+
+    fn validate(
+        info: wit::PluginInfo,
+        wit_version: &'static str,
+        embeddings: Option<embeddings::GuestIndices>,
+    ) -> Result<Self, PluginError> {
         let token_ok = |s: &str| {
             !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
         };
@@ -412,6 +471,8 @@ impl PluginIdentity {
             providers: info.providers,
             framing: info.framing,
             default_endpoint: info.default_endpoint,
+            wit_version,
+            embeddings,
         })
     }
 }
@@ -420,7 +481,8 @@ impl PluginIdentity {
 #[derive(Clone)]
 pub struct LoadedPlugin {
     runtime: Arc<PluginRuntime>,
-    pre: ProviderPre<GuestState>,
+    pre: InstancePre<GuestState>,
+    core: ProviderCoreIndices,
     info: Arc<PluginIdentity>,
     digest: String,
     imports: Arc<Vec<String>>,
@@ -474,13 +536,14 @@ impl LoadedPlugin {
                 PluginError::Trap(format!("{e:#}"))
             }
         })?;
-        Ok(PluginSession { store, instance, info: Arc::clone(&self.info), _alive: alive, permit })
+        let core = self.core.load(&mut store, &instance).map_err(|e| PluginError::Trap(format!("{e:#}")))?;
+        Ok(PluginSession { store, instance, core, info: Arc::clone(&self.info), _alive: alive, permit })
     }
 
     async fn call_info(&self) -> Result<wit::PluginInfo, PluginError> {
         let mut session = self.session().await?;
         session.begin_call();
-        let result = session.instance.call_info(&mut session.store).await;
+        let result = session.core.call_info(&mut session.store).await;
         session.finish(result)
     }
 }
@@ -495,7 +558,8 @@ pub struct SlotPermit {
 pub struct PluginSession {
     // Field order is drop order: the store goes back to the pool before the permit is released.
     store: Store<GuestState>,
-    instance: Provider,
+    instance: Instance,
+    core: ProviderCore,
     info: Arc<PluginIdentity>,
     _alive: Alive,
     permit: SlotPermit,
@@ -517,22 +581,56 @@ impl PluginSession {
     /// `build-request`: canonical model request → upstream HTTP request.
     pub async fn build_request(&mut self, request: &wit::ModelRequest) -> Result<wit::UpstreamRequest, PluginError> {
         self.begin_call();
-        let result = self.instance.call_build_request(&mut self.store, request).await;
+        let result = self.core.call_build_request(&mut self.store, request).await;
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
     /// `parse-response`: complete upstream body → completion.
     pub async fn parse_response(&mut self, body: &[u8]) -> Result<wit::Completion, PluginError> {
         self.begin_call();
-        let result = self.instance.call_parse_response(&mut self.store, body).await;
+        let result = self.core.call_parse_response(&mut self.store, body).await;
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
     /// `parse-event`: one decoded stream event → stream chunk.
     pub async fn parse_event(&mut self, event: Option<&str>, data: &[u8]) -> Result<wit::StreamChunk, PluginError> {
         self.begin_call();
-        let result = self.instance.call_parse_event(&mut self.store, event, data).await;
+        let result = self.core.call_parse_event(&mut self.store, event, data).await;
         self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// `build-embeddings-request`: canonical embeddings request → upstream HTTP request. A 0.2.0
+    /// plugin has no such export: [`PluginError::NoEmbeddings`].
+    pub async fn build_embeddings_request(
+        &mut self,
+        request: &embeddings::EmbeddingsRequest,
+    ) -> Result<wit::UpstreamRequest, PluginError> {
+        let exports = self.embeddings()?;
+        self.begin_call();
+        let result = exports.call_build_embeddings_request(&mut self.store, request).await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// `parse-embeddings-response`: the model server's complete answer → vectors.
+    pub async fn parse_embeddings_response(
+        &mut self,
+        body: &[u8],
+    ) -> Result<embeddings::EmbeddingsResult, PluginError> {
+        let exports = self.embeddings()?;
+        self.begin_call();
+        let result = exports.call_parse_embeddings_response(&mut self.store, body).await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// The instance's `embeddings` export, looked up on first use (chat requests never pay for it).
+    fn embeddings(&mut self) -> Result<embeddings::Guest, PluginError> {
+        let Some(indices) = &self.info.embeddings else {
+            return Err(PluginError::NoEmbeddings {
+                plugin: self.info.name.clone(),
+                wit_version: self.info.wit_version,
+            });
+        };
+        indices.load(&mut self.store, &self.instance).map_err(|e| PluginError::Trap(format!("{e:#}")))
     }
 
     fn begin_call(&mut self) {
@@ -574,6 +672,18 @@ impl PluginSession {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn components_of_this_and_the_previous_version_load() {
+        let version = |import: &str| super::wit_version_of(&[import.to_string()]).map_err(|e| e.to_string());
+        assert_eq!(version("aigw:plugin/types@0.3.0"), Ok("0.3.0"));
+        assert_eq!(version("aigw:plugin/types@0.2.0"), Ok("0.2.0"));
+        for refused in ["aigw:plugin/types@0.1.0", "aigw:plugin/types@0.4.0", "aigw:plugin/types@10.3.0"] {
+            let error = version(refused).unwrap_err();
+            assert!(error.contains(refused) && error.contains("aigw:plugin@0.3.0"), "{error}");
+        }
+        assert_eq!(super::wit_version_of(&["wasi:cli/environment@0.2.6".to_string()]).ok(), Some("0.3.0"));
+    }
+
     #[test]
     fn wit_version_is_the_one_in_the_wit_file() {
         let wit = include_str!("../../../wit/provider.wit");

@@ -5,6 +5,7 @@ use crate::types::{
     Completion, Credential, FinishReason, Framing, Header, Method, ModelRequest, PluginError, PluginInfo, StreamChunk,
     UpstreamRequest, Usage,
 };
+use aigw_plugin_sdk::embeddings::{EmbeddingsRequest, EmbeddingsResult};
 use serde::{Deserialize, Serialize};
 
 /// Provider names routed to this plugin: `anthropic/<model>`.
@@ -183,6 +184,16 @@ pub fn parse_event(event: Option<&str>, data: &[u8]) -> Result<StreamChunk, Plug
         _ => {}
     }
     Ok(out)
+}
+
+/// Anthropic's API has no embeddings (Anthropic points to other providers for them).
+pub fn build_embeddings_request(_request: &EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {
+    Err(aigw_plugin_sdk::no_embeddings("Anthropic's Messages API"))
+}
+
+/// Never called: no embeddings request is ever built.
+pub fn parse_embeddings_response(_body: &[u8]) -> Result<EmbeddingsResult, PluginError> {
+    Err(aigw_plugin_sdk::no_embeddings("Anthropic's Messages API"))
 }
 
 #[cfg(test)]

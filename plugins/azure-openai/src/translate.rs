@@ -2,9 +2,13 @@
 //! the key in the `api-key` header; bodies and answers are OpenAI's chat completions.
 
 use crate::types::{Credential, Framing, Method, ModelRequest, PluginError, PluginInfo, UpstreamRequest};
+use aigw_plugin_sdk::embeddings::EmbeddingsRequest;
 use aigw_plugin_sdk::invalid;
 use aigw_plugin_sdk::openai::{self, Dialect};
 pub use aigw_plugin_sdk::openai::{parse_event, parse_response};
+/// Embeddings answers are OpenAI's.
+pub use aigw_plugin_sdk::openai_embeddings::parse as parse_embeddings_response;
+use aigw_plugin_sdk::openai_embeddings::{self, EmbeddingsDialect};
 
 /// Provider names routed to this plugin: `azure/<deployment>`.
 pub const PROVIDERS: [&str; 1] = ["azure"];
@@ -51,6 +55,22 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
     })
 }
 
+/// Azure's embeddings name the deployment in the path, as its chat does.
+const EMBEDDINGS_DIALECT: EmbeddingsDialect =
+    EmbeddingsDialect { model_in_body: false, dimensions_field: "dimensions" };
+
+/// `POST /openai/deployments/{deployment}/embeddings?api-version=…` with `api-key`.
+pub fn build_embeddings_request(request: &EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {
+    check_deployment(&request.model)?;
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: format!("/openai/deployments/{}/embeddings?api-version={API_VERSION}", request.model),
+        headers: Vec::new(),
+        body: openai_embeddings::body(request, EMBEDDINGS_DIALECT)?,
+        credential: Credential::Header("api-key".to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +105,22 @@ mod tests {
         for name in ["", "..", "a/b", "a?b", "a b", "a%2Fb", "dépl"] {
             assert!(matches!(build_request(&request(name)), Err(PluginError::InvalidInput(_))), "{name:?}");
         }
+    }
+
+    #[test]
+    fn embeddings_name_the_deployment_in_the_path() {
+        use aigw_plugin_sdk::embeddings::EmbeddingPurpose;
+        let mut request = EmbeddingsRequest {
+            model: "embed-small".into(),
+            inputs: vec!["a".into()],
+            dimensions: None,
+            purpose: EmbeddingPurpose::Document,
+        };
+        let built = build_embeddings_request(&request).unwrap();
+        assert_eq!(built.path, format!("/openai/deployments/embed-small/embeddings?api-version={API_VERSION}"));
+        let body: Value = serde_json::from_slice(&built.body).unwrap();
+        assert!(body.get("model").is_none());
+        request.model = "../x".into();
+        assert!(build_embeddings_request(&request).is_err());
     }
 }

@@ -6,6 +6,7 @@ use crate::types::{
     Completion, Credential, FinishReason, Framing, Method, ModelRequest, PluginError, PluginInfo, StreamChunk,
     UpstreamRequest, Usage,
 };
+use aigw_plugin_sdk::embeddings::{EmbeddingPurpose, EmbeddingsRequest, EmbeddingsResult};
 use aigw_plugin_sdk::{empty_chunk, invalid, malformed, to_json};
 use serde::{Deserialize, Serialize};
 
@@ -212,6 +213,133 @@ pub fn parse_event(event: Option<&str>, data: &[u8]) -> Result<StreamChunk, Plug
     })
 }
 
+/// The embedding model families Bedrock serves through `InvokeModel`, each with its own body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EmbeddingModel {
+    /// Amazon Titan Text Embeddings (`amazon.titan-embed-text-v1`, `-v2:0`): one text per call.
+    Titan,
+    /// Cohere Embed v3 (`cohere.embed-english-v3`, `-multilingual-v3`): up to 96 texts, fixed size.
+    CohereV3,
+    /// Cohere Embed v4 (`cohere.embed-v4:0`): up to 96 texts, `output_dimension`.
+    CohereV4,
+}
+
+/// The most texts Cohere's models on Bedrock take in one call.
+pub const COHERE_MAX_TEXTS: usize = 96;
+
+impl EmbeddingModel {
+    fn of(model: &str) -> Result<Self, PluginError> {
+        if model.contains("titan-embed-text") {
+            Ok(EmbeddingModel::Titan)
+        } else if model.contains("cohere.embed-v4") {
+            Ok(EmbeddingModel::CohereV4)
+        } else if model.contains("cohere.embed-") {
+            Ok(EmbeddingModel::CohereV3)
+        } else {
+            Err(invalid(format!(
+                "{model:?} is not a Bedrock text embedding model this plugin knows (amazon.titan-embed-text-*, \
+                 cohere.embed-*)"
+            )))
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanRequest<'a> {
+    input_text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct CohereRequest<'a> {
+    texts: &'a [String],
+    input_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding_types: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimension: Option<u32>,
+}
+
+/// `POST /model/{modelId}/invoke` with the model family's own body, signed like Converse.
+pub fn build_embeddings_request(request: &EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {
+    aigw_plugin_sdk::openai_embeddings::check(request)?;
+    let body = match EmbeddingModel::of(&request.model)? {
+        EmbeddingModel::Titan => {
+            let [text] = request.inputs.as_slice() else {
+                return Err(invalid(format!(
+                    "Titan embeds one text per call and {} were sent; use a Cohere embed model for batches",
+                    request.inputs.len()
+                )));
+            };
+            to_json(&TitanRequest { input_text: text, dimensions: request.dimensions })?
+        }
+        family @ (EmbeddingModel::CohereV3 | EmbeddingModel::CohereV4) => {
+            if request.inputs.len() > COHERE_MAX_TEXTS {
+                return Err(invalid(format!(
+                    "Cohere embeds at most {COHERE_MAX_TEXTS} texts per call and {} were sent",
+                    request.inputs.len()
+                )));
+            }
+            let v4 = family == EmbeddingModel::CohereV4;
+            if request.dimensions.is_some() && !v4 {
+                return Err(invalid("Cohere Embed v3 vectors have a fixed size: leave `dimensions` out"));
+            }
+            let input_type = match request.purpose {
+                EmbeddingPurpose::Document => "search_document",
+                EmbeddingPurpose::Query => "search_query",
+            };
+            to_json(&CohereRequest {
+                texts: &request.inputs,
+                input_type,
+                embedding_types: v4.then_some(["float"]),
+                output_dimension: request.dimensions,
+            })?
+        }
+    };
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: format!("/model/{}/invoke", path_segment(&request.model)),
+        headers: Vec::new(),
+        body,
+        credential: Credential::AwsSigv4(SIGNING_SERVICE.to_string()),
+    })
+}
+
+/// The three answer shapes: Titan's one vector, Cohere v3's list, Cohere v4's lists by type.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InvokeAnswer {
+    Titan {
+        embedding: Vec<f32>,
+        #[serde(rename = "inputTextTokenCount")]
+        input_tokens: Option<u32>,
+    },
+    Cohere {
+        embeddings: Vec<Vec<f32>>,
+    },
+    CohereByType {
+        embeddings: FloatEmbeddings,
+    },
+}
+
+#[derive(Deserialize)]
+struct FloatEmbeddings {
+    float: Vec<Vec<f32>>,
+}
+
+/// The vectors of an `InvokeModel` answer, whichever embedding model gave it.
+pub fn parse_embeddings_response(body: &[u8]) -> Result<EmbeddingsResult, PluginError> {
+    let answer: InvokeAnswer = serde_json::from_slice(body)
+        .map_err(|_| malformed("not a Titan or Cohere embeddings answer (no float vectors)"))?;
+    Ok(match answer {
+        InvokeAnswer::Titan { embedding, input_tokens } => EmbeddingsResult { vectors: vec![embedding], input_tokens },
+        InvokeAnswer::Cohere { embeddings } => EmbeddingsResult { vectors: embeddings, input_tokens: None },
+        InvokeAnswer::CohereByType { embeddings } => EmbeddingsResult { vectors: embeddings.float, input_tokens: None },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +418,48 @@ mod tests {
             }
             other => unreachable!("unexpected {other:?}"),
         }
+    }
+
+    fn embed(model: &str, inputs: &[&str], dimensions: Option<u32>) -> Result<UpstreamRequest, PluginError> {
+        build_embeddings_request(&EmbeddingsRequest {
+            model: model.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            dimensions,
+            purpose: EmbeddingPurpose::Query,
+        })
+    }
+
+    #[test]
+    fn each_embedding_family_gets_its_own_body() {
+        let titan = embed("amazon.titan-embed-text-v2:0", &["a"], Some(256)).unwrap();
+        assert_eq!(titan.path, "/model/amazon.titan-embed-text-v2%3A0/invoke");
+        let body: serde_json::Value = serde_json::from_slice(&titan.body).unwrap();
+        assert_eq!(body, serde_json::json!({"inputText": "a", "dimensions": 256}));
+        let cohere = embed("cohere.embed-v4:0", &["a", "b"], Some(512)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&cohere.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"texts": ["a", "b"], "input_type": "search_query", "embedding_types": ["float"],
+                               "output_dimension": 512})
+        );
+        assert!(embed("amazon.titan-embed-text-v2:0", &["a", "b"], None).is_err());
+        assert!(embed("cohere.embed-english-v3", &["a"], Some(8)).is_err());
+        assert!(embed("cohere.embed-english-v3", &vec!["t"; COHERE_MAX_TEXTS], None).is_ok());
+        assert!(embed("cohere.embed-english-v3", &vec!["t"; COHERE_MAX_TEXTS + 1], None).is_err());
+        assert!(embed("anthropic.claude-3-haiku-20240307-v1:0", &["a"], None).is_err());
+    }
+
+    #[test]
+    fn every_embedding_answer_shape_is_read() {
+        let titan = parse_embeddings_response(br#"{"embedding":[0.5,0.25],"inputTextTokenCount":3}"#).unwrap();
+        assert_eq!((titan.vectors, titan.input_tokens), (vec![vec![0.5, 0.25]], Some(3)));
+        let v3 =
+            parse_embeddings_response(br#"{"id":"x","embeddings":[[1.0],[2.0]],"response_type":"embeddings_floats"}"#)
+                .unwrap();
+        assert_eq!(v3.vectors, vec![vec![1.0], vec![2.0]]);
+        let v4 = parse_embeddings_response(br#"{"embeddings":{"float":[[3.0]]},"response_type":"embeddings_by_type"}"#)
+            .unwrap();
+        assert_eq!(v4.vectors, vec![vec![3.0]]);
+        assert!(parse_embeddings_response(br#"{"message":"denied"}"#).is_err());
     }
 }

@@ -2,8 +2,12 @@
 //! fill-in-the-middle endpoint for Codestral code completion. Answers are OpenAI-shaped.
 
 use crate::types::{Credential, Framing, Method, ModelRequest, PluginError, PluginInfo, UpstreamRequest};
+use aigw_plugin_sdk::embeddings::EmbeddingsRequest;
 use aigw_plugin_sdk::openai::{self, Dialect, SamplingFields};
 pub use aigw_plugin_sdk::openai::{parse_event, parse_response};
+/// Embeddings answers are OpenAI-shaped.
+pub use aigw_plugin_sdk::openai_embeddings::parse as parse_embeddings_response;
+use aigw_plugin_sdk::openai_embeddings::{self, EmbeddingsDialect};
 use aigw_plugin_sdk::to_json;
 use serde::Serialize;
 
@@ -71,6 +75,21 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
         path: path.to_string(),
         headers: Vec::new(),
         body,
+        credential: Credential::Bearer,
+    })
+}
+
+/// Mistral names the shortening field `output_dimension` (Codestral Embed).
+const EMBEDDINGS_DIALECT: EmbeddingsDialect =
+    EmbeddingsDialect { model_in_body: true, dimensions_field: "output_dimension" };
+
+/// `POST /embeddings` (under the endpoint's `/v1`) with a bearer key; answers are OpenAI-shaped.
+pub fn build_embeddings_request(request: &EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: "/embeddings".to_string(),
+        headers: Vec::new(),
+        body: openai_embeddings::body(request, EMBEDDINGS_DIALECT)?,
         credential: Credential::Bearer,
     })
 }

@@ -5,6 +5,7 @@ use crate::types::{
     Completion, Credential, FinishReason, Framing, Method, ModelRequest, PluginError, PluginInfo, Role, StreamChunk,
     UpstreamRequest, Usage,
 };
+use aigw_plugin_sdk::embeddings::{EmbeddingsRequest, EmbeddingsResult};
 use serde::{Deserialize, Serialize};
 
 /// Provider names routed to this plugin: `ollama/<model>`.
@@ -158,6 +159,43 @@ pub fn parse_event(_event: Option<&str>, data: &[u8]) -> Result<StreamChunk, Plu
     Ok(StreamChunk { text, finish_reason, usage, done })
 }
 
+#[derive(Serialize)]
+struct EmbedRequest<'a> {
+    model: &'a str,
+    input: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct EmbedAnswer {
+    embeddings: Vec<Vec<f32>>,
+    prompt_eval_count: Option<u32>,
+}
+
+/// `POST /api/embed` with every input at once (Ollama 0.3.4 and later; `dimensions` since 0.11).
+pub fn build_embeddings_request(request: &EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {
+    aigw_plugin_sdk::openai_embeddings::check(request)?;
+    let body = EmbedRequest { model: &request.model, input: &request.inputs, dimensions: request.dimensions };
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: "/api/embed".to_string(),
+        headers: Vec::new(),
+        body: aigw_plugin_sdk::to_json(&body)?,
+        credential: Credential::Bearer,
+    })
+}
+
+/// `{"embeddings": [[…], …], "prompt_eval_count": n}`, or Ollama's `{"error": …}`.
+pub fn parse_embeddings_response(body: &[u8]) -> Result<EmbeddingsResult, PluginError> {
+    if let Ok(Answer { error: Some(error), .. }) = serde_json::from_slice::<Answer>(body) {
+        return Err(malformed(format!("Ollama reported an error: {error}")));
+    }
+    let answer: EmbedAnswer =
+        serde_json::from_slice(body).map_err(|e| malformed(format!("not an /api/embed answer: {e}")))?;
+    Ok(EmbeddingsResult { vectors: answer.embeddings, input_tokens: answer.prompt_eval_count })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +260,25 @@ mod tests {
     fn errors_are_malformed_responses() {
         assert!(matches!(parse_event(None, br#"{"error":"model not found"}"#), Err(PluginError::MalformedResponse(_))));
         assert!(matches!(parse_response(b"not json"), Err(PluginError::MalformedResponse(_))));
+    }
+
+    #[test]
+    fn embeddings_go_to_api_embed_in_one_call() {
+        use aigw_plugin_sdk::embeddings::EmbeddingPurpose;
+        let request = EmbeddingsRequest {
+            model: "nomic-embed-text".into(),
+            inputs: vec!["a".into(), "b".into()],
+            dimensions: None,
+            purpose: EmbeddingPurpose::Document,
+        };
+        let built = build_embeddings_request(&request).unwrap();
+        assert_eq!(built.path, "/api/embed");
+        let body: serde_json::Value = serde_json::from_slice(&built.body).unwrap();
+        assert_eq!(body, serde_json::json!({"model": "nomic-embed-text", "input": ["a", "b"]}));
+        let parsed =
+            parse_embeddings_response(br#"{"model":"m","embeddings":[[0.5],[1.5]],"prompt_eval_count":4}"#).unwrap();
+        assert_eq!(parsed.vectors, vec![vec![0.5], vec![1.5]]);
+        assert_eq!(parsed.input_tokens, Some(4));
+        assert!(parse_embeddings_response(br#"{"error":"model not found"}"#).is_err());
     }
 }

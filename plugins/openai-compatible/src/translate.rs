@@ -2,9 +2,13 @@
 //! as served at `{endpoint}/chat/completions` by vLLM and every OpenAI-compatible server.
 
 use crate::types::{Credential, Framing, Method, ModelRequest, PluginError, PluginInfo, UpstreamRequest};
+use aigw_plugin_sdk::embeddings::EmbeddingsRequest;
 use aigw_plugin_sdk::openai::{self, Dialect};
 /// Answers and stream events are OpenAI's own.
 pub use aigw_plugin_sdk::openai::{parse_event, parse_response};
+/// Embeddings answers are OpenAI's own too.
+pub use aigw_plugin_sdk::openai_embeddings::parse as parse_embeddings_response;
+use aigw_plugin_sdk::openai_embeddings::{self, EmbeddingsDialect};
 
 /// Provider names routed to this plugin: `custom_openai/<model>` (and bare identifiers, which the
 /// host maps to `custom_openai`) and `openai/<model>`.
@@ -22,6 +26,17 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
         path: "/chat/completions".to_string(),
         headers: Vec::new(),
         body: openai::chat_body(request, Dialect::OPENAI)?,
+        credential: Credential::Bearer,
+    })
+}
+
+/// `POST /embeddings` in OpenAI's shape (vLLM, TEI, llama.cpp and LiteLLM serve it there).
+pub fn build_embeddings_request(request: &EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: "/embeddings".to_string(),
+        headers: Vec::new(),
+        body: openai_embeddings::body(request, EmbeddingsDialect::OPENAI)?,
         credential: Credential::Bearer,
     })
 }
@@ -46,5 +61,21 @@ mod tests {
         assert!(matches!(built.credential, Credential::Bearer));
         let body: serde_json::Value = serde_json::from_slice(&built.body).unwrap();
         assert_eq!(body["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn embeddings_post_to_embeddings_with_a_bearer_key() {
+        use aigw_plugin_sdk::embeddings::EmbeddingPurpose;
+        let request = EmbeddingsRequest {
+            model: "e".into(),
+            inputs: vec!["a".into()],
+            dimensions: Some(12),
+            purpose: EmbeddingPurpose::Query,
+        };
+        let built = build_embeddings_request(&request).unwrap();
+        assert_eq!(built.path, "/embeddings");
+        assert!(matches!(built.credential, Credential::Bearer));
+        let body: serde_json::Value = serde_json::from_slice(&built.body).unwrap();
+        assert_eq!(body["dimensions"], 12);
     }
 }

@@ -1,14 +1,16 @@
 //! What every aigw provider plugin shares: the bindings of `wit/provider.wit`, the export macro,
 //! error helpers and the OpenAI chat wire format several providers speak.
 //!
-//! A plugin keeps its translation in a plain-Rust module, unit-tested natively, with four
-//! functions (`info`, `build_request`, `parse_response`, `parse_event`), and exports it with
-//! [`provider!`]:
+//! A plugin keeps its translation in a plain-Rust module, unit-tested natively, with six
+//! functions (`info`, `build_request`, `parse_response`, `parse_event`,
+//! `build_embeddings_request`, `parse_embeddings_response`), and exports it with [`provider!`]:
 //!
 //! ```ignore
 //! pub mod translate; // fn info() -> PluginInfo, fn build_request(&ModelRequest) -> …, …
 //! aigw_plugin_sdk::provider!(translate);
 //! ```
+//!
+//! A provider without an embeddings API answers [`no_embeddings`] from both embeddings functions.
 //!
 //! A plugin that needs more than delegation implements [`Guest`] itself and uses
 //! [`export_provider!`].
@@ -16,6 +18,7 @@
 #![allow(unsafe_code, reason = "wit-bindgen's generated ABI glue is unsafe code")]
 
 pub mod openai;
+pub mod openai_embeddings;
 
 /// The generated bindings. In a module of their own: the exported macros must not land next to
 /// the generated `use` of the same name at the crate root.
@@ -32,43 +35,71 @@ pub mod bindings {
 
 /// The WIT types, for plugins and for native callers (tests, benchmarks) that build inputs.
 pub use bindings::aigw::plugin::types;
+/// The embeddings interface's types and its `Guest` trait (0.3.0).
+pub use bindings::exports::aigw::plugin::embeddings;
 pub use bindings::{Guest, export_provider};
 
 use types::{FinishReason, PluginError, StreamChunk};
 
 /// Implement the `provider` world by delegating to a translation module and export it. The
 /// module provides `info() -> PluginInfo`, `build_request(&ModelRequest)`,
-/// `parse_response(&[u8])` and `parse_event(Option<&str>, &[u8])`.
+/// `parse_response(&[u8])`, `parse_event(Option<&str>, &[u8])`,
+/// `build_embeddings_request(&EmbeddingsRequest)` and `parse_embeddings_response(&[u8])`.
 #[macro_export]
 macro_rules! provider {
     ($translate:ident) => {
-        struct ExportedProvider;
+        // Exported from Wasm builds only: interface exports have symbol names with `:` and `@`
+        // (`aigw:plugin/embeddings@0.3.0#…`) that a native linker refuses, and a native build
+        // (unit tests, benchmarks) uses the translation module directly.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct ExportedProvider;
 
-        impl $crate::Guest for ExportedProvider {
-            fn info() -> $crate::types::PluginInfo {
-                $translate::info()
+            impl $crate::Guest for ExportedProvider {
+                fn info() -> $crate::types::PluginInfo {
+                    $translate::info()
+                }
+
+                fn build_request(
+                    request: $crate::types::ModelRequest,
+                ) -> Result<$crate::types::UpstreamRequest, $crate::types::PluginError> {
+                    $translate::build_request(&request)
+                }
+
+                fn parse_response(body: Vec<u8>) -> Result<$crate::types::Completion, $crate::types::PluginError> {
+                    $translate::parse_response(&body)
+                }
+
+                fn parse_event(
+                    event: Option<String>,
+                    data: Vec<u8>,
+                ) -> Result<$crate::types::StreamChunk, $crate::types::PluginError> {
+                    $translate::parse_event(event.as_deref(), &data)
+                }
             }
 
-            fn build_request(
-                request: $crate::types::ModelRequest,
-            ) -> Result<$crate::types::UpstreamRequest, $crate::types::PluginError> {
-                $translate::build_request(&request)
+            impl $crate::embeddings::Guest for ExportedProvider {
+                fn build_embeddings_request(
+                    request: $crate::embeddings::EmbeddingsRequest,
+                ) -> Result<$crate::types::UpstreamRequest, $crate::types::PluginError> {
+                    $translate::build_embeddings_request(&request)
+                }
+
+                fn parse_embeddings_response(
+                    body: Vec<u8>,
+                ) -> Result<$crate::embeddings::EmbeddingsResult, $crate::types::PluginError> {
+                    $translate::parse_embeddings_response(&body)
+                }
             }
 
-            fn parse_response(body: Vec<u8>) -> Result<$crate::types::Completion, $crate::types::PluginError> {
-                $translate::parse_response(&body)
-            }
-
-            fn parse_event(
-                event: Option<String>,
-                data: Vec<u8>,
-            ) -> Result<$crate::types::StreamChunk, $crate::types::PluginError> {
-                $translate::parse_event(event.as_deref(), &data)
-            }
-        }
-
-        $crate::export_provider!(ExportedProvider);
+            $crate::export_provider!(ExportedProvider);
+        };
     };
+}
+
+/// The answer of a plugin whose provider has no embeddings API: `api` names it.
+pub fn no_embeddings(api: &str) -> PluginError {
+    PluginError::Unsupported(format!("{api} has no embeddings API; serve embeddings with another provider"))
 }
 
 /// A plugin's identity: pass `env!("CARGO_PKG_NAME")` and `env!("CARGO_PKG_VERSION")`.

@@ -14,6 +14,7 @@ mod conformance;
 mod connections;
 mod doctor;
 mod egress;
+mod embeddings;
 mod gitlab_registry;
 mod hostile_upstream;
 mod limits;

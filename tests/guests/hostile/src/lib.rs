@@ -6,7 +6,10 @@
 //! get it), `headers` tries to set framing and credential headers itself, `header-flood`,
 //! `header-crlf` and `headers-at-limit` probe the header limits from both sides, `escape` builds
 //! a path that would leave the model endpoint. Any other model id gets a well-formed OpenAI-style
-//! request, so the same component also serves good requests concurrently with the bad ones. Every request it builds carries an
+//! request, so the same component also serves good requests concurrently with the bad ones.
+//! Embeddings misbehave the same way by model id in `build-embeddings-request` (`loop`, `oom`,
+//! `trap`), and by the model the answer names in `parse-embeddings-response`: `short` gives one
+//! vector fewer than the answer has, `ragged` vectors of different lengths. Every request it builds carries an
 //! `x-hostile-version` header, so the hot-reload test can see which version served it; the `v2`
 //! feature builds version 0.2.0.
 
@@ -18,6 +21,7 @@ wit_bindgen::generate!({
 });
 
 use aigw::plugin::types::{Credential, Framing, Header, Method};
+use exports::aigw::plugin::embeddings::{EmbeddingsRequest, EmbeddingsResult};
 
 struct Hostile;
 
@@ -127,6 +131,49 @@ impl Guest for Hostile {
         let done = data == b"[DONE]";
         let text = content(&data).unwrap_or_default();
         Ok(StreamChunk { text, finish_reason: None, usage: None, done })
+    }
+}
+
+impl exports::aigw::plugin::embeddings::Guest for Hostile {
+    fn build_embeddings_request(request: EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {
+        match request.model.as_str() {
+            "loop" => spin_forever(),
+            "oom" => {
+                allocate_forever();
+            }
+            "trap" => unreachable!("the hostile guest traps on purpose"),
+            _ => {}
+        }
+        let inputs: Vec<String> = request.inputs.iter().map(|input| format!("{input:?}")).collect();
+        let body = format!("{{\"model\":{:?},\"input\":[{}]}}", request.model, inputs.join(","));
+        Ok(UpstreamRequest {
+            method: Method::Post,
+            path: "/embeddings".to_string(),
+            headers: vec![Header { name: "x-hostile-version".to_string(), value: VERSION.to_string() }],
+            body: body.into_bytes(),
+            credential: Credential::Bearer,
+        })
+    }
+
+    fn parse_embeddings_response(body: Vec<u8>) -> Result<EmbeddingsResult, PluginError> {
+        let text = String::from_utf8_lossy(&body);
+        // Every `"embedding":[…]` list of the mock's OpenAI-shaped answer, in order.
+        let mut vectors: Vec<Vec<f32>> = text
+            .split("\"embedding\":[")
+            .skip(1)
+            .map(|rest| {
+                rest.split(']').next().unwrap_or_default().split(',').filter_map(|n| n.trim().parse().ok()).collect()
+            })
+            .collect();
+        if text.contains("\"model\":\"short\"") {
+            vectors.pop();
+        }
+        if text.contains("\"model\":\"ragged\"")
+            && let Some(first) = vectors.first_mut()
+        {
+            first.push(0.0);
+        }
+        Ok(EmbeddingsResult { vectors, input_tokens: None })
     }
 }
 

@@ -44,4 +44,18 @@ impl Guest for Networked {
     }
 }
 
+impl exports::aigw::plugin::embeddings::Guest for Networked {
+    fn build_embeddings_request(
+        _request: exports::aigw::plugin::embeddings::EmbeddingsRequest,
+    ) -> Result<UpstreamRequest, PluginError> {
+        Err(PluginError::Unsupported("networked guest".to_string()))
+    }
+
+    fn parse_embeddings_response(
+        _body: Vec<u8>,
+    ) -> Result<exports::aigw::plugin::embeddings::EmbeddingsResult, PluginError> {
+        Err(PluginError::Unsupported("networked guest".to_string()))
+    }
+}
+
 export!(Networked);

@@ -67,6 +67,31 @@ const CLEAN_ERROR_BEFORE_FIRST_BYTE: Deviation = Deviation {
     check: json_error,
 };
 
+const EMBEDDINGS_SCOPE: Deviation = Deviation {
+    name: "403 for a token without the embeddings scope",
+    reason: "GitLab's gateway checks `generate_embeddings_codebase` inside its prompt registry, where the refusal \
+             escapes as an unhandled exception (500 `Internal Server Error`); aigw refuses it as GitLab refuses every \
+             other missing scope, 403 `Unauthorized to access code embeddings`",
+    check: forbidden,
+};
+
+const CUSTOM_OPENAI_EMBEDDINGS: Deviation = Deviation {
+    name: "custom_openai/ embeddings",
+    reason: "GitLab's gateway embeds only `openai/<model>` identifiers (LiteLLM has no embeddings route for \
+             `custom_openai`, 400 `Unmapped LLM provider`), while its chat and completions take both; aigw sends \
+             both to the same OpenAI-compatible `/embeddings`, so one identifier works for every feature",
+    check: success,
+};
+
+const DIMENSIONS_TO_THE_SERVER: Deviation = Deviation {
+    name: "embedding dimensions left to the model server",
+    reason: "GitLab's gateway (LiteLLM's OpenAI rule) refuses `dimensions` for every model whose name lacks \
+             `text-embedding-3`, without asking the server; aigw passes it on, so a self-hosted Matryoshka model \
+             (vLLM serves `dimensions` for them) gives shortened vectors, and a model that cannot answers 400 itself, \
+             which aigw passes on as GitLab's 400",
+    check: success,
+};
+
 /// The deliberate deviations, by case name.
 const BY_NAME: &[(&str, &Deviation)] = &[
     ("v2 completions qwen2p5-coder-7b", &CLEAR_ERROR),
@@ -95,11 +120,10 @@ const BY_NAME: &[(&str, &Deviation)] = &[
     ("v1 chat agent missing prompt_components", &VALIDATION_DETAIL),
     ("v2 chat agent missing messages", &VALIDATION_DETAIL),
     ("v1 prompts check unknown family", &MORE_FAMILIES),
+    ("embeddings search, token without generate_embeddings_codebase", &EMBEDDINGS_SCOPE),
+    ("embeddings index, custom_openai/ identifier", &CUSTOM_OPENAI_EMBEDDINGS),
+    ("embeddings search, dimensions 24 on a model that is not text-embedding-3", &DIMENSIONS_TO_THE_SERVER),
 ];
-
-/// GitLab 19.x's semantic code search calls embeddings paths aigw does not serve yet.
-const NO_EMBEDDINGS: &str = "the code-embeddings paths GitLab 19.x calls for semantic code search \
-     (`/v1/embeddings/code_embeddings`, `/index`, `/search`) are not served yet: aigw answers 404 (issue 26, part 1)";
 
 /// GitLab 19.5+ completes files in every language on `/v4/code/suggestions`.
 const UNMAPPED_LANGUAGE: &str = "GitLab 19.5+ completes, on `/v4/code/suggestions`, files in languages aigw does not \
@@ -127,19 +151,7 @@ const UNMAPPED_LANGUAGE_CASES: &[&str] = &[
 /// Differences not removed yet, by case name, each with its cause and the work that removes
 /// it. Such a case is reported as open, not as a failure; one that becomes equal fails the run
 /// until it is taken off this list, so the list only shrinks.
-pub const OPEN: &[(&str, &str)] = &[
-    ("embeddings index, 3 contents", NO_EMBEDDINGS),
-    ("embeddings search, 1 query (unicode)", NO_EMBEDDINGS),
-    ("embeddings base route, 1 content", NO_EMBEDDINGS),
-    ("embeddings index openai/text-embedding-3-large, 2 contents, dimensions 12", NO_EMBEDDINGS),
-    ("embeddings search, dimensions 24 on a model that is not text-embedding-3", NO_EMBEDDINGS),
-    ("embeddings index, custom_openai/ identifier", NO_EMBEDDINGS),
-    ("embeddings index, provider ollama", NO_EMBEDDINGS),
-    ("embeddings search, name code_embeddings", NO_EMBEDDINGS),
-    ("embeddings index, no endpoint", NO_EMBEDDINGS),
-    ("embeddings index, model 429", NO_EMBEDDINGS),
-    ("embeddings search, token without generate_embeddings_codebase", NO_EMBEDDINGS),
-];
+pub const OPEN: &[(&str, &str)] = &[];
 
 /// Why GitLab's Duo Chat requests are not byte for byte the same even with GitLab's registry:
 /// the text of the tools in the ReAct system prompt lives in GitLab's Python code, not in the
@@ -161,16 +173,6 @@ const LEGACY_GENERATION: &str = "GitLab's legacy v2 generation (no `prompt_id`) 
 const OLLAMA_NATIVE: &str = "GitLab's model library sends Ollama models the chat messages flattened into one `### User:` \
      text on `/api/generate` (then asks `/api/show`); aigw's Ollama plugin uses Ollama's own fill-in-the-middle \
      (`prompt` and `suffix`), which the model's FIM template was trained for";
-
-/// Embeddings calls GitLab's current gateway makes and aigw does not yet (issue 26): open both
-/// with GitLab's registry and with the built-in prompts.
-const NOT_CALLED_YET: &[(&str, &str)] = &[
-    ("embeddings index, 3 contents", NO_EMBEDDINGS),
-    ("embeddings search, 1 query (unicode)", NO_EMBEDDINGS),
-    ("embeddings base route, 1 content", NO_EMBEDDINGS),
-    ("embeddings index openai/text-embedding-3-large, 2 contents, dimensions 12", NO_EMBEDDINGS),
-    ("embeddings index, model 429", NO_EMBEDDINGS),
-];
 
 /// Model-server requests that still differ from GitLab's with GitLab's registry loaded, with
 /// their cause. The run fails when another case differs, or when one of these becomes identical
@@ -213,12 +215,12 @@ pub const BUILT_IN_OPEN: &[(&str, &str)] = &[
 
 /// Why `case`'s model-server request may differ in structure with the built-in prompts, if it may.
 pub fn built_in_open_reason(case: &Case) -> Option<&'static str> {
-    open_in(&[BUILT_IN_OPEN, NOT_CALLED_YET], case)
+    open_in(&[BUILT_IN_OPEN], case)
 }
 
 /// Why `case`'s model-server request may still differ, if it may.
 pub fn upstream_open_reason(case: &Case) -> Option<&'static str> {
-    open_in(&[UPSTREAM_OPEN, NOT_CALLED_YET], case)
+    open_in(&[UPSTREAM_OPEN], case)
 }
 
 /// Why `case` is still allowed to differ, if it is.
@@ -270,7 +272,6 @@ pub fn unknown_names(cases: &[Case]) -> Vec<&'static str> {
         .chain(OPEN.iter().map(|(name, _)| *name))
         .chain(UPSTREAM_OPEN.iter().map(|(name, _)| *name))
         .chain(BUILT_IN_OPEN.iter().map(|(name, _)| *name))
-        .chain(NOT_CALLED_YET.iter().map(|(name, _)| *name))
         .chain(UNMAPPED_LANGUAGE_CASES.iter().copied())
         .filter(|name| !cases.iter().any(|case| case.name == *name))
         .collect()
@@ -323,6 +324,14 @@ fn not_a_server_error(answer: &Answer) -> Vec<String> {
     } else {
         Vec::new()
     }
+}
+
+fn forbidden(answer: &Answer) -> Vec<String> {
+    let mut wrong = json_error(answer);
+    if answer.status.as_u16() != 403 {
+        wrong.push(format!("expected 403, aigw answered {}", answer.status));
+    }
+    wrong
 }
 
 fn success(answer: &Answer) -> Vec<String> {
