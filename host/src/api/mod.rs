@@ -165,7 +165,7 @@ pub(crate) async fn dispatch(
     }
     match endpoint {
         Authenticated::CodeV2(task) => code::handle_v2(state, &body, task).await,
-        Authenticated::CodeV3(version) => code::handle_v3(state, &principal, &body, version).await,
+        Authenticated::CodeV3(version) => code::handle_v3(state, &principal, headers, &body, version).await,
         Authenticated::Chat => chat::handle(state, &body).await,
         Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,
         Authenticated::UserAccessToken => access_token::handle(state, &principal, headers),

@@ -279,3 +279,60 @@ async fn v3_and_v4_generation_pick_the_prompt_version_the_constraint_names() {
     );
     assert_eq!(t.model.requests().len(), calls, "no model call for an unmet constraint");
 }
+
+/// A v4 completion as GitLab 19.5+ sends every one: the file, Rails' language name, no stream.
+fn current_completion(t: &TestGateway, file_name: &str, language: &str, context: &[&str]) -> Value {
+    let mut components = vec![json!({"type": "code_editor_completion", "payload": {
+        "file_name": file_name, "content_above_cursor": "fn main() {\n    ", "content_below_cursor": "\n}\n",
+        "language_identifier": language, "stream": false}})];
+    for content in context {
+        components.push(json!({"type": "code_context", "payload": {"type": "file", "name": "x", "content": content}}));
+    }
+    json!({"prompt_components": components, "model_metadata": {"provider": "openai", "name": "codestral",
+           "endpoint": t.model.base_url(), "api_key": "sk-v4", "identifier": "custom_openai/codestral-2508"}})
+}
+
+#[tokio::test]
+async fn v4_completes_every_file_with_an_extension_and_reports_gitlabs_language() {
+    let t = TestGateway::start().await;
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    // (file, Rails' language name, `lang` GitLab reports, whether the model is asked)
+    for (file_name, language, lang, called) in [
+        ("src/ring.zig", "Zig", "zig", true),
+        ("src/Temperature.fs", "F#", "fsharp", true),
+        ("Sources/APIClient.m", "Objective-C", "objc", true),
+        ("deploy/nginx/site.conf", "", "", true),
+        ("Cargo.toml", "Rust", "", true),
+        ("app/main.py", "Python", "python", true),
+        ("Procfile", "", "", false),
+    ] {
+        t.model.clear_requests();
+        let answer = t.post("/v4/code/suggestions", &headers, &current_completion(&t, file_name, language, &[])).await;
+        assert_eq!(answer.status, 200, "{file_name}: {}", answer.text());
+        let json = answer.json();
+        assert_eq!(json["model"]["lang"], lang, "{file_name}");
+        assert_eq!(t.model.requests().len(), usize::from(called), "{file_name}");
+        let expected =
+            if called { json!([{"text": "return a + b", "index": 0, "finish_reason": "length"}]) } else { json!([]) };
+        assert_eq!(json["choices"], expected, "{file_name}");
+    }
+}
+
+#[tokio::test]
+async fn code_context_reaches_the_prompt_from_language_server_7_17_1_on() {
+    let t = TestGateway::start().await;
+    let body = current_completion(&t, "src/ring.zig", "Zig", &["const Ring = struct {};\n", "// helper\n"]);
+    for (version, used) in [(Some("7.17.1"), true), (Some("8.0.0"), true), (Some("7.17.0"), false), (None, false)] {
+        t.model.clear_requests();
+        let mut headers = t.gitlab_headers(&t.token(&["complete_code"]));
+        if let Some(version) = version {
+            headers.push(("x-gitlab-language-server-version".into(), version.into()));
+        }
+        let answer = t.post("/v4/code/suggestions", &headers, &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let prompt = t.model.requests()[0].body["messages"][1]["content"].as_str().unwrap().to_string();
+        let with_context = "[PREFIX]const Ring = struct {};\n\n// helper\n\nfn main() {\n    ";
+        assert_eq!(prompt.contains(with_context), used, "{version:?}: {prompt}");
+        assert!(prompt.ends_with("[PREFIX]fn main() {\n    ") != used, "{version:?}: {prompt}");
+    }
+}

@@ -186,9 +186,10 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         (Task::Generation, _) => prompts.code_generation(&family)?,
     };
     let prompt_name = prompt.name.clone();
-    let lang = language::reported(input.language_identifier.as_deref(), &input.file_name);
+    let lang = language::reported(&input.file_name);
     let Some(language) = language::resolve(input.language_identifier.as_deref(), &input.file_name) else {
-        // GitLab's gateway answers an unknown language with no suggestion and calls no model.
+        // GitLab's gateway answers a file it cannot name a language for (no extension, no editor
+        // language) with no suggestion and calls no model.
         return Ok(CodeAnswer { prompt_name, outcome: CodeOutcome::NoLanguage });
     };
     // The caller's code, cut to the tokens the prompt leaves in the family's context window:
@@ -231,10 +232,11 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
             let prefix = with_context(prefix);
             // GitLab's prompts get the editor's language id (else the language's name),
             // lower-cased; aigw's get the language's name.
-            let language = if gitlab {
-                input.language_identifier.as_deref().unwrap_or(language).to_lowercase()
-            } else {
-                language.to_string()
+            let editor_language = input.language_identifier.as_deref().map(str::trim).filter(|id| !id.is_empty());
+            let language = match editor_language {
+                Some(id) if gitlab => id.to_lowercase(),
+                _ if gitlab => language.to_lowercase(),
+                _ => language.into_owned(),
             };
             let variables = minijinja::context! {
                 prefix => &prefix, suffix => suffix, language => language, file_name => input.file_name,

@@ -92,6 +92,7 @@ pub(crate) fn parse_v3(body: &[u8], principal: &Principal) -> Result<(V3Request,
 pub(crate) async fn handle_v3(
     state: &RequestState<'_>,
     principal: &Principal,
+    headers: &http::HeaderMap,
     body: &[u8],
     version: Version,
 ) -> Result<http::Response<Body>, GatewayError> {
@@ -115,9 +116,7 @@ pub(crate) async fn handle_v3(
         prompt,
         target,
         strip_fence: false,
-        // GitLab's gateway uses `code_context` components only from language servers that
-        // announce advanced context; aigw does not read that header yet, so it sends none.
-        context: Vec::new(),
+        context: code_context(&request.prompt_components, headers),
         enhancer: payload.prompt_enhancer.unwrap_or_default(),
         legacy: false,
     };
@@ -148,6 +147,27 @@ pub(crate) async fn handle_v3(
             }
         },
     })
+}
+
+/// The first language server version whose `code_context` components GitLab's gateway puts
+/// into the prompt (older ones send context GitLab does not trust to fit).
+const CONTEXT_FROM_LANGUAGE_SERVER: semver::Version = semver::Version::new(7, 17, 1);
+
+/// The contents of the request's `code_context` components, in order, when the language server
+/// that sent them (`X-Gitlab-Language-Server-Version`) is recent enough; otherwise none.
+fn code_context(components: &[PromptComponent], headers: &http::HeaderMap) -> Vec<String> {
+    let version = headers
+        .get("x-gitlab-language-server-version")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| semver::Version::parse(text.trim()).ok());
+    if version.is_none_or(|version| version < CONTEXT_FROM_LANGUAGE_SERVER) {
+        return Vec::new();
+    }
+    components
+        .iter()
+        .filter(|component| component.kind == "code_context")
+        .filter_map(|component| component.payload.get("content").and_then(Value::as_str).map(str::to_string))
+        .collect()
 }
 
 /// The engine GitLab's gateway names for answers made by a registry prompt.

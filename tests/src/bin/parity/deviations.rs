@@ -109,6 +109,8 @@ const BY_NAME: &[(&str, &Deviation)] = &[
     ("v4 suggestions model 500, no prompt_version", &CLEAN_ERROR_BEFORE_FIRST_BYTE),
     ("v4 suggestions completion stream, model 429", &CLEAN_ERROR_BEFORE_FIRST_BYTE),
     ("v4 completion stream codellama, model 429", &CLEAN_ERROR_BEFORE_FIRST_BYTE),
+    ("v4 completion stream gemini, model 500", &CLEAN_ERROR_BEFORE_FIRST_BYTE),
+    ("v4 completion deepseekcoder, model 500", &CLEAR_ERROR),
     ("v4 suggestions empty prompt_components", &VALIDATION_DETAIL),
     ("v1 chat agent string content", &V1_CHAT_WORKS),
     ("v1 chat agent message list", &V1_CHAT_WORKS),
@@ -125,28 +127,9 @@ const BY_NAME: &[(&str, &Deviation)] = &[
     ("embeddings search, dimensions 24 on a model that is not text-embedding-3", &DIMENSIONS_TO_THE_SERVER),
 ];
 
-/// GitLab 19.5+ completes files in every language on `/v4/code/suggestions`.
-const UNMAPPED_LANGUAGE: &str = "GitLab 19.5+ completes, on `/v4/code/suggestions`, files in languages aigw does not \
-     map (Zig, F#, Crystal, Julia, OCaml, Clojure, an unknown extension) and reports their language; aigw answers no \
-     choices without calling the model, as GitLab's v2 completions do (issue 26, part 2)";
-
 /// GitLab's current gateway prompts Qwen completions as chat, aigw's built-in prompt as FIM.
 const QWEN_COMPLETION: &str = "GitLab's current gateway completes Qwen with a system and a user message; aigw's \
      built-in prompt sends Qwen's fill-in-the-middle tokens in one user message (issue 26, part 2)";
-
-/// The cases of [`UNMAPPED_LANGUAGE`]: open both in their answers and in their model calls.
-const UNMAPPED_LANGUAGE_CASES: &[&str] = &[
-    "v4 completion stream mistral Julia Quadrature.jl",
-    "v4 completion mixtral Zig ring.zig",
-    "v4 completion codegemma F# Temperature.fs",
-    "v4 completion stream deepseekcoder OCaml bst.ml",
-    "v4 completion stream general Clojure cart.clj",
-    "v4 completion mistral Crystal with two code_context components (language server 7.17.1)",
-    "v4 completion mistral Crystal with two code_context components (language server 7.17.0)",
-    "v4 completion codestral site.conf (unmapped extension, language_identifier \"\")",
-    "v4 completion stream gemini, model 500",
-    "v4 completion deepseekcoder, model 500",
-];
 
 /// Differences not removed yet, by case name, each with its cause and the work that removes
 /// it. Such a case is reported as open, not as a failure; one that becomes equal fails the run
@@ -228,12 +211,9 @@ pub fn open_reason(case: &Case) -> Option<&'static str> {
     open_in(&[OPEN], case)
 }
 
-/// The reason `lists` (or the unmapped languages, open in every comparison) give for `case`.
+/// The reason `lists` give for `case`.
 fn open_in(lists: &[&'static [(&'static str, &'static str)]], case: &Case) -> Option<&'static str> {
-    lists
-        .iter()
-        .find_map(|list| named(list, case))
-        .or_else(|| UNMAPPED_LANGUAGE_CASES.contains(&case.name.as_str()).then_some(UNMAPPED_LANGUAGE))
+    lists.iter().find_map(|list| named(list, case))
 }
 
 /// What `list` holds for `case`, by its name.
@@ -272,7 +252,6 @@ pub fn unknown_names(cases: &[Case]) -> Vec<&'static str> {
         .chain(OPEN.iter().map(|(name, _)| *name))
         .chain(UPSTREAM_OPEN.iter().map(|(name, _)| *name))
         .chain(BUILT_IN_OPEN.iter().map(|(name, _)| *name))
-        .chain(UNMAPPED_LANGUAGE_CASES.iter().copied())
         .filter(|name| !cases.iter().any(|case| case.name == *name))
         .collect()
 }
