@@ -109,6 +109,7 @@ pub(crate) enum V4Content {
 pub(crate) fn v4_sse_response(
     chunks: ChunkStream,
     content: V4Content,
+    fence: Option<FenceStripper>,
     metadata: impl serde::Serialize + Send + 'static,
 ) -> http::Response<Body> {
     #[derive(serde::Serialize)]
@@ -123,7 +124,7 @@ pub(crate) fn v4_sse_response(
         V4Content::EveryChunk => {
             Box::pin(every_chunk(chunks).map(move |piece| piece.map(|(text, _)| chunk_event(text))))
         }
-        V4Content::Whole => Box::pin(whole_text(chunks, None).map(move |text| text.map(chunk_event))),
+        V4Content::Whole => Box::pin(whole_text(chunks, fence).map(move |text| text.map(chunk_event))),
     };
     let end = futures_util::stream::once(async { Ok(sse_event("stream_end", &Value::Null)) });
     let mut response = streamed_response(EVENT_STREAM, start.chain(content).chain(end));

@@ -41,6 +41,19 @@ async fn generation_renders_the_template_and_strips_the_fence() {
 }
 
 #[tokio::test]
+async fn a_whole_generation_starts_on_a_new_line_when_the_cursors_line_has_code() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: FENCED.into(), ..Reply::default() });
+    let mut body = generation_body(&t, false);
+    body["current_file"]["content_above_cursor"] = json!("# subtract b from a");
+    let answer = generate(&t, &body).await;
+    assert_eq!(answer.json()["choices"][0]["text"], format!("\n{BARE}"), "{}", answer.text());
+    t.model.set_reply(Reply { text: "```python\n   \n```".into(), ..Reply::default() });
+    let answer = generate(&t, &body).await;
+    assert_eq!(answer.json()["choices"][0]["text"], "", "only whitespace is no code: {}", answer.text());
+}
+
+#[tokio::test]
 async fn generation_stream_strips_a_fence_split_across_chunks() {
     let t = TestGateway::start().await;
     for chunks in [1, 3, 7, FENCED.len()] {
@@ -167,7 +180,7 @@ async fn v4_streams_crlf_framed_sse() {
     // of text, the finish event, the usage event), an empty one, the end, and the empty tail.
     assert_eq!(events.len(), 8, "{text:?}");
     assert!(events[0].starts_with(
-        "event: stream_start\r\ndata: {\"metadata\":{\"model\":{\"engine\":\"agent\",\"name\":\"Codestral code completions\"},\"timestamp\":"
+        "event: stream_start\r\ndata: {\"metadata\":{\"model\":{\"engine\":\"agent\",\"name\":\"Codestral 22B Code Completions\"},\"timestamp\":"
     ), "{}", events[0]);
     assert!(events[0].ends_with(",\"enabled_feature_flags\":[],\"region\":null}}"), "{}", events[0]);
     let chunk = |text: &str| {
@@ -179,7 +192,7 @@ async fn v4_streams_crlf_framed_sse() {
 }
 
 #[tokio::test]
-async fn v4_generation_sends_the_models_text_whole_and_needs_generate_code() {
+async fn v4_generation_strips_the_fence_only_as_it_streams_and_needs_generate_code() {
     let t = TestGateway::start().await;
     t.model.set_reply(Reply { text: FENCED.into(), chunks: 5, ..Reply::default() });
     let body = v3_body(&t, "code_editor_generation", false);
@@ -187,10 +200,11 @@ async fn v4_generation_sends_the_models_text_whole_and_needs_generate_code() {
     assert_eq!(refused.status, 403);
     let headers = t.gitlab_headers(&t.token(&["generate_code"]));
     let answer = t.post("/v4/code/suggestions", &headers, &body).await;
-    // v3 and v4 send the model's text as it is, and name the prompt that made it.
+    // A whole v4 answer is the model's text as it is, named by the prompt that made it; a
+    // streamed one loses its fence, as GitLab's gateway post-processes v4 streams.
     let json = answer.json();
     assert_eq!(json["choices"][0]["text"], FENCED);
-    let model = json!({"engine": "agent", "name": "Codestral code generations", "lang": "python"});
+    let model = json!({"engine": "agent", "name": "Codestral 22B Code Generations", "lang": "python"});
     assert_eq!((&json["model"], &json["metadata"]["model"]), (&model, &model));
 
     let streamed = v3_body(&t, "code_editor_generation", true);
@@ -198,7 +212,7 @@ async fn v4_generation_sends_the_models_text_whole_and_needs_generate_code() {
     let text = stream.text();
     let events: Vec<&str> = text.split("\r\n\r\n").collect();
     assert_eq!(events.len(), 4, "start, the whole text in one chunk, end, tail: {text:?}");
-    let whole = serde_json::to_string(FENCED).unwrap();
+    let whole = serde_json::to_string(BARE).unwrap();
     assert_eq!(
         events[1],
         format!("event: content_chunk\r\ndata: {{\"choices\":[{{\"delta\":{{\"content\":{whole}}},\"index\":0}}]}}")

@@ -61,6 +61,18 @@ enum GenerationPrompt {
     Messages(Vec<wit::Message>),
 }
 
+/// Where GitLab's gateway strips the markdown fence a chat model puts around generated code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FenceRule {
+    /// v2: whole answers and streams (a whole answer also starts on a new line when the code
+    /// above the cursor does not end with one, and one that is only whitespace becomes empty).
+    Always,
+    /// v4: streams only; a whole answer is the model's text as it is.
+    StreamsOnly,
+    /// v3: never.
+    Never,
+}
+
 /// What the editor sent, whichever endpoint version carried it.
 #[derive(Debug)]
 struct CodeInput {
@@ -72,9 +84,8 @@ struct CodeInput {
     stream: bool,
     prompt: GenerationPrompt,
     target: ModelTarget,
-    /// Strip a generation's code fence (v2 does, as GitLab's gateway does; v3 and v4 send the
-    /// model's text as it is).
-    strip_fence: bool,
+    /// Which of a generation's answers lose their markdown code fence.
+    strip_fence: FenceRule,
     /// The instance's code context (the contents of open files), in its order; GitLab's gateway
     /// puts it in front of the prefix.
     context: Vec<String>,
@@ -258,18 +269,34 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
     if input.task == Task::Completion {
         job = job.with_fill_in_middle(&model_prefix, suffix);
     }
-    let strip = input.task == Task::Generation && input.strip_fence;
+    let generation = input.task == Task::Generation;
     if input.stream {
         let chunks = Box::new(pipeline::stream(state, job).await?.first_piece().await?);
+        let strip = generation && input.strip_fence != FenceRule::Never;
         let outcome = CodeOutcome::Stream { chunks, fence: strip.then(FenceStripper::default) };
         return Ok(CodeAnswer { prompt_name, outcome });
     }
     let completion = pipeline::complete(state, job).await?;
     let cut_at_limit = matches!(completion.finish_reason, Some(wit::FinishReason::Length));
-    let text = if strip { FenceStripper::strip(&completion.text) } else { completion.text };
+    let text = if generation && input.strip_fence == FenceRule::Always {
+        post_process_generation(&input.above, &completion.text)
+    } else {
+        completion.text
+    };
     let context_used = context.chars().count();
     let outcome = CodeOutcome::Text { lang, text, usage: completion.usage, cut_at_limit, context_used };
     Ok(CodeAnswer { prompt_name, outcome })
+}
+
+/// GitLab's post-processing of a whole v2 generation: the fence stripped, a new line in front
+/// when the code above the cursor does not end with one (so the code does not continue the
+/// cursor's line), and nothing when only whitespace is left.
+fn post_process_generation(above: &str, answer: &str) -> String {
+    let code = FenceStripper::strip(answer);
+    if code.trim().is_empty() {
+        return String::new();
+    }
+    if above.ends_with('\n') || code.starts_with('\n') { code } else { format!("\n{code}") }
 }
 
 /// `model` of the v3/v4 answers: the provider as GitLab named it (or `agent` for a registry
@@ -294,3 +321,17 @@ fn choices(text: Option<&str>) -> Vec<Choice<'_>> {
 }
 
 // ---- v2: flat model fields ----------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::post_process_generation;
+
+    #[test]
+    fn a_whole_generation_starts_on_its_own_line() {
+        let fenced = "```python\ndef hi():\n    return 1\n```";
+        assert_eq!(post_process_generation("# say hi\n", fenced), "def hi():\n    return 1\n");
+        assert_eq!(post_process_generation("# say hi", fenced), "\ndef hi():\n    return 1\n");
+        assert_eq!(post_process_generation("x = 1", "\ny = 2"), "\ny = 2", "already on a new line");
+        assert_eq!(post_process_generation("x = 1", "```\n  \n```"), "", "only whitespace");
+    }
+}

@@ -2,8 +2,8 @@
 //! fields, GitLab's `text_completion` answer, a raw text stream.
 
 use super::{
-    Choice, CodeInput, CodeOutcome, GenerationPrompt, MAX_CONTEXT_ITEMS, PromptVersion, Task, check_content, choices,
-    generation_prompt, run,
+    Choice, CodeInput, CodeOutcome, FenceRule, GenerationPrompt, MAX_CONTEXT_ITEMS, PromptVersion, Task, check_content,
+    choices, generation_prompt, run,
 };
 use crate::api::stream::raw_text_response;
 use crate::api::{parse_json, unix_now};
@@ -158,7 +158,7 @@ pub(crate) async fn handle_v2(
         stream: request.stream,
         prompt,
         target,
-        strip_fence: true,
+        strip_fence: FenceRule::Always,
         context,
         enhancer: serde_json::Map::new(),
         legacy: true,

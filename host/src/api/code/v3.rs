@@ -2,8 +2,8 @@
 //! `choices` with `metadata`, a raw text stream (v3) or CRLF-framed SSE (v4).
 
 use super::{
-    Choice, CodeInput, CodeOutcome, GenerationPrompt, ModelInfo, PromptVersion, Task, check_content, choices,
-    generation_prompt, run,
+    Choice, CodeInput, CodeOutcome, FenceRule, GenerationPrompt, ModelInfo, PromptVersion, Task, check_content,
+    choices, generation_prompt, run,
 };
 use crate::api::model::ModelMetadata;
 use crate::api::stream::{V4Content, raw_text_response, v4_sse_response};
@@ -115,7 +115,11 @@ pub(crate) async fn handle_v3(
         stream: payload.stream,
         prompt,
         target,
-        strip_fence: false,
+        // GitLab's gateway strips the fence of a v4 generation as it streams, and of nothing else.
+        strip_fence: match version {
+            Version::V4 => FenceRule::StreamsOnly,
+            Version::V3 => FenceRule::Never,
+        },
         context: code_context(&request.prompt_components, headers),
         enhancer: payload.prompt_enhancer.unwrap_or_default(),
         legacy: false,
@@ -143,7 +147,7 @@ pub(crate) async fn handle_v3(
                     Task::Completion => V4Content::EveryChunk,
                     Task::Generation => V4Content::Whole,
                 };
-                v4_sse_response(*chunks, content, start)
+                v4_sse_response(*chunks, content, fence, start)
             }
         },
     })
