@@ -6,6 +6,7 @@ use crate::types::{
     UpstreamRequest, Usage,
 };
 use aigw_plugin_sdk::embeddings::{EmbeddingsRequest, EmbeddingsResult};
+use aigw_plugin_sdk::model_rules;
 use serde::{Deserialize, Serialize};
 
 /// Provider names routed to this plugin: `anthropic/<model>`.
@@ -41,25 +42,38 @@ struct MessagesRequest<'a> {
 #[derive(Serialize)]
 struct Turn<'a> {
     role: &'static str,
-    content: &'a str,
+    content: std::borrow::Cow<'a, str>,
 }
 
 /// System messages become the top-level `system` (joined by blank lines); the rest must start
-/// with the user, as the Messages API requires.
+/// with the user, as the Messages API requires. A last assistant turn (a prefill) that the model
+/// refuses (Claude 4.6 and later) is sent as the user's, and `temperature` is left out for the
+/// models that refuse it.
 pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginError> {
     if request.model.is_empty() {
         return Err(PluginError::InvalidInput("the model id is empty".to_string()));
     }
     let aigw_plugin_sdk::SystemAndTurns { system, turns } =
         aigw_plugin_sdk::system_and_turns(&request.messages, "Messages API")?;
-    let messages = turns.into_iter().map(|(role, content)| Turn { role, content }).collect();
+    let refuses_prefill = !model_rules::accepts_assistant_prefill(&request.model);
+    let count = turns.len();
+    let messages = turns
+        .into_iter()
+        .enumerate()
+        .map(|(index, (role, content))| match role {
+            "assistant" if index + 1 == count && refuses_prefill => {
+                Turn { role: "user", content: model_rules::prefill_as_user(content).into() }
+            }
+            _ => Turn { role, content: content.into() },
+        })
+        .collect();
     let sampling = &request.sampling;
     let body = MessagesRequest {
         model: &request.model,
         max_tokens: sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages,
-        temperature: sampling.temperature,
+        temperature: sampling.temperature.filter(|_| model_rules::accepts_temperature(&request.model)),
         top_p: sampling.top_p,
         stop_sequences: &sampling.stop,
         stream: request.stream,
@@ -280,5 +294,31 @@ mod tests {
         .unwrap();
         assert_eq!(done.text, "Hi there");
         assert!(matches!(done.finish_reason, Some(FinishReason::Length)));
+    }
+
+    #[test]
+    fn a_refused_prefill_is_sent_as_the_users() {
+        use crate::types::{Message, Role, Sampling};
+        let request = |model: &str| ModelRequest {
+            model: model.into(),
+            messages: vec![
+                Message { role: Role::User, content: "Question".into() },
+                Message { role: Role::Assistant, content: "Thought:".into() },
+            ],
+            fill_in_middle: None,
+            sampling: Sampling { max_tokens: None, temperature: Some(0.1), top_p: None, stop: vec![] },
+            stream: false,
+        };
+        let body = |model: &str| -> serde_json::Value {
+            serde_json::from_slice(&build_request(&request(model)).unwrap().body).unwrap()
+        };
+        let refused = body("claude-sonnet-4-6");
+        assert_eq!(
+            refused["messages"][1],
+            serde_json::json!({"role": "user", "content": "[Previous assistant context]: Thought:"})
+        );
+        let kept = body("claude-sonnet-4-5-20250929");
+        assert_eq!(kept["messages"][1], serde_json::json!({"role": "assistant", "content": "Thought:"}));
+        assert!(body("claude-opus-4-7").get("temperature").is_none());
     }
 }

@@ -7,6 +7,7 @@ use crate::types::{
     UpstreamRequest, Usage,
 };
 use aigw_plugin_sdk::embeddings::{EmbeddingPurpose, EmbeddingsRequest, EmbeddingsResult};
+use aigw_plugin_sdk::model_rules;
 use aigw_plugin_sdk::{empty_chunk, invalid, malformed, to_json};
 use serde::{Deserialize, Serialize};
 
@@ -43,12 +44,12 @@ struct ConverseRequest<'a> {
 #[derive(Serialize)]
 struct Turn<'a> {
     role: &'static str,
-    content: [TextBlock<'a>; 1],
+    content: Vec<TextBlock<'a>>,
 }
 
 #[derive(Serialize)]
 struct TextBlock<'a> {
-    text: &'a str,
+    text: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Serialize)]
@@ -88,22 +89,38 @@ fn path_segment(model: &str) -> String {
 }
 
 /// System messages become `system` blocks; the conversation must start with the user, as the
-/// Converse API requires. The host signs the request (SigV4, service `bedrock`).
+/// Converse API requires. A last assistant turn (a prefill) that a Claude model refuses (4.6 and
+/// later) becomes a second text block of the user turn before it (Converse wants the roles to
+/// alternate); `temperature` is left out for the models that refuse it. The host signs the
+/// request (SigV4, service `bedrock`).
 pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginError> {
     if request.model.is_empty() {
         return Err(invalid("the model id is empty"));
     }
     let aigw_plugin_sdk::SystemAndTurns { system, turns } =
         aigw_plugin_sdk::system_and_turns(&request.messages, "Converse API")?;
-    let system = system.into_iter().map(|text| TextBlock { text }).collect();
-    let messages = turns.into_iter().map(|(role, text)| Turn { role, content: [TextBlock { text }] }).collect();
+    let system = system.into_iter().map(|text| TextBlock { text: text.into() }).collect();
+    let refuses_prefill = !model_rules::accepts_assistant_prefill(&request.model);
+    let count = turns.len();
+    let mut messages: Vec<Turn> = Vec::with_capacity(count);
+    for (index, (role, text)) in turns.into_iter().enumerate() {
+        if role == "assistant" && index + 1 == count && refuses_prefill {
+            let block = TextBlock { text: model_rules::prefill_as_user(text).into() };
+            match messages.last_mut() {
+                Some(previous) if previous.role == "user" => previous.content.push(block),
+                _ => messages.push(Turn { role: "user", content: vec![block] }),
+            }
+            continue;
+        }
+        messages.push(Turn { role, content: vec![TextBlock { text: text.into() }] });
+    }
     let sampling = &request.sampling;
     let body = ConverseRequest {
         messages,
         system,
         inference_config: InferenceConfig {
             max_tokens: sampling.max_tokens,
-            temperature: sampling.temperature,
+            temperature: sampling.temperature.filter(|_| model_rules::accepts_temperature(&request.model)),
             top_p: sampling.top_p,
             stop_sequences: &sampling.stop,
         },
@@ -461,5 +478,32 @@ mod tests {
             .unwrap();
         assert_eq!(v4.vectors, vec![vec![3.0]]);
         assert!(parse_embeddings_response(br#"{"message":"denied"}"#).is_err());
+    }
+
+    #[test]
+    fn a_refused_claude_prefill_joins_the_user_turn_before_it() {
+        use crate::types::{Message, Role, Sampling};
+        let request = |model: &str| ModelRequest {
+            model: model.into(),
+            messages: vec![
+                Message { role: Role::User, content: "Question".into() },
+                Message { role: Role::Assistant, content: "Thought:".into() },
+            ],
+            fill_in_middle: None,
+            sampling: Sampling { max_tokens: None, temperature: Some(0.1), top_p: None, stop: vec![] },
+            stream: false,
+        };
+        let body = |model: &str| -> serde_json::Value {
+            serde_json::from_slice(&build_request(&request(model)).unwrap().body).unwrap()
+        };
+        let refused = body("us.anthropic.claude-opus-4-7-v1:0");
+        assert_eq!(
+            refused["messages"],
+            serde_json::json!([{"role": "user", "content": [{"text": "Question"}, {"text": "[Previous assistant context]: Thought:"}]}])
+        );
+        assert!(refused.get("inferenceConfig").is_none(), "no temperature for Opus 4.7");
+        let kept = body("anthropic.claude-3-haiku-20240307-v1:0");
+        assert_eq!(kept["messages"][1], serde_json::json!({"role": "assistant", "content": [{"text": "Thought:"}]}));
+        assert!(kept["inferenceConfig"]["temperature"].is_number());
     }
 }

@@ -17,6 +17,7 @@
 
 #![allow(unsafe_code, reason = "wit-bindgen's generated ABI glue is unsafe code")]
 
+pub mod model_rules;
 pub mod openai;
 pub mod openai_embeddings;
 

@@ -2,7 +2,7 @@
 //! Azure OpenAI and Mistral: the request body, the complete answer and the SSE stream events.
 
 use crate::types::{Completion, FinishReason, ModelRequest, PluginError, Role, StreamChunk, Usage};
-use crate::{done_chunk, invalid, malformed, role_name, to_json};
+use crate::{done_chunk, invalid, malformed, model_rules, role_name, to_json};
 use serde::{Deserialize, Serialize};
 
 /// How a provider's dialect differs from OpenAI's.
@@ -18,10 +18,11 @@ pub struct Dialect {
     pub prefix_last_assistant: bool,
     /// The most stop sequences the API takes (OpenAI's takes 4); the first ones are sent.
     pub max_stop: Option<usize>,
-    /// For a Mistral model (`mistral` in its id) whose last message is an assistant prefill,
-    /// ask vLLM to continue that message rather than open a new one
-    /// (`"continue_final_message": true, "add_generation_prompt": false`), as GitLab's gateway
-    /// does: Mistral's chat template otherwise ends the prefill's turn.
+    /// For a Mistral model (`mistral` in the model's own name, not its organisation's: not for
+    /// `mistralai/Mixtral-…`) whose last message is an assistant prefill, ask vLLM to continue
+    /// that message rather than open a new one (`"continue_final_message": true,
+    /// "add_generation_prompt": false`), as GitLab's gateway does: Mistral's chat template
+    /// otherwise ends the prefill's turn.
     pub continue_mistral_prefill: bool,
 }
 
@@ -59,6 +60,9 @@ struct ChatRequest<'a> {
 pub struct SamplingFields<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    /// The output limit under the GPT-5 family's name for it (then `max_tokens` is unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,12 +72,15 @@ pub struct SamplingFields<'a> {
 }
 
 impl<'a> SamplingFields<'a> {
-    /// The request's sampling parameters; unset ones are left out of the body.
+    /// The request's sampling parameters; unset ones are left out of the body, and so is what
+    /// the model refuses (see [`model_rules`](crate::model_rules)).
     pub fn of(request: &'a ModelRequest) -> Self {
         let sampling = &request.sampling;
+        let completion_tokens = model_rules::wants_max_completion_tokens(&request.model);
         SamplingFields {
-            max_tokens: sampling.max_tokens,
-            temperature: sampling.temperature,
+            max_tokens: sampling.max_tokens.filter(|_| !completion_tokens),
+            max_completion_tokens: sampling.max_tokens.filter(|_| completion_tokens),
+            temperature: sampling.temperature.filter(|_| model_rules::accepts_temperature(&request.model)),
             top_p: sampling.top_p,
             stop: &sampling.stop,
         }
@@ -83,9 +90,24 @@ impl<'a> SamplingFields<'a> {
 #[derive(Serialize)]
 struct ChatMessage<'a> {
     role: &'static str,
-    content: &'a str,
+    content: ChatContent<'a>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     prefix: bool,
+}
+
+/// A message's content: its text, or (a refused prefill sent as the user's) one text block.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChatContent<'a> {
+    Text(&'a str),
+    Blocks([TextBlock; 1]),
+}
+
+#[derive(Serialize)]
+struct TextBlock {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: String,
 }
 
 #[derive(Serialize)]
@@ -108,8 +130,11 @@ pub fn check_request(request: &ModelRequest) -> Result<(), PluginError> {
 pub fn chat_body(request: &ModelRequest, dialect: Dialect) -> Result<Vec<u8>, PluginError> {
     check_request(request)?;
     let prefilled = request.messages.last().is_some_and(|last| matches!(last.role, Role::Assistant));
+    // A model that refuses a prefill gets it as the user's words instead.
+    let prefill_refused = prefilled && !model_rules::accepts_assistant_prefill(&request.model);
+    let model_name = request.model.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
     let continue_prefill =
-        (dialect.continue_mistral_prefill && prefilled && request.model.to_ascii_lowercase().contains("mistral"))
+        (dialect.continue_mistral_prefill && prefilled && !prefill_refused && model_name.contains("mistral"))
             .then_some(true);
     let mut sampling = SamplingFields::of(request);
     if let Some(max) = dialect.max_stop {
@@ -123,9 +148,14 @@ pub fn chat_body(request: &ModelRequest, dialect: Dialect) -> Result<Vec<u8>, Pl
             .enumerate()
             .map(|(index, message)| {
                 let last_assistant = index + 1 == request.messages.len() && matches!(message.role, Role::Assistant);
+                if last_assistant && prefill_refused {
+                    let text = model_rules::prefill_as_user(&message.content);
+                    let content = ChatContent::Blocks([TextBlock { kind: "text", text }]);
+                    return ChatMessage { role: "user", content, prefix: false };
+                }
                 ChatMessage {
                     role: role_name(message.role),
-                    content: &message.content,
+                    content: ChatContent::Text(&message.content),
                     prefix: dialect.prefix_last_assistant && last_assistant,
                 }
             })
@@ -368,5 +398,47 @@ mod tests {
             PluginError::MalformedResponse(message) => assert!(message.contains("model overloaded")),
             other => unreachable!("unexpected {other:?}"),
         }
+    }
+
+    /// `request` for `model` with a trailing assistant prefill.
+    fn prefilled(model: &str) -> Value {
+        let mut request = request(false);
+        request.model = model.to_string();
+        request.messages.push(Message { role: Role::Assistant, content: "Thought:".to_string() });
+        serde_json::from_slice(&chat_body(&request, Dialect::OPENAI).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_claude_model_that_refuses_prefill_gets_it_as_the_users_words() {
+        let body = prefilled("anthropic/claude-sonnet-4-6");
+        assert_eq!(
+            body["messages"][2],
+            json!({"role": "user", "content": [{"type": "text", "text": "[Previous assistant context]: Thought:"}]})
+        );
+        let kept = prefilled("claude-sonnet-4-5");
+        assert_eq!(kept["messages"][2], json!({"role": "assistant", "content": "Thought:"}));
+    }
+
+    #[test]
+    fn vllms_continue_flags_go_to_mistral_models_only() {
+        let mistral = prefilled("mistralai/Mistral-7B-Instruct-v0.3");
+        assert_eq!(
+            (mistral["continue_final_message"].clone(), mistral["add_generation_prompt"].clone()),
+            (json!(true), json!(false))
+        );
+        let mixtral = prefilled("mistralai/Mixtral-8x7B-Instruct-v0.1");
+        assert!(mixtral.get("continue_final_message").is_none() && mixtral.get("add_generation_prompt").is_none());
+    }
+
+    #[test]
+    fn gpt_5_and_the_newest_claude_get_the_sampling_they_accept() {
+        let mut gpt5 = request(false);
+        gpt5.model = "gpt-5-mini".to_string();
+        let body: Value = serde_json::from_slice(&chat_body(&gpt5, Dialect::OPENAI).unwrap()).unwrap();
+        assert_eq!((body.get("max_tokens"), &body["max_completion_tokens"]), (None, &json!(64)));
+        let mut opus = request(false);
+        opus.model = "claude-opus-4-7".to_string();
+        let body: Value = serde_json::from_slice(&chat_body(&opus, Dialect::OPENAI).unwrap()).unwrap();
+        assert_eq!((body.get("temperature"), &body["max_tokens"]), (None, &json!(64)));
     }
 }

@@ -321,3 +321,30 @@ async fn tools_are_offered_by_scope_and_by_the_instance_version_in_gitlabs_order
     assert_eq!(offered(None, &every).await, ["epic_reader", "issue_reader", "gitlab_documentation"]);
     assert_eq!(offered(Some("18.5.0"), &["duo_chat", "ask_issue"]).await, ["issue_reader"], "scopes still gate");
 }
+
+#[tokio::test]
+async fn claude_models_that_refuse_a_prefill_get_the_thought_as_the_users_words() {
+    let t = TestGateway::start().await;
+    t.model.set_reply(Reply { text: " Easy.\nFinal Answer: Use git bisect.".into(), ..Reply::default() });
+    let question = json!({"role": "user", "content": "How do I find the bad commit?"});
+    for (identifier, refused) in
+        [("custom_openai/claude-sonnet-4-6", true), ("custom_openai/claude-sonnet-4-5-20250929", false)]
+    {
+        t.model.clear_requests();
+        let metadata = json!({"provider": "openai", "name": "claude_3", "endpoint": t.model.base_url(),
+                              "api_key": "k", "identifier": identifier});
+        let answer = step(&t, &SCOPES, &json!({"messages": [question], "model_metadata": metadata})).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(aigw_tests::final_answer(&events(&answer)), "Use git bisect.", "{identifier}");
+        let messages = t.model.requests()[0].body["messages"].as_array().unwrap().clone();
+        let last = messages.last().unwrap();
+        if refused {
+            assert_eq!(last["role"], "user", "{identifier}");
+            let text = last["content"][0]["text"].as_str().unwrap();
+            assert!(text.starts_with("[Previous assistant context]: ") && text.ends_with("Thought:"), "{text:?}");
+        } else {
+            assert_eq!(last["role"], "assistant", "{identifier}");
+            assert!(last["content"].as_str().unwrap().ends_with("Thought:"), "{identifier}");
+        }
+    }
+}

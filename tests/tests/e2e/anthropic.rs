@@ -45,7 +45,7 @@ async fn agent_stream_sums_usage_split_over_events() {
     });
     let body = json!({"messages": [{"role": "user", "content": "How do I find the bad commit?"}],
                       "model_metadata": {"provider": "anthropic", "name": "claude_3", "endpoint": endpoint(&t),
-                                         "api_key": "sk-ant-test", "identifier": "anthropic/claude-3-5-sonnet"}});
+                                         "api_key": "sk-ant-test", "identifier": "anthropic/claude-sonnet-4-5"}});
     let answer = t.post("/v2/chat/agent", &t.gitlab_headers(&t.token(&["duo_chat"])), &body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let events = answer.ndjson();
@@ -53,11 +53,12 @@ async fn agent_stream_sums_usage_split_over_events() {
     assert_eq!(text, "Use git bisect.");
     assert_eq!(
         events.last().unwrap(),
-        &json!({"type": "usage", "data": {"usage": {"claude-3-5-sonnet": {"input_tokens": 12, "output_tokens": 5}}}})
+        &json!({"type": "usage", "data": {"usage": {"claude-sonnet-4-5": {"input_tokens": 12, "output_tokens": 5}}}})
     );
     let upstream = &t.model.requests()[0].body;
     assert!(upstream["system"].as_str().unwrap().contains("GitLab Duo Chat"), "the system prompt is top-level");
-    // The `Thought:` prefill is a last assistant turn, which the Messages API continues.
+    // The `Thought:` prefill is a last assistant turn, which the Messages API continues (Claude
+    // 4.5 still accepts one; 4.6 and later get it as the user's words, see the plugin's tests).
     assert_eq!(
         upstream["messages"],
         json!([{"role": "user", "content": "How do I find the bad commit?"},
