@@ -198,8 +198,12 @@ fn public_answer(state: &AppState, public: Public) -> http::Response<Body> {
         Public::Metrics => metrics_response(&state.metrics),
         Public::ModelDefinitions => {
             let prompts = state.prompts();
-            let models: Vec<Value> =
-                prompts.families().names().map(|family| json!({"name": family, "identifier": family})).collect();
+            // Each family, with the supported models GitLab maps to it.
+            let models: Vec<Value> = prompts
+                .families()
+                .all()
+                .map(|family| json!({"name": family.name, "identifier": family.name, "models": family.models}))
+                .collect();
             // Which prompt set serves: GitLab's registry (and the ids it has), else aigw's own.
             let gitlab = prompts.gitlab_ids();
             let prompt_set = if gitlab.is_some() { "gitlab" } else { "aigw" };

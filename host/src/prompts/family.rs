@@ -36,6 +36,10 @@ struct FamilyFile {
     /// `max_context_tokens`). An operator whose server runs the model with a smaller window
     /// (vLLM's `--max-model-len`) states it here.
     context_tokens: Option<usize>,
+    /// The models GitLab's supported-models list maps to this family (display names): an
+    /// administrator who adds one in GitLab picks this family for it.
+    #[serde(default)]
+    models: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +67,8 @@ pub(crate) struct Family {
     pub(crate) params: Params,
     /// Its context window in tokens.
     pub(crate) context_tokens: usize,
+    /// The supported models GitLab maps to it.
+    pub(crate) models: Vec<String>,
 }
 
 /// The context window of a family that states none, and of a model whose family is unknown:
@@ -89,6 +95,7 @@ impl Families {
                 falls_back_to: entry.falls_back_to,
                 params: Params { temperature, max_tokens, top_p, stop: Vec::new() },
                 context_tokens: entry.context_tokens.unwrap_or(DEFAULT_CONTEXT_TOKENS),
+                models: entry.models,
             };
             match self.0.iter_mut().find(|known| known.name == family.name) {
                 Some(known) => *known = family,
@@ -106,6 +113,11 @@ impl Families {
     /// The context window of `family`'s models, in tokens.
     pub(crate) fn context_tokens(&self, family: &str) -> usize {
         self.get(family).map_or(DEFAULT_CONTEXT_TOKENS, |f| f.context_tokens)
+    }
+
+    /// Every family, in order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Family> {
+        self.0.iter()
     }
 
     /// Every family's name, in order.

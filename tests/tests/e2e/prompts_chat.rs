@@ -206,6 +206,52 @@ async fn model_definitions_list_families_without_auth() {
     let json = answer.json();
     assert!(json["models"].as_array().unwrap().iter().any(|m| m["identifier"] == "codestral"));
     assert_eq!(json["providers"], json!(["custom_openai", "openai"]));
+    // This year's rows of GitLab's supported-models list, each under the family GitLab maps it to.
+    let family_of = |model: &str| {
+        let families = json["models"].as_array().unwrap();
+        let found = families.iter().find(|f| f["models"].as_array().unwrap().iter().any(|m| m == model));
+        found.map(|family| family["name"].as_str().unwrap().to_string())
+    };
+    for (model, family) in [
+        ("GLM-5.1", "general"),
+        ("Kimi-K2.5", "general"),
+        ("Kimi-K2.6", "general"),
+        ("MiniMax-M2.7", "general"),
+        ("Gemma-4-31B", "general"),
+        ("Qwen3.6", "qwen"),
+        ("Mistral Medium 3.5", "mistral"),
+        ("Mistral Small 24B Instruct 2506", "mistral"),
+        ("GPT-5.2", "gpt"),
+        ("GPT-oss-120B", "gpt"),
+    ] {
+        assert_eq!(family_of(model).as_deref(), Some(family), "{model}");
+    }
+}
+
+#[tokio::test]
+async fn this_years_models_are_served_with_their_familys_prompt() {
+    let t = TestGateway::start().await;
+    let headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    for (family, identifier, system_text) in [
+        ("general", "custom_openai/zai-org/GLM-5.1", true),
+        ("general", "custom_openai/moonshotai/Kimi-K2.6", true),
+        ("qwen", "custom_openai/Qwen/Qwen3.6-27B", false),
+        ("gpt", "custom_openai/openai/gpt-oss-120b", true),
+    ] {
+        t.model.clear_requests();
+        let body = json!({"prompt_components": [{"type": "code_editor_completion", "payload": {
+            "file_name": "main.py", "content_above_cursor": "def add(a, b):\n    ", "content_below_cursor": "\n",
+            "language_identifier": "Python", "stream": false}}],
+            "model_metadata": {"provider": "openai", "name": family, "endpoint": t.model.base_url(),
+                               "api_key": "k", "identifier": identifier}});
+        let answer = t.post("/v4/code/suggestions", &headers, &body).await;
+        assert_eq!(answer.status, 200, "{identifier}: {}", answer.text());
+        assert_eq!(answer.json()["model"]["name"], family, "{identifier}");
+        let sent = &t.model.requests()[0].body;
+        assert_eq!(sent["model"], identifier.split_once('/').unwrap().1, "{identifier}");
+        let first_role = sent["messages"][0]["role"].as_str().unwrap();
+        assert_eq!(first_role == "system", system_text, "{identifier}: the family's prompt shape");
+    }
 }
 
 #[tokio::test]
