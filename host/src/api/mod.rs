@@ -159,6 +159,13 @@ pub(crate) async fn dispatch(
     } else {
         state.verifier.authenticate(headers).await?
     };
+    // Who the caller is, for its log line: from the token's claims, never from the headers.
+    if let Some(facts) = crate::telemetry::current_facts() {
+        crate::telemetry::record(&facts, |f| {
+            f.gitlab_realm.clone_from(&principal.realm);
+            f.root_namespace_id.clone_from(&principal.root_namespace_id);
+        });
+    }
     let body = body.await?;
     if let Some(requirement) = requirement {
         principal.require(&requirement)?;

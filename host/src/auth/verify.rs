@@ -22,8 +22,12 @@ pub(crate) const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 48 * 3600;
 pub struct Principal {
     /// Granted scopes (unit primitives).
     pub(crate) scopes: Vec<String>,
-    /// `gitlab_realm` claim.
+    /// `gitlab_realm` claim: the realm of record, whatever `X-Gitlab-Realm` says (the header
+    /// must agree with it, and is never read on its own).
     pub(crate) realm: Option<String>,
+    /// `gitlab_root_namespace_id` claim, when the token carries one: taken from the token, never
+    /// from a header, as GitLab's gateway takes it.
+    pub(crate) root_namespace_id: Option<String>,
     /// Signed by this gateway (`/v1/code/user_access_token`), not by the GitLab instance.
     pub(crate) gateway_issued: bool,
     /// Authentication is bypassed (`AIGW_AUTH__BYPASS_EXTERNAL`): every scope is granted.
@@ -33,7 +37,13 @@ pub struct Principal {
 impl Principal {
     /// The caller when authentication is bypassed: no identity, every scope.
     pub(crate) fn unrestricted() -> Self {
-        Principal { scopes: Vec::new(), realm: None, gateway_issued: false, unrestricted: true }
+        Principal {
+            scopes: Vec::new(),
+            realm: None,
+            root_namespace_id: None,
+            gateway_issued: false,
+            unrestricted: true,
+        }
     }
 
     /// Whether `scope` was granted.
@@ -69,6 +79,8 @@ struct Claims {
     scopes: Vec<String>,
     gitlab_realm: Option<String>,
     gitlab_instance_id: Option<serde_json::Value>,
+    /// A number or a string, as the instance writes it.
+    gitlab_root_namespace_id: Option<serde_json::Value>,
 }
 
 /// A token's claims as decoded: the ones aigw reads, and the names of all the others.
@@ -287,10 +299,7 @@ impl Verifier {
         }
         let (claims, gateway_issued) = self.verify_token(token).await?;
         check_header(headers, "x-gitlab-realm", REALM_HEADER, claims.gitlab_realm.as_deref())?;
-        let instance_claim = claims.gitlab_instance_id.as_ref().map(|v| match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        let instance_claim = claims.gitlab_instance_id.as_ref().map(claim_text);
         check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, instance_claim.as_deref())?;
         // Instance tokens carry the instance's id as `sub`; the gateway's own carry the user's.
         if gateway_issued {
@@ -298,7 +307,14 @@ impl Verifier {
         } else {
             check_header(headers, "x-gitlab-instance-id", INSTANCE_HEADER, claims.sub.as_deref())?;
         }
-        Ok(Principal { scopes: claims.scopes, realm: claims.gitlab_realm, gateway_issued, unrestricted: false })
+        let root_namespace_id = claims.gitlab_root_namespace_id.as_ref().map(claim_text);
+        Ok(Principal {
+            scopes: claims.scopes,
+            realm: claims.gitlab_realm,
+            root_namespace_id,
+            gateway_issued,
+            unrestricted: false,
+        })
     }
 
     /// Verify a token on its own, without the headers a request carries with it (what
@@ -411,6 +427,14 @@ fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// When the claim is present, the header must carry the same value.
+/// A claim that may be a string or a number, as text.
+fn claim_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn check_header(
     headers: &http::HeaderMap,
     name: &str,
@@ -463,7 +487,16 @@ mod tests {
     }
 
     fn timed(iat: u64, nbf: u64, exp: u64) -> Claims {
-        Claims { exp, nbf, iat, sub: None, scopes: Vec::new(), gitlab_realm: None, gitlab_instance_id: None }
+        Claims {
+            exp,
+            nbf,
+            iat,
+            sub: None,
+            scopes: Vec::new(),
+            gitlab_realm: None,
+            gitlab_instance_id: None,
+            gitlab_root_namespace_id: None,
+        }
     }
 
     #[test]

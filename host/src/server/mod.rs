@@ -6,6 +6,7 @@ pub(crate) mod workers;
 
 mod abortive;
 mod chunk_guard;
+mod host_header;
 mod request_log;
 mod write_watch;
 
@@ -237,12 +238,15 @@ async fn handle(
     state: &AppState,
     worker: usize,
     peer: std::net::IpAddr,
-    request: http::Request<Incoming>,
+    mut request: http::Request<Incoming>,
     watch: Arc<WriteWatch>,
     mark: Option<RequestMark>,
 ) -> http::Response<Body> {
     let started = std::time::Instant::now();
     workers::note_request(started);
+    if host_header::drop_malformed(request.headers_mut()) {
+        tracing::debug!(path = request.uri().path(), "malformed Host header dropped");
+    }
     let route = api::route(request.method(), request.uri().path());
     let endpoint = route.label;
     let Some(mark) = mark else {
@@ -299,6 +303,7 @@ async fn handle(
         request_id,
         method: parts.method,
         path: parts.uri.path().to_string(),
+        host: parts.headers.get(header::HOST).and_then(|host| host.to_str().ok()).map(str::to_string),
         status,
         started,
         head: elapsed,

@@ -22,6 +22,8 @@ pub(super) struct RequestLine {
     pub method: http::Method,
     /// Request path (never the query).
     pub path: String,
+    /// The `Host` the caller named, when it is well-formed (a malformed one was dropped).
+    pub host: Option<String>,
     /// Response status.
     pub status: u16,
     /// When the request arrived.
@@ -49,6 +51,7 @@ impl RequestLine {
             request_id = self.request_id,
             method = %self.method,
             path = self.path,
+            host = self.host,
             status = self.status,
             head_ms = millis(self.head),
             duration_ms = millis(self.started.elapsed()),
@@ -60,6 +63,8 @@ impl RequestLine {
             input_tokens = facts.input_tokens,
             output_tokens = facts.output_tokens,
             upstream_error = facts.upstream_error,
+            gitlab_realm = facts.gitlab_realm,
+            root_namespace_id = facts.root_namespace_id,
             outcome,
             "request"
         );

@@ -40,6 +40,10 @@ pub(crate) struct RequestFacts {
     /// The answer's stream ended by a failure, even one the endpoint reported in-band (the
     /// chat agent's `error` event) in a body that otherwise ended cleanly.
     pub(crate) stream_failed: bool,
+    /// The caller's realm, from its token's `gitlab_realm` claim.
+    pub(crate) gitlab_realm: Option<String>,
+    /// The caller's root namespace, from its token's `gitlab_root_namespace_id` claim.
+    pub(crate) root_namespace_id: Option<String>,
 }
 
 /// Facts shared between the request's task and its streamed body (which outlives the task).

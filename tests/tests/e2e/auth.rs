@@ -2,6 +2,8 @@
 //! expiry, unknown and rotated keys, header cross-checks, and the key cache's refresh rules.
 
 use aigw_tests::{Answer, INSTANCE_ID, Setup, TestGateway, TestKey, instance_claims, now};
+use bytes::Bytes;
+use http::Method;
 use serde_json::{Value, json};
 
 async fn with_headers(t: &TestGateway, headers: Vec<(String, String)>) -> Answer {
@@ -429,4 +431,22 @@ async fn an_unusable_key_set_never_replaces_a_good_one() {
         // ...and a token it has never seen, signed by the key it held, still verifies.
         assert_eq!(with_token(&t, &t.token(&["complete_code"])).await.status, 200, "round {round}");
     }
+}
+
+#[tokio::test]
+async fn a_malformed_host_header_is_dropped_and_routing_follows_the_request_line() {
+    let t = TestGateway::start().await;
+    // A Host that carries a path cannot make a protected endpoint public, nor the reverse.
+    let forged = vec![("host".to_string(), "127.0.0.1/monitoring/healthz?".to_string())];
+    let protected = t.request(Method::POST, "/v2/code/completions", &forged, Bytes::from_static(b"{}")).await;
+    assert_eq!(protected.status, 401, "{}", protected.text());
+    let forged = vec![("host".to_string(), "gitlab.example.com/v2/code/completions?x=".to_string())];
+    let public = t.request(Method::GET, "/monitoring/healthz", &forged, Bytes::new()).await;
+    assert_eq!(public.status, 200);
+    // A well-formed Host and the instance's headers: served as ever.
+    let mut headers = t.gitlab_headers(&t.token(&["complete_code"]));
+    headers.push(("host".to_string(), "aigw.internal:5052".to_string()));
+    let body = t.completion_body("codestral", None, false);
+    let answer = t.request(Method::POST, "/v2/code/completions", &headers, Bytes::from(body.to_string())).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
 }

@@ -439,3 +439,76 @@ async fn with_1024_file_descriptors_a_flood_of_idle_connections_gives_way_to_req
     assert!(gave_way >= 1000.0, "idle connections gave way to newcomers: {gave_way}");
     drop(flood);
 }
+
+#[tokio::test]
+async fn the_log_takes_realm_and_namespace_from_the_token_and_drops_a_malformed_host() {
+    use aigw_tests::{MockGitLab, TestKey, gitlab_headers, http_client, http_request, instance_claims, ready_status};
+    let key = TestKey::generate("gitlab-key-1");
+    let gitlab = MockGitLab::start(&[&key]).await;
+    let model = MockModelServer::start().await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let log_file = state.path().join("aigw.log");
+    let port = free_port();
+    let mut server = aigw()
+        .arg("serve")
+        .env("AIGW_GITLAB_URL", gitlab.url())
+        .env("AIGW_FASTAPI__API_PORT", port.to_string())
+        .env("AIGW_PLUGINS__DIR", workspace().join("target/plugins"))
+        .env("AIGW_LOGGING__FORMAT_JSON", "true")
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .spawn()
+        .unwrap();
+    let (client, base) = (http_client(), format!("http://127.0.0.1:{port}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ready_status(&client, &base).await != Some(http::StatusCode::OK) {
+        assert!(std::time::Instant::now() < deadline, "not ready: {}", std::fs::read_to_string(&log_file).unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut claims = instance_claims(&gitlab.url(), &["complete_code"]);
+    claims["gitlab_root_namespace_id"] = json!(9970);
+    let token = key.sign(&claims);
+    let body = json!({
+        "current_file": {"file_name": "add.py", "content_above_cursor": "def add(a, b):\n    ", "content_below_cursor": ""},
+        "model_provider": "litellm", "model_name": "codestral", "model_endpoint": model.base_url(), "model_api_key": "k",
+    });
+    let post = |headers: Vec<(String, String)>| {
+        let (client, url, body) = (&client, format!("{base}/v2/code/completions"), body.to_string());
+        async move { http_request(client, http::Method::POST, &url, &headers, body.into()).await }
+    };
+    // Headers that say otherwise than the token: another root namespace, and (a second request)
+    // another realm, which the token's claim overrules with a 401.
+    let mut headers = gitlab_headers(&token);
+    headers.push(("x-gitlab-root-namespace-id".into(), "1".into()));
+    assert_eq!(post(headers.clone()).await.status, 200);
+    // A malformed Host (a path in it) is dropped before anything reads it; a well-formed one is kept.
+    let mut forged = headers.clone();
+    forged.push(("host".into(), "aigw.internal/monitoring/healthz?".into()));
+    assert_eq!(post(forged).await.status, 200);
+    headers.retain(|(name, _)| name != "x-gitlab-realm");
+    headers.push(("x-gitlab-realm".into(), "saas".into()));
+    headers.push(("host".into(), "aigw.internal:5052".into()));
+    assert_eq!(post(headers).await.status, 401);
+    server.kill().await.unwrap();
+    let _ = server.wait().await;
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let requests: Vec<&serde_json::Value> =
+        lines.iter().filter(|e| e["message"] == "request" && e["path"] == "/v2/code/completions").collect();
+    assert_eq!(requests.len(), 3, "{log}");
+    assert_eq!(requests[0]["status"], 200);
+    assert_eq!(
+        (&requests[0]["gitlab_realm"], &requests[0]["root_namespace_id"]),
+        (&json!("self-managed"), &json!("9970"))
+    );
+    assert_eq!(requests[0]["host"], format!("127.0.0.1:{port}"));
+    assert_eq!(requests[1]["status"], 200);
+    assert!(requests[1].get("host").is_none_or(serde_json::Value::is_null), "dropped: {}", requests[1]);
+    assert_eq!(requests[2]["status"], 401);
+    assert_eq!(requests[2]["host"], "aigw.internal:5052");
+    assert!(
+        requests[2].get("gitlab_realm").is_none_or(serde_json::Value::is_null),
+        "not authenticated: {}",
+        requests[2]
+    );
+}
