@@ -235,8 +235,9 @@ async fn this_years_models_are_served_with_their_familys_prompt() {
     for (family, identifier, system_text) in [
         ("general", "custom_openai/zai-org/GLM-5.1", true),
         ("general", "custom_openai/moonshotai/Kimi-K2.6", true),
-        ("qwen", "custom_openai/Qwen/Qwen3.6-27B", false),
+        ("qwen", "custom_openai/Qwen/Qwen3.6-27B", true),
         ("gpt", "custom_openai/openai/gpt-oss-120b", true),
+        ("deepseekcoder", "custom_openai/deepseek-ai/deepseek-coder-6.7b-base", false),
     ] {
         t.model.clear_requests();
         let body = json!({"prompt_components": [{"type": "code_editor_completion", "payload": {

@@ -127,10 +127,6 @@ const BY_NAME: &[(&str, &Deviation)] = &[
     ("embeddings search, dimensions 24 on a model that is not text-embedding-3", &DIMENSIONS_TO_THE_SERVER),
 ];
 
-/// GitLab's current gateway prompts Qwen completions as chat, aigw's built-in prompt as FIM.
-const QWEN_COMPLETION: &str = "GitLab's current gateway completes Qwen with a system and a user message; aigw's \
-     built-in prompt sends Qwen's fill-in-the-middle tokens in one user message (issue 26, part 2)";
-
 /// Differences not removed yet, by case name, each with its cause and the work that removes
 /// it. Such a case is reported as open, not as a failure; one that becomes equal fails the run
 /// until it is taken off this list, so the list only shrinks.
@@ -192,8 +188,6 @@ pub const BUILT_IN_OPEN: &[(&str, &str)] = &[
     ("v2 generations prompt_version 2 (legacy, no prompt_id)", LEGACY_GENERATION),
     ("v2 generations prompt_version 3 (messages)", LEGACY_GENERATION),
     ("v2 generations prompt_version 1", LEGACY_GENERATION),
-    ("v4 completion stream qwen Svelte Counter.svelte", QWEN_COMPLETION),
-    ("v4 completion qwen R summarise_sales.R (api_key null)", QWEN_COMPLETION),
 ];
 
 /// Why `case`'s model-server request may differ in structure with the built-in prompts, if it may.

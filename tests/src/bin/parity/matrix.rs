@@ -83,10 +83,6 @@ fn known_deviation(feature: &str, family: &str) -> Option<&'static str> {
             "GitLab's base generation prompt asks the model for UNABLE_TO_GENERATE and stops there; aigw's \
              base generation prompt asks for an empty reply and needs no stop word",
         ),
-        ("code completion", "qwen") => Some(
-            "aigw serves Qwen completions with Qwen's fill-in-the-middle tokens; GitLab's gateway refuses the \
-             family for completions (aigw with GitLab's registry falls back to its instruction-style base)",
-        ),
         _ => None,
     }
 }
