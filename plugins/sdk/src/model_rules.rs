@@ -41,22 +41,40 @@ const TEMPERATURE_REFUSED: [&str; 16] = [
 /// Whether `model` accepts a conversation that ends with an assistant turn: every model but the
 /// Claude ones outside [`PREFILL_ACCEPTED`].
 pub fn accepts_assistant_prefill(model: &str) -> bool {
-    let model = model.to_ascii_lowercase();
-    !model.contains("claude") || PREFILL_ACCEPTED.iter().any(|accepted| model.contains(accepted))
+    lowercase(model, |model| {
+        !model.contains("claude") || PREFILL_ACCEPTED.iter().any(|accepted| model.contains(accepted))
+    })
 }
 
 /// Whether `model` accepts `temperature`.
 pub fn accepts_temperature(model: &str) -> bool {
-    let model = model.to_ascii_lowercase();
-    !TEMPERATURE_REFUSED.iter().any(|refused| model.contains(refused))
+    lowercase(model, |model| {
+        // Every refusing model is an Opus, Sonnet, Fable or Mythos: one look for those first.
+        let candidate = ["opus", "sonnet", "fable", "mythos"].iter().any(|name| model.contains(name));
+        !(candidate && TEMPERATURE_REFUSED.iter().any(|refused| model.contains(refused)))
+    })
 }
 
 /// Whether `model` is of the GPT-5 family, which takes its output limit as
 /// `max_completion_tokens` (OpenAI refuses `max_tokens` for it; `gpt-5-chat` models still take
 /// the old name).
 pub fn wants_max_completion_tokens(model: &str) -> bool {
-    let model = model.to_ascii_lowercase();
-    model.contains("gpt-5") && !model.contains("gpt-5-chat")
+    lowercase(model, |model| model.contains("gpt-5") && !model.contains("gpt-5-chat"))
+}
+
+/// Call `check` with `model` in ASCII lower case, lowered on the stack for any usual id: these
+/// rules run for every request a plugin builds.
+fn lowercase<R>(model: &str, check: impl FnOnce(&str) -> R) -> R {
+    let mut buffer = [0u8; 256];
+    match buffer.get_mut(..model.len()) {
+        Some(lowered) => {
+            lowered.copy_from_slice(model.as_bytes());
+            lowered.make_ascii_lowercase();
+            // Lowering ASCII letters keeps UTF-8 valid.
+            check(std::str::from_utf8(lowered).unwrap_or_default())
+        }
+        None => check(&model.to_ascii_lowercase()),
+    }
 }
 
 /// A refused prefill's text as the user content that replaces it.

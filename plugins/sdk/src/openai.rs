@@ -76,7 +76,9 @@ impl<'a> SamplingFields<'a> {
     /// the model refuses (see [`model_rules`](crate::model_rules)).
     pub fn of(request: &'a ModelRequest) -> Self {
         let sampling = &request.sampling;
-        let completion_tokens = model_rules::wants_max_completion_tokens(&request.model);
+        // A rule is asked only about a parameter the request sets.
+        let completion_tokens =
+            sampling.max_tokens.is_some() && model_rules::wants_max_completion_tokens(&request.model);
         SamplingFields {
             max_tokens: sampling.max_tokens.filter(|_| !completion_tokens),
             max_completion_tokens: sampling.max_tokens.filter(|_| completion_tokens),
@@ -132,10 +134,13 @@ pub fn chat_body(request: &ModelRequest, dialect: Dialect) -> Result<Vec<u8>, Pl
     let prefilled = request.messages.last().is_some_and(|last| matches!(last.role, Role::Assistant));
     // A model that refuses a prefill gets it as the user's words instead.
     let prefill_refused = prefilled && !model_rules::accepts_assistant_prefill(&request.model);
-    let model_name = request.model.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+    // The model's own name (not its organisation's), read only for a prefill.
+    let mistral_model = || {
+        let name = request.model.rsplit('/').next().unwrap_or_default();
+        name.to_ascii_lowercase().contains("mistral")
+    };
     let continue_prefill =
-        (dialect.continue_mistral_prefill && prefilled && !prefill_refused && model_name.contains("mistral"))
-            .then_some(true);
+        (dialect.continue_mistral_prefill && prefilled && !prefill_refused && mistral_model()).then_some(true);
     let mut sampling = SamplingFields::of(request);
     if let Some(max) = dialect.max_stop {
         sampling.stop = &sampling.stop[..sampling.stop.len().min(max)];
