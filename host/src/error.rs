@@ -150,7 +150,7 @@ impl GatewayError {
                 }
             },
             GatewayError::Plugin(plugin) => match plugin {
-                PluginError::UnknownProvider { .. } | PluginError::NoEmbeddings { .. } => {
+                PluginError::UnknownProvider { .. } | PluginError::NoEmbeddings { .. } | PluginError::NoChat { .. } => {
                     detail(StatusCode::UNPROCESSABLE_ENTITY, plugin.to_string())
                 }
                 PluginError::Capacity => {

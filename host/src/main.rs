@@ -215,8 +215,11 @@ async fn check_plugin(file: PathBuf) -> anyhow::Result<()> {
             println!("  plugin:    {} {}", id.name, id.version);
             println!("  providers: {}", id.providers.join(", "));
             println!("  framing:   {:?}", id.framing);
-            let embeddings = if id.can_embed() { "with embeddings" } else { "no embeddings (rebuild to embed)" };
-            println!("  contract:  aigw:plugin@{}, {embeddings}", id.wit_version);
+            let exports = match id.missing() {
+                None => "embeddings and tool calling".to_string(),
+                Some(missing) => format!("{missing} (rebuild against this gateway's WIT for them)"),
+            };
+            println!("  contract:  aigw:plugin@{}, {exports}", id.wit_version);
             println!("  sha256:    {}", plugin.digest());
             println!(
                 "  imports:   {} (served inert: no files, network, environment or clock)",

@@ -84,11 +84,11 @@ async fn plugins(config: &Config) -> (Section, Option<Arc<PluginRegistry>>) {
                 identity.name,
                 identity.version,
                 identity.providers.join(", "),
-                // Loaded and serving, but built before embeddings existed.
-                if identity.can_embed() {
-                    String::new()
-                } else {
-                    format!(" (built for aigw:plugin@{}: no embeddings until rebuilt)", identity.wit_version)
+                // Loaded and serving, but built before some interface existed.
+                match identity.missing() {
+                    None => String::new(),
+                    Some(missing) =>
+                        format!(" (built for aigw:plugin@{}: {missing} until rebuilt)", identity.wit_version),
                 }
             ))
             .detail(format!("{}{cached}", path.display())),

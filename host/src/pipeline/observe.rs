@@ -66,7 +66,10 @@ impl Observer {
     /// a generic body.
     pub(super) fn plugin_failed(&self, error: PluginError) -> GatewayError {
         let kind = match &error {
-            PluginError::Guest(_) | PluginError::UnknownProvider { .. } | PluginError::NoEmbeddings { .. } => None,
+            PluginError::Guest(_)
+            | PluginError::UnknownProvider { .. }
+            | PluginError::NoEmbeddings { .. }
+            | PluginError::NoChat { .. } => None,
             PluginError::Invalid(_) | PluginError::BadInfo(_) | PluginError::Cache { .. } | PluginError::Trap(_) => {
                 Some("trap")
             }

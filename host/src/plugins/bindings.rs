@@ -1,5 +1,6 @@
 //! The host's bindings of `wit/provider.wit`: the `provider-core` world every accepted version
-//! exports, and the `embeddings` interface that 0.3.0 components export beside it.
+//! exports, and the interfaces later versions export beside it (`embeddings` since 0.3.0, `chat`
+//! since 0.4.0).
 
 /// Identity, chat and completion calls: the same in every WIT version the host accepts (the
 /// component model matches records by structure, so a 0.2.0 component's exports fit these types).
@@ -11,7 +12,7 @@ mod core {
     });
 }
 
-/// The `embeddings` export (0.3.0), over the same shared types.
+/// The `embeddings` (0.3.0) and `chat` (0.4.0) exports, over the same shared types.
 mod full {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -23,4 +24,4 @@ mod full {
 
 pub use self::core::aigw::plugin::types;
 pub(super) use self::core::{ProviderCore, ProviderCoreIndices};
-pub use self::full::exports::aigw::plugin::embeddings;
+pub use self::full::exports::aigw::plugin::{chat, embeddings};

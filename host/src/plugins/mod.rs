@@ -8,8 +8,8 @@ pub(crate) mod lease;
 pub(crate) mod registry;
 pub(crate) mod runtime;
 
-pub use bindings::embeddings;
 pub use bindings::types as wit;
+pub use bindings::{chat, embeddings};
 pub use lease::PluginLease;
 pub use registry::{PluginRegistry, Snapshot};
 pub use runtime::{LoadedPlugin, PluginRuntime, PluginSession, SandboxLimits, SlotPermit};
@@ -58,6 +58,19 @@ pub enum PluginError {
         runtime::WIT_VERSION
     )]
     NoEmbeddings {
+        /// The plugin's name.
+        plugin: String,
+        /// The version it was built against.
+        wit_version: &'static str,
+    },
+    /// The plugin was built against a WIT version without tool calling (before 0.4.0), and the
+    /// request needs it.
+    #[error(
+        "plugin {plugin} cannot carry this conversation (tools, tool results or fields beyond text): it was built \
+         against aigw:plugin@{wit_version}, which has no tool calling; rebuild it against aigw:plugin@{}",
+        runtime::WIT_VERSION
+    )]
+    NoChat {
         /// The plugin's name.
         plugin: String,
         /// The version it was built against.

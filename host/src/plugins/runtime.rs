@@ -1,7 +1,7 @@
 //! The Wasm sandbox: one engine, components compiled once, a fresh store per request with a memory
 //! cap and a per-call deadline.
 
-use super::bindings::{ProviderCore, ProviderCoreIndices, embeddings};
+use super::bindings::{ProviderCore, ProviderCoreIndices, chat, embeddings};
 use super::cache::{CompiledCache, Lookup};
 use super::epoch::{Alive, EpochTicker};
 use super::{PluginError, wit};
@@ -147,7 +147,7 @@ impl PluginRuntime {
     pub async fn load(self: &Arc<Self>, bytes: Vec<u8>) -> Result<LoadedPlugin, PluginError> {
         check_component_header(&bytes)?;
         let runtime = Arc::clone(self);
-        let Compiled { pre, core, embeddings, wit_version, digest, imports, cached } =
+        let Compiled { pre, core, embeddings, chat, wit_version, digest, imports, cached } =
             tokio::task::spawn_blocking(move || runtime.compile(&bytes))
                 .await
                 .map_err(|e| PluginError::Invalid(format!("compilation did not finish: {e}")))??;
@@ -161,7 +161,12 @@ impl PluginRuntime {
             cached,
         };
         let info = plugin.call_info().await?;
-        plugin.info = Arc::new(PluginIdentity::validate(info, wit_version, embeddings)?);
+        let answer_shape = match &chat {
+            Some(chat) => Some(plugin.call_answer_shape(chat).await?),
+            None => None,
+        };
+        let exports = LaterExports { embeddings, chat, answer_shape };
+        plugin.info = Arc::new(PluginIdentity::validate(info, wit_version, exports)?);
         Ok(plugin)
     }
 
@@ -192,22 +197,15 @@ impl PluginRuntime {
                 "the component does not export the aigw:plugin@{wit_version} provider world: {e:#}"
             ))
         })?;
-        // A 0.2.0 component has no embeddings; from 0.3.0 on the world requires them.
-        let embeddings = match embeddings::GuestIndices::new(&pre) {
-            Ok(indices) => Some(indices),
-            Err(_) if wit_version == PREVIOUS_WIT_VERSION => None,
-            Err(e) => {
-                return Err(PluginError::Invalid(format!(
-                    "the component does not export aigw:plugin/embeddings@{wit_version}: {e:#}"
-                )));
-            }
-        };
+        // Each interface is required from the version that added it on.
+        let embeddings = later_export(embeddings::GuestIndices::new(&pre), wit_version, "0.3.0", "embeddings")?;
+        let chat = later_export(chat::GuestIndices::new(&pre), wit_version, "0.4.0", "chat")?;
         // Cached only once it has passed the import checks: a component refused here is never
         // written, so it is compiled (and refused) again, not loaded, next time.
         if let Some(cache) = self.cache.as_ref().filter(|_| !cached) {
             cache.put(&digest, &component);
         }
-        Ok(Compiled { pre, core, embeddings, wit_version, digest, imports, cached })
+        Ok(Compiled { pre, core, embeddings, chat, wit_version, digest, imports, cached })
     }
 
     /// Drop cached compilations of components no longer loaded (see [`CompiledCache::retain`]).
@@ -258,10 +256,34 @@ impl PluginRuntime {
 }
 
 /// The version of `wit/provider.wit` this host is built against.
-pub(crate) const WIT_VERSION: &str = "0.3.0";
+pub(crate) const WIT_VERSION: &str = "0.4.0";
 
-/// The earlier version whose components still load: everything but embeddings.
-pub(crate) const PREVIOUS_WIT_VERSION: &str = "0.2.0";
+/// The earlier versions whose components still load, newest first: they serve what their
+/// version has (0.3.0 everything but tool calling, 0.2.0 neither embeddings nor tools).
+pub(crate) const EARLIER_WIT_VERSIONS: [&str; 2] = ["0.3.0", "0.2.0"];
+
+/// An interface export that versions from `since` on must have: absent from an earlier
+/// component, it is `None`; absent from a later one, the component is refused.
+fn later_export<T>(
+    found: wasmtime::Result<T>,
+    wit_version: &str,
+    since: &str,
+    interface: &str,
+) -> Result<Option<T>, PluginError> {
+    match found {
+        Ok(indices) => Ok(Some(indices)),
+        Err(_) if version_before(wit_version, since) => Ok(None),
+        Err(e) => Err(PluginError::Invalid(format!(
+            "the component does not export aigw:plugin/{interface}@{wit_version}: {e:#}"
+        ))),
+    }
+}
+
+/// Whether `version` is older than `than` (both `0.<minor>.0`, as every accepted version is).
+fn version_before(version: &str, than: &str) -> bool {
+    let minor = |v: &str| v.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+    minor(version) < minor(than)
+}
 
 /// The `aigw:plugin` version a component was built against, read from the interfaces it
 /// imports (its types); refused unless this host speaks it. A component that imports none
@@ -270,13 +292,14 @@ fn wit_version_of(imports: &[String]) -> Result<&'static str, PluginError> {
     let Some(import) = imports.iter().find(|name| name.starts_with("aigw:plugin/")) else {
         return Ok(WIT_VERSION);
     };
-    [WIT_VERSION, PREVIOUS_WIT_VERSION]
-        .into_iter()
+    std::iter::once(WIT_VERSION)
+        .chain(EARLIER_WIT_VERSIONS)
         .find(|version| import.strip_suffix(version).is_some_and(|rest| rest.ends_with('@')))
         .ok_or_else(|| {
             PluginError::Invalid(format!(
                 "the component was built against {import}; this gateway speaks aigw:plugin@{WIT_VERSION} \
-                 (and loads {PREVIOUS_WIT_VERSION}): rebuild it against this gateway's wit/provider.wit"
+                 (and loads {}): rebuild it against this gateway's wit/provider.wit",
+                EARLIER_WIT_VERSIONS.join(", ")
             ))
         })
 }
@@ -290,6 +313,7 @@ struct Compiled {
     pre: InstancePre<GuestState>,
     core: ProviderCoreIndices,
     embeddings: Option<embeddings::GuestIndices>,
+    chat: Option<chat::GuestIndices>,
     wit_version: &'static str,
     digest: String,
     imports: Vec<String>,
@@ -399,8 +423,19 @@ pub struct PluginIdentity {
     pub(crate) default_endpoint: Option<String>,
     /// The `aigw:plugin` version the component was built against.
     pub wit_version: &'static str,
-    /// Where its `embeddings` export is, when it has one (0.3.0 on).
+    /// The exports of later versions it has.
+    exports: LaterExports,
+}
+
+/// The interfaces added after 0.2.0 that a component exports, found at load.
+#[derive(Clone, Default)]
+struct LaterExports {
+    /// `embeddings` (0.3.0 on).
     embeddings: Option<embeddings::GuestIndices>,
+    /// `chat` (0.4.0 on).
+    chat: Option<chat::GuestIndices>,
+    /// What its `chat` answers look like, as `answers` said at load.
+    answer_shape: Option<chat::AnswerShape>,
 }
 
 impl std::fmt::Debug for PluginIdentity {
@@ -413,6 +448,8 @@ impl std::fmt::Debug for PluginIdentity {
             .field("default_endpoint", &self.default_endpoint)
             .field("wit_version", &self.wit_version)
             .field("can_embed", &self.can_embed())
+            .field("can_chat", &self.can_chat())
+            .field("answers_as_openai", &self.answers_as_openai())
             .finish()
     }
 }
@@ -426,21 +463,39 @@ impl PluginIdentity {
             framing: wit::Framing::Sse,
             default_endpoint: None,
             wit_version: WIT_VERSION,
-            embeddings: None,
+            exports: LaterExports::default(),
         }
     }
 
     /// Whether the plugin exports embeddings (a 0.2.0 component does not). One that does may
     /// still answer that its provider has none.
     pub fn can_embed(&self) -> bool {
-        self.embeddings.is_some()
+        self.exports.embeddings.is_some()
     }
 
-    fn validate(
-        info: wit::PluginInfo,
-        wit_version: &'static str,
-        embeddings: Option<embeddings::GuestIndices>,
-    ) -> Result<Self, PluginError> {
+    /// Whether the plugin exports `chat`, which carries tools (0.4.0 on). One that does may
+    /// still answer that its provider cannot call tools.
+    pub fn can_chat(&self) -> bool {
+        self.exports.chat.is_some()
+    }
+
+    /// What the component cannot do because it was built against an earlier contract, for
+    /// operators: `None` when it has everything this host offers.
+    pub fn missing(&self) -> Option<&'static str> {
+        match (self.can_embed(), self.can_chat()) {
+            (true, true) => None,
+            (true, false) => Some("no tool calling"),
+            (false, _) => Some("no embeddings or tool calling"),
+        }
+    }
+
+    /// Whether the plugin's `chat` answers are OpenAI's objects and chunks, which an OpenAI
+    /// client may be sent as they came.
+    pub fn answers_as_openai(&self) -> bool {
+        matches!(self.exports.answer_shape, Some(chat::AnswerShape::Openai))
+    }
+
+    fn validate(info: wit::PluginInfo, wit_version: &'static str, exports: LaterExports) -> Result<Self, PluginError> {
         let token_ok = |s: &str| {
             !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
         };
@@ -472,7 +527,7 @@ impl PluginIdentity {
             framing: info.framing,
             default_endpoint: info.default_endpoint,
             wit_version,
-            embeddings,
+            exports,
         })
     }
 }
@@ -544,6 +599,15 @@ impl LoadedPlugin {
         let mut session = self.session().await?;
         session.begin_call();
         let result = session.core.call_info(&mut session.store).await;
+        session.finish(result)
+    }
+
+    async fn call_answer_shape(&self, indices: &chat::GuestIndices) -> Result<chat::AnswerShape, PluginError> {
+        let mut session = self.session().await?;
+        let exports =
+            indices.load(&mut session.store, &session.instance).map_err(|e| PluginError::Trap(format!("{e:#}")))?;
+        session.begin_call();
+        let result = exports.call_answers(&mut session.store).await;
         session.finish(result)
     }
 }
@@ -622,9 +686,45 @@ impl PluginSession {
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
+    /// `build-chat-request`: a conversation with tools → upstream HTTP request. A plugin built
+    /// before 0.4.0 has no such export: [`PluginError::NoChat`].
+    pub async fn build_chat_request(
+        &mut self,
+        request: &chat::ChatRequest,
+    ) -> Result<wit::UpstreamRequest, PluginError> {
+        let exports = self.chat()?;
+        self.begin_call();
+        let result = exports.call_build_chat_request(&mut self.store, request).await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// `parse-chat-response`: complete upstream body → the conversation's next turn.
+    pub async fn parse_chat_response(&mut self, body: &[u8]) -> Result<chat::ChatCompletion, PluginError> {
+        let exports = self.chat()?;
+        self.begin_call();
+        let result = exports.call_parse_chat_response(&mut self.store, body).await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// `parse-chat-event`: one decoded stream event → what it adds to the turn.
+    pub async fn parse_chat_event(&mut self, event: Option<&str>, data: &[u8]) -> Result<chat::ChatChunk, PluginError> {
+        let exports = self.chat()?;
+        self.begin_call();
+        let result = exports.call_parse_chat_event(&mut self.store, event, data).await;
+        self.finish(result)?.map_err(PluginError::Guest)
+    }
+
+    /// The instance's `chat` export, looked up on first use (GitLab's endpoints never pay for it).
+    fn chat(&mut self) -> Result<chat::Guest, PluginError> {
+        let Some(indices) = &self.info.exports.chat else {
+            return Err(PluginError::NoChat { plugin: self.info.name.clone(), wit_version: self.info.wit_version });
+        };
+        indices.load(&mut self.store, &self.instance).map_err(|e| PluginError::Trap(format!("{e:#}")))
+    }
+
     /// The instance's `embeddings` export, looked up on first use (chat requests never pay for it).
     fn embeddings(&mut self) -> Result<embeddings::Guest, PluginError> {
-        let Some(indices) = &self.info.embeddings else {
+        let Some(indices) = &self.info.exports.embeddings else {
             return Err(PluginError::NoEmbeddings {
                 plugin: self.info.name.clone(),
                 wit_version: self.info.wit_version,
@@ -675,13 +775,24 @@ mod tests {
     #[test]
     fn components_of_this_and_the_previous_version_load() {
         let version = |import: &str| super::wit_version_of(&[import.to_string()]).map_err(|e| e.to_string());
+        assert_eq!(version("aigw:plugin/types@0.4.0"), Ok("0.4.0"));
         assert_eq!(version("aigw:plugin/types@0.3.0"), Ok("0.3.0"));
         assert_eq!(version("aigw:plugin/types@0.2.0"), Ok("0.2.0"));
-        for refused in ["aigw:plugin/types@0.1.0", "aigw:plugin/types@0.4.0", "aigw:plugin/types@10.3.0"] {
+        for refused in ["aigw:plugin/types@0.1.0", "aigw:plugin/types@0.5.0", "aigw:plugin/types@10.4.0"] {
             let error = version(refused).unwrap_err();
-            assert!(error.contains(refused) && error.contains("aigw:plugin@0.3.0"), "{error}");
+            assert!(error.contains(refused) && error.contains("aigw:plugin@0.4.0"), "{error}");
         }
-        assert_eq!(super::wit_version_of(&["wasi:cli/environment@0.2.6".to_string()]).ok(), Some("0.3.0"));
+        assert_eq!(super::wit_version_of(&["wasi:cli/environment@0.2.6".to_string()]).ok(), Some("0.4.0"));
+    }
+
+    #[test]
+    fn an_interface_is_required_from_the_version_that_added_it() {
+        let missing = || -> wasmtime::Result<()> { Err(wasmtime::Error::msg("no such export")) };
+        assert!(matches!(super::later_export(missing(), "0.3.0", "0.4.0", "chat"), Ok(None)));
+        assert!(matches!(super::later_export(missing(), "0.2.0", "0.3.0", "embeddings"), Ok(None)));
+        let refused = super::later_export(missing(), "0.4.0", "0.4.0", "chat").map(|_| ()).unwrap_err();
+        assert!(refused.to_string().contains("aigw:plugin/chat@0.4.0"), "{refused}");
+        assert!(matches!(super::later_export(Ok(()), "0.4.0", "0.3.0", "embeddings"), Ok(Some(()))));
     }
 
     #[test]

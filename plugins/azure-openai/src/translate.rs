@@ -2,10 +2,12 @@
 //! the key in the `api-key` header; bodies and answers are OpenAI's chat completions.
 
 use crate::types::{Credential, Framing, Method, ModelRequest, PluginError, PluginInfo, UpstreamRequest};
+use aigw_plugin_sdk::chat::{AnswerShape, ChatRequest};
 use aigw_plugin_sdk::embeddings::EmbeddingsRequest;
 use aigw_plugin_sdk::invalid;
 use aigw_plugin_sdk::openai::{self, Dialect};
 pub use aigw_plugin_sdk::openai::{parse_event, parse_response};
+use aigw_plugin_sdk::openai_chat;
 /// Embeddings answers are OpenAI's.
 pub use aigw_plugin_sdk::openai_embeddings::parse as parse_embeddings_response;
 use aigw_plugin_sdk::openai_embeddings::{self, EmbeddingsDialect};
@@ -54,6 +56,27 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
         credential: Credential::Header("api-key".to_string()),
     })
 }
+
+/// Azure's streams carry chunks of its own (content-filter results with no choices), so the host
+/// writes OpenAI's answer from the parsed results rather than forwarding Azure's.
+pub fn answers() -> AnswerShape {
+    AnswerShape::Canonical
+}
+
+/// A conversation with tools, to the deployment's chat completions, as OpenAI's API has it.
+pub fn build_chat_request(request: &ChatRequest) -> Result<UpstreamRequest, PluginError> {
+    check_deployment(&request.model)?;
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: format!("/openai/deployments/{}/chat/completions?api-version={API_VERSION}", request.model),
+        headers: Vec::new(),
+        body: openai_chat::chat_body(request, DIALECT)?,
+        credential: Credential::Header("api-key".to_string()),
+    })
+}
+
+/// Conversations' answers are OpenAI's.
+pub use aigw_plugin_sdk::openai_chat::{parse_event as parse_chat_event, parse_response as parse_chat_response};
 
 /// Azure's embeddings name the deployment in the path, as its chat does.
 const EMBEDDINGS_DIALECT: EmbeddingsDialect =

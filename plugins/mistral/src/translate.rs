@@ -2,14 +2,17 @@
 //! fill-in-the-middle endpoint for Codestral code completion. Answers are OpenAI-shaped.
 
 use crate::types::{Credential, Framing, Method, ModelRequest, PluginError, PluginInfo, UpstreamRequest};
+use aigw_plugin_sdk::chat::{AnswerShape, ChatRequest};
 use aigw_plugin_sdk::embeddings::EmbeddingsRequest;
 use aigw_plugin_sdk::openai::{self, Dialect, SamplingFields};
 pub use aigw_plugin_sdk::openai::{parse_event, parse_response};
+use aigw_plugin_sdk::openai_chat;
 /// Embeddings answers are OpenAI-shaped.
 pub use aigw_plugin_sdk::openai_embeddings::parse as parse_embeddings_response;
 use aigw_plugin_sdk::openai_embeddings::{self, EmbeddingsDialect};
 use aigw_plugin_sdk::to_json;
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// Provider names routed to this plugin: `mistral/<model>` and `codestral/<model>`.
 pub const PROVIDERS: [&str; 2] = ["mistral", "codestral"];
@@ -79,6 +82,74 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
     })
 }
 
+/// Mistral's chunks are close to OpenAI's but not the same (its own tool-call ids, usage on the
+/// last chunk): the host writes OpenAI's answer from the parsed results.
+pub fn answers() -> AnswerShape {
+    AnswerShape::Canonical
+}
+
+/// A conversation with tools to `POST /chat/completions`. Mistral takes tool-call ids of nine
+/// letters and digits only: any other id (one another provider made) is replaced by one derived
+/// from it, the same in the assistant's call and in the tool's result.
+pub fn build_chat_request(request: &ChatRequest) -> Result<UpstreamRequest, PluginError> {
+    let request = with_mistral_call_ids(request);
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: "/chat/completions".to_string(),
+        headers: Vec::new(),
+        body: openai_chat::chat_body(&request, DIALECT)?,
+        credential: Credential::Bearer,
+    })
+}
+
+/// Conversations' answers are OpenAI-shaped.
+pub use aigw_plugin_sdk::openai_chat::{parse_event as parse_chat_event, parse_response as parse_chat_response};
+
+/// Whether Mistral takes `id` as a tool-call id.
+fn is_mistral_call_id(id: &str) -> bool {
+    id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Nine letters and digits derived from `id` (FNV-1a, in base 62): the same id gives the same
+/// result in every message and every request of a conversation.
+fn mistral_call_id(id: &str) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..9)
+        .map(|_| {
+            let digit = DIGITS[(hash % 62) as usize];
+            hash /= 62;
+            char::from(digit)
+        })
+        .collect()
+}
+
+/// `request` with every tool-call id Mistral would refuse replaced (borrowed when none is).
+fn with_mistral_call_ids(request: &ChatRequest) -> Cow<'_, ChatRequest> {
+    let foreign = |id: &str| !is_mistral_call_id(id);
+    let any_foreign = request.messages.iter().any(|message| {
+        message.tool_calls.iter().any(|call| foreign(&call.id)) || message.tool_call_id.as_deref().is_some_and(foreign)
+    });
+    if !any_foreign {
+        return Cow::Borrowed(request);
+    }
+    let mut owned = request.clone();
+    for message in &mut owned.messages {
+        for call in &mut message.tool_calls {
+            if foreign(&call.id) {
+                call.id = mistral_call_id(&call.id);
+            }
+        }
+        if let Some(id) = message.tool_call_id.as_mut().filter(|id| foreign(id)) {
+            *id = mistral_call_id(id);
+        }
+    }
+    Cow::Owned(owned)
+}
+
 /// Mistral names the shortening field `output_dimension` (Codestral Embed).
 const EMBEDDINGS_DIALECT: EmbeddingsDialect =
     EmbeddingsDialect { model_in_body: true, dimensions_field: "output_dimension" };
@@ -140,6 +211,44 @@ mod tests {
         chat.model = "codestral-latest".into();
         chat.fill_in_middle = None;
         assert_eq!(build_request(&chat).unwrap().path, "/chat/completions");
+    }
+
+    #[test]
+    fn foreign_tool_call_ids_become_mistral_ones_consistently() {
+        use aigw_plugin_sdk::chat::{ChatMessage, ChatRole, Content, ToolCall};
+        let message = |role, tool_calls, tool_call_id: Option<&str>| ChatMessage {
+            role,
+            content: Some(Content::Text("x".into())),
+            name: None,
+            tool_calls,
+            tool_call_id: tool_call_id.map(str::to_string),
+        };
+        let call = |id: &str| ToolCall { id: id.into(), name: "f".into(), arguments: "{}".into() };
+        let request = ChatRequest {
+            model: "mistral-large-latest".into(),
+            messages: vec![
+                message(ChatRole::User, vec![], None),
+                message(ChatRole::Assistant, vec![call("call_b6d9ca569f5c48d0b930"), call("Ab3dE5gH9")], None),
+                message(ChatRole::Tool, vec![], Some("call_b6d9ca569f5c48d0b930")),
+                message(ChatRole::Tool, vec![], Some("Ab3dE5gH9")),
+            ],
+            tools: vec![],
+            tool_choice: None,
+            parallel_tool_calls: None,
+            sampling: Sampling { max_tokens: None, temperature: None, top_p: None, stop: vec![] },
+            seed: None,
+            response_format: None,
+            user: None,
+            extra: None,
+            stream: false,
+        };
+        let body: Value = serde_json::from_slice(&build_chat_request(&request).unwrap().body).unwrap();
+        let mapped = body["messages"][1]["tool_calls"][0]["id"].as_str().unwrap().to_string();
+        assert!(is_mistral_call_id(&mapped), "{mapped}");
+        assert_eq!(body["messages"][2]["tool_call_id"], json!(mapped), "the result quotes the same id");
+        assert_eq!(body["messages"][1]["tool_calls"][1]["id"], "Ab3dE5gH9", "Mistral's own ids stay");
+        assert_eq!(body["messages"][3]["tool_call_id"], "Ab3dE5gH9");
+        assert_eq!(body.get("stream_options"), None);
     }
 
     #[test]

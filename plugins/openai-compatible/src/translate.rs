@@ -2,10 +2,12 @@
 //! as served at `{endpoint}/chat/completions` by vLLM and every OpenAI-compatible server.
 
 use crate::types::{Credential, Framing, Method, ModelRequest, PluginError, PluginInfo, UpstreamRequest};
+use aigw_plugin_sdk::chat::{AnswerShape, ChatRequest};
 use aigw_plugin_sdk::embeddings::EmbeddingsRequest;
 use aigw_plugin_sdk::openai::{self, Dialect};
 /// Answers and stream events are OpenAI's own.
 pub use aigw_plugin_sdk::openai::{parse_event, parse_response};
+use aigw_plugin_sdk::openai_chat;
 /// Embeddings answers are OpenAI's own too.
 pub use aigw_plugin_sdk::openai_embeddings::parse as parse_embeddings_response;
 use aigw_plugin_sdk::openai_embeddings::{self, EmbeddingsDialect};
@@ -29,6 +31,26 @@ pub fn build_request(request: &ModelRequest) -> Result<UpstreamRequest, PluginEr
         credential: Credential::Bearer,
     })
 }
+
+/// The server answers in OpenAI's own shapes, which an OpenAI client may be sent as they came.
+pub fn answers() -> AnswerShape {
+    AnswerShape::Openai
+}
+
+/// `POST /chat/completions` with the conversation as the client sent it (tools, tool results,
+/// the fields aigw does not interpret).
+pub fn build_chat_request(request: &ChatRequest) -> Result<UpstreamRequest, PluginError> {
+    Ok(UpstreamRequest {
+        method: Method::Post,
+        path: "/chat/completions".to_string(),
+        headers: Vec::new(),
+        body: openai_chat::chat_body(request, Dialect::OPENAI)?,
+        credential: Credential::Bearer,
+    })
+}
+
+/// Conversations' answers are OpenAI's own.
+pub use aigw_plugin_sdk::openai_chat::{parse_event as parse_chat_event, parse_response as parse_chat_response};
 
 /// `POST /embeddings` in OpenAI's shape (vLLM, TEI, llama.cpp and LiteLLM serve it there).
 pub fn build_embeddings_request(request: &EmbeddingsRequest) -> Result<UpstreamRequest, PluginError> {

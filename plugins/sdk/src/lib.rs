@@ -1,9 +1,10 @@
 //! What every aigw provider plugin shares: the bindings of `wit/provider.wit`, the export macro,
 //! error helpers and the OpenAI chat wire format several providers speak.
 //!
-//! A plugin keeps its translation in a plain-Rust module, unit-tested natively, with six
+//! A plugin keeps its translation in a plain-Rust module, unit-tested natively, with ten
 //! functions (`info`, `build_request`, `parse_response`, `parse_event`,
-//! `build_embeddings_request`, `parse_embeddings_response`), and exports it with [`provider!`]:
+//! `build_embeddings_request`, `parse_embeddings_response`, `answers`, `build_chat_request`,
+//! `parse_chat_response`, `parse_chat_event`), and exports it with [`provider!`]:
 //!
 //! ```ignore
 //! pub mod translate; // fn info() -> PluginInfo, fn build_request(&ModelRequest) -> …, …
@@ -11,6 +12,8 @@
 //! ```
 //!
 //! A provider without an embeddings API answers [`no_embeddings`] from both embeddings functions.
+//! A provider that carries text only serves `chat` through [`text_chat`]; one that speaks
+//! OpenAI's Chat Completions uses [`openai_chat`].
 //!
 //! A plugin that needs more than delegation implements [`Guest`] itself and uses
 //! [`export_provider!`].
@@ -19,7 +22,9 @@
 
 pub mod model_rules;
 pub mod openai;
+pub mod openai_chat;
 pub mod openai_embeddings;
+pub mod text_chat;
 
 /// The generated bindings. In a module of their own: the exported macros must not land next to
 /// the generated `use` of the same name at the crate root.
@@ -36,6 +41,8 @@ pub mod bindings {
 
 /// The WIT types, for plugins and for native callers (tests, benchmarks) that build inputs.
 pub use bindings::aigw::plugin::types;
+/// The chat interface's types and its `Guest` trait (0.4.0).
+pub use bindings::exports::aigw::plugin::chat;
 /// The embeddings interface's types and its `Guest` trait (0.3.0).
 pub use bindings::exports::aigw::plugin::embeddings;
 pub use bindings::{Guest, export_provider};
@@ -45,7 +52,9 @@ use types::{FinishReason, PluginError, StreamChunk};
 /// Implement the `provider` world by delegating to a translation module and export it. The
 /// module provides `info() -> PluginInfo`, `build_request(&ModelRequest)`,
 /// `parse_response(&[u8])`, `parse_event(Option<&str>, &[u8])`,
-/// `build_embeddings_request(&EmbeddingsRequest)` and `parse_embeddings_response(&[u8])`.
+/// `build_embeddings_request(&EmbeddingsRequest)`, `parse_embeddings_response(&[u8])`,
+/// `answers() -> AnswerShape`, `build_chat_request(&ChatRequest)`, `parse_chat_response(&[u8])`
+/// and `parse_chat_event(Option<&str>, &[u8])`.
 #[macro_export]
 macro_rules! provider {
     ($translate:ident) => {
@@ -93,6 +102,31 @@ macro_rules! provider {
                 }
             }
 
+            impl $crate::chat::Guest for ExportedProvider {
+                fn answers() -> $crate::chat::AnswerShape {
+                    $translate::answers()
+                }
+
+                fn build_chat_request(
+                    request: $crate::chat::ChatRequest,
+                ) -> Result<$crate::types::UpstreamRequest, $crate::types::PluginError> {
+                    $translate::build_chat_request(&request)
+                }
+
+                fn parse_chat_response(
+                    body: Vec<u8>,
+                ) -> Result<$crate::chat::ChatCompletion, $crate::types::PluginError> {
+                    $translate::parse_chat_response(&body)
+                }
+
+                fn parse_chat_event(
+                    event: Option<String>,
+                    data: Vec<u8>,
+                ) -> Result<$crate::chat::ChatChunk, $crate::types::PluginError> {
+                    $translate::parse_chat_event(event.as_deref(), &data)
+                }
+            }
+
             $crate::export_provider!(ExportedProvider);
         };
     };
@@ -128,6 +162,11 @@ pub fn malformed(what: impl std::fmt::Display) -> PluginError {
 /// The canonical request cannot be expressed for this provider.
 pub fn invalid(what: impl std::fmt::Display) -> PluginError {
     PluginError::InvalidInput(what.to_string())
+}
+
+/// The provider does not support what was asked.
+pub fn unsupported(what: impl std::fmt::Display) -> PluginError {
+    PluginError::Unsupported(what.to_string())
 }
 
 /// Encode a request body as JSON.

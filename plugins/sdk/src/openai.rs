@@ -1,7 +1,7 @@
 //! The OpenAI chat completions wire format, spoken by vLLM and every OpenAI-compatible server,
 //! Azure OpenAI and Mistral: the request body, the complete answer and the SSE stream events.
 
-use crate::types::{Completion, FinishReason, ModelRequest, PluginError, Role, StreamChunk, Usage};
+use crate::types::{Completion, FinishReason, ModelRequest, PluginError, Role, Sampling, StreamChunk, Usage};
 use crate::{done_chunk, invalid, malformed, model_rules, role_name, to_json};
 use serde::{Deserialize, Serialize};
 
@@ -75,14 +75,17 @@ impl<'a> SamplingFields<'a> {
     /// The request's sampling parameters; unset ones are left out of the body, and so is what
     /// the model refuses (see [`model_rules`](crate::model_rules)).
     pub fn of(request: &'a ModelRequest) -> Self {
-        let sampling = &request.sampling;
+        Self::for_model(&request.model, &request.sampling)
+    }
+
+    /// `sampling` as `model` takes it.
+    pub fn for_model(model: &str, sampling: &'a Sampling) -> Self {
         // A rule is asked only about a parameter the request sets.
-        let completion_tokens =
-            sampling.max_tokens.is_some() && model_rules::wants_max_completion_tokens(&request.model);
+        let completion_tokens = sampling.max_tokens.is_some() && model_rules::wants_max_completion_tokens(model);
         SamplingFields {
             max_tokens: sampling.max_tokens.filter(|_| !completion_tokens),
             max_completion_tokens: sampling.max_tokens.filter(|_| completion_tokens),
-            temperature: sampling.temperature.filter(|_| model_rules::accepts_temperature(&request.model)),
+            temperature: sampling.temperature.filter(|_| model_rules::accepts_temperature(model)),
             top_p: sampling.top_p,
             stop: &sampling.stop,
         }
@@ -197,17 +200,26 @@ struct WireMessage {
     content: Option<String>,
 }
 
+/// OpenAI's `usage` object.
 #[derive(Deserialize)]
-struct WireUsage {
+pub(crate) struct WireUsage {
     #[serde(default)]
     prompt_tokens: u32,
     #[serde(default)]
     completion_tokens: u32,
 }
 
+/// OpenAI's `error` object, as vLLM and LiteLLM put it in a 200 answer or a stream.
 #[derive(Deserialize)]
-struct ErrorBody {
+pub(crate) struct ErrorBody {
     message: Option<String>,
+}
+
+impl ErrorBody {
+    /// The reported error as a plugin error.
+    pub(crate) fn reported(&self) -> PluginError {
+        malformed(format!("the model server reported an error: {}", self.message.as_deref().unwrap_or("(no message)")))
+    }
 }
 
 impl From<WireUsage> for Usage {
@@ -221,13 +233,7 @@ fn finish_reason(reason: &str) -> FinishReason {
 }
 
 fn reported_error(answer: &ChatResponse) -> Result<(), PluginError> {
-    match &answer.error {
-        Some(error) => Err(malformed(format!(
-            "the model server reported an error: {}",
-            error.message.as_deref().unwrap_or("(no message)")
-        ))),
-        None => Ok(()),
-    }
+    answer.error.as_ref().map_or(Ok(()), |error| Err(error.reported()))
 }
 
 /// Parse a complete chat completion: the first choice's text, its finish reason and the usage.

@@ -338,9 +338,9 @@ async fn a_plugin_that_does_not_load_fails_and_the_others_still_serve() {
     let out = f.run(&[], &[]).await;
     assert!(out.failed());
     let broken = out.step(&format!("FAIL  {} does not load", f.plugins().join("broken.wasm").display()));
-    assert!(broken.contains("rebuild it for aigw:plugin@0.3.0 or remove it"), "{broken}");
+    assert!(broken.contains("rebuild it for aigw:plugin@0.4.0 or remove it"), "{broken}");
     let stale = out.step(&format!("FAIL  {} does not load", f.plugins().join("stale.wasm").display()));
-    assert!(stale.contains("aigw:plugin@0.3.0"), "{stale}");
+    assert!(stale.contains("aigw:plugin@0.4.0"), "{stale}");
     assert!(out.stdout.contains("  ok    openai-compatible 0.1.0: serves custom_openai, openai\n"));
     let lost = out.step(&format!(
         "warn  {}: custom_openai, openai also served",

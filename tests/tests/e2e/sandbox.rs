@@ -132,7 +132,7 @@ async fn a_component_built_against_another_wit_version_is_refused_with_the_versi
     let report = t.gateway.plugins().reload().await;
     let (_, error) = report.rejected.iter().find(|(path, _)| path.ends_with("stale.wasm")).unwrap();
     let error = error.to_string();
-    assert!(error.contains("aigw:plugin/types@0.1.0") && error.contains("aigw:plugin@0.3.0"), "{error}");
+    assert!(error.contains("aigw:plugin/types@0.1.0") && error.contains("aigw:plugin@0.4.0"), "{error}");
     assert_eq!(t.gateway.plugins().snapshot().provider_names(), ["custom_openai", "openai"]);
 }
 
