@@ -2,6 +2,7 @@
 //! body and headers GitLab's gateway would send. Data only: `response` renders it.
 
 use crate::auth::AuthError;
+use crate::models::AccessError;
 use crate::plugins::{PluginError, wit};
 use crate::prompts::PromptError;
 use crate::upstream::UpstreamError;
@@ -26,6 +27,17 @@ pub enum GatewayError {
     /// Authentication or authorisation failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A client key or a named model was refused.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// A model API request the gateway will not serve as written: `param` names the field.
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong and what would be right.
+        message: String,
+        /// The offending field (`messages[2].content`, `n`), when one is.
+        param: Option<String>,
+    },
     /// The body does not match the endpoint's schema.
     #[error("request validation failed")]
     Validation(Vec<ValidationIssue>),
@@ -117,6 +129,16 @@ impl GatewayError {
                     detail(StatusCode::FORBIDDEN, auth.to_string())
                 }
             },
+            GatewayError::Access(access) => match access {
+                AccessError::MissingKey | AccessError::UnknownKey => {
+                    detail(StatusCode::UNAUTHORIZED, access.to_string())
+                }
+                AccessError::OutsideIngress
+                | AccessError::WrongNetwork { .. }
+                | AccessError::ModelNotAllowed { .. } => detail(StatusCode::FORBIDDEN, access.to_string()),
+                AccessError::UnknownModel(_) => detail(StatusCode::NOT_FOUND, access.to_string()),
+            },
+            GatewayError::InvalidRequest { message, .. } => detail(StatusCode::BAD_REQUEST, message.clone()),
             GatewayError::Validation(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": issues })),
             GatewayError::Unprocessable(message) => detail(StatusCode::UNPROCESSABLE_ENTITY, message.clone()),
             GatewayError::Unavailable(message) => detail(StatusCode::SERVICE_UNAVAILABLE, message.clone()),

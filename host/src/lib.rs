@@ -15,6 +15,8 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod json_cost;
+pub mod models;
+pub(crate) mod openai;
 pub mod pipeline;
 pub mod plugins;
 pub mod prompts;
@@ -65,6 +67,9 @@ pub enum StartError {
     /// The prompts (built in, under AIGW_PROMPTS__DIR, or GitLab's under AIGW_PROMPTS__GITLAB_DIR) do not load.
     #[error("prompt registry: {0}")]
     Prompts(#[from] prompts::PromptError),
+    /// The models file (AIGW_MODELS__FILE) does not load.
+    #[error("models file {0}")]
+    Models(#[from] models::ModelsError),
     /// Outbound client setup failed.
     #[error("outbound client: {0}")]
     Upstream(#[from] upstream::UpstreamError),
@@ -117,6 +122,10 @@ impl Gateway {
             )));
         }
         let prompts = prompts::PromptRegistry::load(&config.prompts)?;
+        let models = match &config.model_api.file {
+            Some(path) => models::ModelCatalog::load(path, &|name| std::env::var(name).ok())?,
+            None => models::ModelCatalog::empty(),
+        };
         let metrics = Arc::new(telemetry::Metrics::default());
         let (registry, mut watchers) = load_plugins(&config, &metrics).await?;
         let (verifier, background) = build_verifier(&config, options, &metrics)?;
@@ -159,6 +168,7 @@ impl Gateway {
         );
         let state = Arc::new(AppState {
             prompts: arc_swap::ArcSwap::from_pointee(prompts),
+            models: arc_swap::ArcSwap::from_pointee(models),
             config,
             verifier,
             plugins: registry,
@@ -169,14 +179,13 @@ impl Gateway {
         });
         // Either prompt directory changing reloads both, so that a reload never mixes sets.
         for dir in [&state.config.prompts.dir, &state.config.prompts.gitlab_dir].into_iter().flatten() {
-            let watched = Arc::clone(&state);
-            let reload = move || {
-                let state = Arc::clone(&watched);
-                async move { state.reload_prompts() }
-            };
-            let watcher = DirWatcher::start(dir, true, state.config.plugins.reload_debounce, reload)
-                .map_err(|source| StartError::Watch { dir: dir.display().to_string(), source })?;
-            watchers.push(watcher);
+            watchers.push(watch_state(&state, dir, true, AppState::reload_prompts)?);
+        }
+        // The models file's directory: editors and Kubernetes (a ConfigMap's symlink swap) replace
+        // the file rather than write it in place.
+        if let Some(file) = &state.config.model_api.file {
+            let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            watchers.push(watch_state(&state, dir, false, AppState::reload_models)?);
         }
         let workers =
             server::workers::Workers::start(state.config.workers, &listener, tls, &state, state.config.shutdown_grace)
@@ -229,6 +238,22 @@ pub(crate) fn plugin_runtime(config: &Config) -> Result<Arc<PluginRuntime>, plug
         cache_dir: config.plugins.cache_dir.clone(),
     };
     PluginRuntime::with_options(limits, options)
+}
+
+/// Run `reload` on the shared state whenever `dir` changes (debounced as plugin reloads are).
+fn watch_state(
+    state: &Arc<AppState>,
+    dir: &std::path::Path,
+    recursive: bool,
+    reload: fn(&AppState),
+) -> Result<DirWatcher, StartError> {
+    let watched = Arc::clone(state);
+    let run = move || {
+        let state = Arc::clone(&watched);
+        async move { reload(&state) }
+    };
+    DirWatcher::start(dir, recursive, state.config.plugins.reload_debounce, run)
+        .map_err(|source| StartError::Watch { dir: dir.display().to_string(), source })
 }
 
 /// Compile the plugins directory's components and watch it for changes.

@@ -66,6 +66,22 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Client keys for the OpenAI-compatible model API.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a new random key (give it to the client, once) and the `[[keys]]` entry for the
+    /// models file, which holds only its SHA-256.
+    New {
+        /// The key's id: what logs and metrics name.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +128,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Plugin { command: PluginCommand::Check { file } } => check_plugin(file).await,
+            Command::Key { command: KeyCommand::New { id } } => {
+                // 192 random bits: a key that cannot be guessed, so that a fast hash suffices.
+                let key = format!("sk-aigw-{:032x}{:016x}", rand::random::<u128>(), rand::random::<u64>());
+                println!("key (give it to the client; it is not stored anywhere): {key}");
+                println!();
+                println!("[[keys]]");
+                println!("id = {id:?}");
+                println!("sha256 = \"{}\"", aigw::models::key_sha256_hex(&key));
+                println!("models = [\"*\"]");
+                println!("# networks = [\"10.0.0.0/8\"]");
+                Ok(())
+            }
             Command::Doctor { config, dev, model_endpoint, model_identifier, model_name, model_api_key, token } => {
                 let model = model_identifier.map(|identifier| ModelProbe {
                     endpoint: model_endpoint,

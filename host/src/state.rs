@@ -17,6 +17,8 @@ pub(crate) struct AppState {
     pub verifier: Verifier,
     /// Loaded provider plugins.
     pub plugins: Arc<PluginRegistry>,
+    /// Named models and client keys; swapped whole when the models file changes.
+    pub models: arc_swap::ArcSwap<crate::models::ModelCatalog>,
     /// Prompt templates; swapped whole when the prompts directory changes.
     pub prompts: arc_swap::ArcSwap<PromptRegistry>,
     /// Clients for model servers (egress-policed), one per serving thread: see [`AppState::for_worker`].
@@ -34,7 +36,30 @@ impl AppState {
     /// What a request served by worker `worker` sees: this state, and that worker's own
     /// model-server client, so that pooled connections are driven by the thread that uses them.
     pub(crate) fn for_worker(&self, worker: usize) -> RequestState<'_> {
-        RequestState { shared: self, upstream: &self.upstreams[worker % self.upstreams.len()] }
+        RequestState { shared: self, upstream: &self.upstreams[worker % self.upstreams.len()], peer: None }
+    }
+
+    /// What a request from `peer` served by worker `worker` sees.
+    pub(crate) fn for_request(&self, worker: usize, peer: std::net::IpAddr) -> RequestState<'_> {
+        RequestState { peer: Some(peer), ..self.for_worker(worker) }
+    }
+
+    /// The named models and client keys in force; a request keeps the set it started with.
+    pub(crate) fn models(&self) -> Arc<crate::models::ModelCatalog> {
+        self.models.load_full()
+    }
+
+    /// Read the models file again; a file that does not load keeps the last good set in place.
+    pub(crate) fn reload_models(&self) {
+        let Some(path) = &self.config.model_api.file else { return };
+        match crate::models::ModelCatalog::load(path, &|name| std::env::var(name).ok()) {
+            Ok(catalog) => {
+                let (models, keys) = (catalog.models().count(), catalog.key_count());
+                self.models.store(Arc::new(catalog));
+                tracing::info!(file = %path.display(), models, keys, "models reloaded");
+            }
+            Err(error) => tracing::warn!(%error, "models file rejected; keeping the models and keys already loaded"),
+        }
     }
 
     /// Whether shutdown has begun (see [`AppState::draining`]).
@@ -67,6 +92,8 @@ pub(crate) struct RequestState<'a> {
     shared: &'a AppState,
     /// The serving worker's model-server client and connection pool.
     pub upstream: &'a Upstream,
+    /// The caller's address (`None` outside a request, as in `doctor`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl std::ops::Deref for RequestState<'_> {

@@ -52,6 +52,20 @@ pub struct Reply {
     pub finish_reason: String,
     /// Reported (prompt, completion) tokens.
     pub usage: (u32, u32),
+    /// Tools the model calls instead of answering with text (then `finish_reason` should be
+    /// `tool_calls`); each call's arguments stream in `chunks` pieces.
+    pub tool_calls: Vec<MockToolCall>,
+}
+
+/// A tool call the mock model makes.
+#[derive(Debug, Clone)]
+pub struct MockToolCall {
+    /// The call's id.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments' JSON text.
+    pub arguments: String,
 }
 
 impl Default for Reply {
@@ -68,6 +82,7 @@ impl Default for Reply {
             error_message: "mock error".to_string(),
             finish_reason: "stop".to_string(),
             usage: (12, 5),
+            tool_calls: Vec::new(),
         }
     }
 }
@@ -399,12 +414,22 @@ fn openai_answer(
     if stream {
         return stream_answer(state, reply, model, include_usage);
     }
+    let message = if reply.tool_calls.is_empty() {
+        json!({"role": "assistant", "content": reply.text})
+    } else {
+        let calls: Vec<Value> = reply
+            .tool_calls
+            .iter()
+            .map(|call| json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}))
+            .collect();
+        json!({"role": "assistant", "content": null, "tool_calls": calls})
+    };
     let body = json!({
         "id": "chatcmpl-mock",
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
         "usage": {"prompt_tokens": reply.usage.0, "completion_tokens": reply.usage.1,
                   "total_tokens": reply.usage.0 + reply.usage.1},
     });
@@ -429,10 +454,32 @@ fn stream_answer(state: Arc<State>, reply: Reply, model: String, include_usage: 
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
         format!("data: {event}\n\n")
     };
-    let mut events: Vec<String> = split_text(&reply.text, reply.chunks)
-        .into_iter()
-        .map(|piece| chunk(json!({"content": piece}), Value::Null))
-        .collect();
+    let mut events: Vec<String> = if reply.tool_calls.is_empty() {
+        split_text(&reply.text, reply.chunks)
+            .into_iter()
+            .map(|piece| chunk(json!({"content": piece}), Value::Null))
+            .collect()
+    } else {
+        // As vLLM streams them: the id and name first with empty arguments, then the
+        // arguments in pieces.
+        let mut events = Vec::new();
+        for (index, call) in reply.tool_calls.iter().enumerate() {
+            let head = json!({"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}});
+            let role = if index == 0 {
+                json!({"role": "assistant", "content": null, "tool_calls": [head]})
+            } else {
+                json!({"tool_calls": [head]})
+            };
+            events.push(chunk(role, Value::Null));
+            for piece in split_text(&call.arguments, reply.chunks) {
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
+            }
+        }
+        events
+    };
     events.push(chunk(json!({}), json!(reply.finish_reason)));
     if include_usage {
         let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,

@@ -406,14 +406,20 @@ pub struct TestGateway {
     pub key: TestKey,
     /// The plugins directory.
     pub plugins: tempfile::TempDir,
+    /// The directory of the models file, when the setup wrote one (`models.toml`).
+    pub models_dir: Option<tempfile::TempDir>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
+
+/// Writes a models file's text for the mock model server of a test.
+pub type ModelsFile = Box<dyn FnOnce(&MockModelServer) -> String + Send>;
 
 /// Builder for [`TestGateway`].
 pub struct Setup {
     env: Vec<(String, String)>,
     plugin_files: Vec<(PathBuf, String)>,
     gitlab_down: bool,
+    models: Option<ModelsFile>,
 }
 
 impl Default for Setup {
@@ -422,6 +428,7 @@ impl Default for Setup {
             env: Vec::new(),
             plugin_files: vec![(component("plugins/openai-compatible.wasm"), "openai-compatible.wasm".into())],
             gitlab_down: false,
+            models: None,
         }
     }
 }
@@ -436,6 +443,13 @@ impl Setup {
     /// Also put `component` into the plugins directory as `file_name`.
     pub fn plugin(mut self, component: PathBuf, file_name: &str) -> Self {
         self.plugin_files.push((component, file_name.to_string()));
+        self
+    }
+
+    /// Start with a models file (`AIGW_MODELS__FILE`) whose text `write` makes for the mock
+    /// model server.
+    pub fn models(mut self, write: impl FnOnce(&MockModelServer) -> String + Send + 'static) -> Self {
+        self.models = Some(Box::new(write));
         self
     }
 
@@ -463,11 +477,18 @@ impl Setup {
             ("AIGW_PLUGINS__RELOAD_DEBOUNCE_MS".to_string(), "100".to_string()),
             ("AIGW_AUTH__JWKS_MIN_REFRESH_MS".to_string(), "0".to_string()),
         ];
+        let models_dir = self.models.map(|write| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("models.toml");
+            std::fs::write(&file, write(&model)).unwrap();
+            env.push(("AIGW_MODELS__FILE".to_string(), file.display().to_string()));
+            dir
+        });
         env.extend(self.env);
         let config = aigw::config::Config::load(None, env, false).unwrap();
         let gateway = aigw::Gateway::start(config, aigw::StartOptions::default()).await.unwrap();
         let client = http_client();
-        TestGateway { gateway, gitlab, model, key, plugins, client }
+        TestGateway { gateway, gitlab, model, key, plugins, models_dir, client }
     }
 }
 

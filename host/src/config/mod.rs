@@ -115,6 +115,22 @@ pub struct Config {
     pub(crate) jwks_origin: Option<crate::auth::jwks::Origin>,
     /// Development mode: trust a locally generated signing key.
     pub dev: Option<DevSettings>,
+    /// The OpenAI-compatible model API: named models and client keys.
+    pub(crate) model_api: ModelApiSettings,
+}
+
+/// The OpenAI-compatible model API's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelApiSettings {
+    /// Named models, client keys and the gateway's own URLs (`AIGW_MODELS__FILE`, TOML),
+    /// hot-reloaded; none: the model API has no models and refuses every key.
+    pub(crate) file: Option<PathBuf>,
+    /// Request body limit of the model API, bytes (`AIGW_MODELS__MAX_BODY_BYTES`): agent
+    /// conversations are far larger than GitLab's own requests.
+    pub(crate) max_body_bytes: usize,
+    /// Longest a conversation's model call may take in all, streams included
+    /// (`AIGW_MODELS__TOTAL_TIMEOUT_MS`).
+    pub(crate) total_timeout: Duration,
 }
 
 /// Plugin directory and sandbox limits.

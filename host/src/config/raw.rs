@@ -161,6 +161,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     metrics: MetricsSection,
     #[serde(default)]
+    models: Models,
+    #[serde(default)]
     google_cloud_platform: GoogleCloudPlatform,
     /// The standard AWS variables (environment only, never in the file).
     #[serde(skip)]
@@ -273,13 +275,23 @@ section!(GoogleCloudPlatform, "GOOGLE_CLOUD_PLATFORM__" {
     location: Option<String> = None,
 });
 
+section!(Models, "MODELS__" {
+    file: Option<PathBuf> = None,
+    // DWS's first request is ~105 KB and its later turns grow with the conversation; several
+    // MB of history must fit.
+    max_body_bytes: u64 = 32 << 20,
+    // An agent's answer of thousands of tokens streams for minutes; silence is bounded by
+    // AIGW_UPSTREAM__IDLE_TIMEOUT_MS meanwhile.
+    total_timeout_ms: u64 = 600_000,
+});
+
 section!(MetricsSection, "METRICS__" {
     listen: Option<String> = None,
 });
 
 impl RawConfig {
     /// Every section, in one list: the environment overlay and the list of variables both read it.
-    fn sections(&mut self) -> [&mut dyn Section; 15] {
+    fn sections(&mut self) -> [&mut dyn Section; 16] {
         [
             &mut self.fastapi,
             &mut self.custom_models,
@@ -296,6 +308,7 @@ impl RawConfig {
             &mut self.duo_chat,
             &mut self.metrics,
             &mut self.google_cloud_platform,
+            &mut self.models,
         ]
     }
 
@@ -348,7 +361,9 @@ impl RawConfig {
         let max_token_lifetime = self.auth.max_token_lifetime()?;
         let jwks_origin = self.auth.jwks_origin()?;
         let chat_timeout = self.duo_chat.timeout()?;
+        let model_api = self.models.validate()?;
         Ok(Config {
+            model_api,
             listen,
             tls,
             ingress_allow,
@@ -380,6 +395,25 @@ impl RawConfig {
             aws: self.aws,
             metrics_listen,
             dev: dev.then_some(DevSettings { key_file: self.dev.key_file }),
+        })
+    }
+}
+
+impl Models {
+    fn validate(self) -> Result<super::ModelApiSettings, ConfigError> {
+        if !(1024..=(1 << 30)).contains(&self.max_body_bytes) {
+            return Err(ConfigError::new("AIGW_MODELS__MAX_BODY_BYTES", "must be between 1024 and 1073741824"));
+        }
+        if !(1..=86_400_000).contains(&self.total_timeout_ms) {
+            return Err(ConfigError::new(
+                "AIGW_MODELS__TOTAL_TIMEOUT_MS",
+                "must be between 1 and 86400000 milliseconds",
+            ));
+        }
+        Ok(super::ModelApiSettings {
+            file: self.file,
+            max_body_bytes: self.max_body_bytes as usize,
+            total_timeout: Duration::from_millis(self.total_timeout_ms),
         })
     }
 }

@@ -5,6 +5,7 @@
 mod gitlab;
 mod loads;
 mod model;
+mod models;
 mod settings;
 
 use std::fmt::Write as _;
@@ -221,6 +222,7 @@ pub async fn run(options: DoctorOptions, env: Vec<(String, String)>) -> Report {
     let (plugins, prompts, loaded) = loads::check(&config).await;
     sections.push(plugins);
     sections.push(prompts);
+    sections.push(models::check(&config, &env));
     sections.push(match (options.model, loaded) {
         (None, _) => {
             let mut section = Section::new("Model endpoint");

@@ -218,6 +218,7 @@ fn test_state(config: Config, loaded: Loaded, metrics: Arc<Metrics>) -> Result<A
         verifier: Verifier::new(),
         plugins: loaded.registry,
         prompts: arc_swap::ArcSwap::from_pointee(loaded.prompts),
+        models: arc_swap::ArcSwap::from_pointee(crate::models::ModelCatalog::empty()),
         upstreams: vec![upstream],
         metrics,
         connections: crate::admission::Admission::new(1),

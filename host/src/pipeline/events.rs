@@ -1,22 +1,107 @@
-//! A model answer being streamed: upstream bytes → frames → the plugin's `parse-event` → chunks.
-//! The core of it, [`EventParser`], is transport-free, so the conformance suite drives the same
-//! code with recorded bytes.
+//! A model answer being streamed: upstream bytes → frames → the plugin's `parse-event` (or
+//! `parse-chat-event`) → chunks. The core of it, [`EventParser`], is transport-free, so the
+//! conformance suite drives the same code with recorded bytes.
 
 use super::observe::Observer;
 use crate::error::GatewayError;
-use crate::plugins::{PluginLease, wit};
+use crate::plugins::{PluginError, PluginLease, PluginSession, chat, wit};
 use crate::upstream::framing::{Decoder, Event, FramingError};
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use std::collections::VecDeque;
 use std::time::Instant;
 
-/// Stream bytes in, canonical chunks out: the plugin's framing decoded, each event parsed by the
+/// What one stream event is parsed into: a text chunk for GitLab's endpoints ([`wit::StreamChunk`]),
+/// a chat piece for the model API ([`ChatPiece`]).
+pub trait Parsed: Sized + Send + 'static {
+    /// The plugin export that parses it, for metrics.
+    const EXPORT: &'static str;
+    /// Parse `event` in the plugin's sandbox.
+    fn parse(
+        session: &mut PluginSession,
+        event: Event,
+    ) -> impl std::future::Future<Output = Result<Self, PluginError>> + Send;
+    /// Usage the event reports.
+    fn usage(&self) -> Option<&wit::Usage>;
+    /// Whether the event carries output (text, or a piece of a tool call).
+    fn has_output(&self) -> bool;
+    /// Whether the event ends the stream.
+    fn ends(&self) -> bool;
+    /// Whether the event says why generation stopped.
+    fn finishes(&self) -> bool;
+}
+
+impl Parsed for wit::StreamChunk {
+    const EXPORT: &'static str = "parse_event";
+
+    async fn parse(session: &mut PluginSession, event: Event) -> Result<Self, PluginError> {
+        session.parse_event(event.name.as_deref(), &event.data).await
+    }
+
+    fn usage(&self) -> Option<&wit::Usage> {
+        self.usage.as_ref()
+    }
+
+    fn has_output(&self) -> bool {
+        !self.text.is_empty()
+    }
+
+    fn ends(&self) -> bool {
+        self.done
+    }
+
+    fn finishes(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+}
+
+/// One event of a conversation's answer: what the plugin parsed, and the event's own bytes (an
+/// OpenAI-shaped provider's chunk, which can be forwarded as it came).
+#[derive(Debug)]
+pub struct ChatPiece {
+    /// The parsed event.
+    pub chunk: chat::ChatChunk,
+    /// The event's payload as the model server sent it.
+    pub data: bytes::Bytes,
+}
+
+impl Parsed for ChatPiece {
+    const EXPORT: &'static str = "parse_chat_event";
+
+    async fn parse(session: &mut PluginSession, event: Event) -> Result<Self, PluginError> {
+        // A plugin built before `chat` existed parses text events, which are chat events
+        // without tool calls.
+        let chunk = if session.identity().can_chat() {
+            session.parse_chat_event(event.name.as_deref(), &event.data).await?
+        } else {
+            super::chat::text_chunk(session.parse_event(event.name.as_deref(), &event.data).await?)
+        };
+        Ok(ChatPiece { chunk, data: bytes::Bytes::from(event.data) })
+    }
+
+    fn usage(&self) -> Option<&wit::Usage> {
+        self.chunk.usage.as_ref()
+    }
+
+    fn has_output(&self) -> bool {
+        !self.chunk.content.is_empty() || !self.chunk.tool_calls.is_empty()
+    }
+
+    fn ends(&self) -> bool {
+        self.chunk.done
+    }
+
+    fn finishes(&self) -> bool {
+        self.chunk.finish_reason.is_some()
+    }
+}
+
+/// Stream bytes in, parsed events out: the plugin's framing decoded, each event parsed by the
 /// plugin in its sandbox, the end marker and usage kept track of, every step observed.
-pub struct EventParser {
+pub struct EventParser<P = wit::StreamChunk> {
     /// The plugin that parses the events, and its store (freed while a stream waits).
     lease: PluginLease,
     decoder: Decoder,
-    ready: VecDeque<wit::StreamChunk>,
+    ready: VecDeque<P>,
     /// The plugin said the answer is complete; later bytes are not parsed.
     done: bool,
     observer: Observer,
@@ -32,6 +117,13 @@ impl EventParser {
     /// A parser for bytes in the leased plugin's framing, outside any request (its numbers go
     /// to metrics of its own): what the conformance suite runs.
     pub fn new(lease: PluginLease) -> Self {
+        Self::unrecorded(lease)
+    }
+}
+
+impl<P: Parsed> EventParser<P> {
+    /// A parser into `P`, outside any request.
+    pub fn unrecorded(lease: PluginLease) -> Self {
         let observer = Observer::unrecorded(lease.identity());
         Self::observed(lease, observer, Instant::now())
     }
@@ -85,7 +177,7 @@ impl EventParser {
     }
 
     /// The next parsed chunk.
-    pub fn next_chunk(&mut self) -> Option<wit::StreamChunk> {
+    pub fn next_chunk(&mut self) -> Option<P> {
         self.ready.pop_front()
     }
 
@@ -111,25 +203,25 @@ impl EventParser {
     async fn parse(&mut self, event: Event) -> Result<(), GatewayError> {
         let parsing = Instant::now();
         let lease = &mut self.lease;
-        let chunk = async { lease.session().await?.parse_event(event.name.as_deref(), &event.data).await }
+        let chunk = async { P::parse(lease.session().await?, event).await }
             .await
             .map_err(|e| self.observer.plugin_failed(e))?;
-        self.observer.plugin_call("parse_event", parsing.elapsed());
-        if let Some(usage) = &chunk.usage {
+        self.observer.plugin_call(P::EXPORT, parsing.elapsed());
+        if let Some(usage) = chunk.usage() {
             self.observer.tokens(usage);
             self.output_tokens += usage.output_tokens;
         }
-        if !chunk.text.is_empty() && self.first_text.is_none() {
+        if chunk.has_output() && self.first_text.is_none() {
             self.first_text = Some(Instant::now());
             self.observer.first_token(self.sent.elapsed());
         }
-        if chunk.done {
+        if chunk.ends() {
             self.done = true;
         }
-        self.finish_reason_seen |= chunk.finish_reason.is_some();
+        self.finish_reason_seen |= chunk.finishes();
         // Every event the model server sent is a chunk, empty ones too (GitLab's gateway answers
         // one line or SSE event per model event); only a bare end marker is not.
-        let bare_end = chunk.done && chunk.text.is_empty() && chunk.finish_reason.is_none() && chunk.usage.is_none();
+        let bare_end = chunk.ends() && !chunk.has_output() && !chunk.finishes() && chunk.usage().is_none();
         if !bare_end {
             self.ready.push_back(chunk);
         }
@@ -139,8 +231,8 @@ impl EventParser {
 
 /// A model answer being streamed from the model server, pulled on demand. Dropping it drops the
 /// upstream response, which cancels the upstream request at once.
-pub struct ChunkStream {
-    parser: EventParser,
+pub struct ChunkStream<P = wit::StreamChunk> {
+    parser: EventParser<P>,
     /// `None` once the upstream body has ended, or when the whole answer was read up front
     /// (streaming disabled).
     response: Option<UpstreamResponse>,
@@ -151,7 +243,7 @@ pub struct ChunkStream {
     deadline: Option<(tokio::time::Instant, UpstreamError)>,
 }
 
-impl ChunkStream {
+impl<P: Parsed> ChunkStream<P> {
     /// A stream over `response`, parsed by the leased plugin.
     pub(super) fn new(lease: PluginLease, response: UpstreamResponse, observer: Observer, sent: Instant) -> Self {
         let deadline = Some(response.deadline());
@@ -164,7 +256,7 @@ impl ChunkStream {
     }
 
     /// A whole answer delivered as a stream of one piece (streaming disabled by the operator).
-    pub(super) fn whole(lease: PluginLease, observer: Observer, sent: Instant, whole: wit::StreamChunk) -> Self {
+    pub(super) fn whole(lease: PluginLease, observer: Observer, sent: Instant, whole: P) -> Self {
         let mut parser = EventParser::observed(lease, observer, sent);
         parser.ready.push_back(whole);
         parser.done = true;
@@ -186,7 +278,7 @@ impl ChunkStream {
 
     /// The next chunk (text, metadata, or an empty event the model server sent); `None` at the
     /// end of the answer.
-    pub(crate) async fn next(&mut self) -> Option<Result<wit::StreamChunk, GatewayError>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<P, GatewayError>> {
         loop {
             let more = !self.parser.ready.is_empty() || !(self.finished || self.parser.done());
             if more && let Some(error) = self.past_deadline() {

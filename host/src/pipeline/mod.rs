@@ -2,11 +2,13 @@
 //! embed), which the provider plugin builds into an HTTP request, the host sends (egress policy,
 //! credentials, timeouts), and the plugin parses back, whole or event by event as it streams.
 
+mod chat;
 mod events;
 mod observe;
 mod target;
 
-pub use events::{ChunkStream, EventParser};
+pub(crate) use chat::{ChatAnswer, converse};
+pub use events::{ChatPiece, ChunkStream, EventParser, Parsed};
 pub(crate) use target::{ModelFields, ModelTarget, parse_endpoint};
 
 use crate::error::GatewayError;
@@ -123,8 +125,10 @@ struct Call {
 pub(crate) async fn embed(
     state: &RequestState<'_>,
     target: &ModelTarget,
-    request: embeddings::EmbeddingsRequest,
+    mut request: embeddings::EmbeddingsRequest,
 ) -> Result<embeddings::EmbeddingsResult, GatewayError> {
+    let target = &in_process(state, target.clone())?;
+    request.model.clone_from(&target.model);
     let Prepared { endpoint, observer, mut lease } = Prepared::new(state, target).await?;
     if !lease.identity().can_embed() {
         let identity = lease.identity();
@@ -193,6 +197,8 @@ impl Call {
     /// Resolve the plugin, let it build the provider request, and send it.
     async fn send(state: &RequestState<'_>, mut job: ModelJob, stream: bool) -> Result<Self, GatewayError> {
         job.request.stream = stream;
+        job.target = in_process(state, job.target)?;
+        job.request.model.clone_from(&job.target.model);
         if job.fit_roles {
             state.prompts.load().families().fit_roles(&job.target.family, &mut job.request.messages);
         }
@@ -256,6 +262,22 @@ impl Call {
         }
         Ok(WholeAnswer { completion, lease, observer })
     }
+}
+
+/// A GitLab request whose model endpoint is aigw's own model API, and whose identifier names one
+/// of its models, is served from that named model here (no loop back over HTTP), with the API key
+/// GitLab sent checked as a client key, as the model API would check it. Any other target is
+/// left as it is.
+fn in_process(state: &RequestState<'_>, target: ModelTarget) -> Result<ModelTarget, GatewayError> {
+    if !target.endpoint.as_ref().is_some_and(|endpoint| state.models.load().is_gateway_url(endpoint)) {
+        return Ok(target);
+    }
+    let catalog = state.models();
+    let key = catalog.authenticate(Some(&target.api_key), state.peer)?;
+    crate::telemetry::note_client_key(&key.id, None);
+    let named = catalog.authorize(key, &target.model)?;
+    crate::telemetry::note_client_key(&key.id, Some(&named.name));
+    Ok(ModelTarget::named(named, &target.family))
 }
 
 /// The endpoint the request named, else the plugin's default one (with the AWS region filled in).

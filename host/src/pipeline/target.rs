@@ -5,7 +5,7 @@ use crate::error::GatewayError;
 
 /// GitLab's limits on the model fields (characters).
 const MAX_NAME: usize = 255;
-const MAX_ENDPOINT: usize = 255;
+const MAX_ENDPOINT: usize = crate::upstream::endpoint::MAX_LENGTH;
 const MAX_API_KEY: usize = 2000;
 const MAX_IDENTIFIER: usize = 1000;
 
@@ -58,6 +58,17 @@ fn too_long(field: &str, max: usize) -> GatewayError {
 }
 
 impl ModelTarget {
+    /// The operator's named model, for a request whose prompt family is `family`.
+    pub(crate) fn named(named: &crate::models::NamedModel, family: &str) -> Self {
+        ModelTarget {
+            provider: named.provider.clone(),
+            model: named.model.clone(),
+            family: family.to_string(),
+            endpoint: named.endpoint.clone(),
+            api_key: named.api_key.expose().to_string(),
+        }
+    }
+
     /// Resolve and validate. `custom_models_enabled: false` refuses request-supplied endpoints and keys.
     pub(crate) fn resolve(fields: ModelFields<'_>, custom_models_enabled: bool) -> Result<Self, GatewayError> {
         let family = fields
@@ -117,32 +128,8 @@ pub(crate) fn parse_endpoint(text: &str) -> Result<http::Uri, GatewayError> {
     if text.chars().count() > MAX_ENDPOINT {
         return Err(too_long("model_endpoint", MAX_ENDPOINT));
     }
-    let invalid = |why: &str| GatewayError::Unprocessable(format!("model_endpoint {text:?} is not usable: {why}"));
-    let trimmed = text.trim_end_matches('/');
-    let uri: http::Uri = trimmed.parse().map_err(|_| invalid("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(invalid("the scheme must be http or https")),
-    }
-    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(invalid("credentials in the URL are not accepted; use the API key field"));
-    }
-    if authority.host().contains('%') {
-        return Err(invalid("an IPv6 zone id (%) is not accepted; use an address without one"));
-    }
-    // `http::Uri` keeps a port it cannot read, and then a connection would silently go to the
-    // scheme's default port instead.
-    let written_port = authority.as_str().rsplit_once(':').filter(|(_, port)| !port.ends_with(']'));
-    if let Some((_, port)) = written_port
-        && !port.parse::<u16>().is_ok_and(|port| port > 0)
-    {
-        return Err(invalid("the port must be a number from 1 to 65535"));
-    }
-    if uri.query().is_some() || trimmed.contains('#') {
-        return Err(invalid("a query or fragment is not accepted"));
-    }
-    Ok(uri)
+    crate::upstream::endpoint::parse(text)
+        .map_err(|why| GatewayError::Unprocessable(format!("model_endpoint {text:?} is not usable: {why}")))
 }
 
 #[cfg(test)]

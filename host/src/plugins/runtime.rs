@@ -636,6 +636,11 @@ impl std::fmt::Debug for PluginSession {
 }
 
 impl PluginSession {
+    /// The plugin this sandbox runs.
+    pub fn identity(&self) -> &PluginIdentity {
+        &self.info
+    }
+
     /// Free the store (its memory goes back to the pool) but keep the slot, for a request that
     /// will need a fresh store later.
     pub(crate) fn release(self) -> SlotPermit {

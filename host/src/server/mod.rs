@@ -228,6 +228,38 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
+/// Which front door a request came to: GitLab's API or the OpenAI-compatible model API. Each
+/// authenticates its callers and renders its errors in its own shape.
+enum FrontDoor {
+    GitLab(api::Route),
+    Models(crate::openai::Route),
+}
+
+impl FrontDoor {
+    /// The model API's routes are exact paths GitLab's API does not have; every other path is
+    /// GitLab's.
+    fn route(method: &http::Method, path: &str) -> Self {
+        match crate::openai::route(method, path) {
+            Some(route) => FrontDoor::Models(route),
+            None => FrontDoor::GitLab(api::route(method, path)),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            FrontDoor::GitLab(route) => route.label,
+            FrontDoor::Models(route) => route.label,
+        }
+    }
+
+    fn error_response(&self, error: GatewayError) -> http::Response<Body> {
+        match self {
+            FrontDoor::GitLab(_) => error_response(error),
+            FrontDoor::Models(_) => crate::openai::errors::error_response(error),
+        }
+    }
+}
+
 /// Whether the client allowlist admits `peer` (no allowlist: everyone).
 fn ingress_allows(state: &AppState, peer: std::net::IpAddr) -> bool {
     let peer = crate::upstream::egress::canonical(peer);
@@ -247,12 +279,12 @@ async fn handle(
     if host_header::drop_malformed(request.headers_mut()) {
         tracing::debug!(path = request.uri().path(), "malformed Host header dropped");
     }
-    let route = api::route(request.method(), request.uri().path());
-    let endpoint = route.label;
+    let door = FrontDoor::route(request.method(), request.uri().path());
+    let endpoint = door.label();
     let Some(mark) = mark else {
         // The request arrived as its connection was giving way to a newcomer at the cap: the
         // caller may send it again on a new connection.
-        let mut response = error_response(GatewayError::Unavailable(
+        let mut response = door.error_response(GatewayError::Unavailable(
             "The connection was closed to make room for another; retry on a new connection".into(),
         ));
         response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
@@ -263,20 +295,42 @@ async fn handle(
         // Before any token work: a caller outside the allowlist learns nothing else.
         tracing::info!(%peer, path = request.uri().path(), "client outside AIGW_INGRESS__ALLOW refused");
         state.metrics.request(endpoint, 403, None, started.elapsed());
-        return json_response(StatusCode::FORBIDDEN, serde_json::json!({"detail": "Forbidden"}).to_string().into());
+        return match door {
+            FrontDoor::GitLab(_) => {
+                json_response(StatusCode::FORBIDDEN, serde_json::json!({"detail": "Forbidden"}).to_string().into())
+            }
+            FrontDoor::Models(_) => door.error_response(crate::models::AccessError::OutsideIngress.into()),
+        };
     }
     let (parts, body) = request.into_parts();
-    let limit = state.config.max_body_bytes;
+    let limit = match door {
+        FrontDoor::GitLab(_) => state.config.max_body_bytes,
+        FrontDoor::Models(_) => state.config.model_api.max_body_bytes,
+    };
     let body = read_body(body, &parts.headers, limit, state.config.body_read_timeout);
     let facts = crate::telemetry::SharedFacts::default();
-    let result = crate::telemetry::with_facts(
-        Arc::clone(&facts),
-        api::dispatch(&state.for_worker(worker), route, &parts.headers, body),
-    )
-    .await;
+    let request_state = state.for_request(worker, peer);
+    let (result, render): (_, fn(GatewayError) -> http::Response<Body>) = match door {
+        FrontDoor::GitLab(route) => (
+            crate::telemetry::with_facts(
+                Arc::clone(&facts),
+                api::dispatch(&request_state, route, &parts.headers, body),
+            )
+            .await,
+            error_response,
+        ),
+        FrontDoor::Models(route) => (
+            crate::telemetry::with_facts(
+                Arc::clone(&facts),
+                crate::openai::dispatch(&request_state, route, &parts.headers, body),
+            )
+            .await,
+            crate::openai::errors::error_response,
+        ),
+    };
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => error_response(error),
+        Err(error) => render(error),
     };
     let elapsed = started.elapsed();
     let (upstream, provider) = facts.lock().map(|f| (f.upstream, f.provider.clone())).unwrap_or_default();

@@ -65,6 +65,8 @@ impl RequestLine {
             upstream_error = facts.upstream_error,
             gitlab_realm = facts.gitlab_realm,
             root_namespace_id = facts.root_namespace_id,
+            client_key = facts.client_key,
+            named_model = facts.named_model,
             outcome,
             "request"
         );

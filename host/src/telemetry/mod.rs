@@ -44,6 +44,10 @@ pub(crate) struct RequestFacts {
     pub(crate) gitlab_realm: Option<String>,
     /// The caller's root namespace, from its token's `gitlab_root_namespace_id` claim.
     pub(crate) root_namespace_id: Option<String>,
+    /// The id of the client key the caller presented (never the key).
+    pub(crate) client_key: Option<String>,
+    /// The named model the request used.
+    pub(crate) named_model: Option<String>,
 }
 
 /// Facts shared between the request's task and its streamed body (which outlives the task).
@@ -61,6 +65,18 @@ pub(crate) async fn with_facts<F: std::future::Future>(facts: SharedFacts, reque
 /// The current request's facts (`None` outside a request).
 pub(crate) fn current_facts() -> Option<SharedFacts> {
     FACTS.try_with(std::sync::Arc::clone).ok()
+}
+
+/// Note the client key (its id) and the named model of the current request, if any.
+pub(crate) fn note_client_key(key: &str, named_model: Option<&str>) {
+    if let Some(facts) = current_facts() {
+        record(&facts, |f| {
+            f.client_key = Some(key.to_string());
+            if let Some(named_model) = named_model {
+                f.named_model = Some(named_model.to_string());
+            }
+        });
+    }
 }
 
 /// Update `facts`; a poisoned lock (a panic elsewhere) still gets the update.

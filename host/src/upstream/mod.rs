@@ -5,6 +5,7 @@ pub(crate) mod aws;
 pub(crate) mod client;
 pub(crate) mod connector;
 pub(crate) mod egress;
+pub(crate) mod endpoint;
 pub mod framing;
 pub(crate) mod retry;
 

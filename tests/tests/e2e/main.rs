@@ -20,6 +20,7 @@ mod hostile_upstream;
 mod limits;
 mod memory;
 mod metrics;
+mod model_api;
 mod ollama;
 mod precompiled;
 mod prompts_chat;
