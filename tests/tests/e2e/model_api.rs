@@ -343,3 +343,25 @@ async fn a_gitlab_request_naming_the_gateway_is_served_from_the_named_model_in_p
     assert_eq!(t.complete(&body).await.status, StatusCode::FORBIDDEN);
     assert_eq!(t.model.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn an_agent_history_of_several_megabytes_fits_the_default_limit() {
+    let t = gateway().await;
+    // 400 tool round trips of ~12 KB each: an agent's long session, about 5 MB of JSON.
+    let mut messages = vec![json!({"role": "user", "content": "Fix the pipeline."})];
+    for turn in 0..400 {
+        let id = format!("call_{turn}");
+        messages.push(json!({"role": "assistant", "content": "", "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": "get_job_logs", "arguments": format!("{{\"job_id\": {turn}}}")}}
+        ]}));
+        messages.push(json!({"role": "tool", "tool_call_id": id, "content": "log line\n".repeat(1300)}));
+    }
+    let body = json!({"model": "coder", "messages": messages, "tools": tools(), "stream": true});
+    assert!(body.to_string().len() > 4_500_000);
+    let answer = chat(&t, KEY, &body).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(sse_data(&answer.text()).last().map(String::as_str), Some("[DONE]"));
+    let received = t.model.requests()[0].body.clone();
+    assert_eq!(received["messages"].as_array().unwrap().len(), 801);
+    assert_eq!(received["messages"][800], body["messages"][800]);
+}

@@ -8,7 +8,8 @@
 //! (default `../shared/reference` beside the workspace); without it the run fails, it never
 //! skips. aigw runs with GitLab's prompt registry from the same reference directory
 //! (`gitlab-prompts/definitions`), and the model-server requests it sends are compared with those
-//! GitLab's gateway sent (see `upstream`).
+//! GitLab's gateway sent (see `upstream`). Last, GitLab's Duo Workflow Service's recorded model
+//! calls go through the model API (see `agent_platform`).
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -18,6 +19,7 @@
     reason = "a test runner: failing loudly is the point"
 )]
 
+mod agent_platform;
 mod compare;
 mod deviations;
 mod matrix;
@@ -175,6 +177,9 @@ async fn run() -> Result<bool> {
     let (matrix_failed, matrix_report) = matrix::run(&gateway, &built_in).await?;
     failed += matrix_failed;
     report.push_str(&matrix_report);
+    let (agent_failed, agent_report) = agent_platform::run(&reference).await?;
+    failed += agent_failed;
+    report.push_str(&agent_report);
     writeln!(report, "\ndeliberate deviations:")?;
     for deviation in deviations::all() {
         writeln!(report, "- {}: {}", deviation.name, deviation.reason)?;
