@@ -521,9 +521,17 @@ fn ollama_answer(state: Arc<State>, reply: Reply, model: String, generate: bool,
 /// The Anthropic Messages API: a message object, or its SSE event sequence.
 fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, stream: bool) -> Response<MockBody> {
     let (input, output) = reply.usage;
+    // A model that calls tools says a few words first, as Claude does, then one `tool_use`
+    // block per call.
+    let stop_reason = if reply.tool_calls.is_empty() { "end_turn" } else { "tool_use" };
     if !stream {
+        let mut content = vec![json!({"type": "text", "text": reply.text})];
+        for call in &reply.tool_calls {
+            let input: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+            content.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
+        }
         let body = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                          "content": [{"type": "text", "text": reply.text}], "stop_reason": "end_turn",
+                          "content": content, "stop_reason": stop_reason,
                           "usage": {"input_tokens": input, "output_tokens": output}});
         return full(StatusCode::OK, "application/json", body.to_string());
     }
@@ -549,9 +557,25 @@ fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, stream: bool
         ));
     }
     events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    for (position, call) in reply.tool_calls.iter().enumerate() {
+        let index = position + 1;
+        events.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}}),
+        ));
+        for piece in split_text(&call.arguments, reply.chunks) {
+            events.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+    }
     events.push(event(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason},
                                               "usage": {"output_tokens": output}}),
     ));
     events.push(event("message_stop", json!({"type": "message_stop"})));

@@ -185,6 +185,9 @@ struct Renderer {
     role_sent: bool,
     usage: Option<wit::Usage>,
     done_sent: bool,
+    /// The plugin's index of each tool call, in order of appearance: the client's index is the
+    /// position here (providers number content blocks, text included; OpenAI numbers the calls).
+    tool_indices: Vec<u32>,
 }
 
 impl Renderer {
@@ -196,7 +199,20 @@ impl Renderer {
             role_sent: false,
             usage: None,
             done_sent: false,
+            tool_indices: Vec::new(),
         }
+    }
+
+    /// The client's index for the plugin's tool-call `index`.
+    fn dense_index(&mut self, index: u32) -> u32 {
+        let position = match self.tool_indices.iter().position(|known| *known == index) {
+            Some(position) => position,
+            None => {
+                self.tool_indices.push(index);
+                self.tool_indices.len() - 1
+            }
+        };
+        u32::try_from(position).unwrap_or(u32::MAX)
     }
 
     /// The events for one piece (none, for a piece the client did not ask for).
@@ -221,11 +237,13 @@ impl Renderer {
         if carries {
             let role = (!self.role_sent).then_some("assistant");
             self.role_sent = true;
+            let indices: Vec<u32> = chunk.tool_calls.iter().map(|call| self.dense_index(call.index)).collect();
             let tool_calls = chunk
                 .tool_calls
                 .iter()
-                .map(|call| ToolCall {
-                    index: Some(call.index),
+                .zip(indices)
+                .map(|(call, index)| ToolCall {
+                    index: Some(index),
                     id: call.id.as_deref(),
                     kind: call.id.as_ref().map(|_| "function"),
                     function: Function { name: call.name.as_deref(), arguments: &call.arguments },

@@ -365,3 +365,108 @@ async fn an_agent_history_of_several_megabytes_fits_the_default_limit() {
     assert_eq!(received["messages"].as_array().unwrap().len(), 801);
     assert_eq!(received["messages"][800], body["messages"][800]);
 }
+
+/// A gateway whose model `claude` is served by the mock in Anthropic's Messages format.
+async fn anthropic_gateway() -> TestGateway {
+    Setup::default()
+        .plugin(component("plugins/anthropic.wasm"), "anthropic.wasm")
+        .models(|mock| {
+            format!(
+                "[[models]]\nname = \"claude\"\nidentifier = \"anthropic/claude-sonnet-4-5\"\nendpoint = \"{}\"\n\n\
+                 [[keys]]\nid = \"k\"\nsha256 = \"{}\"\nmodels = [\"*\"]\n",
+                mock.root_url(),
+                key_sha256_hex(KEY)
+            )
+        })
+        .start()
+        .await
+}
+
+/// The tool calls an OpenAI client assembles from a stream's chunks: (id, name, arguments) by index.
+fn assembled_calls(events: &[String]) -> Vec<(String, String, String)> {
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    for event in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        for piece in chunk["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let index = piece["index"].as_u64().unwrap() as usize;
+            if calls.len() <= index {
+                calls.resize(index + 1, Default::default());
+            }
+            let call = &mut calls[index];
+            if let Some(id) = piece["id"].as_str() {
+                call.0 = id.to_string();
+            }
+            if let Some(name) = piece["function"]["name"].as_str() {
+                call.1 = name.to_string();
+            }
+            call.2.push_str(piece["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    calls
+}
+
+#[tokio::test]
+async fn an_anthropic_tool_call_reaches_an_openai_client_intact_and_back() {
+    let t = anthropic_gateway().await;
+    t.model.set_reply(Reply { text: "Let me look.".into(), ..calling(r#"{"project_id": 1000, "work_item_iid": 42}"#) });
+    let ask = json!({
+        "model": "claude",
+        "messages": [{"role": "system", "content": "You help."}, {"role": "user", "content": "What is #42?"}],
+        "tools": tools(),
+    });
+    let whole = chat(&t, KEY, &ask).await.json();
+    let message = &whole["choices"][0]["message"];
+    assert_eq!(message["content"], "Let me look.");
+    assert_eq!(message["tool_calls"][0]["id"], "call_b6d9");
+    assert_eq!(message["tool_calls"][0]["function"]["arguments"], r#"{"project_id":1000,"work_item_iid":42}"#);
+    assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls");
+    let sent = t.model.requests()[0].body.clone();
+    assert_eq!(sent["tools"][0]["input_schema"], tools()[0]["function"]["parameters"]);
+    assert_eq!(sent["system"], "You help.");
+
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = sse_data(&chat(&t, KEY, &streamed).await.text());
+    assert_eq!(
+        assembled_calls(&events),
+        [(
+            "call_b6d9".to_string(),
+            "get_work_item".to_string(),
+            r#"{"project_id": 1000, "work_item_iid": 42}"#.to_string()
+        )],
+        "the call is index 0 for the client though Anthropic's block index is 1"
+    );
+    let finish: Vec<&str> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string))
+        .map(|reason| if reason == "tool_calls" { "tool_calls" } else { "other" })
+        .collect();
+    assert_eq!(finish, ["tool_calls"]);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["prompt_tokens"], 12);
+
+    t.model.set_reply(Reply { text: "Issue 42 is open.".into(), ..Reply::default() });
+    let mut answered = ask.clone();
+    let messages = answered["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+        {"type": "function", "id": "call_b6d9", "function": {"name": "get_work_item", "arguments": "{\"work_item_iid\": 42}"}}
+    ]}));
+    messages.push(json!({"role": "tool", "tool_call_id": "call_b6d9", "content": "{\"state\": \"OPEN\"}"}));
+    let last = chat(&t, KEY, &answered).await.json();
+    assert_eq!(last["choices"][0]["message"]["content"], "Issue 42 is open.");
+    let sent = t.model.requests().last().unwrap().body.clone();
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "What is #42?"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "call_b6d9", "name": "get_work_item", "input": {"work_item_iid": 42}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_b6d9", "content": "{\"state\": \"OPEN\"}"}]}
+        ])
+    );
+    let refused =
+        chat(&t, KEY, &json!({"model": "claude", "top_k": 3, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("top_k"), "{}", refused.text());
+}
