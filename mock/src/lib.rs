@@ -509,11 +509,29 @@ fn ollama_answer(state: Arc<State>, reply: Reply, model: String, generate: bool,
         }
         line
     };
+    // Ollama sends a call whole, with its arguments as an object and (before 0.12) no id.
+    let calls: Vec<Value> = reply
+        .tool_calls
+        .iter()
+        .map(|call| {
+            let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+            json!({"function": {"name": call.name, "arguments": arguments}})
+        })
+        .collect();
     if !stream {
-        return full(StatusCode::OK, "application/json", piece(&reply.text, true).to_string());
+        let mut whole = piece(&reply.text, true);
+        if !calls.is_empty() {
+            whole["message"]["tool_calls"] = json!(calls);
+        }
+        return full(StatusCode::OK, "application/json", whole.to_string());
     }
     let mut lines: Vec<String> =
         split_text(&reply.text, reply.chunks).iter().map(|text| format!("{}\n", piece(text, false))).collect();
+    if !calls.is_empty() {
+        let mut line = piece("", false);
+        line["message"]["tool_calls"] = json!(calls);
+        lines.push(format!("{line}\n"));
+    }
     lines.push(format!("{}\n", piece("", true)));
     streamed(state, lines, &reply, "application/x-ndjson")
 }
@@ -586,9 +604,15 @@ fn anthropic_answer(state: Arc<State>, reply: Reply, model: String, stream: bool
 fn bedrock_answer(state: Arc<State>, reply: Reply, stream: bool) -> Response<MockBody> {
     let (input, output) = reply.usage;
     let usage = json!({"inputTokens": input, "outputTokens": output, "totalTokens": input + output});
+    let stop_reason = if reply.tool_calls.is_empty() { "end_turn" } else { "tool_use" };
     if !stream {
-        let body = json!({"output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
-                          "stopReason": "end_turn", "usage": usage, "metrics": {"latencyMs": 1}});
+        let mut content = vec![json!({"text": reply.text})];
+        for call in &reply.tool_calls {
+            let input: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+            content.push(json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": input}}));
+        }
+        let body = json!({"output": {"message": {"role": "assistant", "content": content}},
+                          "stopReason": stop_reason, "usage": usage, "metrics": {"latencyMs": 1}});
         return full(StatusCode::OK, "application/json", body.to_string());
     }
     // Bedrock pads events with a `p` field so that their sizes do not reveal the text.
@@ -600,7 +624,21 @@ fn bedrock_answer(state: Arc<State>, reply: Reply, stream: bool) -> Response<Moc
         ));
     }
     events.push(event_stream::event("contentBlockStop", &json!({"contentBlockIndex": 0, "p": "ab"})));
-    events.push(event_stream::event("messageStop", &json!({"stopReason": "end_turn", "p": "abc"})));
+    for (position, call) in reply.tool_calls.iter().enumerate() {
+        let index = position + 1;
+        events.push(event_stream::event(
+            "contentBlockStart",
+            &json!({"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": call.id, "name": call.name}}, "p": "a"}),
+        ));
+        for piece in split_text(&call.arguments, reply.chunks) {
+            events.push(event_stream::event(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}, "p": "ab"}),
+            ));
+        }
+        events.push(event_stream::event("contentBlockStop", &json!({"contentBlockIndex": index, "p": "ab"})));
+    }
+    events.push(event_stream::event("messageStop", &json!({"stopReason": stop_reason, "p": "abc"})));
     events.push(event_stream::event("metadata", &json!({"usage": usage, "metrics": {"latencyMs": 1}, "p": "a"})));
     streamed(state, events, &reply, "application/vnd.amazon.eventstream")
 }

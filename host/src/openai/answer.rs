@@ -250,10 +250,16 @@ impl Renderer {
                 })
                 .collect();
             let content = (!chunk.content.is_empty()).then_some(chunk.content.as_str());
+            // A turn that called tools ends with `tool_calls`, as OpenAI's do, whatever word
+            // the provider used for it (Ollama says `stop`).
+            let finish = chunk.finish_reason.as_ref().map(|reason| match reason {
+                chat::ChatFinishReason::Stop if !self.tool_indices.is_empty() => "tool_calls",
+                reason => finish_reason(reason),
+            });
             let choice = ChunkChoice {
                 index: 0,
                 delta: Delta { role, content, tool_calls },
-                finish_reason: chunk.finish_reason.as_ref().map(finish_reason),
+                finish_reason: finish,
                 logprobs: None,
             };
             self.chunk(out, vec![choice], None);

@@ -196,25 +196,8 @@ pub fn parse_embeddings_response(body: &[u8]) -> Result<EmbeddingsResult, Plugin
     Ok(EmbeddingsResult { vectors: answer.embeddings, input_tokens: answer.prompt_eval_count })
 }
 
-/// Answers are the provider's own: the host writes OpenAI's answer from the parsed results.
-pub fn answers() -> aigw_plugin_sdk::chat::AnswerShape {
-    aigw_plugin_sdk::chat::AnswerShape::Canonical
-}
-
-/// A conversation as a text request (tools are not carried yet: refused naming the plugin).
-pub fn build_chat_request(request: &aigw_plugin_sdk::chat::ChatRequest) -> Result<UpstreamRequest, PluginError> {
-    build_request(&aigw_plugin_sdk::text_chat::as_model_request(request, "ollama")?)
-}
-
-/// A whole answer as the conversation's next turn.
-pub fn parse_chat_response(body: &[u8]) -> Result<aigw_plugin_sdk::chat::ChatCompletion, PluginError> {
-    parse_response(body).map(aigw_plugin_sdk::text_chat::completion)
-}
-
-/// One stream event as what it adds to the turn.
-pub fn parse_chat_event(event: Option<&str>, data: &[u8]) -> Result<aigw_plugin_sdk::chat::ChatChunk, PluginError> {
-    parse_event(event, data).map(aigw_plugin_sdk::text_chat::chunk)
-}
+/// Conversations with tools.
+pub use crate::conversation::{answers, build_chat_request, parse_chat_event, parse_chat_response};
 
 #[cfg(test)]
 mod tests {

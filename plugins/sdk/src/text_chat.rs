@@ -76,3 +76,52 @@ pub fn chunk(chunk: StreamChunk) -> ChatChunk {
         done: chunk.done,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{ChatMessage, Content, Tool, ToolCall};
+    use crate::types::Sampling;
+
+    fn request() -> ChatRequest {
+        let message = |role, text: &str| ChatMessage {
+            role,
+            content: Some(Content::Parts(vec![text.into(), "!".into()])),
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        };
+        ChatRequest {
+            model: "m".into(),
+            messages: vec![message(ChatRole::Developer, "be brief"), message(ChatRole::User, "hi")],
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            sampling: Sampling { max_tokens: Some(5), temperature: None, top_p: None, stop: Vec::new() },
+            seed: None,
+            response_format: None,
+            user: None,
+            extra: None,
+            stream: true,
+        }
+    }
+
+    #[test]
+    fn a_text_conversation_becomes_a_model_request_and_the_rest_is_refused_by_name() {
+        let text = as_model_request(&request(), "example").unwrap();
+        assert!(matches!(text.messages[0].role, Role::System));
+        assert_eq!((text.messages[1].content.as_str(), text.sampling.max_tokens), ("hi!", Some(5)));
+        let mut tools = request();
+        tools.tools.push(Tool { name: "f".into(), description: None, parameters: None, strict: None });
+        assert!(
+            matches!(as_model_request(&tools, "example"), Err(PluginError::Unsupported(m)) if m.contains("example plugin cannot carry tools"))
+        );
+        let mut called = request();
+        called.messages[1].role = ChatRole::Assistant;
+        called.messages[1].tool_calls.push(ToolCall { id: "c".into(), name: "f".into(), arguments: "{}".into() });
+        assert!(as_model_request(&called, "example").is_err());
+        let mut extra = request();
+        extra.extra = Some(r#"{"top_k": 1}"#.into());
+        assert!(matches!(as_model_request(&extra, "example"), Err(PluginError::Unsupported(m)) if m.contains("top_k")));
+    }
+}

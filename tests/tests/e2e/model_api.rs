@@ -470,3 +470,87 @@ async fn an_anthropic_tool_call_reaches_an_openai_client_intact_and_back() {
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert!(refused.json()["error"]["message"].as_str().unwrap().contains("top_k"), "{}", refused.text());
 }
+
+/// Every plugin, a tool call whole and streamed, and the round trip back: the client always sees
+/// OpenAI's shapes, whatever the provider speaks.
+#[tokio::test]
+async fn every_plugin_takes_a_tool_round_trip() {
+    use aigw_mock::sigv4;
+    let plugins = ["anthropic", "azure-openai", "bedrock", "mistral", "ollama"];
+    let mut setup = Setup::default()
+        .env("AWS_ACCESS_KEY_ID", sigv4::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", sigv4::SECRET_ACCESS_KEY)
+        .env("AWS_REGION", "eu-central-1");
+    for plugin in plugins {
+        setup = setup.plugin(component(&format!("plugins/{plugin}.wasm")), &format!("{plugin}.wasm"));
+    }
+    let t = setup
+        .models(|mock| {
+            let models = [
+                ("openai", "custom_openai/qwen3-coder", mock.base_url()),
+                ("anthropic", "anthropic/claude-sonnet-4-5", mock.root_url()),
+                ("azure", "azure/gpt-4o", mock.root_url()),
+                ("bedrock", "bedrock/anthropic.claude-sonnet-4-5-20250929-v1:0", mock.root_url()),
+                ("mistral", "mistral/mistral-large-latest", mock.mistral_url()),
+                ("ollama", "ollama/qwen3:8b", mock.root_url()),
+            ];
+            let mut file = String::new();
+            for (name, identifier, endpoint) in models {
+                file.push_str(&format!(
+                    "[[models]]\nname = \"{name}\"\nidentifier = \"{identifier}\"\nendpoint = \"{endpoint}\"\n\n"
+                ));
+            }
+            file + &format!("[[keys]]\nid = \"k\"\nsha256 = \"{}\"\nmodels = [\"*\"]\n", key_sha256_hex(KEY))
+        })
+        .start()
+        .await;
+    let arguments = r#"{"project_id": 1000, "work_item_iid": 42}"#;
+    for model in ["openai", "anthropic", "azure", "bedrock", "mistral", "ollama"] {
+        t.model.set_reply(calling(arguments));
+        let ask = json!({"model": model, "tools": tools(), "messages": [{"role": "user", "content": "What is #42?"}]});
+        let whole = chat(&t, KEY, &ask).await;
+        assert_eq!(whole.status, StatusCode::OK, "{model}: {}", whole.text());
+        let whole = whole.json();
+        let call = &whole["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "get_work_item", "{model}: {whole}");
+        let sent: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(sent, serde_json::from_str::<Value>(arguments).unwrap(), "{model}");
+        assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls", "{model}");
+        let id = call["id"].as_str().unwrap().to_string();
+
+        let mut streamed = ask.clone();
+        streamed["stream"] = json!(true);
+        let events = sse_data(&chat(&t, KEY, &streamed).await.text());
+        let calls = assembled_calls(&events);
+        assert_eq!(calls.len(), 1, "{model}: {events:?}");
+        assert_eq!(calls[0].1, "get_work_item", "{model}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&calls[0].2).unwrap(),
+            serde_json::from_str::<Value>(arguments).unwrap(),
+            "{model}"
+        );
+        let finish: Vec<String> = events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .filter_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(finish, ["tool_calls"], "{model}");
+
+        t.model.set_reply(Reply { text: "Issue 42 is open.".into(), ..Reply::default() });
+        t.model.clear_requests();
+        let mut answered = ask.clone();
+        let messages = answered["messages"].as_array_mut().unwrap();
+        messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+            {"type": "function", "id": id, "function": {"name": "get_work_item", "arguments": arguments}}
+        ]}));
+        messages.push(json!({"role": "tool", "tool_call_id": id, "content": "{\"state\": \"OPEN\"}"}));
+        let last = chat(&t, KEY, &answered).await;
+        assert_eq!(last.status, StatusCode::OK, "{model}: {}", last.text());
+        assert_eq!(last.json()["choices"][0]["message"]["content"], "Issue 42 is open.", "{model}");
+        let sent = t.model.requests()[0].body.to_string();
+        assert!(
+            sent.contains("OPEN") && sent.contains("get_work_item"),
+            "{model}: the result and the call went: {sent}"
+        );
+    }
+}
