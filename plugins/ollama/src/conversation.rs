@@ -230,7 +230,13 @@ fn fnv(text: &str) -> u64 {
 /// sends none; the client needs one to answer it).
 fn tool_call(call: AnswerCall) -> ToolCall {
     let arguments = call.function.arguments.map_or_else(|| "{}".to_string(), |a| a.get().to_string());
-    let id = call.id.unwrap_or_else(|| format!("call_{:016x}", fnv(&format!("{}{arguments}", call.function.name))));
+    let id = call.id.unwrap_or_else(|| {
+        // From the arguments' JSON, not their spacing: a whole answer and a stream line may
+        // space the same object differently.
+        let compact =
+            serde_json::from_str::<serde_json::Value>(&arguments).map_or(arguments.clone(), |v| v.to_string());
+        format!("call_{:016x}", fnv(&format!("{}{compact}", call.function.name)))
+    });
     ToolCall { id, name: call.function.name, arguments }
 }
 

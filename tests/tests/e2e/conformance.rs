@@ -6,10 +6,14 @@
 //! stream, and the canonical result both must give. Streams run through the gateway's own stream
 //! core ([`EventParser`]: frame decoder, `parse-event`, end and usage bookkeeping) whole and cut
 //! into chunks at every few bytes, so chunk boundaries inside UTF-8 sequences and frame headers
-//! are part of every run. A plugin without fixtures, or fixtures without a plugin, fail the suite.
+//! are part of every run. A fixture with a `chat_request` is a tool round trip through the `chat`
+//! interface instead: the conversation (with an earlier call and its result) built whole and
+//! streamed, an answer calling a tool parsed whole and as a stream, the calls assembled by index
+//! as a client assembles them. A plugin without fixtures, or fixtures without a plugin, fail the
+//! suite.
 
-use aigw::pipeline::EventParser;
-use aigw::plugins::{LoadedPlugin, PluginLease, PluginRuntime, SandboxLimits, wit};
+use aigw::pipeline::{ChatPiece, EventParser};
+use aigw::plugins::{LoadedPlugin, PluginLease, PluginRuntime, SandboxLimits, chat, wit};
 use aigw_mock::event_stream;
 use aigw_tests::{component, workspace};
 use serde_json::{Value, json};
@@ -119,9 +123,12 @@ async fn run_stream(plugin: &LoadedPlugin, bytes: &[u8], step: usize) -> Value {
 async fn check_fixture(plugin_name: &str, file: &str) {
     let case = format!("{plugin_name}/{file}");
     let path = workspace().join("tests/conformance").join(plugin_name).join(file);
-    let fixture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let fixture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let runtime = PluginRuntime::new(SandboxLimits::default()).unwrap();
     let plugin = runtime.load(std::fs::read(component(&format!("plugins/{plugin_name}.wasm"))).unwrap()).await.unwrap();
+    if fixture.get("chat_request").is_some() {
+        return check_chat_fixture(&case, &path, fixture, &plugin).await;
+    }
 
     let mut session = plugin.session().await.unwrap();
     let built = session.build_request(&model_request(&fixture, false)).await.unwrap();
@@ -141,6 +148,177 @@ async fn check_fixture(plugin_name: &str, file: &str) {
     for step in [bytes.len().max(1), 1, 3, 7, 64] {
         let result = run_stream(&plugin, &bytes, step).await;
         assert_eq!(result, fixture["expected"], "{case}: stream in chunks of {step} bytes");
+    }
+}
+
+/// A fixture's conversation (the `chat` interface: tools, tool calls and results).
+fn chat_request(fixture: &Value, stream: bool) -> chat::ChatRequest {
+    let request = &fixture["chat_request"];
+    let text = |value: &Value| value.as_str().map(str::to_string);
+    chat::ChatRequest {
+        model: request["model"].as_str().unwrap().to_string(),
+        messages: request["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| chat::ChatMessage {
+                role: match m["role"].as_str().unwrap() {
+                    "system" => chat::ChatRole::System,
+                    "user" => chat::ChatRole::User,
+                    "assistant" => chat::ChatRole::Assistant,
+                    "tool" => chat::ChatRole::Tool,
+                    other => panic!("fixture role {other:?}"),
+                },
+                content: text(&m["content"]).map(chat::Content::Text),
+                name: None,
+                tool_calls: m["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| chat::ToolCall {
+                        id: text(&c["id"]).unwrap(),
+                        name: text(&c["name"]).unwrap(),
+                        arguments: text(&c["arguments"]).unwrap(),
+                    })
+                    .collect(),
+                tool_call_id: text(&m["tool_call_id"]),
+            })
+            .collect(),
+        tools: request["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| chat::Tool {
+                name: text(&t["name"]).unwrap(),
+                description: text(&t["description"]),
+                parameters: Some(t["parameters"].to_string()),
+                strict: None,
+            })
+            .collect(),
+        tool_choice: Some(chat::ToolChoice::Auto),
+        parallel_tool_calls: None,
+        sampling: wit::Sampling {
+            max_tokens: request["max_tokens"].as_u64().map(|n| n as u32),
+            temperature: None,
+            top_p: None,
+            stop: Vec::new(),
+        },
+        seed: None,
+        response_format: None,
+        user: None,
+        extra: None,
+        stream,
+    }
+}
+
+fn chat_finish(reason: &Option<chat::ChatFinishReason>) -> Value {
+    match reason {
+        None => Value::Null,
+        Some(chat::ChatFinishReason::Stop) => json!("stop"),
+        Some(chat::ChatFinishReason::Length) => json!("length"),
+        Some(chat::ChatFinishReason::ToolCalls) => json!("tool_calls"),
+        Some(chat::ChatFinishReason::ContentFilter) => json!("content_filter"),
+        Some(chat::ChatFinishReason::Other(other)) => json!(other),
+    }
+}
+
+/// A stream through the gateway's stream core into chat pieces; tool calls assembled by index,
+/// in order of appearance, as a client assembles them.
+async fn run_chat_stream(plugin: &LoadedPlugin, bytes: &[u8], step: usize) -> Value {
+    let mut parser: EventParser<ChatPiece> = EventParser::unrecorded(PluginLease::new(plugin.clone()).await.unwrap());
+    let mut pieces = Vec::new();
+    for piece in bytes.chunks(step) {
+        parser.push(piece).await.unwrap();
+        pieces.extend(std::iter::from_fn(|| parser.next_chunk()));
+        if parser.done() {
+            break;
+        }
+    }
+    parser.finish().await.unwrap();
+    pieces.extend(std::iter::from_fn(|| parser.next_chunk()));
+    let content: String = pieces.iter().map(|p| p.chunk.content.as_str()).collect();
+    let mut calls: Vec<(u32, Value)> = Vec::new();
+    for delta in pieces.iter().flat_map(|p| &p.chunk.tool_calls) {
+        let position = match calls.iter().position(|(index, _)| *index == delta.index) {
+            Some(position) => position,
+            None => {
+                calls.push((delta.index, json!({"id": null, "name": null, "arguments": ""})));
+                calls.len() - 1
+            }
+        };
+        let call = &mut calls[position].1;
+        if let Some(id) = &delta.id {
+            call["id"] = json!(id);
+        }
+        if let Some(name) = &delta.name {
+            call["name"] = json!(name);
+        }
+        let arguments = format!("{}{}", call["arguments"].as_str().unwrap(), delta.arguments);
+        call["arguments"] = json!(arguments);
+    }
+    let mut finish_reason = pieces
+        .iter()
+        .rev()
+        .find(|p| p.chunk.finish_reason.is_some())
+        .map_or(Value::Null, |p| chat_finish(&p.chunk.finish_reason));
+    // The host's rule, as the client sees it: a turn that called tools ends with `tool_calls`
+    // (Ollama's last line says `stop`).
+    if !calls.is_empty() && finish_reason == "stop" {
+        finish_reason = json!("tool_calls");
+    }
+    let usage = pieces
+        .iter()
+        .filter_map(|p| p.chunk.usage.as_ref())
+        .fold((0u32, 0u32), |sum, u| (sum.0 + u.input_tokens, sum.1 + u.output_tokens));
+    json!({
+        "content": content,
+        "tool_calls": calls.into_iter().map(|(_, call)| call).collect::<Vec<_>>(),
+        "finish_reason": finish_reason,
+        "usage": [usage.0, usage.1],
+    })
+}
+
+/// A tool round trip fixture: the conversation built (whole and streamed), the provider's answer
+/// with a tool call parsed whole and as a stream cut at every few bytes. Arguments are compared
+/// as JSON (a provider may re-serialise the object it was sent). With
+/// `AIGW_CONFORMANCE_WRITE=1`, the built requests and the whole answer's result are written into
+/// the fixture instead of compared, for a new fixture to be reviewed by eye.
+async fn check_chat_fixture(case: &str, path: &Path, mut fixture: Value, plugin: &LoadedPlugin) {
+    let mut session = plugin.session().await.unwrap();
+    let built = upstream(&session.build_chat_request(&chat_request(&fixture, false)).await.unwrap());
+    let streamed = upstream(&session.build_chat_request(&chat_request(&fixture, true)).await.unwrap());
+    let answer = serde_json::to_vec(&fixture["answer"]).unwrap();
+    let completion = session.parse_chat_response(&answer).await.unwrap();
+    let calls: Vec<Value> =
+        completion.tool_calls.iter().map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments})).collect();
+    let usage = completion.usage.map(|u| json!([u.input_tokens, u.output_tokens])).unwrap_or(Value::Null);
+    let whole = json!({
+        "content": completion.content.unwrap_or_default(),
+        "tool_calls": calls,
+        "finish_reason": chat_finish(&completion.finish_reason),
+        "usage": usage,
+    });
+    if std::env::var_os("AIGW_CONFORMANCE_WRITE").is_some() {
+        fixture["upstream"] = built;
+        fixture["stream_upstream"] = streamed;
+        fixture["expected"] = whole;
+        std::fs::write(path, serde_json::to_string_pretty(&fixture).unwrap() + "\n").unwrap();
+        return;
+    }
+    assert_eq!(built, fixture["upstream"], "{case}: upstream request");
+    assert_eq!(streamed, fixture["stream_upstream"], "{case}: streamed upstream request");
+    let as_json = |mut result: Value| {
+        for call in result["tool_calls"].as_array_mut().into_iter().flatten() {
+            call["arguments"] = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        }
+        result
+    };
+    let expected = as_json(fixture["expected"].clone());
+    assert_eq!(as_json(whole), expected, "{case}: complete answer");
+    let bytes = stream_bytes(&fixture["stream"]);
+    for step in [bytes.len().max(1), 1, 3, 7, 64] {
+        let result = as_json(run_chat_stream(plugin, &bytes, step).await);
+        assert_eq!(result, expected, "{case}: stream in chunks of {step} bytes");
     }
 }
 
