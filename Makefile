@@ -10,7 +10,7 @@ GUEST_DIR        := target/test-guests
 WASM_TARGET      := wasm32-wasip2
 GUEST_PROFILE    := guest
 
-.PHONY: image image-test restart-test k8s-check fuzz all build run test parity bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
+.PHONY: image image-test restart-test k8s-check fuzz all build run test parity clients bench soak lint fmt plugins test-guests component-artifacts toolchain cargo-component clean
 
 all: build
 
@@ -67,6 +67,11 @@ test: build test-guests component-artifacts
 ## and compare aigw's answers with GitLab's gateway's; report in target/parity/report.txt.
 parity: build
 	$(CARGO) run --release -p aigw-tests --bin parity
+
+## clients: the official openai SDK and LiteLLM (pinned, from PyPI, in target/clients-venv)
+## drive the model API against every provider format the mock speaks.
+clients: build
+	$(CARGO) run --release -p aigw-tests --bin clients-test
 
 ## bench: aigw's own measurements (not part of `make test`); results also in target/bench/*.json.
 bench: build

@@ -55,6 +55,10 @@ pub struct Reply {
     /// Tools the model calls instead of answering with text (then `finish_reason` should be
     /// `tool_calls`); each call's arguments stream in `chunks` pieces.
     pub tool_calls: Vec<MockToolCall>,
+    /// Behave as an agent's model in any provider's format: a request that offers tools and
+    /// carries no tool result yet gets `tool_calls` (finish `tool_calls`); any other gets `text`
+    /// (finish `stop`). For clients that drive a whole tool round trip themselves.
+    pub agent: bool,
 }
 
 /// A tool call the mock model makes.
@@ -83,6 +87,7 @@ impl Default for Reply {
             finish_reason: "stop".to_string(),
             usage: (12, 5),
             tool_calls: Vec::new(),
+            agent: false,
         }
     }
 }
@@ -256,7 +261,10 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
     if let Some(recording) = next_recording(&state) {
         return recorded_answer(state, recording);
     }
-    let reply = state.reply.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut reply = state.reply.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if reply.agent {
+        reply = agent_turn(reply, &json);
+    }
     if !reply.head_delay.is_zero() {
         tokio::time::sleep(reply.head_delay).await;
     }
@@ -311,6 +319,21 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockB
         // Mistral reports usage in the last chunk without being asked.
         Wire::Mistral { .. } => openai_answer(state, reply, json_model(&json, "mock"), stream == Some(true), true),
     }
+}
+
+/// An agent's model's turn for `request`, in any provider's format: call the tools while none
+/// has answered yet, then answer in text.
+fn agent_turn(mut reply: Reply, request: &Value) -> Reply {
+    let text = request.to_string();
+    let offers_tools = request.get("tools").is_some() || request.get("toolConfig").is_some();
+    let answered = ["\"tool_result\"", "\"toolResult\"", "\"role\":\"tool\""].iter().any(|mark| text.contains(mark));
+    if offers_tools && !answered {
+        reply.finish_reason = "tool_calls".to_string();
+    } else {
+        reply.tool_calls.clear();
+        reply.finish_reason = "stop".to_string();
+    }
+    reply
 }
 
 /// The next recorded answer to serve, if a replay is set: the last one is kept.
