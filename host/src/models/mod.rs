@@ -170,7 +170,8 @@ impl ModelCatalog {
 
     /// The client key `presented` is, if it may be used from `peer`. Every configured key is
     /// compared, in constant time, whichever matches: the time taken says nothing about which
-    /// key, or how much of one, was right.
+    /// key, or how much of one, was right. A known key's id (never the key) goes to the
+    /// request's log line and metrics, whether or not its network may use it.
     pub(crate) fn authenticate(
         &self,
         presented: Option<&str>,
@@ -185,6 +186,7 @@ impl ModelCatalog {
             }
         }
         let key = found.ok_or(AccessError::UnknownKey)?;
+        crate::telemetry::note_client_key(&key.id, None);
         if let Some(networks) = &key.networks {
             let peer = peer.map(crate::upstream::egress::canonical);
             if !peer.is_some_and(|peer| networks.iter().any(|net| net.contains(&peer))) {

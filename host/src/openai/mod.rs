@@ -61,7 +61,6 @@ pub(crate) async fn dispatch(
     let endpoint = route.endpoint?;
     let catalog = state.models();
     let key = catalog.authenticate(bearer(headers), state.peer)?;
-    crate::telemetry::note_client_key(&key.id, None);
     match endpoint {
         Endpoint::ChatCompletions => chat_completions(state, &catalog, key, &body.await?).await,
         Endpoint::Models => Ok(models(&catalog, key)),

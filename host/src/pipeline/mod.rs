@@ -274,7 +274,6 @@ fn in_process(state: &RequestState<'_>, target: ModelTarget) -> Result<ModelTarg
     }
     let catalog = state.models();
     let key = catalog.authenticate(Some(&target.api_key), state.peer)?;
-    crate::telemetry::note_client_key(&key.id, None);
     let named = catalog.authorize(key, &target.model)?;
     crate::telemetry::note_client_key(&key.id, Some(&named.name));
     Ok(ModelTarget::named(named, &target.family))

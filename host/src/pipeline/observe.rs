@@ -122,9 +122,18 @@ impl Observer {
         }
     }
 
+    /// The named model and client key of the request, when it used one.
+    fn named(&self) -> Option<(String, String)> {
+        let facts = self.facts.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some((facts.named_model.clone()?, facts.client_key.clone().unwrap_or_else(|| "none".into())))
+    }
+
     /// Tokens the model server reported.
     pub(super) fn tokens(&self, usage: &wit::Usage) {
         self.metrics.tokens(&self.model, usage.input_tokens, usage.output_tokens);
+        if let Some((model, key)) = self.named() {
+            self.metrics.model_api_tokens(&model, &key, usage.input_tokens, usage.output_tokens);
+        }
         if let Some(facts) = &self.facts {
             crate::telemetry::record(facts, |f| {
                 f.input_tokens += u64::from(usage.input_tokens);
@@ -136,6 +145,9 @@ impl Observer {
     /// The first text of a stream arrived `elapsed` after the request was sent.
     pub(super) fn first_token(&self, elapsed: Duration) {
         self.metrics.first_token(&self.provider, elapsed);
+        if let Some((model, _)) = self.named() {
+            self.metrics.model_api_first_token(&model, elapsed);
+        }
     }
 
     /// At the end of a stream: `tokens` generated after the first one, in `elapsed`.

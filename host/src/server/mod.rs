@@ -310,6 +310,7 @@ async fn handle(
     let body = read_body(body, &parts.headers, limit, state.config.body_read_timeout);
     let facts = crate::telemetry::SharedFacts::default();
     let request_state = state.for_request(worker, peer);
+    let model_api = matches!(door, FrontDoor::Models(_));
     let (result, render): (_, fn(GatewayError) -> http::Response<Body>) = match door {
         FrontDoor::GitLab(route) => (
             crate::telemetry::with_facts(
@@ -351,6 +352,12 @@ async fn handle(
     }
     let status = response.status().as_u16();
     state.metrics.request(endpoint, status, provider.as_deref(), elapsed);
+    let (named_model, client_key) =
+        facts.lock().map(|f| (f.named_model.clone(), f.client_key.clone())).unwrap_or_default();
+    if model_api || client_key.is_some() {
+        let model = named_model.as_deref().unwrap_or("none");
+        state.metrics.model_api_request(model, client_key.as_deref().unwrap_or("none"), status);
+    }
     state.metrics.overhead(endpoint, overhead);
     // The log line is written when the body is done, so streams report tokens and duration.
     let line = RequestLine {

@@ -140,6 +140,9 @@ pub(crate) struct Metrics {
     connections_refused: Family<u64>,
     connections_dropped: Family<u64>,
     jwks_refreshes: Family<u64>,
+    model_api_requests: Family<u64>,
+    model_api_tokens: Family<u64>,
+    model_api_first_token_seconds: Family<Histogram>,
     /// Values read when rendered, from the parts that own them (the plugin pool).
     gauges: std::sync::RwLock<Vec<Gauge>>,
 }
@@ -237,6 +240,21 @@ impl Default for Metrics {
                 "Signing key set refreshes, by outcome.",
                 &["outcome"],
             ),
+            model_api_requests: Family::new(
+                "aigw_model_api_requests_total",
+                "Requests for named models (the model API, and GitLab requests served from a named model), by model, client key id and status; `none` where the request named no known model or key.",
+                &["model", "key", "status"],
+            ),
+            model_api_tokens: Family::new(
+                "aigw_model_api_tokens_total",
+                "Tokens reported for named models, by model, client key id and direction.",
+                &["model", "key", "direction"],
+            ),
+            model_api_first_token_seconds: Family::new(
+                "aigw_model_api_time_to_first_token_seconds",
+                "Named models' streams: from sending the model request to the first output (text or a tool call), by model.",
+                &["model"],
+            ),
             gauges: std::sync::RwLock::new(Vec::new()),
         }
     }
@@ -290,6 +308,23 @@ impl Metrics {
     pub(crate) fn tokens(&self, model: &str, input: u32, output: u32) {
         self.tokens.with_capped(&[model, "input"], MAX_CALLER_SERIES, |c| *c += u64::from(input));
         self.tokens.with_capped(&[model, "output"], MAX_CALLER_SERIES, |c| *c += u64::from(output));
+    }
+
+    /// A request for a named model (`model` and `key` come from the operator's models file, or
+    /// are `none`), answered with `status`.
+    pub(crate) fn model_api_request(&self, model: &str, key: &str, status: u16) {
+        self.model_api_requests.with(&[model, key, &status.to_string()], |c| *c += 1);
+    }
+
+    /// Tokens a model server reported for a named model.
+    pub(crate) fn model_api_tokens(&self, model: &str, key: &str, input: u32, output: u32) {
+        self.model_api_tokens.with(&[model, key, "input"], |c| *c += u64::from(input));
+        self.model_api_tokens.with(&[model, key, "output"], |c| *c += u64::from(output));
+    }
+
+    /// A named model's stream began `elapsed` after its model request was sent.
+    pub(crate) fn model_api_first_token(&self, model: &str, elapsed: Duration) {
+        self.model_api_first_token_seconds.with(&[model], |h| h.observe(seconds(elapsed)));
     }
 
     /// Plugin reload outcomes: files loaded (and how many of them from the compiled-code
@@ -348,6 +383,8 @@ impl Metrics {
             &self.connections_refused,
             &self.connections_dropped,
             &self.jwks_refreshes,
+            &self.model_api_requests,
+            &self.model_api_tokens,
         ] {
             let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", counter.name, counter.help, counter.name);
             for (labels, value) in counter.snapshot() {
@@ -361,6 +398,7 @@ impl Metrics {
             &self.first_token_seconds,
             &self.per_token_seconds,
             &self.plugin_call_seconds,
+            &self.model_api_first_token_seconds,
         ] {
             let name = histogram.name;
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", histogram.help);

@@ -228,6 +228,15 @@ async fn keys_models_and_networks_are_refused_in_openais_shape() {
     assert_eq!(refused(chat(&t, KEY, &image).await, StatusCode::BAD_REQUEST).await["param"], "messages[0].content[0]");
     let text = t.request(Method::POST, "/v1/chat/completions", &bearer(KEY), Bytes::from_static(b"{not json")).await;
     refused(text, StatusCode::BAD_REQUEST).await;
+
+    let metrics = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
+    let count = |series: &str| aigw_tests::metric(&metrics, series);
+    assert_eq!(count(r#"aigw_model_api_requests_total{model="none",key="none",status="401"}"#), Some(2.0), "{metrics}");
+    assert_eq!(count(r#"aigw_model_api_requests_total{model="none",key="all-models",status="404"}"#), Some(1.0));
+    assert_eq!(count(r#"aigw_model_api_requests_total{model="none",key="coder-only",status="403"}"#), Some(1.0));
+    assert_eq!(count(r#"aigw_model_api_requests_total{model="none",key="private-network",status="403"}"#), Some(1.0));
+    assert_eq!(count(r#"aigw_model_api_requests_total{model="coder",key="coder-only",status="200"}"#), Some(1.0));
+    assert_eq!(count(r#"aigw_model_api_tokens_total{model="coder",key="coder-only",direction="output"}"#), Some(5.0));
 }
 
 #[tokio::test]
