@@ -126,6 +126,19 @@ def sdk_errors(client, model):
     check(set(MODELS) <= set(listed), f"models.list {listed}")
 
 
+def sdk_embeddings(client, model):
+    # The SDK asks for base64 unless told otherwise and decodes it: both ways give the same floats.
+    default = client.embeddings.create(model=model, input=["fn main() {}", "a query"])
+    floats = client.embeddings.create(model=model, input=["fn main() {}", "a query"], encoding_format="float")
+    check(len(default.data) == 2 and len(default.data[0].embedding) > 0, f"{model}: embeddings {default}")
+    check(default.data[1].embedding == floats.data[1].embedding, f"{model}: base64 and float embeddings differ")
+    shortened = client.embeddings.create(model=model, input="x", dimensions=4)
+    check(len(shortened.data[0].embedding) == 4, f"{model}: dimensions {shortened.data[0]}")
+    # LiteLLM embeds through its `openai/` provider (it has no embeddings route for `custom_openai/`).
+    through = litellm.embedding(model=f"openai/{model}", api_base=BASE_URL, api_key=KEY, input=["a query"])
+    check(through.data[0]["embedding"] == floats.data[1].embedding, f"litellm {model}: embeddings {through.data[0]}")
+
+
 def litellm_as_dws(model):
     # GitLab's Duo Workflow Service names the model `custom_openai/<name>` with `api_base` and the key.
     name = f"custom_openai/{model}"
@@ -164,6 +177,7 @@ def main():
         asyncio.run(sdk_async(model))
         litellm_as_dws(model)
     sdk_errors(client, MODELS[0])
+    sdk_embeddings(client, MODELS[0])
     print(f"clients: {checks} checks passed for {', '.join(MODELS)} (openai {openai.__version__}, litellm)")
 
 

@@ -5,6 +5,7 @@
 use super::parse_json;
 use crate::error::GatewayError;
 use crate::pipeline::{self, ModelFields, ModelTarget};
+use crate::pipeline::{MAX_CONTENT_BYTES, MAX_CONTENTS, MAX_DIMENSIONS};
 use crate::plugins::embeddings::{EmbeddingPurpose, EmbeddingsRequest};
 use crate::response::{Body, json_response};
 use crate::state::RequestState;
@@ -20,17 +21,6 @@ pub(crate) enum Path {
     /// `/v1/embeddings/code_embeddings/search`: a query.
     Search,
 }
-
-/// The most texts one request may carry: far above a search query's one and an indexing batch,
-/// and low enough that the answer's vectors stay within what the gateway reads from a model
-/// server (16 MiB of JSON holds 256 vectors of about 3,000 dimensions).
-pub(crate) const MAX_CONTENTS: usize = 256;
-
-/// The most text, in bytes, one request may embed (all contents together).
-pub(crate) const MAX_CONTENT_BYTES: usize = 2 << 20;
-
-/// The longest vector a caller may ask for (the largest embedding models today give 4,096).
-pub(crate) const MAX_DIMENSIONS: u32 = 8192;
 
 /// The only model name GitLab accepts with provider `litellm`.
 const EMBEDDING_NAME: &str = "embedding";

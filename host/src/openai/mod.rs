@@ -1,8 +1,9 @@
-//! The OpenAI-compatible model API (`/v1/chat/completions`, `/v1/models`): its routes, client-key
+//! The OpenAI-compatible model API (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`): its routes, client-key
 //! authentication, and each endpoint's hand-over to the pipeline. OpenAI's shapes live in this
 //! room only; GitLab's stay in `api`.
 
 mod answer;
+mod embeddings;
 pub(crate) mod errors;
 mod request;
 
@@ -20,6 +21,8 @@ use std::time::Duration;
 enum Endpoint {
     /// `POST /v1/chat/completions`.
     ChatCompletions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
     /// `GET /v1/models`: the models the key may use.
     Models,
     /// `GET /v1/models/{name}`.
@@ -40,6 +43,7 @@ pub(crate) struct Route {
 pub(crate) fn route(method: &Method, path: &str) -> Option<Route> {
     let (label, endpoint, allowed) = match path {
         "/v1/chat/completions" => ("/v1/chat/completions", Endpoint::ChatCompletions, Method::POST),
+        "/v1/embeddings" => ("/v1/embeddings", Endpoint::Embeddings, Method::POST),
         "/v1/models" => ("/v1/models", Endpoint::Models, Method::GET),
         "/v1/models/definitions" => return None,
         _ => {
@@ -63,6 +67,12 @@ pub(crate) async fn dispatch(
     let key = catalog.authenticate(bearer(headers), state.peer)?;
     match endpoint {
         Endpoint::ChatCompletions => chat_completions(state, &catalog, key, &body.await?).await,
+        Endpoint::Embeddings => {
+            let call = embeddings::parse(&body.await?)?;
+            let named = catalog.authorize(key, &call.model)?;
+            crate::telemetry::note_client_key(&key.id, Some(&named.name));
+            embeddings::answer(state, &ModelTarget::named(named, &named.name), call).await
+        }
         Endpoint::Models => Ok(models(&catalog, key)),
         Endpoint::Model(name) => {
             let model = catalog.authorize(key, &name)?;

@@ -120,6 +120,17 @@ struct Call {
     sent: Instant,
 }
 
+/// The most texts one request may carry: far above a search query's one and an indexing batch,
+/// and low enough that the answer's vectors stay within what the gateway reads from a model
+/// server (16 MiB of JSON holds 256 vectors of about 3,000 dimensions).
+pub(crate) const MAX_CONTENTS: usize = 256;
+
+/// The most text, in bytes, one request may embed (all contents together).
+pub(crate) const MAX_CONTENT_BYTES: usize = 2 << 20;
+
+/// The longest vector a caller may ask for (the largest embedding models today give 4,096).
+pub(crate) const MAX_DIMENSIONS: u32 = 8192;
+
 /// Run an embeddings request for `target` and return the model server's vectors, checked: one
 /// per input, all of one length (the one asked for, if any).
 pub(crate) async fn embed(

@@ -563,3 +563,38 @@ async fn every_plugin_takes_a_tool_round_trip() {
         );
     }
 }
+
+#[tokio::test]
+async fn embeddings_come_back_as_floats_or_base64_as_openai_clients_ask() {
+    use aigw_mock::mock_vector;
+    use base64::Engine as _;
+    let t = gateway().await;
+    let t = &t;
+    let post = |body: Value| async move { t.post("/v1/embeddings", &bearer(KEY), &body).await };
+    let floats = post(json!({"model": "coder", "input": ["fn main() {}", "query"]})).await;
+    assert_eq!(floats.status, StatusCode::OK, "{}", floats.text());
+    let floats = floats.json();
+    assert_eq!(floats["object"], "list");
+    assert_eq!(floats["model"], "coder");
+    let first: Vec<f32> =
+        floats["data"][0]["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(first, mock_vector("fn main() {}", 8));
+    assert_eq!(floats["data"][1]["index"], 1);
+    let sent = t.model.requests()[0].clone();
+    assert_eq!((sent.path.as_str(), sent.body["model"].clone()), ("/v1/embeddings", json!("Qwen/Qwen3-Coder-30B")));
+
+    let encoded =
+        post(json!({"model": "coder", "input": "query", "encoding_format": "base64", "dimensions": 12})).await.json();
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(encoded["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let decoded: Vec<f32> = bytes.chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(decoded, mock_vector("query", 12));
+
+    let tokens = post(json!({"model": "coder", "input": [[1, 2, 3]]})).await;
+    assert_eq!((tokens.status, tokens.json()["error"]["param"].clone()), (StatusCode::BAD_REQUEST, json!("input")));
+    let too_many = post(json!({"model": "coder", "input": vec!["x"; 257]})).await;
+    assert_eq!(too_many.status, StatusCode::BAD_REQUEST);
+    assert_eq!(post(json!({"model": "coder", "input": vec!["x"; 256]})).await.status, StatusCode::OK, "within");
+    let narrow = t.post("/v1/embeddings", &bearer(NARROW_KEY), &json!({"model": "other", "input": "x"})).await;
+    assert_eq!(narrow.status, StatusCode::FORBIDDEN);
+}
