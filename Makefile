@@ -78,6 +78,7 @@ bench: build
 	$(CARGO) build --release -p aigw-bench
 	./target/release/aigw-bench plugin
 	./target/release/aigw-bench gateway
+	./target/release/aigw-bench model-api
 	$(CARGO) bench -p aigw-bench --bench micro
 
 ## soak: 30 minutes (SOAK_MINUTES) of mixed traffic with a plugin swap and a prompt reload every

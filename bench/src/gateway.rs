@@ -567,3 +567,207 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     drop(proxy_process);
     Ok(())
 }
+
+/// The model API's cost beside the bare proxy, in one run: a short chat completion and an
+/// agent's ~105 KB tool request (whole), and a streamed answer of 32 pieces; CPU per request and
+/// per piece, added latency. aigw serves the named model `agent` at the mock, passing
+/// OpenAI-shaped answers through as they came.
+pub async fn run_model_api(iterations: usize, output: PathBuf) -> anyhow::Result<()> {
+    const KEY: &str = "sk-aigw-bench-0123456789abcdef";
+    let model = MockModelServer::start().await?;
+    let state = tempfile::tempdir()?;
+    let models_file = state.path().join("models.toml");
+    std::fs::write(
+        &models_file,
+        format!(
+            "[[models]]\nname = \"agent\"\nidentifier = \"custom_openai/mock-model\"\nendpoint = \"{}\"\n\n\
+             [[keys]]\nid = \"bench\"\nsha256 = \"{}\"\nmodels = [\"agent\"]\n",
+            model.base_url(),
+            aigw::models::key_sha256_hex(KEY)
+        ),
+    )?;
+    let settings =
+        [("AIGW_PLUGINS__DIR", "target/plugins".to_string()), ("AIGW_MODELS__FILE", models_file.display().to_string())];
+    let (aigw_process, aigw_addr, _) = start_aigw_with(state.path(), &settings).await?;
+    let (proxy_process, proxy_addr) = start_proxy(&format!("http://{}", model.addr())).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let json_header = ("content-type", "application/json".to_string());
+    let short = |name: &str, stream: bool| {
+        let mut body =
+            json!({"model": name, "messages": [{"role": "user", "content": "Summarise issue 42."}], "max_tokens": 256});
+        if stream {
+            body["stream"] = json!(true);
+        }
+        Bytes::from(body.to_string())
+    };
+    let agent = |name: &str| Bytes::from(agent_request(name, false).to_string());
+    let agent_size = agent("agent").len();
+    let legs = |upstream_name: &str, client_name: &str| {
+        [
+            Leg {
+                name: "direct",
+                target: Target {
+                    url: format!("{}/chat/completions", model.base_url()),
+                    headers: vec![json_header.clone()],
+                },
+                body: short(upstream_name, false),
+                stream_body: short(upstream_name, true),
+                pid: None,
+            },
+            Leg {
+                name: "bare proxy",
+                target: Target {
+                    url: format!("http://{proxy_addr}/v1/chat/completions"),
+                    headers: vec![json_header.clone()],
+                },
+                body: short(upstream_name, false),
+                stream_body: short(upstream_name, true),
+                pid: Some(proxy_process.pid),
+            },
+            Leg {
+                name: "aigw",
+                target: Target {
+                    url: format!("http://{aigw_addr}/v1/chat/completions"),
+                    headers: vec![("authorization", format!("Bearer {KEY}")), json_header.clone()],
+                },
+                body: short(client_name, false),
+                stream_body: short(client_name, true),
+                pid: Some(aigw_process.pid),
+            },
+        ]
+    };
+    let client = load::client(16);
+    let iterations = iterations.clamp(50, 100_000);
+    let short_legs = legs("mock-model", "agent");
+    let whole = interleaved(&client, &short_legs, false, iterations).await?;
+    let mut agent_legs = legs("mock-model", "agent");
+    for (leg, name) in agent_legs.iter_mut().zip(["mock-model", "mock-model", "agent"]) {
+        leg.body = agent(name);
+    }
+    let metrics_url = format!("http://{aigw_addr}/metrics");
+    let before = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
+    let agent_runs = interleaved(&client, &agent_legs, false, (iterations / 5).max(50)).await?;
+    let after = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
+    let plugin_call = |function: &str| {
+        after
+            .mean_since(&before, "aigw_plugin_call_duration_seconds", &[&format!("function=\"{function}\"")])
+            .unwrap_or(0.0)
+    };
+    let (agent_build, agent_parse) = (plugin_call("build_chat_request"), plugin_call("parse_chat_response"));
+    let agent_overhead = after.mean_since(&before, "aigw_overhead_seconds", &["/v1/chat/completions"]).unwrap_or(0.0);
+    model.set_reply(Reply { text: "x".repeat(64), chunks: 1, ..Reply::default() });
+    let one_piece = interleaved(&client, &short_legs, true, iterations / 2).await?;
+    model.set_reply(Reply { text: "x".repeat(64), chunks: 32, ..Reply::default() });
+    let many_pieces = interleaved(&client, &short_legs, true, iterations / 2).await?;
+    model.set_reply(Reply::default());
+
+    println!("the model API (/v1/chat/completions, named model, pass-through) beside a bare proxy and a direct call");
+    println!(
+        "  {:<12} {:>14} {:>14} {:>16} {:>16} {:>18}",
+        "", "short p50 µs", "short CPU µs", "agent p50 µs", "agent CPU µs", "CPU/stream piece"
+    );
+    let cpu_per_piece = |i: usize| (many_pieces[i].cpu_us - one_piece[i].cpu_us) / 31.0;
+    let mut legs_json = serde_json::Map::new();
+    for (i, leg) in short_legs.iter().enumerate() {
+        let (short_latency, agent_latency) = (latency(&whole[i].timings), latency(&agent_runs[i].timings));
+        println!(
+            "  {:<12} {:>14.1} {:>14.1} {:>16.1} {:>16.1} {:>18.1}",
+            leg.name,
+            short_latency.p50,
+            whole[i].cpu_us,
+            agent_latency.p50,
+            agent_runs[i].cpu_us,
+            cpu_per_piece(i)
+        );
+        legs_json.insert(
+            leg.name.replace(' ', "_"),
+            json!({"short": {"latency_us": short_latency, "cpu_us_per_request": whole[i].cpu_us},
+                   "agent": {"latency_us": agent_latency, "cpu_us_per_request": agent_runs[i].cpu_us},
+                   "cpu_us_per_stream_piece": cpu_per_piece(i)}),
+        );
+    }
+    let added = |runs: &[LegRun], i: usize, pick: fn(&Summary) -> f64| {
+        pick(&latency(&runs[i].timings)) - pick(&latency(&runs[0].timings))
+    };
+    let ratio = |runs: &[LegRun]| runs[2].cpu_us / runs[1].cpu_us;
+    println!(
+        "  added p50/p99: short: bare proxy {:.1}/{:.1} µs, aigw {:.1}/{:.1} µs; agent ({} KB): bare proxy {:.1}/{:.1} µs, aigw {:.1}/{:.1} µs",
+        added(&whole, 1, |s| s.p50),
+        added(&whole, 1, |s| s.p99),
+        added(&whole, 2, |s| s.p50),
+        added(&whole, 2, |s| s.p99),
+        agent_size / 1000,
+        added(&agent_runs, 1, |s| s.p50),
+        added(&agent_runs, 1, |s| s.p99),
+        added(&agent_runs, 2, |s| s.p50),
+        added(&agent_runs, 2, |s| s.p99),
+    );
+    println!(
+        "  agent request inside aigw (wall, mean): plugin build_chat_request {agent_build:.1} µs, \
+         parse_chat_response {agent_parse:.1} µs; aigw's own time to the answer head {agent_overhead:.1} µs"
+    );
+    println!(
+        "  aigw CPU / bare proxy's: short {:.2}x, agent {:.2}x, per stream piece {:.2}x",
+        ratio(&whole),
+        ratio(&agent_runs),
+        cpu_per_piece(2) / cpu_per_piece(1)
+    );
+    let results = json!({
+        "benchmark": "model-api",
+        "requests_c1": iterations,
+        "agent_request_bytes": agent_size,
+        "agent_inside_aigw_us": {"build_chat_request": agent_build, "parse_chat_response": agent_parse, "overhead": agent_overhead},
+        "legs": legs_json,
+        "cpu_ratio_to_bare_proxy": {"short": ratio(&whole), "agent": ratio(&agent_runs), "stream_piece": cpu_per_piece(2) / cpu_per_piece(1)},
+    });
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&output, serde_json::to_string_pretty(&results)?)?;
+    println!("  results: {}", output.display());
+    drop(aigw_process);
+    drop(proxy_process);
+    Ok(())
+}
+
+/// An agent's first model call, as GitLab's Duo Workflow Service makes it (its size and shape,
+/// not its text): three system messages (~14 KB), a question, 38 function tools (~94 KB of
+/// schemas), streamed with usage, `max_tokens` 32768. About 105 KB of JSON.
+fn agent_request(model: &str, stream: bool) -> serde_json::Value {
+    let sentence = "Use this tool to read the object the user names and report its fields precisely. ";
+    let tools: Vec<serde_json::Value> = (0..38)
+        .map(|n| {
+            let properties: serde_json::Map<String, serde_json::Value> = (0..8)
+                .map(|p| {
+                    (
+                        format!("field_{p}"),
+                        serde_json::json!({"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}],
+                                           "default": null, "description": sentence}),
+                    )
+                })
+                .collect();
+            serde_json::json!({"type": "function", "function": {
+                "name": format!("tool_{n}"),
+                "description": sentence.repeat(8),
+                "parameters": {"type": "object", "properties": properties, "required": ["field_0"]},
+            }})
+        })
+        .collect();
+    let mut body = serde_json::json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": sentence.repeat(100)},
+            {"role": "system", "content": sentence.repeat(48)},
+            {"role": "system", "content": sentence.repeat(19)},
+            {"role": "user", "content": "What is the state of work item 42 in project 1000?"},
+        ],
+        "tools": tools,
+        "max_tokens": 32768,
+        "temperature": 0.0,
+    });
+    if stream {
+        body["stream"] = serde_json::json!(true);
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    body
+}

@@ -4,6 +4,8 @@
 //! `plugin`: one plugin round trip (fresh store, build + parse) against native Rust.
 //! `gateway`: a completion directly, through a bare proxy and through aigw, at concurrency 1 and
 //! 64, whole and streamed, with each process's CPU and memory, and the budget.
+//! `model-api`: the OpenAI-compatible model API beside the same baselines, with an agent's
+//! ~105 KB tool request.
 //! `soak`: a bounded run of mixed traffic with plugin swaps and prompt reloads, watching memory,
 //! descriptors and threads.
 
@@ -55,6 +57,16 @@ enum Command {
         #[arg(long, default_value = "target/bench/gateway.json")]
         output: PathBuf,
     },
+    /// The model API (named model, client key, pass-through) beside a bare proxy: a short chat
+    /// completion, an agent's ~105 KB tool request, a streamed answer.
+    ModelApi {
+        /// Requests per target at concurrency 1 (bounded; the agent request runs a fifth as many).
+        #[arg(long, default_value_t = 2_000)]
+        iterations: usize,
+        /// Where to write the machine-readable results.
+        #[arg(long, default_value = "target/bench/model-api.json")]
+        output: PathBuf,
+    },
     /// Mixed traffic for a bounded time, with a plugin swap and a prompt reload every minute:
     /// good requests must all succeed, memory, descriptors and threads must stay flat.
     Soak {
@@ -89,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             Command::Gateway { iterations, open_streams, output } => {
                 gateway::run(gateway::Plan { iterations, open_streams }, output).await
             }
+            Command::ModelApi { iterations, output } => gateway::run_model_api(iterations, output).await,
             Command::Soak { minutes, concurrency, output } => {
                 let duration = std::time::Duration::from_secs(minutes.clamp(1, 120) * 60);
                 soak::run(soak::Plan { duration, concurrency: concurrency.clamp(1, 256) }, output).await
