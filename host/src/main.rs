@@ -55,6 +55,10 @@ enum Command {
         /// A token the GitLab instance sent (its `Authorization: Bearer` value), to verify.
         #[arg(long, env = "AIGW_DOCTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A named model of the models file (AIGW_MODELS__FILE) to check end to end: plugin,
+        /// egress, reachability, an answer and a tool call.
+        #[arg(long = "model")]
+        named_model: Option<String>,
     },
     /// Development tokens.
     Token {
@@ -140,7 +144,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("# networks = [\"10.0.0.0/8\"]");
                 Ok(())
             }
-            Command::Doctor { config, dev, model_endpoint, model_identifier, model_name, model_api_key, token } => {
+            Command::Doctor {
+                config,
+                dev,
+                model_endpoint,
+                model_identifier,
+                model_name,
+                model_api_key,
+                token,
+                named_model,
+            } => {
                 let model = model_identifier.map(|identifier| ModelProbe {
                     endpoint: model_endpoint,
                     identifier,
@@ -149,7 +162,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 });
                 // The doctor's own inputs are not settings: leave them out of the settings check.
                 let env = std::env::vars().filter(|(name, _)| !name.starts_with("AIGW_DOCTOR_")).collect();
-                let report = doctor::run(DoctorOptions { config_file: config, dev, model, token }, env).await;
+                let options = DoctorOptions { config_file: config, dev, model, token, named_model };
+                let report = doctor::run(options, env).await;
                 print!("{}", report.render());
                 std::io::stdout().flush()?;
                 if report.failed() {

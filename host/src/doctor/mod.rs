@@ -6,6 +6,7 @@ mod gitlab;
 mod loads;
 mod model;
 mod models;
+mod named;
 mod settings;
 
 use std::fmt::Write as _;
@@ -23,6 +24,8 @@ pub struct DoctorOptions {
     pub model: Option<ModelProbe>,
     /// A token GitLab sent, to verify against the instance's keys.
     pub token: Option<String>,
+    /// A named model of the models file to check end to end, a tool call included.
+    pub named_model: Option<String>,
 }
 
 impl std::fmt::Debug for DoctorOptions {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for DoctorOptions {
             .field("dev", &self.dev)
             .field("model", &self.model)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("named_model", &self.named_model)
             .finish()
     }
 }
@@ -228,17 +232,28 @@ pub async fn run(options: DoctorOptions, env: Vec<(String, String)>) -> Report {
             let mut section = Section::new("Model endpoint");
             section.push(Step::skip(
                 "no model given: --model-endpoint URL --model-identifier PROVIDER/MODEL [--model-name FAMILY] \
-                 sends it a one-token test completion",
+                 sends it a one-token test completion (--model NAME checks a named model of the models file)",
             ));
             section
         }
-        (Some(probe), Some(loaded)) => model::check(config, &probe, loaded, metrics).await,
+        (Some(probe), Some(loaded)) => model::check(config.clone(), &probe, loaded, Arc::clone(&metrics)).await,
         (Some(_), None) => {
             let mut section = Section::new("Model endpoint");
             section.push(Step::skip("not run: the plugins or prompts above do not load"));
             section
         }
     });
+    if let Some(name) = &options.named_model {
+        let (_, _, loaded) = loads::check(&config).await;
+        sections.push(match loaded {
+            Some(loaded) => named::check(config, name, &env, loaded, metrics).await,
+            None => {
+                let mut section = Section::new(format!("Named model {name}"));
+                section.push(Step::skip("not run: the plugins or prompts above do not load"));
+                section
+            }
+        });
+    }
     Report { sections }
 }
 

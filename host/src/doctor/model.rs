@@ -144,7 +144,11 @@ async fn test_completion(
 
 /// The egress and reachability steps, with the connector's own resolution and connection; the
 /// address connected to when both pass.
-async fn egress_and_reach(config: &Config, endpoint: &http::Uri, section: &mut Section) -> Option<SocketAddr> {
+pub(super) async fn egress_and_reach(
+    config: &Config,
+    endpoint: &http::Uri,
+    section: &mut Section,
+) -> Option<SocketAddr> {
     let host = endpoint.host().unwrap_or_default();
     let addrs = match connector::resolve(endpoint).await {
         Ok(addrs) => addrs,
@@ -210,7 +214,7 @@ async fn egress_and_reach(config: &Config, endpoint: &http::Uri, section: &mut S
 }
 
 /// The gateway's shared state as a request sees it, with one outbound client.
-fn test_state(config: Config, loaded: Loaded, metrics: Arc<Metrics>) -> Result<AppState, UpstreamError> {
+pub(super) fn test_state(config: Config, loaded: Loaded, metrics: Arc<Metrics>) -> Result<AppState, UpstreamError> {
     let policy = Arc::new(EgressPolicy::new(config.egress.allow.clone()));
     let upstream = Upstream::new(policy, config.upstream, config.aws.clone())?;
     Ok(AppState {

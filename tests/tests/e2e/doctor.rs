@@ -611,3 +611,49 @@ async fn an_instance_that_accepts_but_never_answers_fails_on_its_timeout() {
     assert!(step.contains("no answer within 10s"), "{step}");
     assert!(step.contains("fix: the instance did not answer within 10s: check the network path"), "{step}");
 }
+
+#[tokio::test]
+async fn a_named_model_is_checked_end_to_end_with_a_tool_call() {
+    let f = Fixture::start().await;
+    let models = f.dir.path().join("models.toml");
+    std::fs::write(
+        &models,
+        format!(
+            "[[models]]\nname = \"agent\"\nidentifier = \"custom_openai/qwen3-coder\"\nendpoint = \"{}\"\n\
+             api_key_env = \"VLLM_KEY\"\n",
+            f.model.base_url()
+        ),
+    )
+    .unwrap();
+    let models = models.display().to_string();
+    f.model.set_reply(Reply {
+        text: "OK".into(),
+        tool_calls: vec![aigw_mock::MockToolCall {
+            id: "call_1".into(),
+            name: "aigw_doctor_echo".into(),
+            arguments: "{\"value\": 42}".into(),
+        }],
+        agent: true,
+        ..Reply::default()
+    });
+    let env = [("AIGW_MODELS__FILE", models.as_str()), ("VLLM_KEY", "sk-canary-vllm-secret")];
+    let out = f.run(&env, &["--model", "agent"]).await;
+    out.save("named-model");
+    assert!(out.passed(), "{}", out.stdout);
+    let found = out.step("ok    agent: custom_openai/qwen3-coder through plugin openai-compatible");
+    assert!(found.contains("credential: environment variable VLLM_KEY"), "{found}");
+    assert!(out.step("ok    answered in").contains("\"OK\""));
+    assert!(out.step("ok    tool call answered in").contains("aigw_doctor_echo({\"value\": 42})"));
+    assert!(!out.stdout.contains("sk-canary-vllm-secret"), "the credential never shows");
+    let sent = f.model.requests();
+    assert_eq!(sent.last().unwrap().headers["authorization"], "Bearer sk-canary-vllm-secret");
+
+    // A model that answers in text when offered a tool: a warning with what to do.
+    f.model.set_reply(Reply { text: "OK".into(), ..Reply::default() });
+    let out = f.run(&env, &["--model", "agent"]).await;
+    let warned = out.step("warn  the model answered in text instead of calling the tool");
+    assert!(warned.contains("--enable-auto-tool-choice"), "{warned}");
+    let missing = f.run(&env, &["--model", "ghost"]).await;
+    assert!(missing.failed());
+    assert!(missing.step("FAIL  no model is named \"ghost\"").contains("the models file names: agent"));
+}
