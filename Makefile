@@ -127,6 +127,7 @@ k8s-check:
 	@test -x $(K8S_VENV)/bin/checkov || { python3 -m venv $(K8S_VENV) && \
 		$(K8S_VENV)/bin/pip install --quiet --requirement tools/k8s-requirements.txt; }
 	$(K8S_VENV)/bin/python tools/k8s_strict.py deploy/kubernetes
+	$(K8S_VENV)/bin/python tools/k8s_strict.py deploy/kubernetes/components/duo-workflow-service
 	$(K8S_VENV)/bin/checkov --directory deploy/kubernetes --framework kubernetes --skip-download --compact --quiet
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_PARALLEL at a time;
