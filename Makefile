@@ -32,12 +32,14 @@ plugins: toolchain
 	@mkdir -p $(PLUGIN_DIR)
 	@for p in $(PLUGINS); do cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/$$(echo $$p | tr - _).wasm $(PLUGIN_DIR)/$$p.wasm; done
 
-## test-guests: purpose-built misbehaving components for the sandbox tests (and two built
-## against older WIT versions: one refused, one still served).
+## test-guests: purpose-built misbehaving components for the sandbox tests (and some built
+## against older WIT versions: one refused, two still served).
 test-guests: toolchain
 	@mkdir -p $(GUEST_DIR)
 	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest --features v2
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile-v2.wasm
+	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p previous-guest --features v3
+	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/previous_guest.wasm $(GUEST_DIR)/previous-v3.wasm
 	$(CARGO) build --target $(WASM_TARGET) --profile $(GUEST_PROFILE) -p hostile-guest -p networked-guest -p stale-guest -p previous-guest
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/hostile_guest.wasm $(GUEST_DIR)/hostile.wasm
 	@cp target/$(WASM_TARGET)/$(GUEST_PROFILE)/networked_guest.wasm $(GUEST_DIR)/networked.wasm

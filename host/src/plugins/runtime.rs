@@ -198,7 +198,7 @@ impl PluginRuntime {
             ))
         })?;
         // Each interface is required from the version that added it on.
-        let embeddings = later_export(embeddings::GuestIndices::new(&pre), wit_version, "0.3.0", "embeddings")?;
+        let embeddings = later_export(EmbeddingsExport::find(&pre, wit_version), wit_version, "0.3.0", "embeddings")?;
         let chat = later_export(chat::GuestIndices::new(&pre), wit_version, "0.4.0", "chat")?;
         // Cached only once it has passed the import checks: a component refused here is never
         // written, so it is compiled (and refused) again, not loaded, next time.
@@ -279,6 +279,41 @@ fn later_export<T>(
     }
 }
 
+/// Where a component's `embeddings` functions are. Found by the interface name of the version
+/// the component was built against (`aigw:plugin/embeddings@0.3.0` in a 0.3.0 component): the
+/// component model tells 0.x minor versions apart by name, and the interface is the same in every
+/// version since, so the host's types fit any of them.
+#[derive(Clone)]
+struct EmbeddingsExport {
+    build: wasmtime::component::ComponentExportIndex,
+    parse: wasmtime::component::ComponentExportIndex,
+}
+
+impl EmbeddingsExport {
+    fn find(pre: &InstancePre<GuestState>, wit_version: &str) -> wasmtime::Result<Self> {
+        let component = pre.component();
+        let name = format!("aigw:plugin/embeddings@{wit_version}");
+        let missing = |what: &str| wasmtime::Error::msg(format!("no export {what}"));
+        let interface = component.get_export_index(None, name.as_str()).ok_or_else(|| missing(&name))?;
+        let function = |function: &str| {
+            component.get_export_index(Some(&interface), function).ok_or_else(|| missing(&format!("{name}#{function}")))
+        };
+        Ok(EmbeddingsExport {
+            build: function("build-embeddings-request")?,
+            parse: function("parse-embeddings-response")?,
+        })
+    }
+}
+
+/// The `embeddings` functions of one instance.
+struct EmbeddingsFuncs {
+    build: wasmtime::component::TypedFunc<
+        (&'static embeddings::EmbeddingsRequest,),
+        (Result<wit::UpstreamRequest, wit::PluginError>,),
+    >,
+    parse: wasmtime::component::TypedFunc<(&'static [u8],), (Result<embeddings::EmbeddingsResult, wit::PluginError>,)>,
+}
+
 /// Whether `version` is older than `than` (both `0.<minor>.0`, as every accepted version is).
 fn version_before(version: &str, than: &str) -> bool {
     let minor = |v: &str| v.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
@@ -312,7 +347,7 @@ const NETWORK_IMPORTS: [&str; 2] = ["wasi:sockets/", "wasi:http/"];
 struct Compiled {
     pre: InstancePre<GuestState>,
     core: ProviderCoreIndices,
-    embeddings: Option<embeddings::GuestIndices>,
+    embeddings: Option<EmbeddingsExport>,
     chat: Option<chat::GuestIndices>,
     wit_version: &'static str,
     digest: String,
@@ -431,7 +466,7 @@ pub struct PluginIdentity {
 #[derive(Clone, Default)]
 struct LaterExports {
     /// `embeddings` (0.3.0 on).
-    embeddings: Option<embeddings::GuestIndices>,
+    embeddings: Option<EmbeddingsExport>,
     /// `chat` (0.4.0 on).
     chat: Option<chat::GuestIndices>,
     /// What its `chat` answers look like, as `answers` said at load.
@@ -676,7 +711,7 @@ impl PluginSession {
     ) -> Result<wit::UpstreamRequest, PluginError> {
         let exports = self.embeddings()?;
         self.begin_call();
-        let result = exports.call_build_embeddings_request(&mut self.store, request).await;
+        let result = exports.build.call_async(&mut self.store, (request,)).await.map(|(answer,)| answer);
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
@@ -687,7 +722,7 @@ impl PluginSession {
     ) -> Result<embeddings::EmbeddingsResult, PluginError> {
         let exports = self.embeddings()?;
         self.begin_call();
-        let result = exports.call_parse_embeddings_response(&mut self.store, body).await;
+        let result = exports.parse.call_async(&mut self.store, (body,)).await.map(|(answer,)| answer);
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
@@ -727,15 +762,20 @@ impl PluginSession {
         indices.load(&mut self.store, &self.instance).map_err(|e| PluginError::Trap(format!("{e:#}")))
     }
 
-    /// The instance's `embeddings` export, looked up on first use (chat requests never pay for it).
-    fn embeddings(&mut self) -> Result<embeddings::Guest, PluginError> {
-        let Some(indices) = &self.info.exports.embeddings else {
+    /// The instance's `embeddings` functions, looked up on first use (chat requests never pay for
+    /// them).
+    fn embeddings(&mut self) -> Result<EmbeddingsFuncs, PluginError> {
+        let Some(export) = &self.info.exports.embeddings else {
             return Err(PluginError::NoEmbeddings {
                 plugin: self.info.name.clone(),
                 wit_version: self.info.wit_version,
             });
         };
-        indices.load(&mut self.store, &self.instance).map_err(|e| PluginError::Trap(format!("{e:#}")))
+        let trap = |e: wasmtime::Error| PluginError::Trap(format!("{e:#}"));
+        Ok(EmbeddingsFuncs {
+            build: self.instance.get_typed_func(&mut self.store, export.build).map_err(trap)?,
+            parse: self.instance.get_typed_func(&mut self.store, export.parse).map_err(trap)?,
+        })
     }
 
     fn begin_call(&mut self) {

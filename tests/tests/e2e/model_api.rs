@@ -282,31 +282,43 @@ async fn the_models_list_shows_what_the_key_may_use() {
 }
 
 #[tokio::test]
-async fn a_plugin_built_before_tool_calling_serves_text_and_refuses_tools_naming_itself() {
-    let t = Setup::default()
-        .plugin(component("test-guests/previous.wasm"), "previous.wasm")
-        .models(|mock| {
-            format!(
-                "[[models]]\nname = \"old\"\nidentifier = \"previous/m\"\nendpoint = \"{}\"\n\n[[keys]]\nid = \"k\"\nsha256 = \"{}\"\nmodels = [\"*\"]\n",
-                mock.base_url(),
-                key_sha256_hex(KEY)
-            )
-        })
-        .start()
-        .await;
-    let text = chat(&t, KEY, &json!({"model": "old", "messages": [{"role": "user", "content": "x"}]})).await;
-    assert_eq!(text.status, StatusCode::OK, "{}", text.text());
-    assert_eq!(text.json()["choices"][0]["message"]["content"], "return a + b");
-    let streamed =
-        chat(&t, KEY, &json!({"model": "old", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
-    let events = sse_data(&streamed.text());
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let first: Value = serde_json::from_str(&events[0]).unwrap();
-    assert_eq!((first["object"].clone(), first["model"].clone()), (json!("chat.completion.chunk"), json!("old")));
-    let tools =
-        chat(&t, KEY, &json!({"model": "old", "tools": tools(), "messages": [{"role": "user", "content": "x"}]})).await;
-    let error = refused(tools, StatusCode::BAD_REQUEST).await;
-    assert!(error["message"].as_str().unwrap().contains("plugin previous"), "{error}");
+async fn plugins_built_before_tool_calling_serve_text_and_refuse_tools_naming_themselves() {
+    // aigw:plugin@0.2.0 and @0.3.0 components, as authors who have not rebuilt have them.
+    for (file, plugin) in [("previous.wasm", "previous"), ("previous-v3.wasm", "previous3")] {
+        let t = Setup::default()
+            .plugin(component(&format!("test-guests/{file}")), file)
+            .models(move |mock| {
+                format!(
+                    "[[models]]\nname = \"old\"\nidentifier = \"{plugin}/m\"\nendpoint = \"{}\"\n\n[[keys]]\nid = \"k\"\nsha256 = \"{}\"\nmodels = [\"*\"]\n",
+                    mock.base_url(),
+                    key_sha256_hex(KEY)
+                )
+            })
+            .start()
+            .await;
+        let text = chat(&t, KEY, &json!({"model": "old", "messages": [{"role": "user", "content": "x"}]})).await;
+        assert_eq!(text.status, StatusCode::OK, "{plugin}: {}", text.text());
+        assert_eq!(text.json()["choices"][0]["message"]["content"], "return a + b");
+        let streamed =
+            chat(&t, KEY, &json!({"model": "old", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+                .await;
+        let events = sse_data(&streamed.text());
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{plugin}");
+        let first: Value = serde_json::from_str(&events[0]).unwrap();
+        assert_eq!((first["object"].clone(), first["model"].clone()), (json!("chat.completion.chunk"), json!("old")));
+        let tools =
+            chat(&t, KEY, &json!({"model": "old", "tools": tools(), "messages": [{"role": "user", "content": "x"}]}))
+                .await;
+        let error = refused(tools, StatusCode::BAD_REQUEST).await;
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(&format!("plugin {plugin} ")) && message.contains("rebuild"), "{error}");
+        // Embeddings: a 0.2.0 component has none; a 0.3.0 one's export is found by its own
+        // version's interface name and called (this one answers that it cannot embed).
+        let embedded = t.post("/v1/embeddings", &bearer(KEY), &json!({"model": "old", "input": "x"})).await;
+        let error = refused(embedded, StatusCode::BAD_REQUEST).await;
+        let expected = if plugin == "previous" { "cannot embed" } else { "previous3 has no embeddings" };
+        assert!(error["message"].as_str().unwrap().contains(expected), "{plugin}: {error}");
+    }
 }
 
 #[tokio::test]
