@@ -2,6 +2,7 @@
 //! body and headers GitLab's gateway would send. Data only: `response` renders it.
 
 use crate::auth::AuthError;
+use crate::fleet::FleetError;
 use crate::models::AccessError;
 use crate::plugins::{PluginError, wit};
 use crate::prompts::PromptError;
@@ -95,6 +96,9 @@ pub enum GatewayError {
         /// The endpoint as configured.
         endpoint: String,
     },
+    /// No model server of a named model's pool could take the request.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     /// Model server or network failure, after `calls` calls (retries included).
     #[error("{error}")]
     Upstream {
@@ -191,6 +195,10 @@ impl GatewayError {
                 | PluginError::Deadline(_)
                 | PluginError::MemoryLimit(_) => detail(StatusCode::BAD_GATEWAY, PLUGIN_FAILED.into()),
             },
+            GatewayError::Fleet(fleet) => match fleet {
+                FleetError::Saturated { .. } => detail(StatusCode::TOO_MANY_REQUESTS, fleet.to_string()),
+                FleetError::NoMember { .. } => detail(StatusCode::SERVICE_UNAVAILABLE, fleet.to_string()),
+            },
             GatewayError::Upstream { error, calls } => {
                 let (status, mut body) = upstream_status_and_body(error);
                 if *calls > 1
@@ -217,6 +225,7 @@ impl GatewayError {
             {
                 vec![(header::RETRY_AFTER, value.clone())]
             }
+            GatewayError::Fleet(fleet) => vec![(header::RETRY_AFTER, HeaderValue::from(fleet.retry_after()))],
             _ => Vec::new(),
         }
     }

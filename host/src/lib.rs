@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod json_cost;
@@ -123,7 +124,7 @@ impl Gateway {
         }
         let prompts = prompts::PromptRegistry::load(&config.prompts)?;
         let models = match &config.model_api.file {
-            Some(path) => models::ModelCatalog::load(path, &|name| std::env::var(name).ok())?,
+            Some(path) => models::ModelCatalog::load(path, &|name| std::env::var(name).ok(), None)?,
             None => models::ModelCatalog::empty(),
         };
         let metrics = Arc::new(telemetry::Metrics::default());
@@ -176,6 +177,13 @@ impl Gateway {
             metrics,
             connections,
             draining: std::sync::atomic::AtomicBool::new(false),
+        });
+        state.watch_pools();
+        let pools = Arc::downgrade(&state);
+        state.metrics.section(move |out| {
+            if let Some(state) = pools.upgrade() {
+                fleet::render_metrics(state.models.load().pools(), out);
+            }
         });
         // Either prompt directory changing reloads both, so that a reload never mixes sets.
         for dir in [&state.config.prompts.dir, &state.config.prompts.gitlab_dir].into_iter().flatten() {

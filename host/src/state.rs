@@ -52,13 +52,25 @@ impl AppState {
     /// Read the models file again; a file that does not load keeps the last good set in place.
     pub(crate) fn reload_models(&self) {
         let Some(path) = &self.config.model_api.file else { return };
-        match crate::models::ModelCatalog::load(path, &|name| std::env::var(name).ok()) {
+        let previous = self.models.load_full();
+        match crate::models::ModelCatalog::load(path, &|name| std::env::var(name).ok(), Some(&previous)) {
             Ok(catalog) => {
                 let (models, keys) = (catalog.models().count(), catalog.key_count());
                 self.models.store(Arc::new(catalog));
+                self.watch_pools();
                 tracing::info!(file = %path.display(), models, keys, "models reloaded");
             }
             Err(error) => tracing::warn!(%error, "models file rejected; keeping the models and keys already loaded"),
+        }
+    }
+
+    /// Start reading the members of the models' pools in the background, as their settings ask
+    /// (each reader stops when its pool is replaced), through a client of its own.
+    pub(crate) fn watch_pools(&self) {
+        let Some(upstream) = self.upstreams.first() else { return };
+        let reader: Arc<dyn crate::fleet::Reader> = Arc::new(upstream.with_own_pool());
+        for pool in self.models.load().pools() {
+            crate::fleet::watch(pool, Arc::clone(&reader));
         }
     }
 

@@ -125,6 +125,12 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     open_streams: AtomicUsize,
     connections: AtomicUsize,
+    /// What `/metrics` reports, vLLM's way: (waiting, running, KV-cache use).
+    load: Mutex<(u32, u32, f64)>,
+    /// `/health` answers 503.
+    unhealthy: std::sync::atomic::AtomicBool,
+    /// Requests to `/metrics` and `/health` (never in `requests`).
+    probes: AtomicUsize,
 }
 
 /// A running mock model server; stops when dropped.
@@ -151,6 +157,22 @@ impl Drop for StreamGuard {
 }
 
 impl MockModelServer {
+    /// What `GET /metrics` reports from now on: vLLM's `vllm:num_requests_waiting`,
+    /// `vllm:num_requests_running` and `vllm:kv_cache_usage_perc`.
+    pub fn set_load(&self, waiting: u32, running: u32, kv_cache_usage: f64) {
+        *self.state.load.lock().unwrap_or_else(|p| p.into_inner()) = (waiting, running, kv_cache_usage);
+    }
+
+    /// Make `GET /health` answer 503 (`false`) or 200 (`true`, the default).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// How many `/metrics` and `/health` requests it answered.
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+
     /// Start on `127.0.0.1` with an ephemeral port.
     pub async fn start() -> std::io::Result<Self> {
         Self::bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
@@ -247,7 +269,34 @@ fn full(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
+/// vLLM's own endpoints beside the model API: its metrics and its health check.
+fn server_endpoint(state: &State, method: &Method, path: &str) -> Option<Response<MockBody>> {
+    if method != Method::GET || !matches!(path, "/metrics" | "/health") {
+        return None;
+    }
+    state.probes.fetch_add(1, Ordering::SeqCst);
+    if path == "/health" {
+        let healthy = !state.unhealthy.load(Ordering::SeqCst);
+        let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        return Some(full(status, "text/plain", String::new()));
+    }
+    let (waiting, running, kv) = *state.load.lock().unwrap_or_else(|p| p.into_inner());
+    let model = "model_name=\"mock\"";
+    let text = format!(
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+         # TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{{model}}} {running}.0\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{{model}}} {waiting}.0\n\
+         # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{{model}}} {kv}\n"
+    );
+    Some(full(StatusCode::OK, "text/plain; version=0.0.4", text))
+}
+
 async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockBody> {
+    if let Some(response) = server_endpoint(&state, request.method(), request.uri().path()) {
+        return response;
+    }
     let (parts, body) = request.into_parts();
     let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

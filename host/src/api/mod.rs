@@ -171,7 +171,7 @@ pub(crate) async fn dispatch(
         principal.require(&requirement)?;
     }
     match endpoint {
-        Authenticated::CodeV2(task) => code::handle_v2(state, &body, task).await,
+        Authenticated::CodeV2(task) => code::handle_v2(state, &body, task, &code::typing_user(headers)).await,
         Authenticated::CodeV3(version) => code::handle_v3(state, &principal, headers, &body, version).await,
         Authenticated::Chat => chat::handle(state, &body).await,
         Authenticated::Prompt(api, id) => prompts::handle(state, &principal, &id, &body, api).await,

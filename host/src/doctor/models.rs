@@ -16,7 +16,7 @@ pub(super) fn check(config: &Config, env: &[(String, String)]) -> Section {
     };
     let mut section = Section::new(format!("Model API (AIGW_MODELS__FILE {})", path.display()));
     let lookup = |name: &str| env.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
-    let catalog = match ModelCatalog::load(path, &lookup) {
+    let catalog = match ModelCatalog::load(path, &lookup, None) {
         Ok(catalog) => catalog,
         Err(error) => {
             section.push(Step::fail(
@@ -36,7 +36,10 @@ pub(super) fn check(config: &Config, env: &[(String, String)]) -> Section {
         if catalog.key_count() == 1 { "" } else { "s" },
     )));
     for model in catalog.models() {
-        let endpoint = model.endpoint.as_ref().map_or("the plugin's default endpoint".to_string(), ToString::to_string);
+        let endpoint = match &model.pool {
+            None => "the plugin's default endpoint".to_string(),
+            Some(pool) => pool.members().iter().map(|m| m.endpoint().to_string()).collect::<Vec<_>>().join(", "),
+        };
         section.push(
             Step::ok(format!("{}: {}/{} at {endpoint}", model.name, model.provider, model.model))
                 .detail(format!("credential: {}", model.credential_source)),

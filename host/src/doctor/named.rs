@@ -1,5 +1,6 @@
 //! `aigw doctor --model NAME`: a named model of the models file checked end to end as the model
-//! API would serve it: plugin, egress, reachability, a short answer, and a tool call.
+//! API would serve it: plugin, each model server's egress, reachability, health and load, a
+//! short answer, and a tool call.
 
 use super::loads::Loaded;
 use super::model::{egress_and_reach, test_state};
@@ -29,7 +30,7 @@ pub(super) async fn check(
         return section;
     };
     let lookup = |variable: &str| env.iter().find(|(key, _)| key == variable).map(|(_, value)| value.clone());
-    let catalog = match ModelCatalog::load(&path, &lookup) {
+    let catalog = match ModelCatalog::load(&path, &lookup, None) {
         Ok(catalog) => catalog,
         Err(error) => {
             section.push(Step::fail(error.to_string(), "see the model API section above"));
@@ -62,18 +63,8 @@ pub(super) async fn check(
         found = found.detail(format!("the plugin was built for aigw:plugin@{}: {missing}", identity.wit_version));
     }
     section.push(found);
-    let endpoint = match pipeline::endpoint_for(&target, &identity, &config.aws) {
-        Ok(endpoint) => endpoint,
-        Err(error) => {
-            section.push(Step::fail(format!("no endpoint: {error}"), "give the model an endpoint in the models file"));
-            return section;
-        }
-    };
-    if egress_and_reach(&config, &endpoint, &mut section).await.is_none() {
-        return section;
-    }
     let timeout = config.model_api.total_timeout.min(Duration::from_secs(60));
-    let state = match test_state(config, loaded, metrics) {
+    let state = match test_state(config.clone(), loaded, metrics) {
         Ok(state) => state,
         Err(error) => {
             section.push(Step::fail(format!("the outbound client cannot be set up: {error}"), "report this as a bug"));
@@ -81,8 +72,45 @@ pub(super) async fn check(
         }
     };
     let state = state.for_worker(0);
+    let endpoints = match &named.pool {
+        Some(pool) => {
+            crate::fleet::list_members(pool, state.upstream).await;
+            let members: Vec<http::Uri> = pool.members().iter().map(|member| member.endpoint().clone()).collect();
+            if members.is_empty() {
+                section.push(Step::fail(
+                    "the pool has no member: its DNS name resolves to no address the egress policy allows",
+                    "check the name in `dns` and AIGW_EGRESS__ALLOW",
+                ));
+                return section;
+            }
+            members
+        }
+        None => match pipeline::endpoint_for(&target, &identity, &config.aws) {
+            Ok(endpoint) => vec![endpoint],
+            Err(error) => {
+                section
+                    .push(Step::fail(format!("no endpoint: {error}"), "give the model an endpoint in the models file"));
+                return section;
+            }
+        },
+    };
+    let mut reachable = 0;
+    for endpoint in &endpoints {
+        if endpoints.len() > 1 {
+            section.push(Step::ok(format!("member {endpoint}")));
+        }
+        if egress_and_reach(&config, endpoint, &mut section).await.is_some() {
+            reachable += 1;
+            if let Some(pool) = &named.pool {
+                section.push(member_state(pool, endpoint, state.upstream).await);
+            }
+        }
+    }
+    if reachable == 0 {
+        return section;
+    }
     let started = Instant::now();
-    match pipeline::converse(&state, &target, request(&target.model, false), timeout).await {
+    match pipeline::converse(&state, &target, request(&target.model, false), timeout, chat_work()).await {
         Ok(ChatAnswer::Whole { completion, .. }) => section.push(Step::ok(format!(
             "answered in {} ms: {:?}",
             started.elapsed().as_millis(),
@@ -98,7 +126,7 @@ pub(super) async fn check(
         }
     }
     let started = Instant::now();
-    section.push(match pipeline::converse(&state, &target, request(&target.model, true), timeout).await {
+    section.push(match pipeline::converse(&state, &target, request(&target.model, true), timeout, chat_work()).await {
         Ok(ChatAnswer::Whole { completion, .. }) => match completion.tool_calls.first() {
             Some(call) if call.name == TOOL => Step::ok(format!(
                 "tool call answered in {} ms: {}({})",
@@ -123,6 +151,38 @@ pub(super) async fn check(
         ),
     });
     section
+}
+
+/// What the member at `endpoint` says of its health and load, as the pool's settings read them.
+async fn member_state(pool: &crate::fleet::Pool, endpoint: &http::Uri, upstream: &crate::upstream::Upstream) -> Step {
+    let report = crate::fleet::read_member(pool, endpoint, upstream).await;
+    let mut facts = Vec::new();
+    match report.healthy {
+        Some(Ok(())) => facts.push("health endpoint: passing".to_string()),
+        Some(Err(why)) => {
+            return Step::fail(
+                format!("{endpoint}: its health endpoint fails: {why}"),
+                "the pool ejects a member whose health check fails: start the server, or fix health_path",
+            );
+        }
+        None => facts.push("no health_path: health is judged by the answers".to_string()),
+    }
+    match report.load {
+        Some(Ok(load)) => facts.push(format!(
+            "load: {} waiting, {} running, KV cache {:.0}% used",
+            load.waiting,
+            load.running,
+            load.kv_cache_usage * 100.0
+        )),
+        Some(Err(why)) => {
+            return Step::warn(
+                format!("{endpoint}: its metrics cannot be read: {why}"),
+                "the pool then picks by its own count of requests in flight; check metrics_path (vLLM: /metrics)",
+            );
+        }
+        None => facts.push("no metrics_path: picked by the gateway's own count of requests in flight".to_string()),
+    }
+    Step::ok(format!("{endpoint}: {}", facts.join("; ")))
 }
 
 /// A short conversation; with `tool`, one function the model is asked to call.
@@ -159,4 +219,9 @@ fn request(model: &str, tool: bool) -> chat::ChatRequest {
         extra: None,
         stream: false,
     }
+}
+
+/// Doctor's calls wait in a saturated pool as a chat turn would.
+fn chat_work() -> crate::fleet::Work {
+    crate::fleet::Work::of(crate::fleet::WorkClass::Chat)
 }

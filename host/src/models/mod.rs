@@ -68,8 +68,8 @@ pub(crate) struct NamedModel {
     pub(crate) provider: String,
     /// The model id the model server knows.
     pub(crate) model: String,
-    /// The model server; `None`: the plugin's default (Bedrock's regional endpoint, …).
-    pub(crate) endpoint: Option<http::Uri>,
+    /// The model servers; `None`: the plugin's default endpoint (Bedrock's regional one, …).
+    pub(crate) pool: Option<std::sync::Arc<crate::fleet::Pool>>,
     /// The provider credential, from the environment or a file.
     pub(crate) api_key: Secret,
     /// Where the credential comes from, for `doctor` (a variable's or file's name, never the value).
@@ -95,6 +95,8 @@ pub(crate) struct ClientKey {
     pub(crate) models: Allowed,
     /// Networks it may be used from; `None`: any.
     pub(crate) networks: Option<Vec<IpNet>>,
+    /// The class of its requests in a saturated pool.
+    pub(crate) class: crate::fleet::WorkClass,
 }
 
 impl std::fmt::Debug for ClientKey {
@@ -103,6 +105,7 @@ impl std::fmt::Debug for ClientKey {
             .field("id", &self.id)
             .field("models", &self.models)
             .field("networks", &self.networks)
+            .field("class", &self.class)
             .finish_non_exhaustive()
     }
 }
@@ -144,8 +147,17 @@ pub fn key_sha256_hex(key: &str) -> String {
 impl ModelCatalog {
     /// Read the models file, taking credentials from `env` (the process environment in
     /// production) and the files it names.
-    pub(crate) fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ModelsError> {
-        file::load(path, env)
+    pub(crate) fn load(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        previous: Option<&ModelCatalog>,
+    ) -> Result<Self, ModelsError> {
+        file::load(path, env, previous)
+    }
+
+    /// The pools of the named models that have several model servers or any.
+    pub(crate) fn pools(&self) -> impl Iterator<Item = &std::sync::Arc<crate::fleet::Pool>> + Clone {
+        self.models().filter_map(|model| model.pool.as_ref())
     }
 
     /// The catalog when no models file is configured: no models, no keys.
@@ -159,7 +171,7 @@ impl ModelCatalog {
     }
 
     /// The named models, in the file's order.
-    pub(crate) fn models(&self) -> impl Iterator<Item = &NamedModel> {
+    pub(crate) fn models(&self) -> impl Iterator<Item = &NamedModel> + Clone {
         self.order.iter().filter_map(|name| self.models.get(name))
     }
 
@@ -253,7 +265,7 @@ models = ["*"]
         )
         .unwrap();
         let env = |name: &str| (name == "VLLM_KEY").then(|| "vllm-secret".to_string());
-        ModelCatalog::load(&path, &env).unwrap()
+        ModelCatalog::load(&path, &env, None).unwrap()
     }
 
     fn ip(text: &str) -> Option<IpAddr> {

@@ -104,7 +104,8 @@ async fn chat_completions(
     crate::telemetry::note_client_key(&key.id, Some(&named.name));
     let target = ModelTarget::named(named, &named.name);
     request.model.clone_from(&named.model);
-    let answer = pipeline::converse(state, &target, request, total_timeout(state)).await?;
+    let work = crate::fleet::Work::of(key.class);
+    let answer = pipeline::converse(state, &target, request, total_timeout(state), work).await?;
     Ok(answer::respond(answer, &model, include_usage))
 }
 

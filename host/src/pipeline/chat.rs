@@ -5,6 +5,7 @@
 use super::events::{ChatPiece, ChunkStream};
 use super::{Call, ModelTarget, Prepared};
 use crate::error::GatewayError;
+use crate::fleet::Work;
 use crate::plugins::runtime::PluginIdentity;
 use crate::plugins::{PluginError, chat, wit};
 use crate::state::RequestState;
@@ -29,12 +30,14 @@ pub(crate) enum ChatAnswer {
     },
 }
 
-/// Send `request` (its `stream` decides the answer's form) to `target` within `total_timeout`.
+/// Send `request` (its `stream` decides the answer's form) to `target` within `total_timeout`,
+/// placed in the target's pool (if it has one) as `work`.
 pub(crate) async fn converse(
     state: &RequestState<'_>,
     target: &ModelTarget,
     mut request: chat::ChatRequest,
     total_timeout: Duration,
+    work: Work,
 ) -> Result<ChatAnswer, GatewayError> {
     // With streaming disabled by the operator, the model server is asked for a whole answer,
     // which a stream then carries as one piece.
@@ -42,7 +45,7 @@ pub(crate) async fn converse(
     let piece_of_whole = request.stream && !stream;
     request.stream = stream;
     let building = Instant::now();
-    let Prepared { endpoint, observer, mut lease } = Prepared::new(state, target).await?;
+    let Prepared { destination, observer, mut lease } = Prepared::new(state, target).await?;
     let identity = lease.identity().clone();
     let built = async {
         let session = lease.session().await?;
@@ -55,7 +58,7 @@ pub(crate) async fn converse(
     .await
     .map_err(|e| observer.plugin_failed(e))?;
     observer.plugin_call("build_chat_request", building.elapsed());
-    let call = Call::dispatch(state, target, &endpoint, built, lease, observer, Some(total_timeout)).await?;
+    let call = Call::dispatch(state, target, &destination, built, lease, observer, Some(total_timeout), work).await?;
     if stream {
         call.observer.waited(call.sent.elapsed());
         let pieces = ChunkStream::new(call.lease, call.response, call.observer, call.sent).first_piece().await?;

@@ -12,13 +12,19 @@ pub use events::{ChatPiece, ChunkStream, EventParser, Parsed};
 pub(crate) use target::{ModelFields, ModelTarget, parse_endpoint};
 
 use crate::error::GatewayError;
+use crate::fleet::{Pool, Slot, Work, WorkClass};
 use crate::plugins::runtime::PluginIdentity;
 use crate::plugins::{PluginError, PluginLease, embeddings, wit};
 use crate::state::RequestState;
 use crate::upstream::aws::AwsEnvironment;
 use crate::upstream::{ModelCall, UpstreamError, UpstreamResponse, client::MAX_ANSWER_BYTES};
 use observe::Observer;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Bytes of a model request per prompt token, for the fleet's estimate of a prompt's length
+/// (about four for English and code in JSON).
+const BYTES_PER_TOKEN: u64 = 4;
 
 /// Which time limit a model call runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +41,8 @@ pub(crate) struct ModelJob {
     target: ModelTarget,
     request: wit::ModelRequest,
     deadline: Deadline,
+    /// Its class and affinity, for a named model's pool.
+    work: Work,
     /// Fold system messages into the first user message for families without a system role.
     fit_roles: bool,
 }
@@ -51,7 +59,18 @@ impl ModelJob {
     ) -> Self {
         let request =
             wit::ModelRequest { model: target.model.clone(), messages, fill_in_middle: None, sampling, stream: false };
-        ModelJob { target, request, deadline, fit_roles: true }
+        let class = match deadline {
+            Deadline::Code => WorkClass::Completion,
+            Deadline::Chat => WorkClass::Chat,
+        };
+        ModelJob { target, request, deadline, work: Work::of(class), fit_roles: true }
+    }
+
+    /// Place it in a named model's pool as `work` (its class unless said here: completion for
+    /// code, chat for chat).
+    pub(crate) fn with_work(mut self, work: Work) -> Self {
+        self.work = work;
+        self
     }
 
     /// Send the messages with the roles they were rendered with, whatever the family: GitLab's
@@ -140,7 +159,7 @@ pub(crate) async fn embed(
 ) -> Result<embeddings::EmbeddingsResult, GatewayError> {
     let target = &in_process(state, target.clone())?;
     request.model.clone_from(&target.model);
-    let Prepared { endpoint, observer, mut lease } = Prepared::new(state, target).await?;
+    let Prepared { destination, observer, mut lease } = Prepared::new(state, target).await?;
     if !lease.identity().can_embed() {
         let identity = lease.identity();
         let refused = PluginError::NoEmbeddings { plugin: identity.name.clone(), wit_version: identity.wit_version };
@@ -151,7 +170,8 @@ pub(crate) async fn embed(
         .await
         .map_err(|e| observer.plugin_failed(e))?;
     observer.plugin_call("build_embeddings_request", building.elapsed());
-    let call = Call::dispatch(state, target, &endpoint, built, lease, observer, None).await?;
+    let work = Work::of(WorkClass::Chat);
+    let call = Call::dispatch(state, target, &destination, built, lease, observer, None, work).await?;
     let (body, mut lease, observer) = call.body().await?;
     let parsing = Instant::now();
     let result = async { lease.session().await?.parse_embeddings_response(&body).await }
@@ -186,10 +206,18 @@ fn check_vectors(vectors: &[Vec<f32>], inputs: usize, dimensions: Option<u32>) -
     }
 }
 
+/// Where a model call goes.
+enum Destination {
+    /// The one endpoint the request named (or the plugin's default).
+    Endpoint(http::Uri),
+    /// A member of a named model's pool, chosen when the request is ready to go.
+    Pool(Arc<Pool>),
+}
+
 /// What every model call has before its plugin builds the request: where it goes, who observes
 /// it, and a fresh sandbox of the plugin serving its provider.
 struct Prepared {
-    endpoint: http::Uri,
+    destination: Destination,
     observer: Observer,
     lease: PluginLease,
 }
@@ -197,10 +225,13 @@ struct Prepared {
 impl Prepared {
     async fn new(state: &RequestState<'_>, target: &ModelTarget) -> Result<Self, GatewayError> {
         let plugin = state.plugins.snapshot().resolve(&target.provider)?;
-        let endpoint = endpoint_for(target, plugin.identity(), state.upstream.aws())?;
+        let destination = match &target.pool {
+            Some(pool) => Destination::Pool(Arc::clone(pool)),
+            None => Destination::Endpoint(endpoint_for(target, plugin.identity(), state.upstream.aws())?),
+        };
         let observer = Observer::new(&state.metrics, target, plugin.identity());
         let lease = PluginLease::new(plugin.clone()).await.map_err(|e| observer.plugin_failed(e))?;
-        Ok(Prepared { endpoint, observer, lease })
+        Ok(Prepared { destination, observer, lease })
     }
 }
 
@@ -215,37 +246,61 @@ impl Call {
         }
         let total_timeout = job.total_timeout(state);
         let building = Instant::now();
-        let Prepared { endpoint, observer, mut lease } = Prepared::new(state, &job.target).await?;
+        let Prepared { destination, observer, mut lease } = Prepared::new(state, &job.target).await?;
         let built = async { lease.session().await?.build_request(&job.request).await }
             .await
             .map_err(|e| observer.plugin_failed(e))?;
         observer.plugin_call("build_request", building.elapsed());
-        Self::dispatch(state, &job.target, &endpoint, built, lease, observer, total_timeout).await
+        Self::dispatch(state, &job.target, &destination, built, lease, observer, total_timeout, job.work).await
     }
 
     /// Send the request the plugin built and wait for the answer's head.
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         state: &RequestState<'_>,
         target: &ModelTarget,
-        endpoint: &http::Uri,
+        destination: &Destination,
         built: wit::UpstreamRequest,
         mut lease: PluginLease,
         observer: Observer,
         total_timeout: Option<Duration>,
+        work: Work,
     ) -> Result<Self, GatewayError> {
-        let call = ModelCall { endpoint, request: built, api_key: &target.api_key, total_timeout };
         let sent = Instant::now();
-        let mut calls = 1;
-        let mut retrying = |error: &UpstreamError| {
-            calls += 1;
-            observer.retrying(error);
+        let answered = match destination {
+            Destination::Endpoint(endpoint) => {
+                let call = ModelCall {
+                    endpoint,
+                    request: built,
+                    api_key: &target.api_key,
+                    total_timeout,
+                    single_attempt: false,
+                };
+                let mut calls = 1;
+                let mut retrying = |error: &UpstreamError| {
+                    calls += 1;
+                    observer.retrying(error);
+                };
+                let answered = lease.wait(state.upstream.send(call, &mut retrying)).await;
+                answered.map_err(|error| (error, calls, endpoint.clone()))
+            }
+            Destination::Pool(pool) => {
+                let placed = Placement { state, target, pool, work, total_timeout, observer: &observer };
+                match lease.wait(placed.send(built)).await {
+                    Ok(answered) => Ok(answered),
+                    Err(Failed::Fleet(error)) => {
+                        observer.waited(sent.elapsed());
+                        return Err(error.into());
+                    }
+                    Err(Failed::Upstream { error, calls, endpoint }) => Err((error, calls, endpoint)),
+                }
+            }
         };
-        let answered = lease.wait(state.upstream.send(call, &mut retrying)).await;
-        let response = answered.map_err(|e| {
+        let response = answered.map_err(|(error, calls, endpoint)| {
             // A call that failed or timed out was still time spent on the model server.
             observer.waited(sent.elapsed());
-            observer.upstream_failed(&e);
-            hint_missing_v1(e, calls, target, endpoint)
+            observer.upstream_failed(&error);
+            hint_missing_v1(error, calls, target, &endpoint)
         })?;
         observer.answered(sent.elapsed());
         Ok(Call { lease, response, observer, sent })
@@ -272,6 +327,86 @@ impl Call {
             observer.tokens(usage);
         }
         Ok(WholeAnswer { completion, lease, observer })
+    }
+}
+
+/// A call to a pool of model servers: a member taken (waiting in line when all are busy), the
+/// request sent, and, when it fails before its answer began for a reason that says nothing of
+/// the request, sent once more to another member.
+struct Placement<'a> {
+    state: &'a RequestState<'a>,
+    target: &'a ModelTarget,
+    pool: &'a Arc<Pool>,
+    work: Work,
+    total_timeout: Option<Duration>,
+    observer: &'a Observer,
+}
+
+/// Why a pool call failed.
+enum Failed {
+    /// No member took it.
+    Fleet(crate::fleet::FleetError),
+    /// The last member tried failed so, after `calls` calls.
+    Upstream { error: UpstreamError, calls: u32, endpoint: http::Uri },
+}
+
+impl Placement<'_> {
+    async fn send(&self, built: wit::UpstreamRequest) -> Result<UpstreamResponse, Failed> {
+        let tokens = built.body.len() as u64 / BYTES_PER_TOKEN;
+        let slot = self.pool.acquire(self.work, tokens, None).await.map_err(Failed::Fleet)?;
+        // Kept only where another member could take it: a copy of the body costs a few µs.
+        let second = self.pool.can_fail_over().then(|| built.clone());
+        let (error, slot) = match self.attempt(slot, built, second.is_some()).await {
+            Ok(response) => return Ok(response),
+            Err(failed) => failed,
+        };
+        let endpoint = slot.endpoint().clone();
+        let failed_member = Arc::clone(slot.member());
+        let Some(second) = second.filter(|_| slot.failed(&error)) else {
+            return Err(Failed::Upstream { error, calls: 1, endpoint });
+        };
+        // A second member, if one can take it now or within its class's wait.
+        let Ok(slot) = self.pool.acquire(self.work, tokens, Some(&failed_member)).await else {
+            return Err(Failed::Upstream { error, calls: 1, endpoint });
+        };
+        self.observer.retrying(&error);
+        match self.attempt(slot, second, true).await {
+            Ok(response) => Ok(response),
+            Err((error, slot)) => {
+                let endpoint = slot.endpoint().clone();
+                slot.failed(&error);
+                Err(Failed::Upstream { error, calls: 2, endpoint })
+            }
+        }
+    }
+
+    /// One call to the member `slot` holds; the slot goes with the answer (its place on the
+    /// member lasts until the answer is read), or comes back with the error.
+    async fn attempt(
+        &self,
+        mut slot: Slot,
+        request: wit::UpstreamRequest,
+        single_attempt: bool,
+    ) -> Result<UpstreamResponse, (UpstreamError, Slot)> {
+        let call = ModelCall {
+            endpoint: slot.endpoint(),
+            request,
+            api_key: &self.target.api_key,
+            total_timeout: self.total_timeout,
+            single_attempt,
+        };
+        let mut retrying = |error: &UpstreamError| self.observer.retrying(error);
+        let mut response = match self.state.upstream.send(call, &mut retrying).await {
+            Ok(response) => response,
+            Err(error) => return Err((error, slot)),
+        };
+        // The prefill ends, and the member has answered, with the first bytes, not the head.
+        if let Err(error) = response.await_first_bytes().await {
+            return Err((error, slot));
+        }
+        slot.answered();
+        response.hold(Box::new(slot));
+        Ok(response)
     }
 }
 

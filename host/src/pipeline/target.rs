@@ -26,6 +26,8 @@ pub(crate) struct ModelTarget {
     pub(crate) endpoint: Option<http::Uri>,
     /// API key; empty when none was given.
     pub(crate) api_key: String,
+    /// A named model's model servers, which then replace `endpoint`.
+    pub(crate) pool: Option<std::sync::Arc<crate::fleet::Pool>>,
 }
 
 impl std::fmt::Debug for ModelTarget {
@@ -36,6 +38,7 @@ impl std::fmt::Debug for ModelTarget {
             .field("model", &self.model)
             .field("family", &self.family)
             .field("endpoint", &self.endpoint)
+            .field("pool", &self.pool.as_ref().map(|pool| pool.model()))
             .finish_non_exhaustive()
     }
 }
@@ -64,8 +67,9 @@ impl ModelTarget {
             provider: named.provider.clone(),
             model: named.model.clone(),
             family: family.to_string(),
-            endpoint: named.endpoint.clone(),
+            endpoint: None,
             api_key: named.api_key.expose().to_string(),
+            pool: named.pool.clone(),
         }
     }
 
@@ -119,6 +123,7 @@ impl ModelTarget {
             family: family.to_string(),
             endpoint: endpoint.map(parse_endpoint).transpose()?,
             api_key: fields.api_key.unwrap_or_default().to_string(),
+            pool: None,
         })
     }
 }

@@ -145,6 +145,17 @@ pub(crate) struct Metrics {
     model_api_first_token_seconds: Family<Histogram>,
     /// Values read when rendered, from the parts that own them (the plugin pool).
     gauges: std::sync::RwLock<Vec<Gauge>>,
+    /// Whole families written when rendered by the parts that own them (the model pools).
+    sections: std::sync::RwLock<Vec<Section>>,
+}
+
+/// Writes families of its own into the rendered text.
+struct Section(Box<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Section")
+    }
 }
 
 /// A value read at render time.
@@ -256,6 +267,7 @@ impl Default for Metrics {
                 &["model"],
             ),
             gauges: std::sync::RwLock::new(Vec::new()),
+            sections: std::sync::RwLock::new(Vec::new()),
         }
     }
 }
@@ -426,7 +438,20 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", (gauge.read)());
             }
         }
+        if let Ok(sections) = self.sections.read() {
+            for section in sections.iter() {
+                (section.0)(&mut out);
+            }
+        }
         out
+    }
+
+    /// Let `write` add families of its own (with their HELP and TYPE lines) whenever the
+    /// metrics are rendered.
+    pub(crate) fn section(&self, write: impl Fn(&mut String) + Send + Sync + 'static) {
+        if let Ok(mut sections) = self.sections.write() {
+            sections.push(Section(Box::new(write)));
+        }
     }
 
     /// Expose `read()` as the gauge `name`, read whenever the metrics are rendered.

@@ -60,6 +60,9 @@ pub(crate) struct ModelCall<'a> {
     pub(crate) api_key: &'a str,
     /// Replaces the configured total timeout for this call (chat uses its own).
     pub(crate) total_timeout: Option<Duration>,
+    /// Make the call once, whatever the retry policy: the caller fails over to another server
+    /// instead.
+    pub(crate) single_attempt: bool,
 }
 
 /// The gateway's outbound HTTP client.
@@ -115,6 +118,9 @@ impl Upstream {
         if let Some(total) = call.total_timeout {
             settings.total_timeout = total;
         }
+        if call.single_attempt {
+            settings.retry.retries = 0;
+        }
         let deadline = Instant::now() + settings.total_timeout;
         let secret = call.api_key;
         let request = build_http_request(call, &self.aws)?;
@@ -159,6 +165,29 @@ impl Upstream {
         serde_json::from_slice(&body).map_err(|e| UpstreamError::Body(format!("{url}: not JSON: {e}")))
     }
 
+    /// GET `url` within `timeout` and read at most `max_bytes` of a 2xx answer (a pool member's
+    /// metrics or health endpoint).
+    pub(crate) async fn get_bytes(
+        &self,
+        url: http::Uri,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, UpstreamError> {
+        let request = http::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| UpstreamError::InvalidRequest(e.to_string()))?;
+        let mut settings = self.settings;
+        settings.total_timeout = timeout;
+        settings.first_byte_timeout = settings.first_byte_timeout.min(timeout);
+        let deadline = Instant::now() + timeout;
+        self.execute(request, settings, deadline, "").await?.collect(max_bytes).await
+    }
+
+    /// Whether the egress policy lets the gateway connect to `address`.
+    pub(crate) fn egress_allows(&self, address: std::net::IpAddr) -> bool {
+        self.policy.check(address).is_ok()
+    }
+
     /// `secret`: the request's key, kept out of the error excerpt.
     /// `deadline`: the whole call's, retries included.
     async fn execute(
@@ -183,7 +212,7 @@ impl Upstream {
             }
         };
         let (parts, body) = response.into_parts();
-        let mut response = UpstreamResponse { body, deadline, settings };
+        let mut response = UpstreamResponse { body, deadline, settings, held: None, early: None };
         if !parts.status.is_success() {
             let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
             let excerpt = response.error_excerpt(secret).await;
@@ -364,16 +393,39 @@ pub(crate) struct UpstreamResponse {
     body: hyper::body::Incoming,
     deadline: Instant,
     settings: UpstreamSettings,
+    /// Kept until the answer is read or dropped (a pool member's place).
+    held: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
+    /// The first chunk, read ahead by [`UpstreamResponse::await_first_bytes`].
+    early: Option<Bytes>,
 }
 
 impl UpstreamResponse {
+    /// Keep `guard` for as long as the answer is being read.
+    pub(crate) fn hold(&mut self, guard: Box<dyn std::fmt::Debug + Send + Sync>) {
+        self.held = Some(guard);
+    }
+
     /// The call's total deadline, and the error it ends the call with once passed.
     pub(crate) fn deadline(&self) -> (Instant, UpstreamError) {
         (self.deadline, UpstreamError::Timeout { phase: TimeoutPhase::Total, after: self.settings.total_timeout })
     }
 
+    /// Wait for the answer's first bytes, which the next [`UpstreamResponse::next_chunk`] then
+    /// returns. A model server sends a stream's head before its prefill (vLLM does): until the
+    /// first bytes come, nothing has been answered, and a connection that breaks meanwhile
+    /// failed as one that broke before the head did.
+    pub(crate) async fn await_first_bytes(&mut self) -> Result<(), UpstreamError> {
+        if self.early.is_none() {
+            self.early = self.next_chunk().await?;
+        }
+        Ok(())
+    }
+
     /// The next body chunk, `None` at the end. Dropping the response cancels the upstream request.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        if let Some(early) = self.early.take() {
+            return Ok(Some(early));
+        }
         let now = Instant::now();
         // Past the deadline nothing more is read, even what has already arrived: a caller that
         // reads slowly cannot stretch a call beyond its total time.

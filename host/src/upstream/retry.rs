@@ -41,7 +41,7 @@ impl RetryPolicy {
 /// Failures that say nothing about the request itself: the server could not be reached, or
 /// said it is busy or broken for now. Never a 4xx other than 429, never a timeout after the
 /// request reached the server (the model may be working on it), never a broken body.
-fn is_transient(error: &UpstreamError) -> bool {
+pub(crate) fn is_transient(error: &UpstreamError) -> bool {
     match error {
         UpstreamError::Connect(_) => true,
         UpstreamError::Timeout { phase, .. } => *phase == TimeoutPhase::Connect,

@@ -626,16 +626,7 @@ async fn a_named_model_is_checked_end_to_end_with_a_tool_call() {
     )
     .unwrap();
     let models = models.display().to_string();
-    f.model.set_reply(Reply {
-        text: "OK".into(),
-        tool_calls: vec![aigw_mock::MockToolCall {
-            id: "call_1".into(),
-            name: "aigw_doctor_echo".into(),
-            arguments: "{\"value\": 42}".into(),
-        }],
-        agent: true,
-        ..Reply::default()
-    });
+    f.model.set_reply(Reply { text: "OK".into(), ..agent_calling_the_doctors_tool() });
     let env = [("AIGW_MODELS__FILE", models.as_str()), ("VLLM_KEY", "sk-canary-vllm-secret")];
     let out = f.run(&env, &["--model", "agent"]).await;
     out.save("named-model");
@@ -656,4 +647,45 @@ async fn a_named_model_is_checked_end_to_end_with_a_tool_call() {
     let missing = f.run(&env, &["--model", "ghost"]).await;
     assert!(missing.failed());
     assert!(missing.step("FAIL  no model is named \"ghost\"").contains("the models file names: agent"));
+}
+
+#[tokio::test]
+async fn a_pool_is_checked_member_by_member_with_its_health_and_load() {
+    let f = Fixture::start().await;
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let models = f.dir.path().join("models.toml");
+    std::fs::write(
+        &models,
+        format!(
+            "[[models]]\nname = \"coder\"\nidentifier = \"custom_openai/qwen3-coder\"\nendpoints = [\"{}\", \"{dead}\"]\n\
+             [models.pool]\nmetrics_path = \"/metrics\"\nhealth_path = \"/health\"\n",
+            f.model.base_url()
+        ),
+    )
+    .unwrap();
+    let models = models.display().to_string();
+    f.model.set_load(3, 12, 0.42);
+    f.model.set_reply(agent_calling_the_doctors_tool());
+    let out = f.run(&[("AIGW_MODELS__FILE", models.as_str())], &["--model", "coder"]).await;
+    out.save("pool");
+    let live = f.model.base_url();
+    let state = out.step(&format!("ok    {live}: health endpoint: passing"));
+    assert!(state.contains("load: 3 waiting, 12 running, KV cache 42% used"), "{state}");
+    assert!(out.stdout.contains(&format!("member {dead}")), "{}", out.stdout);
+    assert!(out.failed(), "a member that cannot be reached fails the check:\n{}", out.stdout);
+    // The pool still answers through the member that is up.
+    assert!(out.step("ok    tool call answered in").contains("aigw_doctor_echo"), "{}", out.stdout);
+}
+
+/// A model that calls the tool doctor offers it (and answers in text otherwise).
+fn agent_calling_the_doctors_tool() -> Reply {
+    Reply {
+        tool_calls: vec![aigw_mock::MockToolCall {
+            id: "call_1".into(),
+            name: "aigw_doctor_echo".into(),
+            arguments: "{\"value\": 42}".into(),
+        }],
+        agent: true,
+        ..Reply::default()
+    }
 }

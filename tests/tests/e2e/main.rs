@@ -15,6 +15,7 @@ mod connections;
 mod doctor;
 mod egress;
 mod embeddings;
+mod fleet;
 mod gitlab_registry;
 mod hostile_upstream;
 mod limits;

@@ -12,6 +12,7 @@ use super::fence::FenceStripper;
 use super::{language, parse_messages};
 use crate::auth::scopes;
 use crate::error::{GatewayError, ValidationIssue};
+use crate::fleet::{Work, WorkClass, affinity_key};
 use crate::pipeline::{self, ChunkStream, Deadline, ModelJob, ModelTarget};
 use crate::plugins::wit;
 use crate::prompts::FittedCode;
@@ -95,6 +96,14 @@ struct CodeInput {
     /// registry is loaded (v3 and v4, as GitLab's gateway); v2's legacy forms never use GitLab's
     /// registry (GitLab's gateway builds those prompts in code).
     legacy: bool,
+    /// Who is typing, for a named model's pool to keep a file's completions on one member.
+    user: String,
+}
+
+/// The user a GitLab request is made for (`X-Gitlab-Global-User-Id`): a hint for the fleet's
+/// prefix affinity only, never for access.
+pub(crate) fn typing_user(headers: &http::HeaderMap) -> String {
+    headers.get("x-gitlab-global-user-id").and_then(|value| value.to_str().ok()).unwrap_or_default().to_string()
 }
 
 /// The answer before it takes an endpoint's shape.
@@ -262,7 +271,13 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
         GenerationPrompt::Messages(messages) if input.task == Task::Generation => messages,
         _ => prompts.render(prompt, &variables)?,
     };
-    let mut job = ModelJob::new(input.target, messages, sampling, Deadline::Code);
+    let work = match input.task {
+        Task::Completion => {
+            Work { class: WorkClass::Completion, affinity: Some(affinity_key(&input.user, &input.file_name)) }
+        }
+        Task::Generation => Work::of(WorkClass::Chat),
+    };
+    let mut job = ModelJob::new(input.target, messages, sampling, Deadline::Code).with_work(work);
     if gitlab {
         job = job.with_roles_as_rendered();
     }

@@ -129,6 +129,7 @@ pub(crate) async fn handle_v2(
     state: &RequestState<'_>,
     body: &[u8],
     task: Task,
+    user: &str,
 ) -> Result<http::Response<Body>, GatewayError> {
     let request = parse_v2(body)?;
     let engine = request.model_provider.clone().unwrap_or_default();
@@ -162,6 +163,7 @@ pub(crate) async fn handle_v2(
         context,
         enhancer: serde_json::Map::new(),
         legacy: true,
+        user: user.to_string(),
     };
     let answer = run(state, input).await?;
     let (engine, name) =

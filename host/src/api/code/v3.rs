@@ -123,6 +123,7 @@ pub(crate) async fn handle_v3(
         context: code_context(&request.prompt_components, headers),
         enhancer: payload.prompt_enhancer.unwrap_or_default(),
         legacy: false,
+        user: super::typing_user(headers),
     };
     let answer = run(state, input).await?;
     // A completion names the provider and family the instance sent; a generation, and every
