@@ -81,6 +81,7 @@ bench: build
 	./target/release/aigw-bench plugin
 	./target/release/aigw-bench gateway
 	./target/release/aigw-bench model-api
+	./target/release/aigw-bench fleet
 	$(CARGO) bench -p aigw-bench --bench micro
 
 ## soak: 30 minutes (SOAK_MINUTES) of mixed traffic with a plugin swap and a prompt reload every

@@ -6,12 +6,15 @@
 //! 64, whole and streamed, with each process's CPU and memory, and the budget.
 //! `model-api`: the OpenAI-compatible model API beside the same baselines, with an agent's
 //! ~105 KB tool request.
+//! `fleet`: a pool of three simulated model servers under developers' completions, chat and
+//! agents: round-robin, fewest-outstanding and aigw's picker, then a server killed mid-run.
 //! `soak`: a bounded run of mixed traffic with plugin swaps and prompt reloads, watching memory,
 //! descriptors and threads.
 
 #![forbid(unsafe_code)]
 
 mod breakdown;
+mod fleet;
 mod gateway;
 mod load;
 mod plugin;
@@ -67,6 +70,32 @@ enum Command {
         #[arg(long, default_value = "target/bench/model-api.json")]
         output: PathBuf,
     },
+    /// A pool of three simulated model servers (slots, a queue, prefill with an LRU prefix cache,
+    /// decode, vLLM's metrics) under developers typing, chat turns and agent calls: round-robin,
+    /// fewest-outstanding and aigw's picker, then one server killed mid-run.
+    Fleet {
+        /// Simulated seconds per run (4 runs; each takes this × --time-scale).
+        #[arg(long, default_value_t = 240.0)]
+        seconds: f64,
+        /// Speed-up: every duration is multiplied by this.
+        #[arg(long, default_value_t = 0.25)]
+        time_scale: f64,
+        /// Developers typing at once.
+        #[arg(long, default_value_t = 20)]
+        developers: usize,
+        /// Files each developer works in.
+        #[arg(long, default_value_t = 10)]
+        files_per_developer: usize,
+        /// Chat turns per second.
+        #[arg(long, default_value_t = 0.5)]
+        chats_per_second: f64,
+        /// Agent calls per second (~25,000-token prompts).
+        #[arg(long, default_value_t = 0.35)]
+        agents_per_second: f64,
+        /// Where to write the machine-readable results.
+        #[arg(long, default_value = "target/bench/fleet.json")]
+        output: PathBuf,
+    },
     /// Mixed traffic for a bounded time, with a plugin swap and a prompt reload every minute:
     /// good requests must all succeed, memory, descriptors and threads must stay flat.
     Soak {
@@ -102,6 +131,25 @@ fn main() -> anyhow::Result<()> {
                 gateway::run(gateway::Plan { iterations, open_streams }, output).await
             }
             Command::ModelApi { iterations, output } => gateway::run_model_api(iterations, output).await,
+            Command::Fleet {
+                seconds,
+                time_scale,
+                developers,
+                files_per_developer,
+                chats_per_second,
+                agents_per_second,
+                output,
+            } => {
+                let plan = fleet::Plan {
+                    seconds: seconds.clamp(10.0, 3600.0),
+                    time_scale,
+                    developers: developers.clamp(1, 500),
+                    files_per_developer: files_per_developer.clamp(1, 100),
+                    chats_per_second,
+                    agents_per_second,
+                };
+                fleet::run(plan, output).await
+            }
             Command::Soak { minutes, concurrency, output } => {
                 let duration = std::time::Duration::from_secs(minutes.clamp(1, 120) * 60);
                 soak::run(soak::Plan { duration, concurrency: concurrency.clamp(1, 256) }, output).await

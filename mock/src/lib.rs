@@ -9,6 +9,7 @@
 mod embeddings;
 pub mod event_stream;
 pub mod sigv4;
+pub mod simulated;
 
 pub use embeddings::mock_vector;
 

@@ -148,15 +148,23 @@ fn aware(
     }
     if let Some(key) = ask.affinity {
         // Rendezvous hashing: each member's rank for this key; members come and go without
-        // moving the keys of the others. The first member in that order whose load stays
-        // within the bound takes the request.
+        // moving the keys of the others. The first in that order holds the prompt's prefix in
+        // its cache; elsewhere the whole prompt is prefilled again. So the request goes to the
+        // member where it would start soonest, counting the prefill ahead of it there and, away
+        // from its first choice, its own prompt: it stays while the prefill queued on its
+        // member is shorter than itself. A member loaded past the bound is not a first choice.
         let mut ranked: Vec<usize> = (0..members.len()).filter(|&i| usable(i)).collect();
         ranked.sort_by_key(|&i| std::cmp::Reverse(mix(key ^ members[i].rank)));
         let total: u64 = ranked.iter().map(|&i| u64::from(members[i].outstanding)).sum();
         let cap = bounded_load(total, ranked.len(), ask.affinity_bound);
-        let within = |i: usize| open_members.contains(&i) && clear(i) && u64::from(members[i].outstanding) < cap;
-        if let Some(position) = ranked.iter().position(|&i| within(i)) {
-            return Pick::Member { index: ranked[position], affinity_hit: position == 0 };
+        let home = ranked[0];
+        let home_within = u64::from(members[home].outstanding) < cap;
+        let start = |i: usize| members[i].prefilling_tokens + if i == home { 0 } else { ask.tokens };
+        let candidates =
+            ranked.iter().copied().filter(|&i| open_members.contains(&i) && clear(i) && (i != home || home_within));
+        // `min_by_key` keeps the first of equals: the rank order breaks ties.
+        if let Some(index) = candidates.min_by_key(|&i| start(i)) {
+            return Pick::Member { index, affinity_hit: index == home };
         }
     }
     let clear_open: Vec<usize> = open_members.iter().copied().filter(|&i| clear(i)).collect();
@@ -347,6 +355,13 @@ mod tests {
         let mut busy = members.clone();
         busy[index].long_prefills = 1;
         assert_ne!(member(home(&busy, 7)), index);
+        // Shorter prefills queued on it: the file stays while they are shorter than its own
+        // prompt (900 tokens, which another member would prefill whole), and moves past that.
+        let mut queued = members.clone();
+        queued[index].prefilling_tokens = 800;
+        assert_eq!(home(&queued, 7), Pick::Member { index, affinity_hit: true });
+        queued[index].prefilling_tokens = 1000;
+        assert_ne!(member(home(&queued, 7)), index);
     }
 
     #[test]

@@ -659,6 +659,20 @@ impl PromptRegistry {
     /// GitLab's gateway renders it: a missing variable is refused, and the security block (with
     /// a new suffix) goes in front of the first system message.
     pub fn render(&self, prompt: &Prompt, variables: &minijinja::Value) -> Result<Vec<wit::Message>, PromptError> {
+        self.render_in(prompt, variables, None)
+    }
+
+    /// [`PromptRegistry::render`], with the content guard's tags the same for every request of
+    /// `scope` (a file a user is typing in): the prompt then starts with the same text at every
+    /// keystroke, which a model server's prefix cache can reuse. The tags stay unknowable to
+    /// whoever wrote the material (a keyed hash of the scope under a secret drawn at start) and
+    /// differ between users and files.
+    pub(crate) fn render_in(
+        &self,
+        prompt: &Prompt,
+        variables: &minijinja::Value,
+        scope: Option<u64>,
+    ) -> Result<Vec<wit::Message>, PromptError> {
         let render_error = |e: minijinja::Error| PromptError::Render { id: prompt.id.clone(), problem: e.to_string() };
         if let Origin::Gitlab { required, unsupported } = &prompt.origin {
             if let Some(problem) = unsupported {
@@ -685,7 +699,7 @@ impl PromptRegistry {
             .collect::<Result<Vec<_>, PromptError>>()?;
         if prompt.guarded
             && let Some(system) = messages.iter_mut().find(|m| matches!(m.role, wit::Role::System))
-            && let Some(guard) = self.guard_for(prompt).map_err(render_error)?
+            && let Some(guard) = self.guard_for(prompt, scope).map_err(render_error)?
         {
             system.content = format!("{guard}\n\n{}", system.content);
         }
@@ -695,8 +709,8 @@ impl PromptRegistry {
     /// The content guard for one call of `prompt`, with a fresh random suffix in its tags (so
     /// that text passed through cannot close them): GitLab's security block for GitLab's
     /// prompts, aigw's `common/content_guard` for the others; `None` when there is none.
-    fn guard_for(&self, prompt: &Prompt) -> Result<Option<String>, minijinja::Error> {
-        let suffix = format!("{:016x}", rand::random::<u64>());
+    fn guard_for(&self, prompt: &Prompt, scope: Option<u64>) -> Result<Option<String>, minijinja::Error> {
+        let suffix = format!("{:016x}", scope.map_or_else(rand::random::<u64>, guard_suffix));
         match (&prompt.origin, &self.gitlab) {
             (Origin::Gitlab { .. }, Some(gitlab)) => gitlab.security_block(&suffix).map(Some),
             (Origin::Gitlab { .. }, None) => Ok(None),
@@ -806,6 +820,17 @@ fn walk(root: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf)>, Pro
     Ok(files)
 }
 
+/// The content guard's suffix for `scope`: a keyed hash under a secret drawn once per process.
+fn guard_suffix(scope: u64) -> u64 {
+    use sha2::Digest;
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let secret = SECRET.get_or_init(rand::random);
+    let digest = sha2::Sha256::new().chain_update(secret).chain_update(scope.to_le_bytes()).finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -841,6 +866,15 @@ mod tests {
                 assert!(matches!(system.role, wit::Role::System) && system.content.starts_with("<content_policy_"));
             }
         }
+        // A file's completions share their guard's tags (a model server's prefix cache reuses
+        // the prompt's start); other files, and requests without a scope, get tags of their own.
+        let codestral = registry.code_completion("codestral").unwrap();
+        let guard_of =
+            |scope| registry.render_in(codestral, &completion_vars("A", "B"), scope).unwrap()[0].content.clone();
+        assert_eq!(guard_of(Some(7)), guard_of(Some(7)));
+        assert_ne!(guard_of(Some(7)), guard_of(Some(8)));
+        assert_ne!(guard_of(None), guard_of(None));
+        assert!(guard_of(Some(7)).starts_with("<content_policy_"));
         assert_eq!(registry.code_completion("codestral").unwrap().params.temperature, Some(0.32));
         assert_eq!(registry.code_completion("codegemma").unwrap().params.stop.len(), 4);
         // Qwen (Qwen3-Coder Instruct, Qwen3.6) completes as chat with the base prompt, as GitLab's

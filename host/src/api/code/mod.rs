@@ -264,18 +264,21 @@ async fn run(state: &RequestState<'_>, input: CodeInput) -> Result<CodeAnswer, G
             (prefix, variables)
         }
     };
+    // A completion continues its file's last prompt: the fleet keeps it on the same model
+    // server, and the prompt's start stays the same for that server's prefix cache.
+    let completion_scope = (input.task == Task::Completion).then(|| affinity_key(&input.user, &input.file_name));
+    let work = match completion_scope {
+        Some(scope) => Work { class: WorkClass::Completion, affinity: Some(scope) },
+        None => Work::of(WorkClass::Chat),
+    };
     let messages = match input.prompt {
         GenerationPrompt::Text(text) if input.task == Task::Generation => {
             vec![wit::Message { role: wit::Role::User, content: text }]
         }
         GenerationPrompt::Messages(messages) if input.task == Task::Generation => messages,
-        _ => prompts.render(prompt, &variables)?,
-    };
-    let work = match input.task {
-        Task::Completion => {
-            Work { class: WorkClass::Completion, affinity: Some(affinity_key(&input.user, &input.file_name)) }
-        }
-        Task::Generation => Work::of(WorkClass::Chat),
+        // A file's completions share their guard, so that a model server's prefix cache serves
+        // each keystroke from the last one's prompt.
+        _ => prompts.render_in(prompt, &variables, completion_scope)?,
     };
     let mut job = ModelJob::new(input.target, messages, sampling, Deadline::Code).with_work(work);
     if gitlab {
