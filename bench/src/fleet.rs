@@ -112,6 +112,10 @@ struct RunResult {
     requests: usize,
     failed: usize,
     broken: usize,
+    /// Completions placed on their file's first-choice member, of all completions.
+    affinity_hits: f64,
+    /// Calls aigw sent again to another member.
+    failovers: f64,
 }
 
 pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
@@ -137,7 +141,8 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         let result = one_run(&plan, params, name, picker, kill).await?;
         println!(
             "  {:<24} completion TTFT p50 {:>7.0} ms p99 {:>7.0} ms, cache hit {:>5.1}%; chat TTFT p99 {:>6.0} ms; \
-             agent TTFT p99 {:>6.0} ms, latency p99 {:>6.0} ms, {:>5.1}/min; {} requests, {} failed, {} broken streams",
+             agent TTFT p99 {:>6.0} ms, latency p99 {:>6.0} ms, {:>5.1}/min; {} requests, {} failed, {} broken streams; \
+             affinity hits {:.0}%, {} failovers",
             result.name,
             result.completion_ttft_p50_ms,
             result.completion_ttft_p99_ms,
@@ -148,7 +153,9 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
             result.agents_per_minute,
             result.requests,
             result.failed,
-            result.broken
+            result.broken,
+            result.affinity_hits * 100.0,
+            result.failovers
         );
         results.push(result);
     }
@@ -176,6 +183,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
             "chat_ttft_p99_ms": r.chat_ttft_p99_ms, "agent_ttft_p99_ms": r.agent_ttft_p99_ms,
             "agent_latency_p99_ms": r.agent_latency_p99_ms, "agents_per_minute": r.agents_per_minute,
             "requests": r.requests, "failed": r.failed, "broken_streams": r.broken,
+            "affinity_hits": r.affinity_hits, "failovers": r.failovers,
         })).collect::<Vec<_>>(),
         "completion_p99_ratio": ratio,
     });
@@ -252,11 +260,23 @@ async fn one_run(plan: &Plan, params: SimParams, name: &str, picker: &str, kill:
     }
     while tasks.join_next().await.is_some() {}
     let elapsed_real = started.elapsed().as_secs_f64() / scale;
+    let pool_metrics = load::get_text(&client, &format!("http://{addr}/metrics")).await.unwrap_or_default();
+    let sum = |name: &str| -> f64 {
+        pool_metrics
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (hits, failovers) = (sum("aigw_pool_affinity_hits_total{"), sum("aigw_pool_failovers_total{"));
     let stats: Vec<SimStats> = servers.iter().map(SimulatedServer::stats).collect();
     drop(servers);
     let tally =
         Arc::try_unwrap(tally).map_err(|_| anyhow::anyhow!("tasks outlived the run"))?.into_inner().unwrap_or_default();
-    Ok(summarize(name, &tally, &stats, scale, elapsed_real))
+    let mut result = summarize(name, &tally, &stats, scale, elapsed_real);
+    result.affinity_hits = hits / tally.by_class[0].len().max(1) as f64;
+    result.failovers = failovers;
+    Ok(result)
 }
 
 fn summarize(name: &str, tally: &Tally, stats: &[SimStats], scale: f64, elapsed_real: f64) -> RunResult {
@@ -297,6 +317,8 @@ fn summarize(name: &str, tally: &Tally, stats: &[SimStats], scale: f64, elapsed_
         requests: tally.by_class.iter().map(Vec::len).sum(),
         failed: count(|o| matches!(o, Outcome::Failed)),
         broken: count(|o| matches!(o, Outcome::Broken)),
+        affinity_hits: 0.0,
+        failovers: 0.0,
     }
 }
 

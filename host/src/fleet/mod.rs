@@ -77,8 +77,12 @@ pub(crate) fn affinity_key(user: &str, file: &str) -> u64 {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PoolSettings {
     pub(crate) strategy: Strategy,
-    /// Most requests outstanding per member; `None`: no limit.
+    /// Most requests outstanding per member; `None`: no limit (or the learned one).
     pub(crate) max_concurrency: Option<u32>,
+    /// Without `max_concurrency`, take each member's limit from its metrics: as many as it runs
+    /// when it starts queueing requests of its own. Past it requests wait in the gateway, in
+    /// class order, instead of in the server's first-come line.
+    pub(crate) learn_concurrency: bool,
     /// How far above the average load a file's member may be and keep its completions.
     pub(crate) affinity_bound: f64,
     /// Longest wait for a member, by class.
@@ -93,6 +97,7 @@ impl Default for PoolSettings {
         PoolSettings {
             strategy: Strategy::Aware,
             max_concurrency: None,
+            learn_concurrency: false,
             affinity_bound: 1.25,
             queue_wait: [Duration::from_secs(2), Duration::from_secs(10), Duration::from_secs(30)],
             ejection: EjectionPolicy::default(),
@@ -152,6 +157,8 @@ pub(crate) struct Member {
     health: Mutex<Health>,
     /// The server's own figures and when they were read.
     server: Mutex<Option<(Instant, ServerLoad)>>,
+    /// The limit learned from its metrics (0: none).
+    learned_limit: AtomicU32,
     picks: AtomicU64,
     affinity_hits: AtomicU64,
     ejections: AtomicU64,
@@ -171,6 +178,7 @@ impl Member {
             long_prefills: AtomicU32::new(0),
             health: Mutex::new(Health::default()),
             server: Mutex::new(None),
+            learned_limit: AtomicU32::new(0),
             picks: AtomicU64::new(0),
             affinity_hits: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
@@ -208,9 +216,24 @@ impl Member {
         server.filter(|(at, _)| at.elapsed() <= fresh).map(|(_, load)| load)
     }
 
-    /// Note the server's own figures (from its metrics).
-    pub(crate) fn set_server_load(&self, load: ServerLoad) {
+    /// Note the server's own figures (from its metrics); with `learn`, learn its limit from
+    /// them: a server that queues requests of its own runs as many as it can, and the limit is
+    /// that many; once it runs fewer without queueing, it has room again and the limit goes.
+    pub(crate) fn set_server_load(&self, load: ServerLoad, learn: bool) {
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), load));
+        if learn {
+            let learned = self.learned_limit.load(Relaxed);
+            if load.waiting > 0 {
+                self.learned_limit.store(load.running.max(1), Relaxed);
+            } else if learned != 0 && load.running < learned {
+                self.learned_limit.store(0, Relaxed);
+            }
+        }
+    }
+
+    /// The limit in force: the configured one, else the learned one.
+    fn limit(&self, configured: Option<u32>) -> Option<u32> {
+        configured.or_else(|| Some(self.learned_limit.load(Relaxed)).filter(|&limit| limit > 0))
     }
 
     /// An active health check's outcome: a pass brings the member back, a failure counts as one.
@@ -393,7 +416,7 @@ impl Pool {
         }
         let fresh = self.settings.watch.freshness();
         let loads: Vec<MemberLoad> =
-            members.iter().map(|m| m.load(now.into_std(), self.settings.max_concurrency, fresh)).collect();
+            members.iter().map(|m| m.load(now.into_std(), m.limit(self.settings.max_concurrency), fresh)).collect();
         let ask = Ask {
             tokens,
             affinity: work.affinity,
@@ -703,6 +726,23 @@ mod tests {
         render_metrics([&pool].into_iter(), &mut metrics);
         assert!(metrics.contains("aigw_pool_ejections_total{model=\"coder\",member=\"a:1\"} 1"), "{metrics}");
         assert!(metrics.contains("aigw_pool_outstanding{model=\"coder\",member=\"a:1\"} 1"), "{metrics}");
+    }
+
+    #[test]
+    fn a_limit_is_learned_when_the_server_queues_and_dropped_when_it_has_room() {
+        let member = Member::new("http://a:1/v1".parse().unwrap());
+        let load = |waiting, running| ServerLoad { waiting, running, kv_cache_usage: 0.5 };
+        member.set_server_load(load(0, 10), true);
+        assert_eq!(member.limit(None), None, "no queue: no limit");
+        member.set_server_load(load(3, 24), true);
+        assert_eq!(member.limit(None), Some(24), "queueing at 24 running: 24");
+        member.set_server_load(load(0, 24), true);
+        assert_eq!(member.limit(None), Some(24), "held at the limit, the server's queue emptied");
+        member.set_server_load(load(0, 20), true);
+        assert_eq!(member.limit(None), None, "running fewer without a queue: room again");
+        member.set_server_load(load(5, 30), false);
+        assert_eq!(member.limit(None), None, "not learning");
+        assert_eq!(member.limit(Some(8)), Some(8), "a configured limit wins");
     }
 
     #[test]

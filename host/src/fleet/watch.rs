@@ -86,12 +86,14 @@ async fn run(pool: Weak<Pool>, reader: Arc<dyn Reader>) {
             for member in pool.members().iter() {
                 match reader.get(at_origin(member.endpoint(), path), MAX_METRICS_BYTES, timeout).await {
                     Ok(body) => match parse_load(&String::from_utf8_lossy(&body)) {
-                        Some(load) => member.set_server_load(load),
+                        Some(load) => member.set_server_load(load, pool.settings.learn_concurrency),
                         None => tracing::debug!(member = member.label(), "no vLLM or SGLang load in the metrics"),
                     },
                     Err(why) => tracing::debug!(member = member.label(), %why, "metrics not read"),
                 }
             }
+            // A learned limit may have moved.
+            pool.gate.changed.notify_waiters();
             next_scrape = now + settings.scrape_interval;
         }
         if let Some(path) = settings.health_path.as_deref().filter(|_| now >= next_health) {

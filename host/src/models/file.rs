@@ -47,6 +47,7 @@ struct RawModel {
 struct RawPool {
     picker: Option<Strategy>,
     max_concurrency: Option<u32>,
+    learn_concurrency: Option<bool>,
     affinity_bound: Option<f64>,
     queue_wait_ms: Option<RawWaits>,
     eject_after: Option<u32>,
@@ -258,7 +259,15 @@ fn pool_settings(raw: RawPool) -> Result<PoolSettings, String> {
         dns,
         dns_interval: interval("dns_interval_ms", raw.dns_interval_ms, 10_000, 1000..=3_600_000)?,
     };
+    let learn_concurrency = raw.learn_concurrency.unwrap_or(false);
+    if learn_concurrency && (raw.max_concurrency.is_some() || watch.metrics_path.is_none()) {
+        return Err(
+            "learn_concurrency needs metrics_path (the limit comes from the servers' metrics) and no max_concurrency"
+                .into(),
+        );
+    }
     Ok(PoolSettings {
+        learn_concurrency,
         watch,
         strategy: raw.picker.unwrap_or(defaults.strategy),
         max_concurrency: raw.max_concurrency,
@@ -352,6 +361,10 @@ mod tests {
                 "networks",
             ),
             ("gateway_urls = [\"not a url\"]\n", "gateway_urls"),
+            (
+                "[[models]]\nname = \"m\"\nidentifier = \"x/y\"\nendpoint = \"http://a\"\n[models.pool]\nlearn_concurrency = true\n",
+                "learn_concurrency needs metrics_path",
+            ),
             (
                 "[[models]]\nname = \"m\"\nidentifier = \"x/y\"\nendpoint = \"http://a\"\nendpoints = [\"http://b\"]\n",
                 "not both",

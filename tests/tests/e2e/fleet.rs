@@ -306,3 +306,39 @@ async fn members_come_from_a_dns_name() {
     let member = format!("127.0.0.1:{}", t.model.addr().port());
     assert!(text.contains(&member_series("aigw_pool_picks_total", &member)), "{text}");
 }
+
+#[tokio::test]
+async fn a_limit_learned_from_the_servers_metrics_makes_requests_wait_in_the_gateway() {
+    let t = Setup::default()
+        .models(|mock| {
+            models_file(
+                &[mock.base_url()],
+                "metrics_path = \"/metrics\"\nscrape_interval_ms = 100\nlearn_concurrency = true\n\
+                 queue_wait_ms = { agent = 5000 }",
+            )
+        })
+        .start()
+        .await;
+    // The server runs one request and queues others of its own: its limit is one.
+    t.model.set_load(2, 1, 0.3);
+    let scrapes = t.model.probes();
+    while t.model.probes() < scrapes + 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.model.set_reply(Reply { head_delay: Duration::from_millis(600), ..Reply::default() });
+    let t = std::sync::Arc::new(t);
+    let first = tokio::spawn({
+        let t = std::sync::Arc::clone(&t);
+        async move { chat(&t).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = tokio::spawn({
+        let t = std::sync::Arc::clone(&t);
+        async move { chat(&t).await.status }
+    });
+    let queued = "aigw_pool_queued{model=\"coder\",class=\"agent\"}";
+    until_metrics(&t, "the second request waiting in line", |text| metric(text, queued) == Some(1.0)).await;
+    assert_eq!(t.model.requests().len(), 1, "the second waits in aigw, not in the server");
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(t.model.requests().len(), 2);
+}
