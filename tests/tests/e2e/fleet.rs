@@ -163,6 +163,7 @@ async fn a_files_completions_stay_on_one_member_and_files_spread() {
         body["model_api_key"] = json!(KEY);
         body["current_file"]["file_name"] = json!(file);
         let mut headers = t.gitlab_headers(&t.token(&["complete_code"]));
+        headers.retain(|(name, _)| name != "x-gitlab-global-user-id");
         headers.push(("x-gitlab-global-user-id".to_string(), user.to_string()));
         (headers, body)
     };

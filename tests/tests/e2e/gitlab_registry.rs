@@ -150,11 +150,16 @@ async fn completions_take_the_folder_gitlab_would_pick_with_its_parameters() {
     assert_eq!((sent["temperature"].clone(), sent["max_tokens"].clone()), (json!(0.5), json!(8192)));
     assert!(sent.get("stream").is_none(), "a whole answer asks for no stream at all: {sent}");
 
-    // llama3 has no folder of its own: base, whose system message gets the security block, with
-    // a new suffix on every request; models.yml's max_tokens, the file's temperature.
+    // llama3 has no folder of its own: base, whose system message gets the security block, its
+    // suffix the same for every completion of one file of one user (a model server's prefix
+    // cache reuses the prompt's start); models.yml's max_tokens, the file's temperature.
     let mut suffixes = Vec::new();
-    for _ in 0..2 {
-        let answer = t.complete(&t.completion_body("llama3", Some("custom_openai/Llama-3-8B"), false)).await;
+    for user in ["1", "1", "2"] {
+        let mut headers = t.gitlab_headers(&t.token(&["complete_code"]));
+        headers.retain(|(name, _)| name != "x-gitlab-global-user-id");
+        headers.push(("x-gitlab-global-user-id".to_string(), user.to_string()));
+        let body = t.completion_body("llama3", Some("custom_openai/Llama-3-8B"), false);
+        let answer = t.post("/v2/code/completions", &headers, &body).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         let sent = last_sent(&t);
         let system = sent["messages"][0]["content"].as_str().unwrap().to_string();
@@ -168,7 +173,8 @@ async fn completions_take_the_folder_gitlab_would_pick_with_its_parameters() {
         assert_eq!((sent["temperature"].clone(), sent["max_tokens"].clone()), (json!(0.25), json!(4096)));
         suffixes.push(suffix);
     }
-    assert_ne!(suffixes[0], suffixes[1], "each request draws its own suffix");
+    assert_eq!(suffixes[0], suffixes[1], "one user's file keeps its suffix");
+    assert_ne!(suffixes[1], suffixes[2], "another user's draws another");
 
     // mixtral, which aigw's own families fold into one user message, keeps its system message:
     // GitLab's prompt says which roles it sends.

@@ -240,7 +240,7 @@ fn guard_tag(system: &str) -> Option<(String, String)> {
 }
 
 #[tokio::test]
-async fn the_content_guard_leads_system_messages_with_a_new_suffix_each_request() {
+async fn the_content_guard_leads_system_messages_with_a_suffix_per_file_of_a_user() {
     let t = TestGateway::start().await;
     let system_of = |index: usize| {
         let messages = t.model.requests()[index].body["messages"].clone();
@@ -248,8 +248,10 @@ async fn the_content_guard_leads_system_messages_with_a_new_suffix_each_request(
         (first["role"] == "system").then(|| first["content"].as_str().unwrap().to_string())
     };
     let mut suffixes = Vec::new();
-    for index in 0..2 {
-        let answer = t.complete(&t.completion_body("codestral", Some("custom_openai/codestral-22b"), false)).await;
+    for (index, file) in ["src/calc.py", "src/calc.py", "src/other.py"].into_iter().enumerate() {
+        let mut body = t.completion_body("codestral", Some("custom_openai/codestral-22b"), false);
+        body["current_file"]["file_name"] = serde_json::json!(file);
+        let answer = t.complete(&body).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         let system = system_of(index).expect("Codestral's completion has a system message");
         let (name, suffix) = guard_tag(&system).unwrap_or_else(|| panic!("no guard: {system}"));
@@ -258,18 +260,21 @@ async fn the_content_guard_leads_system_messages_with_a_new_suffix_each_request(
         assert!(system.contains(&format!("</content_policy_{suffix}>\n\nYou complete python code")), "{system}");
         suffixes.push(suffix);
     }
-    assert_ne!(suffixes[0], suffixes[1], "a suffix of its own for every request");
+    // Each keystroke in a file starts its prompt alike, for the model server's prefix cache;
+    // another file (or user) gets tags of its own.
+    assert_eq!(suffixes[0], suffixes[1], "one file's completions share their suffix");
+    assert_ne!(suffixes[1], suffixes[2], "another file has its own");
 
     // The bare fill-in-the-middle prompts have no system message, so no guard.
     assert_eq!(t.complete(&t.completion_body("codellama", Some("custom_openai/cl"), false)).await.status, 200);
-    let messages = t.model.requests()[2].body["messages"].clone();
+    let messages = t.model.requests()[3].body["messages"].clone();
     assert_eq!(messages.as_array().unwrap().len(), 1);
     assert!(messages[0]["content"].as_str().unwrap().starts_with("<PRE> "), "{messages}");
 
     // Neither has the ReAct prompt, as GitLab's has no block there.
     let answer = call(&t, "/v2/chat/agent", &["duo_chat"], &aigw_tests::agent_body(&t.model.base_url())).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let react = system_of(3).expect("the ReAct prompt's system message");
+    let react = system_of(4).expect("the ReAct prompt's system message");
     assert!(react.starts_with("You are GitLab Duo Chat"), "{react}");
 }
 
