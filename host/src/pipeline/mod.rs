@@ -254,7 +254,8 @@ impl Call {
         Self::dispatch(state, &job.target, &destination, built, lease, observer, total_timeout, job.work).await
     }
 
-    /// Send the request the plugin built and wait for the answer's head.
+    /// Send the request the plugin built and wait for the answer's head (from a pool member, for
+    /// its first bytes: until then another member may still take the request).
     #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         state: &RequestState<'_>,
