@@ -343,3 +343,50 @@ async fn a_limit_learned_from_the_servers_metrics_makes_requests_wait_in_the_gat
     assert_eq!((first.await.unwrap(), second.await.unwrap()), (StatusCode::OK, StatusCode::OK));
     assert_eq!(t.model.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn a_stream_is_never_sent_again_once_its_first_bytes_came_but_a_dead_member_before_them_is() {
+    use aigw_mock::simulated::{SimParams, SimulatedServer};
+    use http_body_util::{BodyExt, Full};
+    // Slow decoding: a chat answer streams for seconds after its first bytes.
+    let params = SimParams { decode_per_token: Duration::from_millis(40), ..SimParams::default() };
+    let (first, second) =
+        (SimulatedServer::start(params).await.unwrap(), SimulatedServer::start(params).await.unwrap());
+    let urls = [first.base_url(), second.base_url()];
+    let t = Setup::default().models(move |_| models_file(&urls, "picker = \"round-robin\"")).start().await;
+    let request = || {
+        let body = json!({"model": "coder", "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+        http::Request::post(format!("http://{}/v1/chat/completions", t.gateway.addr()))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let client = aigw_tests::http_client();
+    let response = client.request(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while received.is_empty() {
+        let frame = body.frame().await.unwrap().unwrap();
+        received.extend_from_slice(frame.data_ref().map(|d| d.as_ref()).unwrap_or_default());
+    }
+    // The answer began: its server dies. The rest of the stream is lost, and is not asked of
+    // the other server (nothing is sent twice once the caller has bytes).
+    first.kill();
+    while let Some(Ok(frame)) = body.frame().await {
+        received.extend_from_slice(frame.data_ref().map(|d| d.as_ref()).unwrap_or_default());
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(!text.contains("<END>"), "the answer cannot have finished: {text}");
+    assert_eq!(second.stats().classes[1].requests, 0, "not retried on the other server");
+    // Before the first bytes it is: round-robin gives the dead server every other turn, and each
+    // of those fails over to the live one.
+    for _ in 0..2 {
+        let answer = chat(&t).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    assert_eq!(second.stats().classes[1].requests, 2);
+    let dead = member_series("aigw_pool_failovers_total", &authority(&first.base_url()));
+    assert_eq!(metric(&metrics(&t).await, &dead), Some(1.0));
+}
