@@ -187,11 +187,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
         "completion_p99_ratio": ratio,
     });
-    if let Some(dir) = output.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&output, serde_json::to_string_pretty(&document)?)?;
-    println!("  written to {}", output.display());
+    crate::write_results(&output, &document)?;
     Ok(())
 }
 

@@ -558,11 +558,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
                             "bare_proxy_user": proxy_split.map(|s| s.0), "bare_proxy_kernel": proxy_split.map(|s| s.1),
                             "aigw_histograms": inside},
     });
-    if let Some(parent) = output.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&output, serde_json::to_string_pretty(&results)?)?;
-    println!("  results: {}", output.display());
+    crate::write_results(&output, &results)?;
     drop(aigw_process);
     drop(proxy_process);
     Ok(())
@@ -720,11 +716,7 @@ pub async fn run_model_api(iterations: usize, output: PathBuf) -> anyhow::Result
         "legs": legs_json,
         "cpu_ratio_to_bare_proxy": {"short": ratio(&whole), "agent": ratio(&agent_runs), "stream_piece": cpu_per_piece(2) / cpu_per_piece(1)},
     });
-    if let Some(parent) = output.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&output, serde_json::to_string_pretty(&results)?)?;
-    println!("  results: {}", output.display());
+    crate::write_results(&output, &results)?;
     drop(aigw_process);
     drop(proxy_process);
     Ok(())

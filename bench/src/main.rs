@@ -121,6 +121,17 @@ enum Command {
     },
 }
 
+/// Write a benchmark's machine-readable results to `output` (its directory made as needed) and
+/// say where.
+pub(crate) fn write_results(output: &std::path::Path, results: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(output, serde_json::to_string_pretty(results)?)?;
+    println!("  results: {}", output.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -94,11 +94,7 @@ pub async fn run(component: PathBuf, iterations: usize, output: PathBuf) -> anyh
         "ratio_p50": ratio,
         "resident_bytes_per_store": {"instantiated": fresh_store, "after_one_stream_event": live_store},
     });
-    if let Some(parent) = output.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&output, serde_json::to_string_pretty(&json)?)?;
-    println!("  results: {}", output.display());
+    crate::write_results(&output, &json)?;
     Ok(())
 }
 

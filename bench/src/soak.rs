@@ -265,11 +265,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
         "requests": per_kind, "good_sent": good_sent, "good_failed": good_failed,
         "reloads": reload_outcomes, "samples": samples,
     });
-    if let Some(directory) = output.parent() {
-        std::fs::create_dir_all(directory)?;
-    }
-    std::fs::write(&output, serde_json::to_vec_pretty(&report)?)?;
-    println!("  results: {}", output.display());
+    crate::write_results(&output, &report)?;
     anyhow::ensure!(good_failed == 0, "{good_failed} good requests failed");
     Ok(())
 }

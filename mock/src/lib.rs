@@ -282,16 +282,21 @@ fn server_endpoint(state: &State, method: &Method, path: &str) -> Option<Respons
         return Some(full(status, "text/plain", String::new()));
     }
     let (waiting, running, kv) = *state.load.lock().unwrap_or_else(|p| p.into_inner());
+    Some(full(StatusCode::OK, "text/plain; version=0.0.4", vllm_gauges(waiting, running, kv)))
+}
+
+/// vLLM's queue and KV-cache gauges in Prometheus's text format.
+fn vllm_gauges(waiting: u32, running: u32, kv_cache_usage: f64) -> String {
     let model = "model_name=\"mock\"";
-    let text = format!(
+    let kv = kv_cache_usage;
+    format!(
         "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
          # TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{{model}}} {running}.0\n\
          # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
          # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{{model}}} {waiting}.0\n\
          # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
          # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{{model}}} {kv}\n"
-    );
-    Some(full(StatusCode::OK, "text/plain; version=0.0.4", text))
+    )
 }
 
 async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<MockBody> {

@@ -7,9 +7,10 @@
 //! tallies, is read from a marker its prompt carries (`#sim:completion`, `#sim:chat`,
 //! `#sim:agent`); so is the number of tokens it generates.
 
+use super::{MockBody, full, vllm_gauges};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
@@ -228,15 +229,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<SimState>) {
     }
 }
 
-type SimBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
-
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<SimBody> {
-    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-    response
-}
-
 /// The prompt's text: the messages' contents in order, or a text completion's prompt.
 fn prompt_text(request: &Value) -> String {
     if let Some(prompt) = request.get("prompt").and_then(Value::as_str) {
@@ -260,18 +252,18 @@ fn class_of(prompt: &str) -> usize {
     CLASSES.iter().position(|class| prompt.contains(&format!("#sim:{class}"))).unwrap_or(1)
 }
 
-async fn answer(state: Arc<SimState>, request: Request<Incoming>) -> Response<SimBody> {
+async fn answer(state: Arc<SimState>, request: Request<Incoming>) -> Response<MockBody> {
     if request.method() == http::Method::GET {
         return match request.uri().path() {
-            "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state)),
-            "/health" => text(StatusCode::OK, "text/plain", String::new()),
-            _ => text(StatusCode::NOT_FOUND, "application/json", "{}".into()),
+            "/metrics" => full(StatusCode::OK, "text/plain; version=0.0.4", metrics(&state)),
+            "/health" => full(StatusCode::OK, "text/plain", String::new()),
+            _ => full(StatusCode::NOT_FOUND, "application/json", "{}".into()),
         };
     }
     let chat = request.uri().path().ends_with("/chat/completions");
     let bytes = request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
-        return text(
+        return full(
             StatusCode::BAD_REQUEST,
             "application/json",
             json!({"error": {"message": "not JSON"}}).to_string(),
@@ -295,7 +287,7 @@ async fn answer(state: Arc<SimState>, request: Request<Incoming>) -> Response<Si
         };
         let object = if chat { "chat.completion" } else { "text_completion" };
         let answer = json!({"id": "sim", "object": object, "model": model, "choices": [choice]});
-        return text(StatusCode::OK, "application/json", answer.to_string());
+        return full(StatusCode::OK, "application/json", answer.to_string());
     }
     // The head goes at once, as vLLM's does; events follow as the simulation produces them.
     let events = futures_util::stream::unfold((rx, false), move |(mut rx, done)| {
@@ -392,14 +384,7 @@ async fn serve(state: Arc<SimState>, prompt: String, class: usize, out: tokio::s
 fn metrics(state: &SimState) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let kv = state.running_tokens.load(Relaxed) as f64 / state.params.cache_tokens.max(1) as f64;
-    format!(
-        "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"sim\"}} {}\n\
-         # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"sim\"}} {}\n\
-         # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"sim\"}} {:.4}\n",
-        state.running.load(Relaxed),
-        state.waiting.load(Relaxed),
-        kv.min(1.0)
-    )
+    vllm_gauges(state.waiting.load(Relaxed), state.running.load(Relaxed), kv.min(1.0))
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ pub(super) async fn check(
     }
     section.push(found);
     let timeout = config.model_api.total_timeout.min(Duration::from_secs(60));
-    let state = match test_state(config.clone(), loaded, metrics) {
+    let state = match test_state(config, loaded, metrics) {
         Ok(state) => state,
         Err(error) => {
             section.push(Step::fail(format!("the outbound client cannot be set up: {error}"), "report this as a bug"));
@@ -85,7 +85,7 @@ pub(super) async fn check(
             }
             members
         }
-        None => match pipeline::endpoint_for(&target, &identity, &config.aws) {
+        None => match pipeline::endpoint_for(&target, &identity, &state.config.aws) {
             Ok(endpoint) => vec![endpoint],
             Err(error) => {
                 section
@@ -99,7 +99,7 @@ pub(super) async fn check(
         if endpoints.len() > 1 {
             section.push(Step::ok(format!("member {endpoint}")));
         }
-        if egress_and_reach(&config, endpoint, &mut section).await.is_some() {
+        if egress_and_reach(&state.config, endpoint, &mut section).await.is_some() {
             reachable += 1;
             if let Some(pool) = &named.pool {
                 section.push(member_state(pool, endpoint, state.upstream).await);

@@ -97,6 +97,15 @@ mod tests {
     const POLICY: EjectionPolicy =
         EjectionPolicy { after_failures: 3, base: Duration::from_secs(1), max: Duration::from_secs(4) };
 
+    /// A member ejected at `now` by as many failures as the policy takes.
+    fn ejected_at(now: Instant) -> Health {
+        let mut health = Health::default();
+        for _ in 0..POLICY.after_failures {
+            health.failed(now, &POLICY);
+        }
+        health
+    }
+
     #[test]
     fn failures_below_the_threshold_keep_the_member() {
         let now = Instant::now();
@@ -114,10 +123,7 @@ mod tests {
     #[test]
     fn an_ejected_member_is_probed_by_one_request_and_returns_on_success() {
         let start = Instant::now();
-        let mut health = Health::default();
-        for _ in 0..3 {
-            health.failed(start, &POLICY);
-        }
+        let mut health = ejected_at(start);
         let later = start + Duration::from_millis(999);
         assert!(!health.usable(later));
         let due = start + Duration::from_secs(1);
@@ -131,10 +137,7 @@ mod tests {
     #[test]
     fn a_failed_probe_ejects_again_for_twice_as_long_up_to_the_cap() {
         let mut now = Instant::now();
-        let mut health = Health::default();
-        for _ in 0..3 {
-            health.failed(now, &POLICY);
-        }
+        let mut health = ejected_at(now);
         let mut lengths = Vec::new();
         for _ in 0..4 {
             now += Duration::from_secs(10);
@@ -148,10 +151,7 @@ mod tests {
     #[test]
     fn an_abandoned_probe_lets_the_next_request_probe() {
         let now = Instant::now();
-        let mut health = Health::default();
-        for _ in 0..3 {
-            health.failed(now, &POLICY);
-        }
+        let mut health = ejected_at(now);
         let due = now + Duration::from_secs(1);
         health.sending(due);
         health.probe_abandoned();

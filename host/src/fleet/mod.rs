@@ -238,12 +238,20 @@ impl Member {
 
     /// An active health check's outcome: a pass brings the member back, a failure counts as one.
     fn health_checked(&self, healthy: bool, policy: &EjectionPolicy, model: &str) {
-        let mut health = self.health();
         if healthy {
-            health.succeeded();
-        } else if let Verdict::Ejected(length) = health.failed(Instant::now().into_std(), policy) {
+            self.health().succeeded();
+        } else {
+            self.count_failure(policy, model, "health_check");
+        }
+    }
+
+    /// A failure of the member (`reason`): past the policy's count, it is ejected.
+    fn count_failure(&self, policy: &EjectionPolicy, model: &str, reason: &str) {
+        let verdict = self.health().failed(Instant::now().into_std(), policy);
+        if let Verdict::Ejected(length) = verdict {
             self.ejections.fetch_add(1, Relaxed);
-            tracing::warn!(model, member = %self.label, eject_ms = length.as_millis() as u64, "model server failed its health check: ejected");
+            let eject_ms = length.as_millis() as u64;
+            tracing::warn!(model, member = %self.label, eject_ms, reason, "model server ejected from its pool");
         }
     }
 
@@ -294,14 +302,10 @@ impl Pool {
     /// The pool of `model` over `endpoints`. Members `previous` (the pool before a reload) also
     /// had keep their counters and health, and requests waiting in it keep their place.
     pub(crate) fn new(model: &str, settings: PoolSettings, endpoints: Vec<http::Uri>, previous: Option<&Pool>) -> Self {
-        let members = endpoints
-            .into_iter()
-            .map(|endpoint| {
-                let kept = previous.and_then(|pool| pool.members().iter().find(|m| m.endpoint == endpoint).cloned());
-                kept.unwrap_or_else(|| Arc::new(Member::new(endpoint)))
-            })
-            .collect();
-        let members: Vec<Arc<Member>> = members;
+        let members = match previous {
+            Some(pool) => reuse_members(&pool.members(), endpoints),
+            None => reuse_members(&[], endpoints),
+        };
         let listed = !members.is_empty() || settings.watch.dns.is_none();
         Pool {
             listed: std::sync::atomic::AtomicBool::new(listed),
@@ -332,13 +336,7 @@ impl Pool {
         if current.iter().map(|m| &m.endpoint).eq(endpoints.iter()) {
             return;
         }
-        let members = endpoints
-            .into_iter()
-            .map(|endpoint| {
-                let kept = current.iter().find(|m| m.endpoint == endpoint).cloned();
-                kept.unwrap_or_else(|| Arc::new(Member::new(endpoint)))
-            })
-            .collect::<Vec<_>>();
+        let members = reuse_members(&current, endpoints);
         tracing::info!(model = %self.model, members = members.len(), "pool members changed");
         self.members.store(Arc::new(members));
         self.listed.store(true, Relaxed);
@@ -447,6 +445,18 @@ impl Pool {
     }
 }
 
+/// Members for `endpoints`: those of `current` with the same endpoint (their counters and
+/// health kept), new ones for the rest.
+fn reuse_members(current: &[Arc<Member>], endpoints: Vec<http::Uri>) -> Vec<Arc<Member>> {
+    endpoints
+        .into_iter()
+        .map(|endpoint| {
+            let kept = current.iter().find(|m| m.endpoint == endpoint).cloned();
+            kept.unwrap_or_else(|| Arc::new(Member::new(endpoint)))
+        })
+        .collect()
+}
+
 /// A place in a pool's waiting line; dropping it (the caller went away, or it timed out)
 /// leaves the line.
 struct Ticket {
@@ -523,11 +533,7 @@ impl Slot {
         let passing = crate::upstream::retry::is_transient(error);
         let busy = matches!(error, crate::upstream::UpstreamError::Status { status, .. } if status.as_u16() == 429);
         if passing && !busy {
-            let now = Instant::now().into_std();
-            if let Verdict::Ejected(length) = self.member.health().failed(now, &self.pool.settings.ejection) {
-                self.member.ejections.fetch_add(1, Relaxed);
-                tracing::warn!(model = %self.pool.model, member = %self.member.label, eject_ms = length.as_millis() as u64, reason = error.reason(), "model server ejected from its pool");
-            }
+            self.member.count_failure(&self.pool.settings.ejection, &self.pool.model, error.reason());
         } else {
             self.member.health().probe_abandoned();
         }
@@ -551,8 +557,8 @@ impl Drop for Slot {
 
 /// The pools' metrics in Prometheus's text format, per pool and member.
 pub(crate) fn render_metrics<'a>(pools: impl Iterator<Item = &'a Arc<Pool>> + Clone, out: &mut String) {
+    use crate::telemetry::metrics::label_text;
     use std::fmt::Write;
-    let label = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"");
     type Read = fn(&Member) -> u64;
     let per_member: [(&str, &str, &str, Read); 6] = [
         ("aigw_pool_outstanding", "gauge", "Requests outstanding on each pool member.", |m| u64::from(m.outstanding())),
@@ -578,13 +584,8 @@ pub(crate) fn render_metrics<'a>(pools: impl Iterator<Item = &'a Arc<Pool>> + Cl
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for pool in pools.clone() {
             for member in pool.members().iter() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{model=\"{}\",member=\"{}\"}} {}",
-                    label(&pool.model),
-                    label(&member.label),
-                    read(member)
-                );
+                let labels = label_text(&["model", "member"], &[pool.model.clone(), member.label.clone()], None);
+                let _ = writeln!(out, "{name}{labels} {}", read(member));
             }
         }
     }
@@ -592,13 +593,8 @@ pub(crate) fn render_metrics<'a>(pools: impl Iterator<Item = &'a Arc<Pool>> + Cl
     let _ = writeln!(out, "# HELP {name} Requests waiting for a pool member, by class.\n# TYPE {name} gauge");
     for pool in pools {
         for class in WorkClass::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{model=\"{}\",class=\"{}\"}} {}",
-                label(&pool.model),
-                class.name(),
-                pool.queued(class)
-            );
+            let labels = label_text(&["model", "class"], &[pool.model.clone(), class.name().to_string()], None);
+            let _ = writeln!(out, "{name}{labels} {}", pool.queued(class));
         }
     }
 }

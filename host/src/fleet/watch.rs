@@ -75,7 +75,7 @@ async fn run(pool: Weak<Pool>, reader: Arc<dyn Reader>) {
     let (mut next_dns, mut next_scrape, mut next_health) = (now, now, now);
     loop {
         let Some(pool) = pool.upgrade() else { return };
-        let settings = pool.settings.watch.clone();
+        let settings = &pool.settings.watch;
         let now = Instant::now();
         if let Some(name) = settings.dns.as_ref().filter(|_| now >= next_dns) {
             resolve(&pool, name, reader.as_ref()).await;
@@ -157,31 +157,27 @@ fn at_origin(endpoint: &http::Uri, path: &str) -> http::Uri {
     format!("{scheme}://{authority}{path}").parse().unwrap_or_else(|_| endpoint.clone())
 }
 
-/// Re-resolve `name` and make its addresses (those the egress policy allows) the members.
+/// Re-resolve `name` (as the connector resolves a model endpoint) and make its addresses (those
+/// the egress policy allows) the members.
 async fn resolve(pool: &Pool, name: &http::Uri, reader: &dyn Reader) {
-    let Some(host) = name.host() else { return };
-    let port = name.port_u16().unwrap_or(if name.scheme_str() == Some("https") { 443 } else { 80 });
-    let addresses = match tokio::net::lookup_host((host.trim_matches(['[', ']']), port)).await {
+    let addresses = match crate::upstream::connector::resolve(name).await {
         Ok(addresses) => addresses,
         Err(error) => {
             // Members stay as they were: a resolver hiccup must not empty the pool.
-            tracing::warn!(model = pool.model(), %host, %error, "pool DNS name not resolved; members unchanged");
+            tracing::warn!(model = pool.model(), %name, %error, "pool DNS name not resolved; members unchanged");
             return;
         }
     };
+    let scheme = name.scheme_str().unwrap_or("http");
+    let path = name.path().trim_end_matches('/');
     let mut endpoints = Vec::new();
     for address in addresses {
         if !reader.allowed(address.ip()) {
             tracing::warn!(model = pool.model(), %address, "a pool address the egress policy refuses is left out");
             continue;
         }
-        let host = match address.ip() {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        };
-        let path = name.path().trim_end_matches('/');
-        let scheme = name.scheme_str().unwrap_or("http");
-        if let Ok(endpoint) = format!("{scheme}://{host}:{port}{path}").parse::<http::Uri>()
+        // A socket address prints as `ip:port`, an IPv6 one in brackets, as a URL has it.
+        if let Ok(endpoint) = format!("{scheme}://{address}{path}").parse::<http::Uri>()
             && !endpoints.contains(&endpoint)
         {
             endpoints.push(endpoint);

@@ -69,9 +69,8 @@ pub(crate) async fn dispatch(
         Endpoint::ChatCompletions => chat_completions(state, &catalog, key, &body.await?).await,
         Endpoint::Embeddings => {
             let call = embeddings::parse(&body.await?)?;
-            let named = catalog.authorize(key, &call.model)?;
-            crate::telemetry::note_client_key(&key.id, Some(&named.name));
-            embeddings::answer(state, &ModelTarget::named(named, &named.name), call).await
+            let target = named_target(&catalog, key, &call.model)?;
+            embeddings::answer(state, &target, call).await
         }
         Endpoint::Models => Ok(models(&catalog, key)),
         Endpoint::Model(name) => {
@@ -79,6 +78,14 @@ pub(crate) async fn dispatch(
             Ok(json_response(StatusCode::OK, model_object(&model.name).to_string().into()))
         }
     }
+}
+
+/// The named model `name` as the target of a call, if `key` may use it; the request's log line
+/// names both.
+fn named_target(catalog: &ModelCatalog, key: &ClientKey, name: &str) -> Result<ModelTarget, GatewayError> {
+    let named = catalog.authorize(key, name)?;
+    crate::telemetry::note_client_key(&key.id, Some(&named.name));
+    Ok(ModelTarget::named(named, &named.name))
 }
 
 /// The key in `Authorization: Bearer <key>`.
@@ -100,10 +107,8 @@ async fn chat_completions(
     body: &[u8],
 ) -> Result<http::Response<Body>, GatewayError> {
     let request::ChatCall { model, mut request, include_usage } = request::parse(body)?;
-    let named = catalog.authorize(key, &model)?;
-    crate::telemetry::note_client_key(&key.id, Some(&named.name));
-    let target = ModelTarget::named(named, &named.name);
-    request.model.clone_from(&named.model);
+    let target = named_target(catalog, key, &model)?;
+    request.model.clone_from(&target.model);
     let work = crate::fleet::Work::of(key.class);
     let answer = pipeline::converse(state, &target, request, total_timeout(state), work).await?;
     Ok(answer::respond(answer, &model, include_usage))

@@ -108,7 +108,9 @@ impl<T: Default + Clone> Family<T> {
     }
 }
 
-fn label_text(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
+/// `{name="value",…}` with each value escaped as Prometheus's text format asks (nothing when
+/// there are no labels).
+pub(crate) fn label_text(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
     let mut pairs: Vec<String> = names
         .iter()
         .zip(values)

@@ -46,6 +46,29 @@ async fn chat(t: &TestGateway) -> aigw_tests::Answer {
     t.post("/v1/chat/completions", &headers, &body).await
 }
 
+/// The gateway with `coder` served by its own mock and a second one (returned), its pool table
+/// `pool`.
+async fn two_members(pool: &'static str) -> (TestGateway, MockModelServer) {
+    let second = MockModelServer::start().await.unwrap();
+    let second_url = second.base_url();
+    let t = Setup::default().models(move |mock| models_file(&[mock.base_url(), second_url], pool)).start().await;
+    (t, second)
+}
+
+/// A chat request sent in the background: its status, when it ends.
+fn chat_in_background(t: &std::sync::Arc<TestGateway>) -> tokio::task::JoinHandle<StatusCode> {
+    let t = std::sync::Arc::clone(t);
+    tokio::spawn(async move { chat(&t).await.status })
+}
+
+/// Wait until `mock` has answered two more metrics scrapes than now (it reads its load since).
+async fn scraped_twice(mock: &MockModelServer) {
+    let scrapes = mock.probes();
+    while mock.probes() < scrapes + 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn metrics(t: &TestGateway) -> String {
     t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text()
 }
@@ -89,12 +112,7 @@ async fn a_member_that_refuses_connections_is_failed_over_and_ejected() {
 
 #[tokio::test]
 async fn a_5xx_before_the_first_byte_goes_to_another_member_and_a_4xx_does_not() {
-    let second = MockModelServer::start().await.unwrap();
-    let second_url = second.base_url();
-    let t = Setup::default()
-        .models(move |mock| models_file(&[mock.base_url(), second_url], "picker = \"round-robin\""))
-        .start()
-        .await;
+    let (t, second) = two_members("picker = \"round-robin\"").await;
     t.model.set_reply(Reply { status: 503, ..Reply::default() });
     for _ in 0..4 {
         assert_eq!(chat(&t).await.status, StatusCode::OK);
@@ -123,10 +141,7 @@ async fn a_saturated_pool_makes_requests_wait_then_refuses_them_with_retry_after
         .await;
     t.model.set_reply(Reply { head_delay: Duration::from_millis(1500), ..Reply::default() });
     let t = std::sync::Arc::new(t);
-    let busy = tokio::spawn({
-        let t = std::sync::Arc::clone(&t);
-        async move { chat(&t).await.status }
-    });
+    let busy = chat_in_background(&t);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Past the limit: the model API's shape…
     let refused = chat(&t).await;
@@ -154,9 +169,7 @@ async fn a_saturated_pool_makes_requests_wait_then_refuses_them_with_retry_after
 
 #[tokio::test]
 async fn a_files_completions_stay_on_one_member_and_files_spread() {
-    let second = MockModelServer::start().await.unwrap();
-    let second_url = second.base_url();
-    let t = Setup::default().models(move |mock| models_file(&[mock.base_url(), second_url], "")).start().await;
+    let (t, second) = two_members("").await;
     let completion = |file: &str, user: &str| {
         let mut body = t.completion_body("codestral", Some("custom_openai/coder"), false);
         body["model_endpoint"] = json!("http://aigw.test:5052/v1");
@@ -195,10 +208,7 @@ async fn a_reload_adds_a_member_without_dropping_a_request_in_flight() {
     let t = Setup::default().models(|mock| models_file(&[mock.base_url()], "picker = \"round-robin\"")).start().await;
     t.model.set_reply(Reply { head_delay: Duration::from_millis(800), ..Reply::default() });
     let t = std::sync::Arc::new(t);
-    let in_flight = tokio::spawn({
-        let t = std::sync::Arc::clone(&t);
-        async move { chat(&t).await.status }
-    });
+    let in_flight = chat_in_background(&t);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let file = t.models_dir.as_ref().unwrap().path().join("models.toml");
     std::fs::write(&file, models_file(&[t.model.base_url(), second.base_url()], "picker = \"round-robin\"")).unwrap();
@@ -227,20 +237,11 @@ async fn until_metrics(t: &TestGateway, what: &str, condition: impl Fn(&str) -> 
 
 #[tokio::test]
 async fn the_servers_own_load_steers_requests_to_the_less_busy_member() {
-    let second = MockModelServer::start().await.unwrap();
-    let second_url = second.base_url();
-    let t = Setup::default()
-        .models(move |mock| {
-            models_file(&[mock.base_url(), second_url], "metrics_path = \"/metrics\"\nscrape_interval_ms = 100")
-        })
-        .start()
-        .await;
+    let (t, second) = two_members("metrics_path = \"/metrics\"\nscrape_interval_ms = 100").await;
     // The first server reports a long queue of its own (other clients' requests).
     t.model.set_load(20, 64, 0.5);
-    let scrapes = t.model.probes();
-    while t.model.probes() < scrapes + 2 || second.probes() < 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scraped_twice(&t.model).await;
+    scraped_twice(&second).await;
     for _ in 0..5 {
         assert_eq!(chat(&t).await.status, StatusCode::OK);
     }
@@ -248,10 +249,7 @@ async fn the_servers_own_load_steers_requests_to_the_less_busy_member() {
     // The other way round.
     t.model.set_load(0, 0, 0.1);
     second.set_load(20, 64, 0.5);
-    let scrapes = second.probes();
-    while second.probes() < scrapes + 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scraped_twice(&second).await;
     for _ in 0..5 {
         assert_eq!(chat(&t).await.status, StatusCode::OK);
     }
@@ -260,18 +258,11 @@ async fn the_servers_own_load_steers_requests_to_the_less_busy_member() {
 
 #[tokio::test]
 async fn a_failing_health_check_ejects_a_member_and_a_passing_one_brings_it_back() {
-    let second = MockModelServer::start().await.unwrap();
-    let second_url = second.base_url();
-    let t = Setup::default()
-        .models(move |mock| {
-            models_file(
-                &[mock.base_url(), second_url],
-                "picker = \"round-robin\"\nhealth_path = \"/health\"\nhealth_interval_ms = 100\neject_after = 1\n\
-                 eject_base_ms = 60000\neject_max_ms = 60000",
-            )
-        })
-        .start()
-        .await;
+    let (t, second) = two_members(
+        "picker = \"round-robin\"\nhealth_path = \"/health\"\nhealth_interval_ms = 100\neject_after = 1\n\
+         eject_base_ms = 60000\neject_max_ms = 60000",
+    )
+    .await;
     let first = member_series("aigw_pool_member_ejected", &authority(&t.model.base_url()));
     t.model.set_healthy(false);
     until_metrics(&t, "the ejection", |text| metric(text, &first) == Some(1.0)).await;
@@ -322,21 +313,12 @@ async fn a_limit_learned_from_the_servers_metrics_makes_requests_wait_in_the_gat
         .await;
     // The server runs one request and queues others of its own: its limit is one.
     t.model.set_load(2, 1, 0.3);
-    let scrapes = t.model.probes();
-    while t.model.probes() < scrapes + 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scraped_twice(&t.model).await;
     t.model.set_reply(Reply { head_delay: Duration::from_millis(600), ..Reply::default() });
     let t = std::sync::Arc::new(t);
-    let first = tokio::spawn({
-        let t = std::sync::Arc::clone(&t);
-        async move { chat(&t).await.status }
-    });
+    let first = chat_in_background(&t);
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let second = tokio::spawn({
-        let t = std::sync::Arc::clone(&t);
-        async move { chat(&t).await.status }
-    });
+    let second = chat_in_background(&t);
     let queued = "aigw_pool_queued{model=\"coder\",class=\"agent\"}";
     until_metrics(&t, "the second request waiting in line", |text| metric(text, queued) == Some(1.0)).await;
     assert_eq!(t.model.requests().len(), 1, "the second waits in aigw, not in the server");
