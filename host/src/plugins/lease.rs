@@ -8,6 +8,9 @@
 //! wait longer than [`IDLE_RELEASE`] frees the store; the slot stays held, so capacity is still
 //! refused up front and the request always finds a store again, a fresh one when it next needs
 //! the plugin (`aigw-bench gateway`'s "RSS per open stream" guards the memory side).
+//!
+//! When the request ends, its store is retired: torn down, and the next request's instantiated,
+//! after the answer has gone out (see [`LoadedPlugin::retire`]).
 
 use super::PluginError;
 use super::runtime::{LoadedPlugin, PluginIdentity, PluginSession, SlotPermit};
@@ -67,6 +70,14 @@ impl PluginLease {
                 self.slot = self.session.take().map(PluginSession::release);
                 wait.await
             }
+        }
+    }
+}
+
+impl Drop for PluginLease {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.plugin.retire(session);
         }
     }
 }

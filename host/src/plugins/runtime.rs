@@ -1,11 +1,18 @@
 //! The Wasm sandbox: one engine, components compiled once, a fresh store per request with a memory
 //! cap and a per-call deadline.
+//!
+//! A fresh store costs an instantiation before the request's first plugin call and a teardown
+//! after its last. Both are moved off the request's path: when a request is done, its store is
+//! dropped and a new one instantiated for the next request of that plugin, after the answer has
+//! been written (see [`LoadedPlugin::retire`]). The store a request gets is still one that no
+//! request has touched: instantiated, then left alone until a request takes it.
 
 use super::bindings::{ProviderCore, ProviderCoreIndices, chat, embeddings};
 use super::cache::{CompiledCache, Lookup};
 use super::epoch::{Alive, EpochTicker};
 use super::{PluginError, wit};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
 use wasmtime::{
@@ -51,7 +58,17 @@ pub struct PluginRuntime {
     slots: Arc<tokio::sync::Semaphore>,
     /// Machine code compiled by earlier runs (`AIGW_PLUGINS__CACHE_DIR`), when set.
     cache: Option<CompiledCache>,
+    /// Stores instantiated ahead and not yet taken, across all plugins (at most [`READY_STORES`]).
+    ready: Arc<AtomicUsize>,
 }
+
+/// Stores kept instantiated ahead of requests, across all plugins; the pooling allocator has this
+/// many slots beyond `max_concurrent`, so a ready store never takes a request's place.
+const READY_STORES: u32 = 16;
+
+/// Stores kept ready for one plugin. At concurrency 1 one would do; a few more let a burst of
+/// requests find stores ready while the requests before them are still being torn down.
+const READY_PER_PLUGIN: usize = 4;
 
 /// How the runtime's engine is set up beyond the sandbox limits.
 #[derive(Debug, Clone, Default)]
@@ -85,7 +102,7 @@ impl PluginRuntime {
     /// As [`PluginRuntime::new`], with a perf map or a cache of compiled components.
     pub(crate) fn with_options(limits: SandboxLimits, options: RuntimeOptions) -> Result<Arc<Self>, PluginError> {
         let mut pool = PoolingAllocationConfig::new();
-        let slots = limits.max_concurrent.max(1);
+        let slots = limits.max_concurrent.max(1).saturating_add(READY_STORES);
         pool.total_component_instances(slots)
             .total_core_instances(slots.saturating_mul(4))
             .total_memories(slots.saturating_mul(2))
@@ -123,7 +140,7 @@ impl PluginRuntime {
             ),
             None => None,
         };
-        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots, cache }))
+        Ok(Arc::new(PluginRuntime { engine, linker, limits, ticker, slots, cache, ready: Arc::default() }))
     }
 
     /// Slots held by requests (each request in flight holds one, waiting or not).
@@ -159,6 +176,7 @@ impl PluginRuntime {
             digest,
             imports: Arc::new(imports),
             cached,
+            ready: Arc::new(ReadyStores { stores: Mutex::default(), places: Arc::clone(&self.ready) }),
         };
         let info = plugin.call_info().await?;
         let answer_shape = match &chat {
@@ -578,6 +596,63 @@ pub struct LoadedPlugin {
     imports: Arc<Vec<String>>,
     /// Loaded from the cache of compiled components rather than compiled.
     cached: bool,
+    /// Stores of this plugin instantiated ahead, untouched, for the next requests.
+    ready: Arc<ReadyStores>,
+}
+
+/// An instantiated store and what calling into it needs.
+struct Sandbox {
+    store: Store<GuestState>,
+    instance: Instance,
+    core: ProviderCore,
+}
+
+/// One plugin's stores instantiated ahead, counted against the runtime's [`READY_STORES`]
+/// places; dropped with the last handle on the plugin (a hot reload frees them).
+struct ReadyStores {
+    stores: Mutex<Vec<Sandbox>>,
+    /// The runtime's count of ready stores, across plugins.
+    places: Arc<AtomicUsize>,
+}
+
+impl ReadyStores {
+    fn stores(&self) -> std::sync::MutexGuard<'_, Vec<Sandbox>> {
+        self.stores.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Option<Sandbox> {
+        let taken = self.stores().pop();
+        if taken.is_some() {
+            self.places.fetch_sub(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Claim a place for one more ready store, if this plugin and the runtime have room.
+    fn claim(&self) -> bool {
+        self.stores().len() < READY_PER_PLUGIN
+            && self
+                .places
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < READY_STORES as usize).then_some(n + 1))
+                .is_ok()
+    }
+
+    /// Fill a claimed place (or give it back when instantiation failed).
+    fn fill(&self, made: Option<Sandbox>) {
+        match made {
+            Some(sandbox) => self.stores().push(sandbox),
+            None => {
+                self.places.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for ReadyStores {
+    fn drop(&mut self) {
+        let held = self.stores().len();
+        self.places.fetch_sub(held, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -614,10 +689,21 @@ impl LoadedPlugin {
         self.session_in(SlotPermit { _held: permit }).await
     }
 
-    /// A fresh sandbox in a slot the caller already holds (see [`PluginSession::release`]).
+    /// A fresh sandbox in a slot the caller already holds (see [`PluginSession::release`]): one
+    /// instantiated ahead if there is one, else instantiated now.
     pub(crate) async fn session_in(&self, permit: SlotPermit) -> Result<PluginSession, PluginError> {
         // Counted (and the epoch ticker awake) before any guest code runs, start-up included.
         let alive = Alive::new(&self.runtime.ticker);
+        let sandbox = match self.ready.take() {
+            Some(sandbox) => sandbox,
+            None => self.instantiate().await?,
+        };
+        let Sandbox { store, instance, core } = sandbox;
+        Ok(PluginSession { store, instance, core, info: Arc::clone(&self.info), _alive: alive, permit })
+    }
+
+    /// A new store with the component instantiated in it; the caller holds an [`Alive`].
+    async fn instantiate(&self) -> Result<Sandbox, PluginError> {
         let mut store = self.runtime.new_store();
         let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
@@ -627,7 +713,35 @@ impl LoadedPlugin {
             }
         })?;
         let core = self.core.load(&mut store, &instance).map_err(|e| PluginError::Trap(format!("{e:#}")))?;
-        Ok(PluginSession { store, instance, core, info: Arc::clone(&self.info), _alive: alive, permit })
+        Ok(Sandbox { store, instance, core })
+    }
+
+    /// A request is done with `session`: tear it down and instantiate a store for the next
+    /// request, in a task of its own, so both happen after the request's answer is written
+    /// rather than before. Outside a Tokio runtime the session is simply dropped.
+    pub(crate) fn retire(&self, session: PluginSession) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let plugin = self.clone();
+        runtime.spawn(async move {
+            // The store goes back to the pool and its slot is freed before the next is taken.
+            drop(session);
+            plugin.replenish().await;
+        });
+    }
+
+    /// Instantiate one store ahead, unless this plugin has enough ready or all ready places are
+    /// taken.
+    async fn replenish(&self) {
+        if !self.ready.claim() {
+            return;
+        }
+        let alive = Alive::new(&self.runtime.ticker);
+        let made = self.instantiate().await;
+        drop(alive);
+        if let Err(error) = &made {
+            tracing::warn!(plugin = %self.info.name, %error, "cannot instantiate a store ahead");
+        }
+        self.ready.fill(made.ok());
     }
 
     async fn call_info(&self) -> Result<wit::PluginInfo, PluginError> {

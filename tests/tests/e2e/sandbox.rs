@@ -53,6 +53,31 @@ async fn good_requests_succeed_while_bad_ones_run_concurrently() {
     }
 }
 
+/// Stores are instantiated ahead of requests, but each is used by one request only: the guest's
+/// own count of the requests it built is 1 for every one of them, one after another (each
+/// finding a store made ready when the one before ended) and many at once.
+#[tokio::test]
+async fn every_request_gets_a_store_no_other_request_touched() {
+    let t = std::sync::Arc::new(hostile_gateway(&[]).await);
+    for _ in 0..12 {
+        assert_eq!(hostile(&t, "good").await.status, 200);
+    }
+    let burst: Vec<_> = (0..24)
+        .map(|_| {
+            let t = std::sync::Arc::clone(&t);
+            tokio::spawn(async move { hostile(&t, "good").await.status })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let requests = t.model.requests();
+    assert_eq!(requests.len(), 36);
+    for request in requests {
+        assert_eq!(request.headers.get("x-hostile-builds").unwrap(), "1", "a store served a second request");
+    }
+}
+
 #[tokio::test]
 async fn call_deadline_obeyed_and_violated() {
     let t = hostile_gateway(&[("AIGW_PLUGINS__CALL_TIMEOUT_MS", "200")]).await;

@@ -7,6 +7,8 @@
 //! `header-crlf` and `headers-at-limit` probe the header limits from both sides, `escape` builds
 //! a path that would leave the model endpoint. Any other model id gets a well-formed OpenAI-style
 //! request, so the same component also serves good requests concurrently with the bad ones.
+//! A good request also carries `x-hostile-builds`, the number of `build-request` calls the
+//! instance has served: a sandbox no other request touched always says 1.
 //! Embeddings misbehave the same way by model id in `build-embeddings-request` (`loop`, `oom`,
 //! `trap`), and by the model the answer names in `parse-embeddings-response`: `short` gives one
 //! vector fewer than the answer has, `ragged` vectors of different lengths. Every request it builds carries an
@@ -28,6 +30,10 @@ use exports::aigw::plugin::chat;
 use exports::aigw::plugin::embeddings::{EmbeddingsRequest, EmbeddingsResult};
 
 struct Hostile;
+
+/// `build-request` calls this instance has served; state a request could leave for the next one
+/// if instances were shared.
+static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 #[cfg(not(feature = "v2"))]
 const VERSION: &str = "0.1.0";
@@ -112,6 +118,7 @@ impl Guest for Hostile {
             }
             _ => {}
         }
+        let builds = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let prompt = request.messages.last().map(|m| m.content.clone()).unwrap_or_default();
         let body = format!(
             "{{\"model\":{:?},\"messages\":[{{\"role\":\"user\",\"content\":{:?}}}],\"stream\":{}}}",
@@ -120,7 +127,10 @@ impl Guest for Hostile {
         Ok(UpstreamRequest {
             method: Method::Post,
             path: "/chat/completions".to_string(),
-            headers: vec![Header { name: "x-hostile-version".to_string(), value: VERSION.to_string() }],
+            headers: vec![
+                Header { name: "x-hostile-version".to_string(), value: VERSION.to_string() },
+                Header { name: "x-hostile-builds".to_string(), value: builds.to_string() },
+            ],
             body: body.into_bytes(),
             credential: Credential::Bearer,
         })
