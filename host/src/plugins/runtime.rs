@@ -699,7 +699,7 @@ impl LoadedPlugin {
             None => self.instantiate().await?,
         };
         let Sandbox { store, instance, core } = sandbox;
-        Ok(PluginSession { store, instance, core, info: Arc::clone(&self.info), _alive: alive, permit })
+        Ok(PluginSession { store, instance, core, chat: None, info: Arc::clone(&self.info), _alive: alive, permit })
     }
 
     /// A new store with the component instantiated in it; the caller holds an [`Alive`].
@@ -773,6 +773,8 @@ pub struct PluginSession {
     store: Store<GuestState>,
     instance: Instance,
     core: ProviderCore,
+    /// The `chat` export once a call has looked it up.
+    chat: Option<chat::Guest>,
     info: Arc<PluginIdentity>,
     _alive: Alive,
     permit: SlotPermit,
@@ -868,12 +870,18 @@ impl PluginSession {
         self.finish(result)?.map_err(PluginError::Guest)
     }
 
-    /// The instance's `chat` export, looked up on first use (GitLab's endpoints never pay for it).
+    /// The instance's `chat` export, looked up (and its types checked) on first use and kept for
+    /// the session's later calls: a stream's every piece calls it. GitLab's endpoints never pay
+    /// for it.
     fn chat(&mut self) -> Result<chat::Guest, PluginError> {
+        if let Some(exports) = &self.chat {
+            return Ok(exports.clone());
+        }
         let Some(indices) = &self.info.exports.chat else {
             return Err(PluginError::NoChat { plugin: self.info.name.clone(), wit_version: self.info.wit_version });
         };
-        indices.load(&mut self.store, &self.instance).map_err(|e| PluginError::Trap(format!("{e:#}")))
+        let exports = indices.load(&mut self.store, &self.instance).map_err(|e| PluginError::Trap(format!("{e:#}")))?;
+        Ok(self.chat.insert(exports).clone())
     }
 
     /// The instance's `embeddings` functions, looked up on first use (chat requests never pay for
