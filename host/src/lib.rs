@@ -270,7 +270,7 @@ async fn load_plugins(
     metrics: &Arc<telemetry::Metrics>,
 ) -> Result<(Arc<PluginRegistry>, Vec<DirWatcher>), StartError> {
     let runtime = plugin_runtime(config)?;
-    let (slots, stores) = (Arc::clone(&runtime), Arc::clone(&runtime));
+    let (slots, stores, ready) = (Arc::clone(&runtime), Arc::clone(&runtime), Arc::clone(&runtime));
     metrics.gauge(
         "aigw_plugin_slots_in_use",
         "Plugin sandbox slots held by requests in flight (AIGW_PLUGINS__MAX_CONCURRENT is the limit).",
@@ -280,6 +280,11 @@ async fn load_plugins(
         "aigw_plugin_stores_alive",
         "Plugin stores alive; a request waiting on its model server holds a slot but no store.",
         move || stores.stores_alive() as u64,
+    );
+    metrics.gauge(
+        "aigw_plugin_stores_ready",
+        "Plugin stores instantiated ahead for the next requests, untouched (at most 4 per plugin, 16 in all).",
+        move || ready.stores_ready() as u64,
     );
     let registry = Arc::new(PluginRegistry::new(runtime, config.plugins.dirs.clone()));
     let report = registry.reload().await;

@@ -153,6 +153,11 @@ impl PluginRuntime {
         self.ticker.stores_alive()
     }
 
+    /// Stores instantiated ahead and not yet taken by a request, across plugins.
+    pub(crate) fn stores_ready(&self) -> usize {
+        self.ready.load(Ordering::Relaxed)
+    }
+
     /// Whether the epoch ticker sleeps because no store has been alive for a while (an idle
     /// gateway wakes no thread); the next store wakes it.
     pub fn epoch_ticker_asleep(&self) -> bool {
@@ -176,7 +181,7 @@ impl PluginRuntime {
             digest,
             imports: Arc::new(imports),
             cached,
-            ready: Arc::new(ReadyStores { stores: Mutex::default(), places: Arc::clone(&self.ready) }),
+            ready: Arc::new(ReadyStores { held: Mutex::default(), places: Arc::clone(&self.ready) }),
         };
         let info = plugin.call_info().await?;
         let answer_shape = match &chat {
@@ -610,18 +615,25 @@ struct Sandbox {
 /// One plugin's stores instantiated ahead, counted against the runtime's [`READY_STORES`]
 /// places; dropped with the last handle on the plugin (a hot reload frees them).
 struct ReadyStores {
-    stores: Mutex<Vec<Sandbox>>,
+    held: Mutex<Held>,
     /// The runtime's count of ready stores, across plugins.
     places: Arc<AtomicUsize>,
 }
 
+/// A plugin's ready stores, and the places claimed for stores being instantiated.
+#[derive(Default)]
+struct Held {
+    stores: Vec<Sandbox>,
+    claimed: usize,
+}
+
 impl ReadyStores {
-    fn stores(&self) -> std::sync::MutexGuard<'_, Vec<Sandbox>> {
-        self.stores.lock().unwrap_or_else(PoisonError::into_inner)
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn take(&self) -> Option<Sandbox> {
-        let taken = self.stores().pop();
+        let taken = self.held().stores.pop();
         if taken.is_some() {
             self.places.fetch_sub(1, Ordering::Relaxed);
         }
@@ -630,17 +642,22 @@ impl ReadyStores {
 
     /// Claim a place for one more ready store, if this plugin and the runtime have room.
     fn claim(&self) -> bool {
-        self.stores().len() < READY_PER_PLUGIN
+        let mut held = self.held();
+        let room = held.stores.len() + held.claimed < READY_PER_PLUGIN
             && self
                 .places
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < READY_STORES as usize).then_some(n + 1))
-                .is_ok()
+                .is_ok();
+        held.claimed += usize::from(room);
+        room
     }
 
     /// Fill a claimed place (or give it back when instantiation failed).
     fn fill(&self, made: Option<Sandbox>) {
+        let mut held = self.held();
+        held.claimed -= 1;
         match made {
-            Some(sandbox) => self.stores().push(sandbox),
+            Some(sandbox) => held.stores.push(sandbox),
             None => {
                 self.places.fetch_sub(1, Ordering::Relaxed);
             }
@@ -650,7 +667,7 @@ impl ReadyStores {
 
 impl Drop for ReadyStores {
     fn drop(&mut self) {
-        let held = self.stores().len();
+        let held = self.held().stores.len();
         self.places.fetch_sub(held, Ordering::Relaxed);
     }
 }

@@ -381,6 +381,53 @@ async fn sandbox_gauges(t: &TestGateway) -> (u64, u64) {
     (gauge("aigw_plugin_slots_in_use "), gauge("aigw_plugin_stores_alive "))
 }
 
+/// `aigw_plugin_stores_ready` once it has settled at `expected` (it moves just after answers are
+/// written).
+async fn stores_ready_settle_at(t: &TestGateway, expected: u64) {
+    let ready = || async {
+        let text = t.request(Method::GET, "/metrics", &[], Bytes::new()).await.text();
+        metric(&text, "aigw_plugin_stores_ready").unwrap() as u64
+    };
+    for _ in 0..100 {
+        if ready().await == expected {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(ready().await, expected, "aigw_plugin_stores_ready moved past {expected}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("aigw_plugin_stores_ready never settled at {expected} (it is {})", ready().await);
+}
+
+/// Stores are instantiated ahead of requests: none before the first, one for the next request
+/// after each, at most four per plugin however many requests end at once, none left once their
+/// plugin is unloaded; requests never wait on them (slots and live stores as before).
+#[tokio::test]
+async fn stores_made_ready_ahead_are_bounded_and_leave_with_their_plugin() {
+    let t = std::sync::Arc::new(Setup::default().start().await);
+    stores_ready_settle_at(&t, 0).await;
+    let body = t.completion_body("codestral", None, false);
+    for _ in 0..3 {
+        assert_eq!(t.complete(&body).await.status, 200);
+        stores_ready_settle_at(&t, 1).await;
+    }
+    let burst: Vec<_> = (0..32)
+        .map(|_| {
+            let (t, body) = (std::sync::Arc::clone(&t), body.clone());
+            tokio::spawn(async move { t.complete(&body).await.status })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    stores_ready_settle_at(&t, 4).await;
+    assert_eq!(sandbox_gauges(&t).await, (0, 0), "ready stores hold neither a request's slot nor a live store");
+
+    std::fs::remove_file(t.plugins.path().join("openai-compatible.wasm")).unwrap();
+    t.gateway.plugins().reload().await;
+    stores_ready_settle_at(&t, 0).await;
+}
+
 #[tokio::test]
 async fn requests_waiting_on_the_model_hold_a_slot_but_no_store() {
     let t = Setup::default().start().await;
