@@ -4,7 +4,7 @@
 //! ratios and differences are the result; the budget is checked and printed, never asserted.
 
 use crate::breakdown::Histograms;
-use crate::load::{self, BenchClient, Summary, Target, Timing, summarize};
+use crate::load::{self, Summary, Target, Timing, summarize};
 use crate::procfs;
 use aigw_mock::{MockModelServer, Reply};
 use bytes::Bytes;
@@ -117,18 +117,13 @@ const LONG_FILE_BYTES: usize = 96_000;
 /// aigw's CPU per completion of a long file, concurrency 1, `count` requests each: for a family
 /// whose window takes it whole (codestral, 128,000 tokens: only its length is looked at), and for
 /// one it must be cut for (codellama, 16,000 tokens: counted and cut in tokens).
-async fn long_file_cost(
-    client: &load::BenchClient,
-    model: &MockModelServer,
-    aigw: &Leg,
-    count: usize,
-) -> anyhow::Result<(f64, f64)> {
+async fn long_file_cost(model: &MockModelServer, aigw: &Leg, count: usize) -> anyhow::Result<(f64, f64)> {
     let above = crate::workload::code_of_length(LONG_FILE_BYTES);
     let mut cost = Vec::new();
     for family in ["codestral", "codellama"] {
         let body = completion_body(model, family, &above, false);
         let before = Counters::read(aigw.pid);
-        let (latencies, _) = load::concurrent(client, &aigw.target, &body, count, 1, Duration::from_secs(60)).await?;
+        let (latencies, _) = load::concurrent(&aigw.target, &body, count, 1, Duration::from_secs(60)).await?;
         cost.push(micros(Counters::read(aigw.pid).since(before).cpu) / latencies.len().max(1) as f64);
     }
     Ok((cost[0], cost[1]))
@@ -211,12 +206,7 @@ impl Counters {
 }
 
 /// Sequential rounds over all legs, interleaved so that drift in the machine hits each alike.
-async fn interleaved(
-    client: &BenchClient,
-    legs: &[Leg],
-    stream: bool,
-    iterations: usize,
-) -> anyhow::Result<Vec<LegRun>> {
+async fn interleaved(legs: &[Leg], stream: bool, iterations: usize) -> anyhow::Result<Vec<LegRun>> {
     let rounds = 10;
     let per_round = (iterations / rounds).max(1);
     let mut results: Vec<(Vec<Timing>, Counters)> = legs.iter().map(|_| (Vec::new(), Counters::default())).collect();
@@ -224,7 +214,7 @@ async fn interleaved(
         for (leg, result) in legs.iter().zip(results.iter_mut()) {
             let body = if stream { &leg.stream_body } else { &leg.body };
             let before = Counters::read(leg.pid);
-            let timings = load::sequential(client, &leg.target, body, per_round).await?;
+            let timings = load::sequential(&leg.target, body, per_round).await?;
             let spent = Counters::read(leg.pid).since(before);
             // Round 0 warms connections, caches and allocators.
             if round > 0 {
@@ -391,7 +381,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     // Concurrency 1, whole answers, with aigw's own account of where each request's time went.
     let metrics_url = format!("http://{aigw_addr}/metrics");
     let before = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
-    let whole = interleaved(&client, &legs, false, iterations).await?;
+    let whole = interleaved(&legs, false, iterations).await?;
     let after = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
     let inside = Inside::between(&before, &after);
     // Concurrency 64, whole answers: throughput, p99, CPU per request.
@@ -399,17 +389,16 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     for leg in &legs {
         let before = Counters::read(leg.pid);
         let total = (iterations * 4).clamp(256, 100_000);
-        let (latencies, wall) =
-            load::concurrent(&client, &leg.target, &leg.body, total, 64, Duration::from_secs(30)).await?;
+        let (latencies, wall) = load::concurrent(&leg.target, &leg.body, total, 64, Duration::from_secs(30)).await?;
         let count = latencies.len() as f64;
         let cpu_per_request = micros(Counters::read(leg.pid).since(before).cpu) / count;
         busy.push((summarize(latencies), count / wall.as_secs_f64(), cpu_per_request));
     }
     // Streams: 1 piece and 32 pieces, for time to first token and the cost of each further piece.
     model.set_reply(Reply { text: "x".repeat(64), chunks: 1, ..Reply::default() });
-    let one_piece = interleaved(&client, &legs, true, iterations / 2).await?;
+    let one_piece = interleaved(&legs, true, iterations / 2).await?;
     model.set_reply(Reply { text: "x".repeat(64), chunks: 32, ..Reply::default() });
-    let many_pieces = interleaved(&client, &legs, true, iterations / 2).await?;
+    let many_pieces = interleaved(&legs, true, iterations / 2).await?;
     model.set_reply(Reply::default());
     // Memory with many open streams, twice: the first burst also leaves plugin pool slots warm
     // (their pages stay resident for the next store, bounded by the most stores ever alive at
@@ -418,7 +407,7 @@ pub async fn run(plan: Plan, output: PathBuf) -> anyhow::Result<()> {
     let (per_stream_warm, _, closed_again) = open_streams_memory(&model, &legs[2], plan.open_streams).await?;
     let all_closed = all_closed && closed_again;
     let (proxy_per_stream, _, _) = open_streams_memory(&model, &legs[1], plan.open_streams).await?;
-    let (long_whole_cpu, long_cut_cpu) = long_file_cost(&client, &model, &legs[2], (iterations / 4).max(50)).await?;
+    let (long_whole_cpu, long_cut_cpu) = long_file_cost(&model, &legs[2], (iterations / 4).max(50)).await?;
     let peak_rss = procfs::peak_rss(aigw_process.pid);
     // Idle, once the load is over: what a gateway nobody calls costs in CPU.
     tokio::time::sleep(IDLE_SETTLE).await;
@@ -635,14 +624,14 @@ pub async fn run_model_api(iterations: usize, output: PathBuf) -> anyhow::Result
     let client = load::client(16);
     let iterations = iterations.clamp(50, 100_000);
     let short_legs = legs("mock-model", "agent");
-    let whole = interleaved(&client, &short_legs, false, iterations).await?;
+    let whole = interleaved(&short_legs, false, iterations).await?;
     let mut agent_legs = legs("mock-model", "agent");
     for (leg, name) in agent_legs.iter_mut().zip(["mock-model", "mock-model", "agent"]) {
         leg.body = agent(name);
     }
     let metrics_url = format!("http://{aigw_addr}/metrics");
     let before = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
-    let agent_runs = interleaved(&client, &agent_legs, false, (iterations / 5).max(50)).await?;
+    let agent_runs = interleaved(&agent_legs, false, (iterations / 5).max(50)).await?;
     let after = Histograms::parse(&load::get_text(&client, &metrics_url).await?);
     let plugin_call = |function: &str| {
         after
@@ -652,9 +641,9 @@ pub async fn run_model_api(iterations: usize, output: PathBuf) -> anyhow::Result
     let (agent_build, agent_parse) = (plugin_call("build_chat_request"), plugin_call("parse_chat_response"));
     let agent_overhead = after.mean_since(&before, "aigw_overhead_seconds", &["/v1/chat/completions"]).unwrap_or(0.0);
     model.set_reply(Reply { text: "x".repeat(64), chunks: 1, ..Reply::default() });
-    let one_piece = interleaved(&client, &short_legs, true, iterations / 2).await?;
+    let one_piece = interleaved(&short_legs, true, iterations / 2).await?;
     model.set_reply(Reply { text: "x".repeat(64), chunks: 32, ..Reply::default() });
-    let many_pieces = interleaved(&client, &short_legs, true, iterations / 2).await?;
+    let many_pieces = interleaved(&short_legs, true, iterations / 2).await?;
     model.set_reply(Reply::default());
 
     println!("the model API (/v1/chat/completions, named model, pass-through) beside a bare proxy and a direct call");

@@ -109,6 +109,26 @@ enum Command {
         #[arg(long, default_value = "target/bench/soak.json")]
         output: PathBuf,
     },
+    /// A bounded keep-alive load against one URL, for profiling a process from outside (`perf
+    /// record -p`): the same client the benchmarks use, so no load generator's quirks show.
+    #[command(hide = true)]
+    Drive {
+        /// Full URL to POST to.
+        #[arg(long)]
+        url: String,
+        /// A request header, `name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// File holding the request body.
+        #[arg(long)]
+        body_file: PathBuf,
+        /// Requests in all (at most 1,000,000).
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        /// Callers at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
     /// The bare pass-through proxy (started by `gateway` as a separate process).
     #[command(hide = true)]
     Proxy {
@@ -164,6 +184,9 @@ fn main() -> anyhow::Result<()> {
             Command::Soak { minutes, concurrency, output } => {
                 let duration = std::time::Duration::from_secs(minutes.clamp(1, 120) * 60);
                 soak::run(soak::Plan { duration, concurrency: concurrency.clamp(1, 256) }, output).await
+            }
+            Command::Drive { url, headers, body_file, requests, concurrency } => {
+                load::drive(url, headers, body_file, requests.min(1_000_000), concurrency.clamp(1, 1024)).await
             }
             Command::Proxy { listen, upstream } => proxy::run(listen, upstream).await,
         }

@@ -69,6 +69,15 @@ pub async fn run(component: PathBuf, iterations: usize, output: PathBuf) -> anyh
     for (name, s) in rows {
         println!("  {name:<28} {:>9.1} {:>9.1} {:>9.1}", s.p50, s.p99, s.mean);
     }
+    let (event_wasm, event_native) = stream_event(&plugin, iterations).await?;
+    println!(
+        "  one stream event in an open store ({} bytes, every piece after a stream's first): \
+         wasm p50 {:.2} µs, mean {:.2} µs; native p50 {:.2} µs",
+        STREAM_EVENT.len(),
+        event_wasm.p50,
+        event_wasm.mean,
+        event_native.p50
+    );
     let ratio = wasm.p50 / native_summary.p50;
     // Both batches stay alive together, so neither lands on slots the other has made resident.
     let (fresh_store, fresh_batch) = resident_per_store(&plugin, 400, false).await?;
@@ -92,10 +101,41 @@ pub async fn run(component: PathBuf, iterations: usize, output: PathBuf) -> anyh
                           "parse_response": parse.p50, "teardown": teardown.p50},
         "native_us": {"p50": native_summary.p50, "p99": native_summary.p99, "mean": native_summary.mean},
         "ratio_p50": ratio,
+        "stream_event_us": {"wasm": event_wasm, "native": event_native},
         "resident_bytes_per_store": {"instantiated": fresh_store, "after_one_stream_event": live_store},
     });
     crate::write_results(&output, &json)?;
     Ok(())
+}
+
+/// A streamed piece as an OpenAI-compatible server sends it (the mock's chat chunk, with a model
+/// name of typical length).
+const STREAM_EVENT: &[u8] = br#"{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,"model":"codestral-22b","choices":[{"index":0,"delta":{"content":"xx"},"finish_reason":null}]}"#;
+
+/// `parse-event` of one [`STREAM_EVENT`] in a store kept open across calls, as a stream's
+/// pieces after its first are parsed, against the same parse in native Rust: the least each
+/// further piece of a stream costs in the sandbox.
+async fn stream_event(
+    plugin: &aigw::plugins::LoadedPlugin,
+    iterations: usize,
+) -> anyhow::Result<(crate::load::Summary, crate::load::Summary)> {
+    let mut session = plugin.session().await?;
+    let (mut wasm, mut native) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    for i in 0..iterations + iterations / 10 {
+        let started = Instant::now();
+        let chunk = session.parse_event(None, STREAM_EVENT).await?;
+        let in_wasm = started.elapsed();
+        anyhow::ensure!(chunk.text == "xx", "the plugin parsed {:?} from the event", chunk.text);
+        let started = Instant::now();
+        let parsed = openai_compatible::translate::parse_event(None, STREAM_EVENT);
+        let in_native = started.elapsed();
+        let _ = std::hint::black_box(parsed);
+        if i >= iterations / 10 {
+            wasm.push(in_wasm);
+            native.push(in_native);
+        }
+    }
+    Ok((summarize(wasm), summarize(native)))
 }
 
 /// Resident memory one store holds, as an open stream holds it: `count` stores (each having parsed

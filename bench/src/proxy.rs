@@ -6,6 +6,7 @@ use http::{Request, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -15,7 +16,11 @@ use tokio::net::TcpListener;
 pub async fn run(listen: SocketAddr, upstream: String) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+    // Without TCP_NODELAY a fresh upstream connection can hold a request's body back for the
+    // model server's delayed ACK (~40 ms); aigw sets it on both legs, and so does this baseline.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;

@@ -187,6 +187,12 @@ async fn the_benchmark_runs_in_smoke_mode() {
         let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
         let p50 = if mode == "plugin" { &results["wasm_us"]["p50"] } else { &results["aigw_us"]["p50"] };
         assert!(p50.as_f64().is_some_and(|v| v > 0.0), "{mode}: {results}");
+        if mode == "plugin" {
+            let event = &results["stream_event_us"];
+            for side in ["wasm", "native"] {
+                assert!(event[side]["p50"].as_f64().is_some_and(|v| v > 0.0), "stream event, {side}: {event}");
+            }
+        }
         if mode == "gateway" {
             assert!(results["legs"]["bare_proxy"]["c64"]["requests_per_second"].as_f64().is_some_and(|v| v > 0.0));
             assert_eq!(results["budget"].as_array().map(Vec::len), Some(8), "every budget line is reported");
@@ -201,6 +207,35 @@ async fn the_benchmark_runs_in_smoke_mode() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_profiling_load_drives_a_bounded_keep_alive_load_and_refuses_unknown_headers() {
+    let binary = workspace().join("target/release/aigw-bench");
+    assert!(binary.is_file(), "{} is missing: run `make test`", binary.display());
+    let model = MockModelServer::start().await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let body = state.path().join("body.json");
+    std::fs::write(&body, r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+    let drive = |header: &str| {
+        tokio::process::Command::new(&binary)
+            .args(["drive", "--url", &format!("{}/chat/completions", model.base_url()), "--header", header])
+            .arg("--body-file")
+            .arg(&body)
+            .args(["--requests", "40", "--concurrency", "2"])
+            .output()
+    };
+    let run = drive("content-type: application/json").await.unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && printed.starts_with("40 requests in "),
+        "{printed} {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(model.requests().len(), 40, "every request reached the model server");
+    let run = drive("x-anything: 1").await.unwrap();
+    assert!(!run.status.success(), "an unknown header is refused");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("is not one of"), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
 #[tokio::test]
