@@ -178,7 +178,7 @@ impl PluginRuntime {
             pre,
             core,
             info: Arc::new(PluginIdentity::placeholder()),
-            digest,
+            digest: digest.into(),
             imports: Arc::new(imports),
             cached,
             ready: Arc::new(ReadyStores { held: Mutex::default(), places: Arc::clone(&self.ready) }),
@@ -597,7 +597,8 @@ pub struct LoadedPlugin {
     pre: InstancePre<GuestState>,
     core: ProviderCoreIndices,
     info: Arc<PluginIdentity>,
-    digest: String,
+    /// Shared, so that a clone (one per request, see [`LoadedPlugin::retire`]) allocates nothing.
+    digest: Arc<str>,
     imports: Arc<Vec<String>>,
     /// Loaded from the cache of compiled components rather than compiled.
     cached: bool,
