@@ -82,10 +82,10 @@ pub async fn get_text(client: &BenchClient, url: &str) -> anyhow::Result<String>
 
 /// `count` requests one after another, on one connection of their own.
 pub async fn sequential(target: &Target, body: &Bytes, count: usize) -> anyhow::Result<Vec<Timing>> {
-    let mut caller = Caller::connect(&target.url).await?;
+    let mut caller = Caller::connect(target).await?;
     let mut timings = Vec::with_capacity(count);
     for _ in 0..count {
-        timings.push(caller.post(target, body).await?);
+        timings.push(caller.post(body).await?);
     }
     Ok(timings)
 }
@@ -105,10 +105,10 @@ pub async fn concurrent(
     for _ in 0..concurrency {
         let (target, body, issued) = (target.clone(), body.clone(), Arc::clone(&issued));
         workers.spawn(async move {
-            let mut caller = Caller::connect(&target.url).await?;
+            let mut caller = Caller::connect(&target).await?;
             let mut latencies = Vec::new();
             while issued.fetch_add(1, Ordering::Relaxed) < total && started.elapsed() < time_cap {
-                latencies.push(caller.post(&target, &body).await?.total);
+                latencies.push(caller.post(&body).await?.total);
             }
             anyhow::Ok(latencies)
         });
@@ -120,41 +120,46 @@ pub async fn concurrent(
     Ok((latencies, started.elapsed()))
 }
 
-/// One caller's keep-alive connection. A request is sent only once the connection is idle
-/// again, so every request of a measured run reuses it. (The pooled client hands a connection
-/// back from its own task after a streamed answer ends; a caller asking again at once often
-/// found none and opened another, about one stream in ten, which the measured servers paid for
-/// in accepts and the bare proxy in a fresh upstream connection.)
+/// One caller's keep-alive connection to one target. A request is sent only once the
+/// connection is idle again, so every request of a measured run reuses it. (The pooled client
+/// hands a connection back from its own task after a streamed answer ends; a caller asking again
+/// at once often found none and opened another, about one stream in ten, which the measured
+/// servers paid for in accepts and the bare proxy in a fresh upstream connection.)
 pub struct Caller {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The target's URL, for errors.
+    url: String,
+    /// The request line's path and query.
+    path: String,
+    /// The target's headers, `Host` first.
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Caller {
-    /// Connect to the host of `url` (`http://host:port/...`), with `TCP_NODELAY`.
-    pub async fn connect(url: &str) -> anyhow::Result<Caller> {
-        let uri: http::Uri = url.parse()?;
-        let authority = uri.authority().ok_or_else(|| anyhow::anyhow!("{url} has no host"))?;
+    /// Connect to `target`'s host (its URL is `http://host:port/...`), with `TCP_NODELAY`.
+    pub async fn connect(target: &Target) -> anyhow::Result<Caller> {
+        let uri: http::Uri = target.url.parse()?;
+        let authority = uri.authority().ok_or_else(|| anyhow::anyhow!("{} has no host", target.url))?;
         let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        Ok(Caller { sender })
+        let mut headers = vec![("host", authority.to_string())];
+        headers.extend(target.headers.iter().cloned());
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        Ok(Caller { sender, url: target.url.clone(), path, headers })
     }
 
-    /// POST `body` to `target` and read the whole answer, as [`post`] does.
-    pub async fn post(&mut self, target: &Target, body: &Bytes) -> anyhow::Result<Timing> {
-        let uri: http::Uri = target.url.parse()?;
-        let mut request = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()));
-        if let Some(authority) = uri.authority() {
-            request = request.header(http::header::HOST, authority.as_str());
-        }
-        for (name, value) in &target.headers {
+    /// POST `body` to the target and read the whole answer, as [`post`] does.
+    pub async fn post(&mut self, body: &Bytes) -> anyhow::Result<Timing> {
+        let mut request = http::Request::post(self.path.as_str());
+        for (name, value) in &self.headers {
             request = request.header(*name, value);
         }
         self.sender.ready().await?;
         let started = Instant::now();
         let response = self.sender.send_request(request.body(Full::new(body.clone()))?).await?;
-        read_answer(&target.url, response, started).await
+        read_answer(&self.url, response, started).await
     }
 }
 
